@@ -1,0 +1,270 @@
+"""Attaching, saving, loading and merging an adapter: the ``Adapter`` object.
+
+The attach order is code, one step per line in ``_build``: find targets → fingerprint the base
+→ wrap → init (which may rewrite ``W``) → schedule prepare → freeze. The returned ``Adapter``
+owns what a user would otherwise have to remember: the optimizer's parameter groups and its
+per-step hooks, saving with the provenance needed to rebuild the model, and merging.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .errors import LorakitError
+from .forms import FORMS, Form
+from .inits import INITS
+from .inits.base import subtract_product
+from .io.atomic import atomic_directory
+from .io.fingerprint import fingerprint
+from .layer import AdaptedLinear
+from .methods import MethodSpec, resolve
+from .optim import RECIPES
+from .schedules import SCHEDULES
+from .targeting import find_targets, set_submodule
+
+WEIGHTS_FILE = "lorakit_adapter.safetensors"
+CONFIG_FILE = "lorakit_adapter.json"
+FORMAT_VERSION = 1
+Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+def layer_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    """A generator seeded from ``(seed, layer name)``: adding a target leaves the others' init alone."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return generator
+
+
+class Adapter:
+    """An adapter attached to ``model``: one ``AdaptedLinear`` per targeted layer."""
+
+    def __init__(self, model: nn.Module, spec: MethodSpec, layers: dict[str, AdaptedLinear],
+                 base_fingerprint: str, initial: Factors) -> None:
+        self.model = model
+        self.spec = spec
+        self.layers = layers
+        self.base_fingerprint = base_fingerprint
+        self.initial = initial  # spectral inits: (B₀, A₀) per layer, taken out of the base W
+        self._attached = True
+
+    # -- what the user trains --------------------------------------------------------------
+    def forms(self) -> list[Form]:
+        return [layer.form for layer in self.layers.values()]
+
+    def parameters(self) -> list[nn.Parameter]:
+        """The trainable adapter parameters (and nothing else of the model)."""
+        return [p for form in self.forms() for p in form.parameters() if p.requires_grad]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def optimizer(self, lr: float, weight_decay: float = 0.0,
+                  optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
+                  **kwargs: Any) -> torch.optim.Optimizer:
+        """A torch optimizer with the recipe's parameter groups and step hooks installed."""
+        self._check_attached()
+        recipe = RECIPES.get(self.spec.optimizer)
+        groups = recipe.param_groups(self.forms(), self.spec, lr, weight_decay)
+        optimizer = optimizer_cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+        recipe.install_hooks(optimizer, self)
+        SCHEDULES.get(self.spec.schedule).install_hooks(optimizer, self)
+        return optimizer
+
+    @contextlib.contextmanager
+    def disabled(self) -> Iterator[None]:
+        """Run the model without the adapters (base layers only) inside the block.
+
+        For spectral inits the base layers hold the residual ``W − s·B₀A₀``; the block then
+        shows that residual model, not the original one.
+        """
+        for layer in self.layers.values():
+            layer.enabled = False
+        try:
+            yield
+        finally:
+            for layer in self.layers.values():
+                layer.enabled = True
+
+    # -- saving, merging -------------------------------------------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Adapter tensors only, keyed ``<layer>.<param>``; initial factors under ``<layer>.initial.*``."""
+        tensors = {}
+        for name, layer in self.layers.items():
+            for key, value in layer.form.state_dict().items():
+                tensors[f"{name}.{key}"] = value.detach().contiguous()
+        for name, (B0, A0) in self.initial.items():
+            tensors[f"{name}.initial.B"] = B0.contiguous()
+            tensors[f"{name}.initial.A"] = A0.contiguous()
+        return tensors
+
+    def config(self) -> dict[str, Any]:
+        """What ``lorakit_adapter.json`` records: method, provenance, base fingerprint."""
+        import transformers
+
+        return {
+            "format_version": FORMAT_VERSION,
+            "method": self.spec.to_dict(),
+            "components": self.spec.components(),
+            "targets": {n: list(l.base_layer.weight.shape) for n, l in self.layers.items()},
+            "base_fingerprint": self.base_fingerprint,
+            "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None),
+            "versions": {"lorakit": __version__, "torch": torch.__version__,
+                         "transformers": transformers.__version__},
+        }
+
+    def save(self, path: str | Path) -> Path:
+        """Write the adapter (safetensors + JSON) atomically to the folder ``path``."""
+        self._check_attached()
+        tensors = {k: v.to("cpu") for k, v in self.state_dict().items()}
+        with atomic_directory(path) as tmp:
+            save_file(tensors, str(tmp / WEIGHTS_FILE))
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
+        return Path(path)
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Copy adapter tensors (as produced by ``state_dict``) into the layers."""
+        for name, layer in self.layers.items():
+            state = {k: tensors[f"{name}.{k}"] for k in layer.form.state_dict()}
+            layer.form.load_state_dict(state)
+
+    @torch.no_grad()
+    def merge_and_unload(self) -> nn.Module:
+        """Fold every adapter into its base weight; return the plain transformers model."""
+        self._check_attached()
+        for name, layer in self.layers.items():
+            set_submodule(self.model, name, layer.merge())
+        self._attached = False
+        return self.model
+
+    def _check_attached(self) -> None:
+        if not self._attached:
+            raise LorakitError("this adapter was merged and unloaded; attach or load a new one")
+
+    def __repr__(self) -> str:
+        return (f"Adapter({self.spec.name}: {self.spec.components()}, rank={self.spec.rank}, "
+                f"layers={len(self.layers)}, trainable={self.num_parameters():,})")
+
+
+def _refuse_if_adapted(model: nn.Module) -> None:
+    if any(isinstance(m, AdaptedLinear) for m in model.modules()):
+        raise LorakitError(
+            "this model already has a lorakit adapter; merge_and_unload() it or start from a fresh model"
+        )
+
+
+def _check_ranks(targets: list[tuple[str, nn.Linear]], rank: int) -> None:
+    for name, module in targets:
+        out_features, in_features = module.weight.shape
+        if rank > min(out_features, in_features):
+            raise LorakitError(
+                f"rank {rank} exceeds layer {name!r} of shape ({out_features}, {in_features}); "
+                f"use rank <= {min(out_features, in_features)} or leave that layer out of targets"
+            )
+
+
+def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec) -> AdaptedLinear:
+    form = FORMS.get(spec.form)(base.in_features, base.out_features, spec.rank, spec.alpha,
+                               rslora=spec.rslora, dropout=spec.dropout)
+    layer = AdaptedLinear(base, form.to(base.weight.device))
+    set_submodule(model, name, layer)
+    return layer
+
+
+def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Factors | None) -> Factors:
+    """Set every layer's factors (fresh from the init, or ``loaded`` initial ones) and rewrite W."""
+    init = INITS.get(spec.init)
+    initial: Factors = {}
+    for name, layer in layers.items():
+        weight = layer.base_layer.weight
+        if loaded is None:
+            generator = layer_generator(spec.seed, name, weight.device)
+            B, A = init.factors(weight.detach().to(torch.float32), spec.rank, layer.form.scale,
+                                generator, {"pissa_niter": spec.pissa_niter})
+            layer.form.set_factors(B, A)
+        if init.rewrites_base:
+            B0, A0 = loaded[name] if loaded is not None else (B.clone(), A.clone())
+            subtract_product(weight, B0, A0, layer.form.scale)
+            initial[name] = (B0, A0)
+    return initial
+
+
+def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for layer in layers.values():
+        for param in layer.form.parameters():
+            param.requires_grad_(True)
+
+
+def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
+           expected_fingerprint: str | None = None) -> Adapter:
+    _refuse_if_adapted(model)
+    targets = find_targets(model, spec.targets)
+    _check_ranks(targets, spec.rank)
+    base_fingerprint = fingerprint(targets)
+    if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
+        raise LorakitError(
+            "this adapter was trained on a different base model (weight fingerprint mismatch); "
+            "load it onto the model it was trained from"
+        )
+    layers = {name: _wrap(model, name, base, spec) for name, base in targets}
+    initial = _initialise(layers, spec, loaded)
+    adapter = Adapter(model, spec, layers, base_fingerprint, initial)
+    SCHEDULES.get(spec.schedule).prepare(adapter)
+    _freeze(model, layers)
+    return adapter
+
+
+def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any) -> Adapter:
+    """Attach the adapter ``method`` (a preset name, with field overrides) to ``model``.
+
+    Right after attaching, the model's outputs equal the base model's for every method.
+    """
+    return _build(model, resolve(method, **overrides))
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON config and tensors of a saved adapter folder."""
+    path = Path(path)
+    config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
+    if not config_path.is_file() or not weights_path.is_file():
+        raise LorakitError(f"{path} is not a lorakit adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    try:
+        config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as exc:
+        raise LorakitError(f"{config_path} is not valid JSON: {exc}") from None
+    if config.get("format_version") != FORMAT_VERSION:
+        raise LorakitError(f"{config_path}: unsupported adapter format {config.get('format_version')!r}")
+    return config, load_file(str(weights_path))
+
+
+def load(model: nn.Module, path: str | Path) -> Adapter:
+    """Attach the adapter saved at ``path`` to ``model`` (the original, unmodified base)."""
+    config, tensors = read_adapter(path)
+    spec = MethodSpec(**{**config["method"], "targets": _targets_from_json(config["method"]["targets"])})
+    initial = {
+        name: (tensors[f"{name}.initial.B"], tensors[f"{name}.initial.A"])
+        for name in config["targets"] if f"{name}.initial.B" in tensors
+    }
+    adapter = _build(model, resolve(spec), loaded=initial if INITS.get(spec.init).rewrites_base else {},
+                     expected_fingerprint=config["base_fingerprint"])
+    if set(adapter.layers) != set(config["targets"]):
+        raise LorakitError(f"{path}: the adapter's layers do not match this model's targets")
+    device = next(iter(adapter.layers.values())).base_layer.weight.device
+    adapter.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+    return adapter
+
+
+def _targets_from_json(targets: str | list[str]) -> str | tuple[str, ...]:
+    return targets if isinstance(targets, str) else tuple(targets)

@@ -1,0 +1,10 @@
+"""Adapter forms: what ``ΔW`` is and how it is applied to a frozen ``nn.Linear``."""
+
+from ..registry import Registry
+from .base import Form
+
+FORMS: Registry[type[Form]] = Registry("form")
+
+from . import lora  # noqa: E402,F401  (registers itself)
+
+__all__ = ["FORMS", "Form"]

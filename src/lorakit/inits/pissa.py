@@ -1,0 +1,37 @@
+"""PiSSA: principal singular values and vectors (Meng et al. 2024, arXiv 2404.02948).
+
+``U, S, Vᵀ = svd(W)``; ``B = U_r √(S_r / s)``, ``A = √(S_r / s) V_rᵀ``; ``W ← W − s·B A``, so
+``s·B A`` is the best rank-r approximation of ``W`` and the residual stays frozen.
+Option ``pissa_niter``: ``None`` for the exact SVD, an integer for the randomised low-rank
+SVD (``torch.svd_lowrank`` with that many subspace iterations), seeded from the adapter seed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from . import INITS
+from .base import Init
+
+
+def pissa_factors(
+    weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator, options: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` from an exact or randomised SVD of ``W``."""
+    niter = options.get("pissa_niter")
+    if niter is None:
+        U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
+        U_r, S_r, Vh_r = U[:, :rank], S[:rank], Vh[:rank]
+    else:
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        with torch.random.fork_rng(devices=[weight.device] if weight.is_cuda else []):
+            torch.manual_seed(seed)
+            U_r, S_r, V_r = torch.svd_lowrank(weight, q=rank, niter=int(niter))
+        Vh_r = V_r.T
+    root = torch.sqrt(S_r / scale)
+    return (U_r * root).contiguous(), (root[:, None] * Vh_r).contiguous()
+
+
+INITS.register("pissa")(Init(pissa_factors, rewrites_base=True))

@@ -1,0 +1,48 @@
+"""The one layer type lorakit inserts: a frozen ``nn.Linear`` plus an adapter form.
+
+``print(model)`` shows ``AdaptedLinear(base_layer=Linear(...), form=LowRank(...))`` where a
+layer was adapted. The base layer is kept inside so that merging and unloading give back a
+plain ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .forms import Form
+
+
+class AdaptedLinear(nn.Module):
+    """``y = form(x, base_layer)``: the frozen base layer with its adapter."""
+
+    def __init__(self, base_layer: nn.Linear, form: Form) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.form = form
+        self.enabled = True
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base weight, for code that inspects ``module.weight`` (dtype, device)."""
+        return self.base_layer.weight
+
+    @property
+    def in_features(self) -> int:
+        return self.base_layer.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base_layer.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return self.base_layer(x)
+        return self.form(x, self.base_layer)
+
+    @torch.no_grad()
+    def merge(self) -> nn.Linear:
+        """Fold ``ΔW`` into the base weight and return the plain base layer."""
+        weight = self.base_layer.weight
+        weight.add_(self.form.delta_weight().to(weight.dtype))
+        return self.base_layer

@@ -1,0 +1,115 @@
+"""Named methods: presets over the four components (form × init × optimizer recipe × schedule).
+
+Every field of a preset can be overridden, e.g. ``attach(model, "lora", init="olora",
+optimizer="lora_plus")`` is OLoRA+. ``validate`` is the one place where combinations that make
+no sense are rejected.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import LorakitError, did_you_mean, unknown
+from .forms import FORMS
+from .inits import INITS
+from .optim import RECIPES
+from .schedules import SCHEDULES
+
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+LR_RATIO_MODES = ("b_only", "symmetric")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """A fully resolved method: the four components and their hyperparameters."""
+
+    name: str = "lora"
+    form: str = "lora"
+    init: str = "kaiming"
+    optimizer: str = "adamw"
+    schedule: str = "fixed"
+    rank: int = 8
+    alpha: float = 16.0
+    targets: str | tuple[str, ...] = DEFAULT_TARGETS
+    dropout: float = 0.0
+    rslora: bool = False
+    lr_ratio: float | None = None
+    lr_ratio_mode: str = "b_only"
+    pissa_niter: int | None = None
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["targets"] = self.targets if isinstance(self.targets, str) else list(self.targets)
+        return out
+
+    def components(self) -> str:
+        return f"{self.form} × {self.init} × {self.optimizer} × {self.schedule}"
+
+
+# LoRA+ presets leave ``lr_ratio`` unset: the recipe's default λ = 16 applies.
+PRESETS: dict[str, dict[str, Any]] = {
+    "lora": {},
+    "lora_plus": {"optimizer": "lora_plus"},
+    "olora": {"init": "olora"},
+    "olora_plus": {"init": "olora", "optimizer": "lora_plus"},
+    "pissa": {"init": "pissa"},
+}
+
+OVERRIDABLE = tuple(f.name for f in fields(MethodSpec) if f.name != "name")
+
+
+def method_names() -> list[str]:
+    """Names of all registered presets."""
+    return list(PRESETS)
+
+
+def resolve(method: str | MethodSpec, **overrides: Any) -> MethodSpec:
+    """The preset ``method`` with ``overrides`` applied, validated."""
+    if isinstance(method, MethodSpec):
+        base = method
+    else:
+        if method not in PRESETS:
+            raise unknown("method", method, PRESETS)
+        base = MethodSpec(name=method, **PRESETS[method])
+    for key in overrides:
+        if key not in OVERRIDABLE:
+            raise LorakitError(
+                f"unknown method option {key!r}{did_you_mean(key, OVERRIDABLE)}; "
+                f"options are: {', '.join(OVERRIDABLE)}"
+            )
+    if isinstance(overrides.get("targets"), list):
+        overrides["targets"] = tuple(overrides["targets"])
+    spec = dataclasses.replace(base, **overrides)
+    validate(spec)
+    return spec
+
+
+def validate(spec: MethodSpec) -> None:
+    """Reject unknown components, out-of-range values and combinations that make no sense."""
+    FORMS.get(spec.form)
+    INITS.get(spec.init)
+    RECIPES.get(spec.optimizer)
+    SCHEDULES.get(spec.schedule)
+    if not isinstance(spec.rank, int) or isinstance(spec.rank, bool) or spec.rank < 1:
+        raise LorakitError(f"rank must be a positive integer, got {spec.rank!r}")
+    if not spec.alpha > 0:
+        raise LorakitError(f"alpha must be > 0, got {spec.alpha!r}")
+    if not 0.0 <= spec.dropout < 1.0:
+        raise LorakitError(f"dropout must be in [0, 1), got {spec.dropout!r}")
+    if spec.lr_ratio_mode not in LR_RATIO_MODES:
+        raise unknown("lr_ratio_mode", str(spec.lr_ratio_mode), LR_RATIO_MODES)
+    if spec.lr_ratio is not None:
+        if not spec.lr_ratio > 0:
+            raise LorakitError(
+                f"lr_ratio (LoRA+ λ) must be > 0, got {spec.lr_ratio!r}; use λ<1 to let A learn faster"
+            )
+        if spec.optimizer != "lora_plus":
+            raise LorakitError(
+                f"lr_ratio={spec.lr_ratio} has no effect with optimizer {spec.optimizer!r}; "
+                "set optimizer='lora_plus' or drop lr_ratio"
+            )
+    if spec.pissa_niter is not None and (spec.init != "pissa" or spec.pissa_niter < 0):
+        raise LorakitError("pissa_niter needs init='pissa' and a value >= 0 (omit it for the exact SVD)")

@@ -1,0 +1,34 @@
+"""The interface of an optimizer recipe."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:
+    from ..methods import MethodSpec
+
+
+def params_by_role(forms: Iterable[nn.Module]) -> dict[str, list[nn.Parameter]]:
+    """Trainable parameters of ``forms`` grouped by their role (``A``, ``B``, ``other``)."""
+    groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "other": []}
+    for form in forms:
+        for role, param in form.roles().items():
+            if param.requires_grad:
+                groups[role if role in groups else "other"].append(param)
+    return groups
+
+
+class Recipe:
+    """Builds the optimizer's parameter groups; may register step hooks on the optimizer."""
+
+    def param_groups(
+        self, forms: list[nn.Module], spec: "MethodSpec", lr: float, weight_decay: float
+    ) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
+        """Register per-step hooks on ``optimizer`` (none by default)."""

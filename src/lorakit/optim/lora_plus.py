@@ -1,0 +1,44 @@
+"""LoRA+: a larger learning rate for ``B`` than for ``A`` (Hayou et al. 2024, arXiv 2402.12354).
+
+``b_only`` mode (the paper's definition, the default): ``η_A = η``, ``η_B = λ·η``.
+``symmetric`` mode (the OLoRA+ authors' notebook, seed 000): ``η_A = η/λ``, ``η_B = η·λ``, an
+effective ratio of ``λ²``. Any ``λ > 0`` is accepted: OLoRA+ studies ``λ < 1`` ("refinement",
+``A`` learns faster) as well as ``λ > 1`` ("exploration"). Vector parameters of a form
+(magnitudes, gates: role ``other``) join ``B``'s group, without weight decay, as in PEFT.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from . import RECIPES
+from .base import Recipe, params_by_role
+
+DEFAULT_RATIO = 16.0
+
+
+def lora_plus_rates(lr: float, ratio: float, mode: str) -> tuple[float, float]:
+    """``(η_A, η_B)`` for base rate ``η``, ratio ``λ`` and mode ``b_only`` or ``symmetric``."""
+    if mode == "symmetric":
+        return lr / ratio, lr * ratio
+    return lr, lr * ratio
+
+
+class LoraPlus(Recipe):
+    """Groups ``A`` at ``η_A`` and ``B`` (plus vectors) at ``η_B``."""
+
+    def param_groups(self, forms: list[nn.Module], spec: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        ratio = DEFAULT_RATIO if spec.lr_ratio is None else spec.lr_ratio
+        lr_A, lr_B = lora_plus_rates(lr, ratio, spec.lr_ratio_mode)
+        roles = params_by_role(forms)
+        groups = [
+            {"params": roles["A"], "lr": lr_A, "weight_decay": weight_decay, "name": "A"},
+            {"params": roles["B"], "lr": lr_B, "weight_decay": weight_decay, "name": "B"},
+            {"params": roles["other"], "lr": lr_B, "weight_decay": 0.0, "name": "other"},
+        ]
+        return [g for g in groups if g["params"]]
+
+
+RECIPES.register("lora_plus")(LoraPlus())

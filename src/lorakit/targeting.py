@@ -1,0 +1,67 @@
+"""Finding the ``nn.Linear`` modules an adapter attaches to.
+
+``targets`` is one of:
+- a list of module-name suffixes (``["q_proj", "v_proj"]`` matches ``...self_attn.q_proj``);
+- ``"all-linear"``: every ``nn.Linear`` except the LM head (the output embedding);
+- any other string: a regular expression that must match the whole module name; a string
+  without regex characters is read as a single suffix.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+from .errors import LorakitError
+
+ALL_LINEAR = "all-linear"
+_REGEX_CHARS = set(".*+?[](){}|^$\\")
+
+
+def _matcher(targets: str | Sequence[str]):
+    if isinstance(targets, str):
+        if targets == ALL_LINEAR:
+            return lambda name: True
+        if not (_REGEX_CHARS & set(targets)):
+            targets = [targets]
+        else:
+            try:
+                pattern = re.compile(targets)
+            except re.error as exc:
+                raise LorakitError(f"targets regex {targets!r} is invalid: {exc}") from None
+            return lambda name: pattern.fullmatch(name) is not None
+    suffixes = list(targets)
+    if not suffixes or not all(isinstance(s, str) and s for s in suffixes):
+        raise LorakitError(
+            f"targets must be module-name suffixes, a regex or 'all-linear', got {targets!r}"
+        )
+    return lambda name: any(name == s or name.endswith("." + s) for s in suffixes)
+
+
+def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
+    """The ``(name, module)`` pairs of the plain ``nn.Linear`` layers that ``targets`` selects."""
+    matches = _matcher(targets)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if type(module) is nn.Linear and module is not head and matches(name)
+    ]
+    if not found:
+        linear_names = sorted(
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+        )
+        raise LorakitError(
+            f"targets {targets!r} match no nn.Linear layer of this model; "
+            f"its linear layers end in: {', '.join(linear_names) or 'none'}"
+        )
+    return found
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Replace the submodule called ``name`` (dotted path) with ``module``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, child, module)
