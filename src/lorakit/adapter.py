@@ -125,12 +125,16 @@ class Adapter:
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter (safetensors + JSON) atomically to the folder ``path``."""
+        with atomic_directory(path) as tmp:
+            self.write(tmp)
+        return Path(path)
+
+    def write(self, folder: Path) -> None:
+        """Write the adapter files into an existing ``folder`` (not atomic; see ``save``)."""
         self._check_attached()
         tensors = {k: v.to("cpu") for k, v in self.state_dict().items()}
-        with atomic_directory(path) as tmp:
-            save_file(tensors, str(tmp / WEIGHTS_FILE))
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
-        return Path(path)
+        save_file(tensors, str(folder / WEIGHTS_FILE))
+        (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy adapter tensors (as produced by ``state_dict``) into the layers."""
@@ -177,6 +181,7 @@ def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec) -> Ada
     form = FORMS.get(spec.form)(base.in_features, base.out_features, spec.rank, spec.alpha,
                                rslora=spec.rslora, dropout=spec.dropout)
     layer = AdaptedLinear(base, form.to(base.weight.device))
+    layer.train(base.training)  # a model attached in eval mode stays in eval mode (no dropout)
     set_submodule(model, name, layer)
     return layer
 

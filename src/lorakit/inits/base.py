@@ -27,8 +27,12 @@ class Init:
 def subtract_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
     """``W ← W − s·B A`` in place, in float32, rounded once to ``W``'s dtype.
 
-    Attaching and loading both go through this function, so the residual base weight is
-    bit-for-bit the same in both.
+    One fused ``addmm`` (no ``(out, in)`` temporaries for a float32 weight). Attaching and
+    loading both go through this function, so the residual base weight is bit-for-bit the
+    same in both.
     """
-    residual = weight.to(torch.float32) - scale * (B.to(torch.float32) @ A.to(torch.float32))
-    weight.copy_(residual.to(weight.dtype))
+    B, A = B.to(torch.float32), A.to(torch.float32)
+    if weight.dtype == torch.float32:
+        weight.addmm_(B, A, alpha=-scale)
+    else:
+        weight.copy_(weight.to(torch.float32).addmm_(B, A, alpha=-scale).to(weight.dtype))

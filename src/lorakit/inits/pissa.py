@@ -25,7 +25,7 @@ def pissa_factors(
         U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
         U_r, S_r, Vh_r = U[:, :rank], S[:rank], Vh[:rank]
     else:
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         with torch.random.fork_rng(devices=[weight.device] if weight.is_cuda else []):
             torch.manual_seed(seed)
             U_r, S_r, V_r = torch.svd_lowrank(weight, q=rank, niter=int(niter))

@@ -1,0 +1,127 @@
+"""The ``lorakit`` command line: train, eval, merge, methods.
+
+Bad input prints one line ``lorakit: error: ...`` and exits with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import LorakitError
+
+EMBEDDED_PREFIX = "embedded"
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .train import train
+
+    config = load_config(args.config, args.overrides)
+    summary = train(config, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(summary, indent=2))
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    from .adapter import load
+    from .config import load_config
+    from .evaluate import evaluate_loss
+    from .train.setup import prepare_data, prepare_model
+
+    config = load_config(args.config, args.overrides)
+    model, tokenizer = prepare_model(config)
+    _, eval_examples, collate = prepare_data(config, tokenizer)
+    if not eval_examples:
+        raise LorakitError("the eval split is empty; set data.eval_size > 0")
+    if args.adapter:
+        load(model, args.adapter)
+    device = next(model.parameters()).device
+    metrics = evaluate_loss(model, eval_examples, collate, config.train.eval_batch_size, device)
+    result = {"adapter": args.adapter, "model": config.model.path, **metrics}
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    from .adapter import load, read_adapter
+    from .models import load_model
+
+    config, _ = read_adapter(args.adapter)
+    base = args.model or config.get("base_model")
+    if not base:
+        raise LorakitError(f"{args.adapter} does not record its base model; pass --model PATH")
+    if str(base).startswith(EMBEDDED_PREFIX):
+        base = EMBEDDED_PREFIX
+    model, tokenizer = load_model(base, dtype=args.dtype)
+    merged = load(model, args.adapter).merge_and_unload()
+    out = Path(args.out)
+    merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    print(f"merged model written to {out}")
+
+
+def _cmd_methods(args: argparse.Namespace) -> None:
+    from .methods import PRESETS, resolve
+    from .optim.lora_plus import DEFAULT_RATIO
+
+    rows = [("method", "form", "init", "optimizer", "schedule", "notes")]
+    for name in PRESETS:
+        spec = resolve(name)
+        note = f"λ={DEFAULT_RATIO:g} (lr_ratio)" if spec.optimizer == "lora_plus" else ""
+        rows.append((name, spec.form, spec.init, spec.optimizer, spec.schedule, note))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for i, row in enumerate(rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if i == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning of causal LMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="fine-tune with a YAML config")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
+    p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="eval loss and perplexity on the config's eval split")
+    p.add_argument("config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
+    p.add_argument("--out", help="also write the metrics as JSON to this file")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("merge", help="fold an adapter into its base model and save the result")
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("out", help="output folder for the merged transformers model")
+    p.add_argument("--model", help="base model (default: the one the adapter records)")
+    p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("methods", help="list the method presets and their components")
+    p.set_defaults(func=_cmd_methods)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``lorakit`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except LorakitError as exc:
+        print(f"lorakit: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lorakit: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

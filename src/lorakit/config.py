@@ -1,0 +1,252 @@
+"""Run configuration: YAML files plus dotted ``key=value`` overrides, type checked.
+
+A config has four sections: ``model``, ``method`` (a preset ``name`` plus any of its fields),
+``data`` and ``train``. Unknown keys and values of the wrong type are one-line errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import LorakitError, did_you_mean
+from .methods import OVERRIDABLE, MethodSpec, resolve
+
+
+@dataclass
+class ModelConfig:
+    """Which base model: ``embedded`` (SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id."""
+
+    path: str = "embedded"
+    dtype: str = "float32"
+
+
+@dataclass
+class DataConfig:
+    """Alpaca-format records and how they become training examples."""
+
+    path: str = "chatterbot"
+    template: str = "alpaca"
+    max_length: int = 128
+    train_size: int | None = 1000
+    eval_size: int = 500
+    offset: int = 0
+    shuffle_seed: int | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The training loop; steps are optimizer steps (``batch_size × grad_accum`` examples)."""
+
+    lr: float = 3e-4
+    epochs: int = 1
+    max_steps: int | None = None
+    batch_size: int = 2
+    grad_accum: int = 2
+    eval_batch_size: int = 8
+    weight_decay: float = 0.0
+    scheduler: str = "linear"
+    warmup_steps: int = 0
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "no"
+    gradient_checkpointing: bool = False
+    log_every: int = 10
+    eval_every: int | None = None
+    save_every: int | None = 50
+    keep_checkpoints: int = 2
+    seed: int = 0
+    output_dir: str = "runs/default"
+
+
+@dataclass
+class RunConfig:
+    """A whole training run."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def method_spec(self) -> MethodSpec:
+        options = dict(self.method)
+        options.setdefault("seed", self.train.seed)  # one seed drives init, dropout and data order
+        return resolve(options.pop("name", "lora"), **options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+DTYPES = ("float32", "bfloat16", "float16")
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _check_type(key: str, value: Any, annotation: Any) -> Any:
+    """``value`` converted to ``annotation`` (int → float allowed, list → tuple), or an error."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(key, value, option)
+            except LorakitError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is tuple:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+            return tuple(value)
+    elif annotation is float:
+        if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is Any or isinstance(value, annotation):
+        return value
+    expected = getattr(annotation, "__name__", str(annotation))
+    raise LorakitError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise LorakitError(f"config section {name!r} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            raise LorakitError(
+                f"unknown config key '{name}.{key}'{did_you_mean(key, known)}; {name} keys are: {', '.join(known)}"
+            )
+        kwargs[key] = _check_type(f"{name}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+def _check_method(values: Any) -> dict[str, Any]:
+    if values is None:
+        return {"name": "lora"}
+    if isinstance(values, str):
+        return {"name": values}
+    if not isinstance(values, dict):
+        raise LorakitError(f"config section 'method' must be a preset name or a mapping, got {values!r}")
+    hints = typing.get_type_hints(MethodSpec)
+    out = {"name": values.get("name", "lora")}
+    for key, value in values.items():
+        if key == "name":
+            continue
+        if key not in OVERRIDABLE:
+            raise LorakitError(
+                f"unknown config key 'method.{key}'{did_you_mean(key, OVERRIDABLE)}; "
+                f"method keys are: name, {', '.join(OVERRIDABLE)}"
+            )
+        out[key] = _check_type(f"method.{key}", value, hints[key])
+    return out
+
+
+def build_config(raw: dict[str, Any]) -> RunConfig:
+    """A checked ``RunConfig`` from a nested mapping."""
+    unknown_sections = set(raw) - set(SECTIONS) - {"method"}
+    if unknown_sections:
+        key = sorted(unknown_sections)[0]
+        raise LorakitError(
+            f"unknown config section {key!r}{did_you_mean(key, [*SECTIONS, 'method'])}; "
+            "sections are: model, method, data, train"
+        )
+    config = RunConfig(
+        model=_build_section("model", ModelConfig, raw.get("model")),
+        method=_check_method(raw.get("method")),
+        data=_build_section("data", DataConfig, raw.get("data")),
+        train=_build_section("train", TrainConfig, raw.get("train")),
+    )
+    config.method_spec()  # validates the method composition before any work starts
+    validate_run(config)
+    return config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise LorakitError(message)
+
+
+def validate_run(config: RunConfig) -> None:
+    """Range checks that the types alone do not catch."""
+    t, d = config.train, config.data
+    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    for key in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
+        _require(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
+    for key in ("max_steps", "eval_every", "save_every"):
+        value = getattr(t, key)
+        _require(value is None or value >= 1, f"train.{key} must be >= 1 or null, got {value}")
+    _require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
+    _require(t.mixed_precision in MIXED_PRECISION,
+             f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}")
+    _require(t.scheduler in SCHEDULERS,
+             f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {t.scheduler!r}")
+    _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
+    _require(d.eval_size >= 0 and d.offset >= 0, "data.eval_size and data.offset must be >= 0")
+    _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
+    _require(config.model.dtype in DTYPES,
+             f"model.dtype must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested mapping."""
+    raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise LorakitError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+        section, name = parts
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        current = raw.get(section)
+        if isinstance(current, str):  # "method: olora" shorthand
+            current = {"name": current}
+        raw[section] = {**(current or {}), name: value}
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise LorakitError(f"config file {path} does not exist")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise LorakitError(f"config file {path} is not valid YAML{where}") from None
+        if not isinstance(raw, dict):
+            raise LorakitError(f"config file {path} must hold a mapping of sections")
+    return build_config(apply_overrides(raw, overrides or []))
+
+
+def dump_config(config: RunConfig) -> str:
+    """The config as YAML text (what a run records next to its outputs)."""
+    data = config.to_dict()
+    return yaml.safe_dump(data, sort_keys=False)

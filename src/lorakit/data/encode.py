@@ -1,0 +1,72 @@
+"""Records → token ids with the loss on the response only, and the batch collator."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+
+from ..errors import LorakitError
+from .prompts import format_prompt
+
+IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' loss) skips
+
+Encoded = dict[str, list[int]]
+
+
+def encode(record: Mapping[str, str], tokenizer: Any, template: str, max_length: int) -> Encoded:
+    """``input_ids`` = [bos] + prompt + response + [eos], ``labels`` = -100 over bos and prompt.
+
+    Prompt and response are tokenised separately so the boundary is exact (a joint
+    tokenisation could merge tokens across it). bos is added for the alpaca template only: a
+    chat template writes its own start tokens. The result is cut to ``max_length`` tokens from
+    the right; a prompt longer than that leaves no response tokens, hence no loss.
+    """
+    if max_length < 1:
+        raise LorakitError(f"max_length must be >= 1 (got {max_length}); pass a positive token count")
+    if tokenizer.eos_token_id is None:
+        raise LorakitError("the tokenizer has no eos token; set tokenizer.eos_token before encoding")
+    prompt = format_prompt(record, template, tokenizer)
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    response_ids = list(tokenizer(record["output"], add_special_tokens=False)["input_ids"])
+    if template == "alpaca" and tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+    answer = [*response_ids, tokenizer.eos_token_id]
+    input_ids = prompt_ids + answer
+    labels = [IGNORE_INDEX] * len(prompt_ids) + answer
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+
+
+def encode_all(records: Iterable[Mapping[str, str]], tokenizer: Any, template: str,
+               max_length: int) -> list[Encoded]:
+    """``encode`` every record, in order."""
+    return [encode(record, tokenizer, template, max_length) for record in records]
+
+
+class Collator:
+    """Right-pads a list of encoded records into LongTensors for a causal-LM forward pass."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if pad_id is None:
+            raise LorakitError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
+        self.pad_id = int(pad_id)
+
+    def __call__(self, batch: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        if not batch:
+            raise LorakitError("cannot collate an empty batch; pass at least one encoded record")
+        width = max(len(item["input_ids"]) for item in batch)
+        input_ids, attention_mask, labels = [], [], []
+        for item in batch:
+            # the mask comes from lengths, not from comparing with pad_id: pad often equals eos,
+            # and the real eos at the end of each example must stay visible
+            n, pad = len(item["input_ids"]), width - len(item["input_ids"])
+            input_ids.append([*item["input_ids"], *[self.pad_id] * pad])
+            attention_mask.append([1] * n + [0] * pad)
+            labels.append([*item["labels"], *[IGNORE_INDEX] * pad])
+        return {
+            "input_ids": torch.tensor(input_ids, dtype=torch.long),
+            "attention_mask": torch.tensor(attention_mask, dtype=torch.long),
+            "labels": torch.tensor(labels, dtype=torch.long),
+        }

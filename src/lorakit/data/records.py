@@ -1,0 +1,175 @@
+"""Alpaca-format records (``instruction``, optional ``input``, ``output``) from files or built-ins.
+
+Every reader returns raw rows; ``_validate`` is the single place that decides what a valid record
+is, so the four file formats and the built-in data set fail with the same messages.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import os
+import random
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import LorakitError
+
+Record = dict[str, str]
+FIELDS_HINT = "every record needs 'instruction' and 'output' (and optionally 'input')"
+BUILTIN_CHATTERBOT = ("chatterbot", "builtin:chatterbot")
+
+
+def load_records(source: str) -> list[Record]:
+    """Records from a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, or ``"chatterbot"``.
+
+    Each record has exactly the keys ``instruction``, ``input`` (``""`` when absent) and
+    ``output``. Record indices in error messages count from 0.
+    """
+    if source in BUILTIN_CHATTERBOT:
+        return chatterbot_records()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise LorakitError(
+            f"data file {source} does not exist; pass an existing {'/'.join(READERS)} file "
+            f"or the built-in data set 'chatterbot'"
+        )
+    suffix = path.suffix.lower()
+    if suffix not in READERS:
+        raise LorakitError(
+            f"{source}: unsupported data format {suffix or '(no extension)'!r}; "
+            f"use one of: {', '.join(READERS)}"
+        )
+    rows = READERS[suffix](path, source)
+    if not rows:
+        raise LorakitError(f"{source}: the file holds no records; {FIELDS_HINT}")
+    return [_validate(row, index, source) for index, row in enumerate(rows)]
+
+
+def split_records(records: Sequence[Record], train_size: int | None, eval_size: int,
+                  offset: int = 0, shuffle_seed: int | None = None) -> tuple[list[Record], list[Record]]:
+    """Deterministic (train, eval) split: train is ``records[offset:offset+train_size]``,
+    eval the ``eval_size`` records right after it.
+
+    ``train_size=None`` trains on everything after ``offset`` except the eval part. With
+    ``shuffle_seed`` the records are permuted by ``random.Random(shuffle_seed)`` first.
+    The paper's split is ``train_size=1000, eval_size=500`` (rows 0-999 and 1000-1499).
+    """
+    if (train_size is not None and train_size < 0) or eval_size < 0 or offset < 0:
+        raise LorakitError(
+            f"split sizes must be >= 0 (got train_size={train_size}, eval_size={eval_size}, "
+            f"offset={offset}); pass non-negative numbers"
+        )
+    rows = list(records)
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(rows)
+    train_end = max(offset, len(rows) - eval_size) if train_size is None else offset + train_size
+    train, evaluation = rows[offset:train_end], rows[train_end:train_end + eval_size]
+    empty = "train" if not train else "eval" if eval_size > 0 and not evaluation else None
+    if empty is not None:
+        raise LorakitError(
+            f"the {empty} split is empty: there are {len(rows)} records but the split asks for "
+            f"offset={offset}, train_size={train_size}, eval_size={eval_size}; "
+            f"use smaller sizes or more data"
+        )
+    return train, evaluation
+
+
+def chatterbot_records() -> list[Record]:
+    """The English ``chatterbot_corpus`` conversations as (question → answer) records."""
+    import yaml
+
+    try:
+        from chatterbot_corpus.corpus import DATA_DIRECTORY
+    except ImportError:
+        raise LorakitError(
+            "the built-in 'chatterbot' data set needs chatterbot-corpus; pip install chatterbot-corpus"
+        ) from None
+    records = []
+    for file in sorted(glob.glob(os.path.join(DATA_DIRECTORY, "english", "*.yml"))):
+        with open(file, encoding="utf-8") as handle:
+            conversations = (yaml.safe_load(handle) or {}).get("conversations") or []
+        for turns in conversations:
+            # YAML may turn a bare answer like "yes" or "42" into a bool or number: not text, skip it
+            texts = [turn for turn in turns if isinstance(turn, str)]
+            records.extend({"instruction": question, "input": "", "output": answer}
+                           for question, answer in zip(texts, texts[1:]))
+    return records
+
+
+# -- readers: path → raw rows (anything; _validate checks them) -------------------------------
+def _read_json(path: Path, source: str) -> list[Any]:
+    text = path.read_text(encoding="utf-8")
+    if not text.strip():
+        return []
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise LorakitError(f"{source}: invalid JSON at line {exc.lineno}: {exc.msg}; "
+                           f"fix the file (it must be a JSON list of objects)") from None
+    if not isinstance(data, list):
+        raise LorakitError(f"{source}: top-level JSON is a {type(data).__name__}, not a list; "
+                           f"write a JSON list of record objects (or use .jsonl)")
+    return data
+
+
+def _read_jsonl(path: Path, source: str) -> list[Any]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise LorakitError(f"{source}: invalid JSON on line {line_number}: {exc.msg}; "
+                                   f"each line must be one JSON object") from None
+    return rows
+
+
+def _read_csv(path: Path, source: str) -> list[Any]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _read_parquet(path: Path, source: str) -> list[Any]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise LorakitError(f"{source}: reading .parquet needs pyarrow; pip install pyarrow") from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises its own exception types for corrupt files
+        raise LorakitError(f"{source}: not a readable parquet file ({exc}); fix or re-export it") from None
+
+
+READERS: dict[str, Callable[[Path, str], list[Any]]] = {
+    ".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet,
+}
+
+
+def _missing(value: Any) -> bool:
+    # CSV gives None for short rows; parquet/pandas exports give None or NaN for empty cells
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _validate(row: Any, index: int, source: str) -> Record:
+    if not isinstance(row, dict):
+        raise LorakitError(f"{source}: record {index} is a {type(row).__name__}, not an object; {FIELDS_HINT}")
+    record = {}
+    for field in ("instruction", "input", "output"):
+        value = row.get(field)
+        if field == "input" and _missing(value):
+            value = ""
+        elif field not in row:
+            raise LorakitError(f"{source}: record {index} has no {field!r} field; {FIELDS_HINT}")
+        elif _missing(value):
+            raise LorakitError(f"{source}: record {index} has an empty {field!r} field; {FIELDS_HINT}")
+        if not isinstance(value, str):
+            raise LorakitError(f"{source}: record {index} field {field!r} is a {type(value).__name__}, "
+                               f"not a string; {FIELDS_HINT}, all strings")
+        record[field] = value
+    return record

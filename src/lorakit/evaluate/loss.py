@@ -1,0 +1,49 @@
+"""Token-level cross-entropy on response tokens, and eval loss / perplexity over a split.
+
+The loss of a batch is ``Σ_t CE(logits_t, label_{t+1})`` over positions whose next-token
+label is not ``-100`` (prompt and padding are excluded); averages are token-weighted, so a
+long response counts by its length, not as one example.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+IGNORE = -100
+
+
+def label_tokens(labels: torch.Tensor) -> int:
+    """The number of positions that carry a loss (labels shifted by one)."""
+    return int((labels[:, 1:] != IGNORE).sum())
+
+
+def token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum of next-token cross-entropy over the batch's response tokens."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    shifted = logits[:, :-1].float()
+    return F.cross_entropy(
+        shifted.reshape(-1, shifted.size(-1)), batch["labels"][:, 1:].reshape(-1),
+        ignore_index=IGNORE, reduction="sum",
+    )
+
+
+@torch.no_grad()
+def evaluate_loss(model: nn.Module, examples: Sequence[dict[str, Any]], collate: Callable,
+                  batch_size: int, device: torch.device | str) -> dict[str, float]:
+    """``eval_loss`` (token-weighted mean CE) and ``eval_ppl = exp(eval_loss)`` over ``examples``."""
+    was_training = model.training
+    model.eval()
+    total, tokens = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+        total += float(token_loss(model, batch))
+        tokens += label_tokens(batch["labels"])
+    model.train(was_training)
+    loss = total / max(tokens, 1)
+    return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": tokens}

@@ -1,0 +1,196 @@
+"""The training loop, on accelerate so that multi-GPU launchers work unchanged.
+
+One optimizer step = ``grad_accum`` micro-batches; the loss of the step is the sum of response
+token cross-entropies divided by the number of response tokens in the whole step, so gradient
+accumulation gives the same gradient as one large batch. Metrics go to ``metrics.jsonl``
+(training every ``log_every`` steps, eval every ``eval_every`` steps and at the end);
+checkpoints every ``save_every`` steps; the final adapter to ``<output_dir>/adapter``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import get_scheduler, set_seed
+
+from ..adapter import Adapter, attach, load
+from ..config import RunConfig, dump_config
+from ..errors import LorakitError
+from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
+from ..io.atomic import write_text_atomic
+from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
+from .data_order import step_batches, steps_per_epoch
+from .setup import prepare_data, prepare_model
+
+CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir")
+
+
+@dataclass
+class StepInfo:
+    """What callbacks see after every optimizer step."""
+
+    step: int
+    total_steps: int
+    loss: float
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
+    return {**config, "train": train}
+
+
+def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
+    checkpoint = latest_checkpoint(output_dir) if resume else None
+    if not resume and ((output_dir / "checkpoints").exists() or (output_dir / "adapter").exists()):
+        raise LorakitError(
+            f"{output_dir} already holds a run; pass --resume to continue it "
+            "or choose another train.output_dir"
+        )
+    return checkpoint
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log records past ``step`` (written by a run killed after its last checkpoint)."""
+    if path.is_file():
+        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+class _Log:
+    def __init__(self, path: Path, enabled: bool) -> None:
+        self.path, self.enabled = path, enabled
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self.enabled:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def train(config: RunConfig, resume: bool = False,
+          callbacks: Sequence[Callable[[StepInfo], None]] = (), progress: bool = True) -> dict[str, Any]:
+    """Fine-tune ``config.model`` with ``config.method`` on ``config.data``; return the summary."""
+    tc = config.train
+    output_dir = Path(tc.output_dir)
+    checkpoint = _check_output_dir(output_dir, resume)
+    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision))
+    set_seed(tc.seed)
+    model, tokenizer = prepare_model(config, accelerator.device)
+    train_examples, eval_examples, collate = prepare_data(config, tokenizer)
+
+    state: dict[str, Any] = {"config": config.to_dict()}
+    if checkpoint is not None:
+        saved_state, tensors = read_checkpoint(checkpoint)
+        if _comparable(saved_state["config"]) != _comparable(state["config"]):
+            raise LorakitError(f"{checkpoint} was made with a different config; resume with the same config")
+        adapter: Adapter = load(model, checkpoint)
+    else:
+        adapter = attach(model, config.method_spec())
+    if tc.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+
+    per_epoch = steps_per_epoch(len(train_examples), tc.batch_size, tc.grad_accum, accelerator.num_processes)
+    total_steps = tc.max_steps or per_epoch * tc.epochs
+    optimizer = adapter.optimizer(lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
+                              num_training_steps=total_steps)
+    start_step = 0
+    if checkpoint is not None:
+        optimizer.load_state_dict(tensors["optimizer"])
+        scheduler.load_state_dict(tensors["scheduler"])
+        set_rng_state(tensors["rng"])
+        start_step = saved_state["step"]
+        if accelerator.is_main_process:
+            _truncate_log(output_dir / "metrics.jsonl", start_step)
+    model, prepared_optimizer = accelerator.prepare(model, optimizer)
+
+    main = accelerator.is_main_process
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(output_dir / "config.yaml", dump_config(config))
+    log = _Log(output_dir / "metrics.jsonl", main)
+    device = accelerator.device
+
+    def run_eval(step: int) -> dict[str, float]:
+        if not eval_examples:
+            return {}
+        metrics = evaluate_loss(model, eval_examples, collate, tc.eval_batch_size, device)
+        log.write({"step": step, **metrics})
+        return metrics
+
+    if start_step == 0:
+        run_eval(0)
+    model.train()
+    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method_spec().name}",
+               disable=not (progress and main), dynamic_ncols=True)
+    window_loss, window_tokens, started = 0.0, 0, time.time()
+    last_loss = float("nan")
+    for step in range(start_step, total_steps):
+        batches = [collate([train_examples[i] for i in idx]) for idx in step_batches(
+            step, len(train_examples), tc.batch_size, tc.grad_accum, tc.seed,
+            accelerator.process_index, accelerator.num_processes)]
+        n_tokens = max(sum(label_tokens(b["labels"]) for b in batches), 1)
+        step_loss = 0.0
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            # gradients are all-reduced only on the step's last micro-batch
+            with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
+                with accelerator.autocast():
+                    loss_sum = token_loss(model, batch)
+                accelerator.backward(loss_sum / n_tokens)
+            step_loss += loss_sum.item()
+        grad_norm = None
+        if tc.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(adapter.parameters(), tc.max_grad_norm))
+        prepared_optimizer.step()
+        scheduler.step()
+        prepared_optimizer.zero_grad(set_to_none=True)
+        last_loss = step_loss / n_tokens
+        window_loss, window_tokens = window_loss + step_loss, window_tokens + n_tokens
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+        metrics: dict[str, float] = {}
+        if done % tc.log_every == 0 or done == total_steps:
+            record = {"step": done, "epoch": done / per_epoch, "loss": window_loss / window_tokens,
+                      "lr": [g["lr"] for g in optimizer.param_groups], "grad_norm": grad_norm,
+                      "elapsed_s": round(time.time() - started, 3)}
+            log.write(record)
+            window_loss, window_tokens = 0.0, 0
+        if tc.eval_every and done % tc.eval_every == 0 and done != total_steps:
+            metrics = run_eval(done)
+        if main and tc.save_every and done % tc.save_every == 0 and done != total_steps:
+            save_checkpoint(output_dir, done, adapter, optimizer, scheduler, state, tc.keep_checkpoints)
+        for callback in callbacks:
+            callback(StepInfo(done, total_steps, last_loss, output_dir, metrics))
+    bar.close()
+
+    final = run_eval(total_steps)
+    summary = {"method": config.method_spec().name, "components": config.method_spec().components(),
+               "steps": total_steps, "train_loss": last_loss, **final,
+               "trainable_parameters": adapter.num_parameters(),
+               "seconds": round(time.time() - started, 2), "adapter": str(output_dir / "adapter")}
+    if main:
+        adapter.save(output_dir / "adapter")
+        save_checkpoint(output_dir, total_steps, adapter, optimizer, scheduler, state, tc.keep_checkpoints)
+        write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+    accelerator.wait_for_everyone()
+    return summary

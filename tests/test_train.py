@@ -1,0 +1,204 @@
+"""The training loop, checkpoints, resume and the CLI, on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import lorakit
+from lorakit.config import load_config
+from lorakit.train import train
+from lorakit.train.checkpoint import latest_checkpoint
+
+ADAPTER = "adapter/lorakit_adapter.safetensors"
+
+
+def overrides(model_dir: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return [f"model.path={model_dir}", f"data.path={data}", "data.train_size=48", "data.eval_size=16",
+            "data.shuffle_seed=0", "data.max_length=48", "method.name=olora_plus", "method.rank=4",
+            "method.lr_ratio=0.5", "method.dropout=0.1", "method.targets=all-linear",
+            "train.lr=5e-3", "train.batch_size=4", "train.grad_accum=2", "train.epochs=2",
+            "train.log_every=2", "train.eval_every=4", "train.save_every=3",
+            f"train.output_dir={out}", *extra]
+
+
+def run(model_dir, data, out, *extra, resume=False, callbacks=()):
+    config = load_config(None, overrides(model_dir, data, out, *extra))
+    return train(config, resume=resume, callbacks=callbacks, progress=False)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_run_writes_everything_and_learns(tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "run"
+    summary = run(tiny_model_dir, addition_data, out)
+    assert summary["steps"] == 12  # 48 examples / (4 × 2) per step × 2 epochs
+    records = metrics(out)
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [0, 4, 8, 12]
+    assert evals[-1]["eval_loss"] < evals[0]["eval_loss"] - 0.3
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6, 8, 10, 12]
+    assert all(len(r["lr"]) == 2 for r in records if "lr" in r)  # LoRA+ groups A and B
+    assert (out / ADAPTER).is_file() and (out / "config.yaml").is_file()
+    assert json.loads((out / "summary.json").read_text())["eval_loss"] == pytest.approx(evals[-1]["eval_loss"])
+    assert latest_checkpoint(out).name == "step-0000012"
+    assert len(list((out / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def crash_at(step):
+    def callback(info):
+        if info.step == step:
+            raise Crash(f"simulated crash after step {step}")
+    return callback
+
+
+def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
+    run(tiny_model_dir, addition_data, tmp_path / "full")
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(8)])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000006"
+    run(tiny_model_dir, addition_data, tmp_path / "cut", resume=True)
+    full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert full.keys() == cut.keys()
+    for key in full:
+        assert torch.equal(full[key], cut[key]), key
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+    assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
+
+
+def test_grad_accumulation_matches_one_large_batch(tiny_model_dir, addition_data, tmp_path):
+    common = ("method.dropout=0.0", "train.max_steps=1", "train.max_grad_norm=null")
+    run(tiny_model_dir, addition_data, tmp_path / "a", *common, "train.batch_size=8", "train.grad_accum=1")
+    run(tiny_model_dir, addition_data, tmp_path / "b", *common, "train.batch_size=2", "train.grad_accum=4")
+    a, b = load_file(tmp_path / "a" / ADAPTER), load_file(tmp_path / "b" / ADAPTER)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
+def test_existing_run_needs_resume_and_same_config(tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "run"
+    run(tiny_model_dir, addition_data, out, "train.max_steps=3")
+    with pytest.raises(lorakit.LorakitError, match="already holds a run"):
+        run(tiny_model_dir, addition_data, out, "train.max_steps=3")
+    with pytest.raises(lorakit.LorakitError, match="different config"):
+        run(tiny_model_dir, addition_data, out, "train.max_steps=3", "train.lr=1e-3", resume=True)
+
+
+def test_adapter_from_another_base_model_is_refused(tiny_model_dir, addition_data, tmp_path):
+    from tiny import tiny_llama
+
+    run(tiny_model_dir, addition_data, tmp_path / "run", "train.max_steps=2")
+    other = tiny_llama(seed=1, vocab_size=200)
+    with pytest.raises(lorakit.LorakitError, match="different base model"):
+        lorakit.load(other, tmp_path / "run" / "adapter")
+
+
+# -- the CLI, as a user runs it ---------------------------------------------------------------
+def cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "lorakit", *args], capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, "TQDM_DISABLE": "1"})
+
+
+def write_config(path: Path, model_dir: Path, data: Path, out: Path, *extra: str) -> Path:
+    raw: dict = {}
+    for item in overrides(model_dir, data, out, *extra):
+        key, _, value = item.partition("=")
+        section, name = key.split(".")
+        raw.setdefault(section, {})[name] = yaml.safe_load(value)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cli_kill_and_resume_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
+    extra = ("train.epochs=20", "train.save_every=5", "train.eval_every=null")
+    full = write_config(tmp_path / "full.yaml", tiny_model_dir, addition_data, tmp_path / "full", *extra)
+    cut = write_config(tmp_path / "cut.yaml", tiny_model_dir, addition_data, tmp_path / "cut", *extra)
+    assert cli("train", str(full), "--quiet").returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "lorakit", "train", str(cut), "--quiet"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while latest_checkpoint(tmp_path / "cut") is None and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / ADAPTER).exists(), "the run finished before it could be killed"
+    resumed = cli("train", str(cut), "--resume", "--quiet")
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "{config}", "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["train", "{config}", "method.name=nope"], "unknown method 'nope'"),
+    (["train", "{config}", "method.init=qr"], "unknown init 'qr'"),
+    (["train", "{config}", "method.lr_ratio=0"], "must be > 0"),
+    (["train", "{config}", "method.rank=100"], "rank 100 exceeds layer"),
+    (["train", "{config}", "method.targets=[nothing_here]"], "match no nn.Linear"),
+    (["train", "{config}", "data.path=/no/such/file.json"], "/no/such/file.json"),
+    (["train", "{config}", "data.train_size=100", "data.eval_size=0", "data.offset=64"], "train"),
+    (["train", "missing.yaml"], "missing.yaml does not exist"),
+    (["eval", "{config}", "--adapter", "{other_adapter}"], "different base model"),
+])
+def test_cli_bad_input_is_one_line_exit_2(args, needle, tiny_model_dir, addition_data, tmp_path, capsys):
+    from lorakit.cli import main
+    from tiny import tiny_llama
+
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "out")
+    other = lorakit.attach(tiny_llama(seed=3, vocab_size=200), "lora", targets="all-linear", rank=2)
+    other.save(tmp_path / "other")
+    args = [a.format(config=config, other_adapter=tmp_path / "other") for a in args]
+    capsys.readouterr()
+    assert main(args) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("lorakit: error:"), lines
+    assert needle in lines[0]
+
+
+def test_cli_malformed_data_names_record_and_field(tiny_model_dir, tmp_path):
+    """In a real process: exit code 2, one line on stderr, no traceback."""
+    data = tmp_path / "bad.json"
+    data.write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, data, tmp_path / "out")
+    result = cli("train", str(config))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert "record 1" in result.stderr and "'output'" in result.stderr
+
+
+def test_cli_train_eval_merge(tiny_model_dir, addition_data, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
+                          "train.max_steps=4")
+    assert cli("train", str(config), "--quiet").returncode == 0
+    evaluated = cli("eval", str(config), "--adapter", str(tmp_path / "run" / "adapter"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert json.loads(evaluated.stdout)["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
+    merged = cli("merge", str(tmp_path / "run" / "adapter"), str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    lorakit.load(base, tmp_path / "run" / "adapter")
+    x = torch.randint(3, 100, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, base(x).logits, atol=2e-5, rtol=0)
+    methods = cli("methods")
+    assert methods.returncode == 0 and "olora_plus" in methods.stdout
