@@ -28,13 +28,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .adapter import load
     from .config import load_config
     from .evaluate import evaluate_loss
-    from .train.setup import prepare_data, prepare_model
+    from .train.setup import load_split, prepare_data, prepare_model
 
     config = load_config(args.config, args.overrides)
-    model, tokenizer = prepare_model(config)
-    _, eval_examples, collate = prepare_data(config, tokenizer)
-    if not eval_examples:
+    split = load_split(config)
+    if not split[1]:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
+    model, tokenizer = prepare_model(config)
+    _, eval_examples, collate = prepare_data(config, tokenizer, split)
     if args.adapter:
         load(model, args.adapter)
     device = next(model.parameters()).device

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib.util
 import os
 from collections.abc import Iterator
@@ -109,8 +108,9 @@ def _load_pretrained(name: str, torch_dtype: torch.dtype, failure: str) -> tuple
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+        with _quiet_progress():
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
     except LorakitError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -126,22 +126,16 @@ def _short(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' per-tensor progress bars while loading (best effort)."""
+    """Hide transformers' per-tensor "Loading weights" bars while loading.
+
+    The GGUF de-quantizer's own bar uses plain tqdm and stays (it is one bar, once).
+    """
     from transformers.utils import logging as hf_logging
 
-    try:  # the GGUF converter uses plain tqdm, not transformers' switchable one
-        from transformers import modeling_gguf_pytorch_utils as gguf_utils
-    except ImportError:
-        gguf_utils = None
-    original = getattr(gguf_utils, "tqdm", None)
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
-    if original is not None:
-        gguf_utils.tqdm = functools.partial(original, disable=True)
     try:
         yield
     finally:
-        if original is not None:
-            gguf_utils.tqdm = original
         if was_enabled:
             hf_logging.enable_progress_bar()

@@ -30,7 +30,7 @@ from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
 from ..io.atomic import write_text_atomic
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
-from .setup import prepare_data, prepare_model
+from .setup import load_split, prepare_data, prepare_model
 
 CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir")
 
@@ -90,10 +90,11 @@ def train(config: RunConfig, resume: bool = False,
     tc = config.train
     output_dir = Path(tc.output_dir)
     checkpoint = _check_output_dir(output_dir, resume)
+    split = load_split(config)
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision))
     set_seed(tc.seed)
     model, tokenizer = prepare_model(config, accelerator.device)
-    train_examples, eval_examples, collate = prepare_data(config, tokenizer)
+    train_examples, eval_examples, collate = prepare_data(config, tokenizer, split)
 
     state: dict[str, Any] = {"config": config.to_dict()}
     if checkpoint is not None:

@@ -19,11 +19,19 @@ def prepare_model(config: RunConfig, device: torch.device | str | None = None) -
     return model, tokenizer
 
 
-def prepare_data(config: RunConfig, tokenizer: Any) -> tuple[list[dict], list[dict], Callable]:
+Split = tuple[list[dict[str, str]], list[dict[str, str]]]
+
+
+def load_split(config: RunConfig) -> Split:
+    """The train and eval records (read and checked before any model is loaded)."""
+    d = config.data
+    return split_records(load_records(d.path), d.train_size, d.eval_size, d.offset, d.shuffle_seed)
+
+
+def prepare_data(config: RunConfig, tokenizer: Any, split: Split | None = None) -> tuple[list[dict], list[dict], Callable]:
     """Encoded train and eval examples (response-only labels) and the batch collator."""
     d = config.data
-    records = load_records(d.path)
-    train_records, eval_records = split_records(records, d.train_size, d.eval_size, d.offset, d.shuffle_seed)
+    train_records, eval_records = split if split is not None else load_split(config)
     train_examples = encode_all(train_records, tokenizer, d.template, d.max_length)
     eval_examples = encode_all(eval_records, tokenizer, d.template, d.max_length)
     return train_examples, eval_examples, Collator(tokenizer)
