@@ -27,7 +27,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .adapter import load
     from .config import load_config
-    from .evaluate import evaluate_loss
+    from .evaluate.suite import evaluate_run
+    from .io.atomic import write_text_atomic
     from .train.setup import load_split, prepare_data, prepare_model
 
     config = load_config(args.config, args.overrides)
@@ -38,12 +39,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     _, eval_examples, collate = prepare_data(config, tokenizer, split)
     if args.adapter:
         load(model, args.adapter)
-    device = next(model.parameters()).device
-    metrics = evaluate_loss(model, eval_examples, collate, config.train.eval_batch_size, device)
+    out = Path(args.out) if args.out else None
+    metrics = evaluate_run(model, tokenizer, config, split[1], eval_examples, collate, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
     print(json.dumps(result, indent=2))
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    if out is not None:
+        write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
@@ -62,6 +63,32 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"merged model written to {out}")
+
+
+def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
+    from .experiments.compare import run_compare
+    from .experiments.spec import load_compare_config
+
+    base, spec, runs = load_compare_config(raw, overrides)
+    command = "lorakit " + " ".join(sys.argv[1:])
+    report = run_compare(base, spec, runs, command=command, progress=not quiet)
+    print(f"report: {report}")
+    print(f"run folder: {report.parent}")
+
+
+def _cmd_compare(args: argparse.Namespace) -> None:
+    from .experiments.spec import read_yaml
+
+    _compare(read_yaml(Path(args.config)), args.overrides, args.quiet)
+
+
+def _cmd_demo(args: argparse.Namespace) -> None:
+    from .experiments.spec import read_yaml
+
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.insert(0, f"data.path={args.data}")
+    _compare(read_yaml(Path(__file__).parent / "experiments" / "demo.yaml"), overrides, args.quiet)
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:
@@ -91,11 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="eval loss and perplexity on the config's eval split")
+    p = sub.add_parser("eval", help="the config's eval metrics (loss, BLEU, ROUGE, ...) on its eval split")
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
-    p.add_argument("--out", help="also write the metrics as JSON to this file")
+    p.add_argument("--out", help="folder for metrics.json and generations.jsonl")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("merge", help="fold an adapter into its base model and save the result")
@@ -104,6 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the one the adapter records)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
+    p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("demo", help="LoRA vs OLoRA vs OLoRA+ on the embedded model (about 10 minutes on CPU)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
+    p.add_argument("--data", help="Alpaca-format data file instead of the built-in chatterbot pairs")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("methods", help="list the method presets and their components")
     p.set_defaults(func=_cmd_methods)

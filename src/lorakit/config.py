@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from .errors import LorakitError, did_you_mean
+from .evaluate.metrics import check_metrics
 from .methods import OVERRIDABLE, MethodSpec, resolve
 
 
@@ -64,6 +65,19 @@ class TrainConfig:
     output_dir: str = "runs/default"
 
 
+DEFAULT_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL")
+
+
+@dataclass
+class EvalConfig:
+    """The final evaluation: which metrics, and how the generations for BLEU/ROUGE are made."""
+
+    metrics: tuple[str, ...] = DEFAULT_METRICS
+    max_new_tokens: int = 64
+    generate_size: int | None = None
+    generate_batch_size: int = 8
+
+
 @dataclass
 class RunConfig:
     """A whole training run."""
@@ -72,6 +86,7 @@ class RunConfig:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def method_spec(self) -> MethodSpec:
         options = dict(self.method)
@@ -85,10 +100,10 @@ class RunConfig:
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DTYPES = ("float32", "bfloat16", "float16")
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
-def _check_type(key: str, value: Any, annotation: Any) -> Any:
+def check_type(key: str, value: Any, annotation: Any) -> Any:
     """``value`` converted to ``annotation`` (int → float allowed, list → tuple), or an error."""
     origin = typing.get_origin(annotation)
     if origin in (typing.Union, types.UnionType):
@@ -100,13 +115,14 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             if option is type(None):
                 continue
             try:
-                return _check_type(key, value, option)
+                return check_type(key, value, option)
             except LorakitError as exc:
                 errors.append(exc)
         raise errors[0]
     if origin is tuple:
-        if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-            return tuple(value)
+        if isinstance(value, (list, tuple)):
+            item = typing.get_args(annotation)[0]
+            return tuple(check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value))
     elif annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
@@ -137,11 +153,11 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
             raise LorakitError(
                 f"unknown config key '{name}.{key}'{did_you_mean(key, known)}; {name} keys are: {', '.join(known)}"
             )
-        kwargs[key] = _check_type(f"{name}.{key}", value, hints[key])
+        kwargs[key] = check_type(f"{name}.{key}", value, hints[key])
     return cls(**kwargs)
 
 
-def _check_method(values: Any) -> dict[str, Any]:
+def check_method(values: Any) -> dict[str, Any]:
     if values is None:
         return {"name": "lora"}
     if isinstance(values, str):
@@ -158,7 +174,7 @@ def _check_method(values: Any) -> dict[str, Any]:
                 f"unknown config key 'method.{key}'{did_you_mean(key, OVERRIDABLE)}; "
                 f"method keys are: name, {', '.join(OVERRIDABLE)}"
             )
-        out[key] = _check_type(f"method.{key}", value, hints[key])
+        out[key] = check_type(f"method.{key}", value, hints[key])
     return out
 
 
@@ -169,13 +185,14 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         key = sorted(unknown_sections)[0]
         raise LorakitError(
             f"unknown config section {key!r}{did_you_mean(key, [*SECTIONS, 'method'])}; "
-            "sections are: model, method, data, train"
+            "sections are: model, method, data, train, eval"
         )
     config = RunConfig(
         model=_build_section("model", ModelConfig, raw.get("model")),
-        method=_check_method(raw.get("method")),
+        method=check_method(raw.get("method")),
         data=_build_section("data", DataConfig, raw.get("data")),
         train=_build_section("train", TrainConfig, raw.get("train")),
+        eval=_build_section("eval", EvalConfig, raw.get("eval")),
     )
     config.method_spec()  # validates the method composition before any work starts
     validate_run(config)
@@ -204,6 +221,12 @@ def validate_run(config: RunConfig) -> None:
     _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
     _require(d.eval_size >= 0 and d.offset >= 0, "data.eval_size and data.offset must be >= 0")
     _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
+    e = config.eval
+    check_metrics(e.metrics)
+    _require(1 <= e.max_new_tokens <= 4096, f"eval.max_new_tokens must be in 1..4096, got {e.max_new_tokens}")
+    _require(e.generate_batch_size >= 1, f"eval.generate_batch_size must be >= 1, got {e.generate_batch_size}")
+    _require(e.generate_size is None or e.generate_size >= 1,
+             f"eval.generate_size must be >= 1 or null, got {e.generate_size}")
     _require(config.model.dtype in DTYPES,
              f"model.dtype must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
 

@@ -15,6 +15,19 @@ IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' 
 Encoded = dict[str, list[int]]
 
 
+def encode_prompt(record: Mapping[str, str], tokenizer: Any, template: str) -> list[int]:
+    """The token ids ``encode`` puts before the response: [bos] + prompt (bos for alpaca only).
+
+    Generation feeds exactly these ids, so the model continues from where training placed
+    the response.
+    """
+    prompt = format_prompt(record, template, tokenizer)
+    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    if template == "alpaca" and tokenizer.bos_token_id is not None:
+        prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
+    return prompt_ids
+
+
 def encode(record: Mapping[str, str], tokenizer: Any, template: str, max_length: int) -> Encoded:
     """``input_ids`` = [bos] + prompt + response + [eos], ``labels`` = -100 over bos and prompt.
 
@@ -27,11 +40,8 @@ def encode(record: Mapping[str, str], tokenizer: Any, template: str, max_length:
         raise LorakitError(f"max_length must be >= 1 (got {max_length}); pass a positive token count")
     if tokenizer.eos_token_id is None:
         raise LorakitError("the tokenizer has no eos token; set tokenizer.eos_token before encoding")
-    prompt = format_prompt(record, template, tokenizer)
-    prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    prompt_ids = encode_prompt(record, tokenizer, template)
     response_ids = list(tokenizer(record["output"], add_special_tokens=False)["input_ids"])
-    if template == "alpaca" and tokenizer.bos_token_id is not None:
-        prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
     answer = [*response_ids, tokenizer.eos_token_id]
     input_ids = prompt_ids + answer
     labels = [IGNORE_INDEX] * len(prompt_ids) + answer

@@ -10,6 +10,7 @@ checkpoints every ``save_every`` steps; the final adapter to ``<output_dir>/adap
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 from transformers import get_scheduler, set_seed
@@ -27,12 +29,15 @@ from ..adapter import Adapter, attach, load
 from ..config import RunConfig, dump_config
 from ..errors import LorakitError
 from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
+from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .setup import load_split, prepare_data, prepare_model
 
 CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir")
+# sections that do not change what is trained, so a resumed run may differ in them
+SECTIONS_FREE_ON_RESUME = ("eval",)
 
 
 @dataclass
@@ -54,7 +59,8 @@ def _mixed_precision(choice: str) -> str:
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
-    return {**config, "train": train}
+    rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
+    return {**rest, "train": train}
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
@@ -85,15 +91,23 @@ class _Log:
 
 
 def train(config: RunConfig, resume: bool = False,
-          callbacks: Sequence[Callable[[StepInfo], None]] = (), progress: bool = True) -> dict[str, Any]:
-    """Fine-tune ``config.model`` with ``config.method`` on ``config.data``; return the summary."""
+          callbacks: Sequence[Callable[[StepInfo], None]] = (), progress: bool = True,
+          base: tuple[nn.Module, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune ``config.model`` with ``config.method`` on ``config.data``; return the summary.
+
+    ``base``: an already loaded ``(model, tokenizer)`` for ``config.model`` (a sweep loads it
+    once); the run trains a deep copy and leaves it untouched.
+    """
     tc = config.train
     output_dir = Path(tc.output_dir)
     checkpoint = _check_output_dir(output_dir, resume)
     split = load_split(config)
     accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision))
     set_seed(tc.seed)
-    model, tokenizer = prepare_model(config, accelerator.device)
+    if base is not None:
+        model, tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
+    else:
+        model, tokenizer = prepare_model(config, accelerator.device)
     train_examples, eval_examples, collate = prepare_data(config, tokenizer, split)
 
     state: dict[str, Any] = {"config": config.to_dict()}
@@ -184,7 +198,9 @@ def train(config: RunConfig, resume: bool = False,
             callback(StepInfo(done, total_steps, last_loss, output_dir, metrics))
     bar.close()
 
-    final = run_eval(total_steps)
+    final = evaluate_run(accelerator.unwrap_model(model), tokenizer, config, split[1], eval_examples, collate,
+                         output_dir if main else None) if eval_examples else {}
+    log.write({"step": total_steps, **final})
     summary = {"method": config.method_spec().name, "components": config.method_spec().components(),
                "steps": total_steps, "train_loss": last_loss, **final,
                "trainable_parameters": adapter.num_parameters(),

@@ -1,0 +1,42 @@
+"""The final evaluation of a run: the metrics its config asks for, in one call.
+
+Loss metrics come from teacher forcing on response tokens; BLEU / ROUGE from greedy
+generations (saved next to the scores as ``generations.jsonl``); the ``tf_*`` metrics from the
+argmax of teacher-forced logits, reported under their own names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ..config import RunConfig
+from .generation import generation_scores
+from .loss import evaluate_loss
+from .metrics import GENERATION_METRICS, LOSS_METRICS, TEACHER_FORCED_METRICS
+from .teacher_forced import teacher_forced_scores
+
+GENERATIONS_FILE = "generations.jsonl"
+
+
+def evaluate_run(model: nn.Module, tokenizer: Any, config: RunConfig, records: Sequence[dict[str, str]],
+                 examples: Sequence[dict[str, Any]], collate: Callable,
+                 out_dir: Path | None = None) -> dict[str, float]:
+    """The metrics of ``config.eval`` on the eval split (``records`` and their encoded ``examples``)."""
+    wanted = set(config.eval.metrics)
+    device = next(model.parameters()).device
+    results: dict[str, float] = {}
+    if wanted & set(LOSS_METRICS):
+        results.update(evaluate_loss(model, examples, collate, config.train.eval_batch_size, device))
+    if wanted & set(GENERATION_METRICS):
+        subset = list(records[: config.eval.generate_size or len(records)])
+        out_path = out_dir / GENERATIONS_FILE if out_dir is not None else None
+        results.update(generation_scores(model, tokenizer, subset, config.data.template, config.data.max_length,
+                                         config.eval.max_new_tokens, config.eval.generate_batch_size, out_path))
+    if wanted & set(TEACHER_FORCED_METRICS):
+        results.update(teacher_forced_scores(model, tokenizer, examples, collate, config.train.eval_batch_size))
+    keep = wanted | {"eval_tokens"}
+    return {k: v for k, v in results.items() if k in keep}

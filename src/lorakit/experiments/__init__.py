@@ -1,0 +1,1 @@
+"""Experiments over several methods and seeds: statistics, plots and the written report."""

@@ -1,0 +1,131 @@
+"""Running a comparison: every run × seed, then results, report and plots.
+
+The base model is loaded once; each run trains a deep copy of it. Finished runs
+(``summary.json`` present) are skipped on a re-run, interrupted ones resume from their last
+checkpoint, and a run that fails becomes a ``failed`` row with its one-line error.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig
+from ..errors import LorakitError
+from ..evaluate.suite import evaluate_run
+from ..io.atomic import write_text_atomic
+from ..train import train
+from ..train.setup import load_split, prepare_data, prepare_model
+from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars
+from .report import write_report, write_results
+from .spec import CompareSpec, Run, run_config
+from .stats import aggregate, paired_vs_baseline
+
+BASE_ROW = "base model"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"{type(exc).__name__}: {text}"[:300]
+
+
+def _describe(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"{row['run']} seed {row['seed']}: FAILED ({row['error']})"
+    scores = ", ".join(f"{k}={row[k]:.4g}" for k in ("eval_loss", "bleu", "rougeL") if row.get(k) is not None)
+    return f"{row['run']} seed {row['seed']}: {scores} ({row.get('seconds', 0):.0f} s)"
+
+
+def _row(run: Run, seed: int | None, folder: Path | None, **values: Any) -> dict[str, Any]:
+    return {"run": run.name, "method": run.method.get("name", "none"), "lr_ratio": run.method.get("lr_ratio"),
+            "seed": seed, "run_dir": str(folder) if folder else None, "error": None, **values}
+
+
+def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
+               progress: bool) -> tuple[dict[str, Any], bool]:
+    """The run's row, and whether it was finished already (then nothing is trained)."""
+    folder = Path(config.train.output_dir)
+    if (folder / "summary.json").is_file():
+        return _row(run, seed, folder, status="ok", **json.loads((folder / "summary.json").read_text())), True
+    resume = (folder / "checkpoints" / "latest").is_file()
+    try:
+        summary = train(config, resume=resume, progress=progress, base=base)
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a failed run is reported as a row, the sweep goes on
+        return _row(run, seed, folder, status="failed", error=_one_line(exc)), False
+    return _row(run, seed, folder, status="ok", **summary), False
+
+
+def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict[str, Any]:
+    folder = out / "base_model"
+    cached = folder / "metrics.json"
+    if cached.is_file():
+        metrics = json.loads(cached.read_text())
+    else:
+        model, tokenizer = base
+        split = load_split(config)
+        _, eval_examples, collate = prepare_data(config, tokenizer, split)
+        metrics = evaluate_run(model, tokenizer, config, split[1], eval_examples, collate, folder)
+        write_text_atomic(cached, json.dumps(metrics, indent=2) + "\n")
+    return _row(Run(BASE_ROW, {"name": "none"}), None, folder, status="ok", **metrics)
+
+
+def _curves(rows: list[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]:
+    curves: dict[str, list[list[dict[str, Any]]]] = {}
+    for row in rows:
+        log = Path(row["run_dir"] or "") / "metrics.jsonl"
+        if row["status"] == "ok" and row["seed"] is not None and log.is_file():
+            records = [json.loads(line) for line in log.read_text().splitlines() if line]
+            curves.setdefault(row["run"], []).append(records)
+    return curves
+
+
+def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], command: str = "",
+                progress: bool = True) -> Path:
+    """Train every run × seed, then write results, plots and ``report.md``; return the report's path."""
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    load_split(base_config)  # bad data fails before the model is loaded
+    model, tokenizer = prepare_model(base_config)
+    base = (model, tokenizer)
+    rows: list[dict[str, Any]] = []
+    jobs = [(run, seed) for run in runs for seed in spec.seeds]
+    bar = tqdm(total=len(jobs), desc="sweep", position=0, disable=not progress, dynamic_ncols=True)
+    for run, seed in jobs:
+        bar.set_postfix_str(f"{run.name} seed {seed}")
+        row, skipped = _train_one(run_config(base_config, run, seed, out), run, seed, base, progress)
+        rows.append(row)
+        bar.update(1)
+        if progress:
+            tqdm.write(_describe(row) + (" [finished earlier]" if skipped else ""))
+    bar.close()
+    metrics = list(base_config.eval.metrics)
+    reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
+    aggregates = aggregate(rows, metrics)
+    write_results(out, reference + rows, aggregates)
+    plots = ["loss_curves.png", "metrics.png"]
+    plot_loss_curves(_curves(rows), out / "loss_curves.png")
+    plot_metric_bars(aggregates, metrics, out / "metrics.png")
+    if plot_lambda_sweep(aggregates, out / "lambda_sweep.png", baseline=spec.baseline):
+        plots.append("lambda_sweep.png")
+    meta = {
+        "model": base_config.model.path, "data": base_config.data.path,
+        "split": f"train {base_config.data.train_size}, eval {base_config.data.eval_size}",
+        "seeds": ", ".join(map(str, spec.seeds)), "command": command,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "duration": f"{time.time() - started:.0f} s (this invocation)",
+    }
+    paired = paired_vs_baseline(rows, spec.baseline, metrics) if spec.baseline else {}
+    report = write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta)
+    if not any(r["status"] == "ok" for r in rows):
+        raise LorakitError(f"every run failed; see {report}")
+    return report

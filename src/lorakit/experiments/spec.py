@@ -1,0 +1,125 @@
+"""The compare config: a training config plus a ``compare`` section, checked up front.
+
+A compare config is a training config (``model``, ``method`` defaults shared by every run,
+``data``, ``train``, ``eval``) plus ``compare``: the ``runs`` (each a method with overrides),
+the ``seeds``, the ``baseline`` run for paired differences, whether to score the base model as
+a reference row, and the ``output_dir``. Every method, metric and seed is validated before the
+first run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..config import RunConfig, apply_overrides, build_config, check_method, check_type
+from ..errors import LorakitError, did_you_mean
+
+
+@dataclass
+class CompareSpec:
+    """The ``compare`` section."""
+
+    runs: list[Any]
+    seeds: tuple[int, ...] = (0, 1, 2)
+    baseline: str | None = None
+    base_model_row: bool = True
+    output_dir: str = "runs/compare"
+
+
+@dataclass
+class Run:
+    """One method of the comparison: its display name and its full method options."""
+
+    name: str
+    method: dict[str, Any]
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name.replace("λ=", "lr_ratio_")).strip("_")
+
+
+def _run_name(method: dict[str, Any]) -> str:
+    ratio = method.get("lr_ratio")
+    return f"{method['name']} λ={ratio:g}" if ratio is not None else method["name"]
+
+
+def _parse_runs(items: Any, defaults: dict[str, Any]) -> list[Run]:
+    if not isinstance(items, list) or not items:
+        raise LorakitError("compare.runs must be a non-empty list of runs, e.g. [{method: olora}, {method: lora}]")
+    runs = []
+    for index, item in enumerate(items):
+        if isinstance(item, str):
+            item = {"method": item}
+        if not isinstance(item, dict) or "method" not in item or set(item) - {"name", "method"}:
+            raise LorakitError(f"compare.runs[{index}] must be a method name or a mapping with 'method' (and 'name')")
+        options = {k: v for k, v in defaults.items() if k != "name"}
+        options.update(check_method(item["method"]))
+        runs.append(Run(str(item.get("name") or _run_name(options)), options))
+    names = [r.name for r in runs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise LorakitError(f"compare.runs has two runs named {duplicates[0]!r}; give them distinct 'name's")
+    return runs
+
+
+def _parse_spec(raw: Any, defaults: dict[str, Any]) -> tuple[CompareSpec, list[Run]]:
+    if not isinstance(raw, dict):
+        raise LorakitError("a compare config needs a 'compare' section with 'runs' (and optionally 'seeds')")
+    hints = typing.get_type_hints(CompareSpec)
+    known = [f.name for f in dataclasses.fields(CompareSpec)]
+    for key in raw:
+        if key not in known:
+            raise LorakitError(f"unknown config key 'compare.{key}'{did_you_mean(key, known)}; "
+                               f"compare keys are: {', '.join(known)}")
+    values = {k: check_type(f"compare.{k}", v, hints[k]) for k, v in raw.items() if k != "runs"}
+    spec = CompareSpec(runs=raw.get("runs"), **values)
+    runs = _parse_runs(spec.runs, defaults)
+    if not spec.seeds:
+        raise LorakitError("compare.seeds is empty; give at least one seed, e.g. compare.seeds=[0,1,2]")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        raise LorakitError(f"compare.seeds repeats a seed: {list(spec.seeds)}")
+    names = [r.name for r in runs]
+    if spec.baseline is None:
+        spec.baseline = names[0]
+    elif spec.baseline not in names:
+        raise LorakitError(f"compare.baseline {spec.baseline!r} is not a run{did_you_mean(spec.baseline, names)}; "
+                           f"runs: {', '.join(names)}")
+    return spec, runs
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping, or a one-line error."""
+    if not path.is_file():
+        raise LorakitError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        raise LorakitError(f"config file {path} is not valid YAML") from None
+    if not isinstance(raw, dict):
+        raise LorakitError(f"config file {path} must hold a mapping of sections")
+    return raw
+
+
+def run_config(base: RunConfig, run: Run, seed: int, output_dir: Path) -> RunConfig:
+    """The training config of ``run`` with ``seed``, writing to its own folder."""
+    folder = output_dir / "runs" / run.slug / f"seed-{seed}"
+    train = dataclasses.replace(base.train, seed=seed, output_dir=str(folder))
+    return dataclasses.replace(base, method=dict(run.method), train=train)
+
+
+def load_compare_config(raw: dict[str, Any], overrides: list[str] | None = None) -> tuple[RunConfig, CompareSpec, list[Run]]:
+    """The shared run config, the compare section and the runs, all checked."""
+    raw = apply_overrides(raw, overrides or [])
+    compare_raw = raw.pop("compare", None)
+    spec, runs = _parse_spec(compare_raw, check_method(raw.get("method")))
+    base = build_config({**raw, "method": runs[0].method})
+    for run in runs:
+        run_config(base, run, spec.seeds[0], Path(spec.output_dir)).method_spec()
+    return base, spec, runs

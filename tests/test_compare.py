@@ -1,0 +1,121 @@
+"""``lorakit compare``: runs × seeds on a tiny model, results, report, plots, resumable sweeps."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import lorakit
+from lorakit.cli import main
+from lorakit.experiments import compare as compare_module
+from lorakit.experiments.compare import run_compare
+from lorakit.experiments.spec import load_compare_config
+
+
+def compare_raw(model_dir: Path, data: Path, out: Path) -> dict:
+    return {
+        "model": {"path": str(model_dir)},
+        "method": {"rank": 4, "targets": "all-linear"},
+        "data": {"path": str(data), "train_size": 32, "eval_size": 8, "max_length": 48, "shuffle_seed": 0},
+        "train": {"lr": 5e-3, "batch_size": 4, "grad_accum": 1, "log_every": 2, "eval_every": 4, "save_every": 4},
+        "eval": {"metrics": ["eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL", "tf_bleu", "tf_rougeL"],
+                 "max_new_tokens": 8},
+        "compare": {"runs": ["olora", {"method": {"name": "olora_plus", "lr_ratio": 0.5}},
+                             {"method": {"name": "olora_plus", "lr_ratio": 4}}],
+                    "seeds": [0, 1], "output_dir": str(out)},
+    }
+
+
+def test_compare_writes_results_report_and_plots(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    base, spec, runs = load_compare_config(compare_raw(tiny_model_dir, addition_data, out))
+    assert [r.name for r in runs] == ["olora", "olora_plus λ=0.5", "olora_plus λ=4"]
+    assert spec.baseline == "olora"
+    report = run_compare(base, spec, runs, progress=False)
+    results = json.loads((out / "results.json").read_text())
+    rows = results["rows"]
+    assert [(r["run"], r["seed"]) for r in rows] == [("base model", None)] + [
+        (name, seed) for name in ["olora", "olora_plus λ=0.5", "olora_plus λ=4"] for seed in (0, 1)]
+    for row in rows:
+        assert row["status"] == "ok"
+        assert {"eval_loss", "bleu", "rougeL", "tf_bleu", "tf_rougeL"} <= set(row)
+    assert [a["n"] for a in results["aggregates"]] == [2, 2, 2]
+    text = report.read_text()
+    assert "olora_plus λ=0.5" in text and "Paired difference vs olora" in text
+    for png in ["loss_curves.png", "metrics.png", "lambda_sweep.png"]:
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"]({png})" in text
+    generations = (out / "runs" / "olora" / "seed-0" / "generations.jsonl").read_text().splitlines()
+    assert len(generations) == 8 and {"reference", "prediction"} <= set(json.loads(generations[0]))
+    assert (out / "results.csv").read_text().count("\n") == 8  # header, base model, 3 runs × 2 seeds
+
+    # a re-run trains nothing: every run is finished
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished run was trained again")
+    monkeypatch.setattr(compare_module, "train", no_training)
+    run_compare(base, spec, runs, progress=False)
+    assert json.loads((out / "results.json").read_text())["rows"] == rows
+
+
+def test_failed_run_is_a_row_not_a_gap(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    out = tmp_path / "cmp"
+    raw = compare_raw(tiny_model_dir, addition_data, out)
+    raw["compare"]["runs"] = ["olora", "lora"]
+    raw["compare"]["seeds"] = [0]
+    base, spec, runs = load_compare_config(raw)
+    real_train = compare_module.train
+
+    def flaky(config, **kwargs):
+        if config.method["name"] == "lora":
+            raise RuntimeError("out of memory (simulated)")
+        return real_train(config, **kwargs)
+    monkeypatch.setattr(compare_module, "train", flaky)
+    report = run_compare(base, spec, runs, progress=False)
+    rows = {r["run"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert rows["lora"]["status"] == "failed" and "out of memory" in rows["lora"]["error"]
+    assert "out of memory" in report.read_text()
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda r: r["eval"].update(metrics=["eval_loss", "meteor"]), "unknown metric 'meteor'"),
+    (lambda r: r["compare"].update(runs=["olora", "qlora"]), "unknown method 'qlora'"),
+    (lambda r: r["compare"].update(seeds=[]), "compare.seeds is empty"),
+    (lambda r: r["eval"].update(max_new_tokens=0), "eval.max_new_tokens"),
+    (lambda r: r["compare"].update(baseline="nope"), "compare.baseline 'nope'"),
+    (lambda r: r["compare"].update(runs=[{"method": {"name": "olora", "lr_ratio": 2}}]), "lr_ratio=2.0 has no effect"),
+])
+def test_bad_compare_config_fails_before_training(edit, needle, tiny_model_dir, addition_data, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    raw = compare_raw(tiny_model_dir, addition_data, out)
+    edit(raw)
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    assert main(["compare", str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not out.exists()
+
+
+def test_records_without_output_fail_before_training(tiny_model_dir, tmp_path, capsys):
+    data = tmp_path / "no_output.jsonl"
+    data.write_text("".join(json.dumps({"instruction": f"q{i}", "input": ""}) + "\n" for i in range(50)))
+    raw = compare_raw(tiny_model_dir, data, tmp_path / "cmp")
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(raw, allow_unicode=True))
+    assert main(["compare", str(path), "--quiet"]) == 2
+    assert "record 0 has no 'output'" in capsys.readouterr().err
+    assert not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_demo_config_is_valid():
+    from lorakit.experiments.spec import read_yaml
+
+    raw = read_yaml(Path(lorakit.__file__).parent / "experiments" / "demo.yaml")
+    base, spec, runs = load_compare_config(raw)
+    assert base.model.path == "embedded" and len(spec.seeds) >= 2
+    assert {r.method["name"] for r in runs} == {"lora", "olora", "olora_plus"}
+    ratios = {r.method.get("lr_ratio") for r in runs if r.method["name"] == "olora_plus"}
+    assert min(ratios) < 1 < max(ratios)

@@ -1,0 +1,217 @@
+"""Statistics, result files, report.md and plots of ``lorakit compare`` on synthetic rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+from scipy import stats as sps
+
+from lorakit.errors import LorakitError
+from lorakit.experiments.plots import _aligned, plot_lambda_sweep, plot_loss_curves, plot_metric_bars
+from lorakit.experiments.report import write_report, write_results
+from lorakit.experiments.stats import aggregate, paired_difference, paired_vs_baseline
+
+METRICS = ["eval_loss", "bleu", "rouge1"]
+OOM = "RuntimeError: CUDA out of memory"
+# run → per seed (eval_loss, bleu, rouge1); None is a failed seed
+VALUES = {
+    "lora": [(1.60, 10.0, 0.30), (1.62, 11.0, 0.31), (1.61, 12.0, 0.32)],
+    "olora": [(1.59, 11.0, 0.33), (1.63, 12.0, 0.31), None],
+    "olora_plus λ=2": [(1.55, 12.0, 0.34), (1.58, 12.5, 0.35), (1.56, 14.0, 0.33)],
+    "pissa": [None, None, None],
+}
+METHOD = {"lora": "lora", "olora": "olora", "olora_plus λ=2": "olora_plus", "pissa": "pissa"}
+
+
+def _rows() -> list[dict]:
+    rows = [{"run": "base model", "method": "none", "lr_ratio": None, "seed": None, "status": "ok",
+             "error": None, "run_dir": "base_model", "eval_loss": 2.60, "bleu": 3.0, "rouge1": 0.90}]
+    for run, per_seed in VALUES.items():
+        for seed, values in enumerate(per_seed):
+            row = {"run": run, "method": METHOD[run], "components": "A,B",
+                   "lr_ratio": 2.0 if "λ" in run else None, "seed": seed, "run_dir": f"runs/{run}/{seed}",
+                   "train_loss": 1.5, "seconds": 10.0, "trainable_parameters": 1024}
+            if values is None:
+                row.update(status="failed", error=f"{OOM}. Tried to allocate 2 GiB")
+            else:
+                row.update(status="ok", error=None, **dict(zip(METRICS, values)))
+            rows.append(row)
+    return rows
+
+
+def _trained(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["method"] != "none"]
+
+
+def _curves() -> dict[str, list[list[dict]]]:
+    curves = {}
+    for index, run in enumerate(["lora", "olora", "olora_plus λ=2"]):
+        seeds = []
+        for seed in range(3 if run != "olora" else 2):
+            records = []
+            for step in range(1, 41):
+                loss = 1.6 + 0.9 * math.exp(-step / 10) + 0.02 * math.sin(step + seed) - 0.01 * index
+                records.append({"step": step, "loss": loss, "lr": 1e-4})
+                if step % 10 == 0:
+                    records.append({"step": step, "eval_loss": loss + 0.03, "eval_ppl": math.exp(loss)})
+            seeds.append(records)
+        curves[run] = seeds
+    return curves
+
+
+def _assert_png(path, min_bytes: int = 10_000) -> None:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(data) > min_bytes
+
+
+# -- statistics ------------------------------------------------------------------------------
+def test_aggregate_means_stds_and_counts():
+    aggs = {a["run"]: a for a in aggregate(_rows(), METRICS)}
+    assert list(aggs) == ["base model", "lora", "olora", "olora_plus λ=2", "pissa"]
+    lora = aggs["lora"]
+    assert (lora["n"], lora["failed"], lora["method"]) == (3, 0, "lora")
+    assert lora["eval_loss_mean"] == pytest.approx(1.61)
+    assert lora["eval_loss_std"] == pytest.approx(0.01)
+    assert lora["bleu_std"] == pytest.approx(1.0)
+    olora = aggs["olora"]
+    assert (olora["n"], olora["failed"]) == (2, 1)
+    assert olora["eval_loss_mean"] == pytest.approx(1.61)
+    assert olora["eval_loss_std"] == pytest.approx(statistics.stdev([1.59, 1.63]))
+    plus = aggs["olora_plus λ=2"]
+    assert plus["lr_ratio"] == 2.0
+    assert plus["rouge1_std"] == pytest.approx(0.01)
+    pissa = aggs["pissa"]
+    assert (pissa["n"], pissa["failed"]) == (0, 3)
+    assert pissa["eval_loss_mean"] is None and pissa["eval_loss_std"] is None
+    base = aggs["base model"]
+    assert (base["n"], base["eval_loss_mean"], base["eval_loss_std"]) == (1, 2.60, 0.0)
+
+
+def test_paired_difference_matches_hand_computed_t_test():
+    paired = paired_vs_baseline(_trained(_rows()), "lora", METRICS)
+    assert set(paired) == {"olora", "olora_plus λ=2", "pissa"}
+    d = [1.55 - 1.60, 1.58 - 1.62, 1.56 - 1.61]
+    mean = sum(d) / 3
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / 2)
+    t = mean / (sd / math.sqrt(3))
+    p = 2 * sps.t.sf(abs(t), df=2)
+    got = paired["olora_plus λ=2"]["eval_loss"]
+    assert got["n"] == 3
+    assert got["mean_diff"] == pytest.approx(mean)
+    assert got["std_diff"] == pytest.approx(sd)
+    assert got["p_value"] == pytest.approx(p, rel=1e-6)
+    assert got["p_value"] < 0.05
+    # olora pairs only on the two seeds it finished
+    olora = paired["olora"]["eval_loss"]
+    assert olora["n"] == 2 and olora["mean_diff"] == pytest.approx(0.0, abs=1e-12)
+    assert olora["p_value"] == pytest.approx(1.0)
+    assert paired["pissa"]["eval_loss"] == {"n": 0, "mean_diff": None, "std_diff": None, "p_value": None}
+
+
+def test_paired_difference_without_a_defined_test():
+    assert paired_difference([1.5], [1.6])["p_value"] is None
+    constant = paired_difference([1.5, 1.6, 1.7], [1.6, 1.7, 1.8])  # every difference is −0.1
+    assert constant["p_value"] is None and constant["mean_diff"] == pytest.approx(-0.1)
+    assert constant["std_diff"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_unknown_baseline_names_the_runs():
+    with pytest.raises(LorakitError, match="lora") as info:
+        paired_vs_baseline(_rows(), "loar", METRICS)
+    assert "olora_plus λ=2" in str(info.value) and "did you mean 'lora'" in str(info.value)
+
+
+# -- result files and report -----------------------------------------------------------------
+def test_results_json_and_csvs(tmp_path):
+    rows = _rows()
+    rows[1]["train_loss"] = float("nan")  # strict JSON has no NaN: written as null
+    aggs = aggregate(_trained(rows), METRICS)
+    write_results(tmp_path, rows, aggs)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert len(data["rows"]) == len(rows) and data["aggregates"] == aggs
+    assert data["rows"][1]["train_loss"] is None and data["rows"][1]["run"] == "lora"
+    with open(tmp_path / "results.csv", newline="") as f:
+        reader = csv.DictReader(f)
+        header = reader.fieldnames
+        lines = list(reader)
+    assert header[:7] == ["run", "method", "seed", "status", *METRICS]
+    assert len(lines) == len(rows)
+    assert lines[0]["run"] == "base model" and lines[0]["seed"] == ""
+    failed = [line for line in lines if line["status"] == "failed"]
+    assert len(failed) == 4 and all(line["eval_loss"] == "" for line in failed)
+    assert float(lines[2]["eval_loss"]) == 1.62
+    with open(tmp_path / "summary.csv", newline="") as f:
+        summary = list(csv.DictReader(f))
+    assert [s["run"] for s in summary] == ["lora", "olora", "olora_plus λ=2", "pissa"]
+    assert float(summary[0]["eval_loss_mean"]) == pytest.approx(1.61)
+    assert summary[3]["n"] == "0" and summary[3]["eval_loss_mean"] == ""
+
+
+def test_report_markdown(tmp_path):
+    rows = _rows()
+    aggs = aggregate(_trained(rows), METRICS)  # as compare does: the base model only in rows
+    paired = paired_vs_baseline(_trained(rows), "lora", METRICS)
+    meta = {"model": "tiny-llama", "data": "addition.jsonl", "seeds": [0, 1, 2], "duration": 125.0,
+            "command": "lorakit compare cfg.yaml"}
+    path = write_report(tmp_path, rows, aggs, paired, METRICS, "lora",
+                        ["loss_curves.png", str(tmp_path / "metrics.png")], meta)
+    text = path.read_text()
+    assert path == tmp_path / "report.md"
+    assert "- **model**: tiny-llama" in text and "- **seeds**: 0, 1, 2" in text
+    assert "`lorakit compare cfg.yaml`" in text and "2 min 5 s" in text
+    assert "| run | seeds | eval_loss ↓ | bleu ↑ | rouge1 ↑ |" in text
+    # best mean per column in bold: olora_plus on all three
+    plus_line = next(line for line in text.splitlines() if line.startswith("| olora_plus λ=2 | 3 |"))
+    assert "**1.5633 ± 0.0153**" in plus_line and "**12.83 ± 1.04**" in plus_line
+    assert "**0.3400 ± 0.0100**" in plus_line
+    assert "| olora | 2 (1 failed) | 1.6100 ± 0.0283 |" in text
+    assert "| lora (baseline) | 3 | 1.6100 ± 0.0100 |" in text
+    assert f"| pissa | 0 (3 failed) | failed: {OOM}" in text
+    # the reference row is shown but never bold, even where its value is the highest
+    base_line = next(line for line in text.splitlines() if "base model" in line)
+    assert "2.6000" in base_line and "0.9000" in base_line and "**" not in base_line.split("|", 2)[2]
+    assert "## Paired difference vs lora" in text
+    assert "| olora_plus λ=2 | 3 | **-0.0467 ± 0.0058 (p = 0.005)** |" in text
+    assert "**olora_plus λ=2** beats lora on eval_loss beyond seed noise" in text
+    assert "**olora** does not differ from lora on eval_loss beyond seed noise" in text
+    assert "**pissa** has no finished seed in common with lora" in text
+    assert "base model** " not in text  # no verdict for the reference
+    assert "![loss curves](loss_curves.png)" in text and "![metrics](metrics.png)" in text
+
+
+def test_report_without_baseline(tmp_path):
+    rows = _rows()
+    text = write_report(tmp_path, rows, aggregate(rows, METRICS), {}, METRICS, None, [], {}).read_text()
+    assert "Paired difference" not in text and "## Plots" not in text
+    assert text.startswith("# lorakit compare")
+
+
+# -- plots -----------------------------------------------------------------------------------
+def test_plots_are_written(tmp_path):
+    aggs = aggregate(_trained(_rows()), METRICS)
+    plot_loss_curves(_curves(), tmp_path / "loss_curves.png")
+    plot_metric_bars(aggs, METRICS, tmp_path / "metrics.png")
+    _assert_png(tmp_path / "loss_curves.png")
+    _assert_png(tmp_path / "metrics.png")
+
+
+def test_lambda_sweep_needs_two_lambdas(tmp_path):
+    aggs = aggregate(_trained(_rows()), METRICS)
+    assert plot_lambda_sweep(aggs, tmp_path / "sweep.png", baseline="lora") is False
+    assert not (tmp_path / "sweep.png").exists()
+    more = aggs + [dict(aggs[2], run="olora_plus λ=4", lr_ratio=4.0, eval_loss_mean=1.55)]
+    assert plot_lambda_sweep(more, tmp_path / "sweep.png", baseline="lora") is True
+    _assert_png(tmp_path / "sweep.png")
+
+
+def test_curves_align_on_steps_all_seeds_logged():
+    seeds = [[{"step": s, "loss": 1.0} for s in (1, 2, 3)], [{"step": s, "loss": 2.0} for s in (2, 3, 4)],
+             [{"step": 2, "eval_loss": 5.0}]]
+    steps, values = _aligned(seeds, "loss")
+    assert steps.tolist() == [2, 3] and values.tolist() == [[1.0, 1.0], [2.0, 2.0]]
+    assert _aligned(seeds, "missing") is None
