@@ -169,3 +169,27 @@ def test_disabled_context_gives_base_outputs_for_kaiming():
     with adapter.disabled():
         torch.testing.assert_close(logits(model, x), logits(tiny_llama(), x))
     assert not torch.allclose(logits(model, x), logits(tiny_llama(), x), atol=1e-3)
+
+
+@pytest.mark.parametrize("kwargs,needle", [
+    ({"method": "qlora"}, "unknown method 'qlora'"),
+    ({"method": "lora", "init": "svd"}, "unknown init 'svd'"),
+    ({"method": "lora", "optimizer": "sgdw"}, "unknown optimizer recipe 'sgdw'"),
+    ({"method": "lora", "rank": 65}, "rank 65 exceeds layer"),
+    ({"method": "lora", "targets": ["qkv"]}, "match no nn.Linear"),
+    ({"method": "lora_plus", "lr_ratio": 0.0}, "must be > 0"),
+    ({"method": "lora_plus", "lr_ratio": -2}, "must be > 0"),
+    ({"method": "lora", "lr_ratio": 2.0}, "has no effect"),
+    ({"method": "lora", "ranks": 4}, "unknown method option 'ranks'"),
+])
+def test_bad_attach_arguments(kwargs, needle):
+    with pytest.raises(lorakit.LorakitError, match=needle) as info:
+        lorakit.attach(tiny_llama(), **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_attaching_twice_is_refused():
+    model = tiny_llama()
+    lorakit.attach(model, "lora", rank=4)
+    with pytest.raises(lorakit.LorakitError, match="already has a lorakit adapter"):
+        lorakit.attach(model, "olora", rank=4)

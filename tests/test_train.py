@@ -91,6 +91,15 @@ def test_grad_accumulation_matches_one_large_batch(tiny_model_dir, addition_data
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
+def test_gradient_checkpointing_gives_the_same_adapter(tiny_model_dir, addition_data, tmp_path):
+    common = ("method.dropout=0.0", "train.max_steps=2")
+    run(tiny_model_dir, addition_data, tmp_path / "a", *common)
+    run(tiny_model_dir, addition_data, tmp_path / "b", *common, "train.gradient_checkpointing=true")
+    a, b = load_file(tmp_path / "a" / ADAPTER), load_file(tmp_path / "b" / ADAPTER)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
+
+
 def test_existing_run_needs_resume_and_same_config(tiny_model_dir, addition_data, tmp_path):
     out = tmp_path / "run"
     run(tiny_model_dir, addition_data, out, "train.max_steps=3")

@@ -72,5 +72,5 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(trainer_state, tensors)`` of a checkpoint folder."""
     state = json.loads((folder / STATE_FILE).read_text())
-    tensors = torch.load(folder / TENSORS_FILE, map_location="cpu", weights_only=False)
+    tensors = torch.load(folder / TENSORS_FILE, map_location="cpu", weights_only=True)
     return state, tensors
