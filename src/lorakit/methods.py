@@ -8,7 +8,7 @@ no sense are rejected.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import LorakitError, did_you_mean, unknown

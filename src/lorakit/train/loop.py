@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -157,7 +156,7 @@ def train(config: RunConfig, resume: bool = False,
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method_spec().name}",
                disable=not (progress and main), dynamic_ncols=True)
     window_loss, window_tokens, started = 0.0, 0, time.time()
-    last_loss = float("nan")
+    last_loss = float("nan")  # the training loss of the last log window (token-weighted)
     for step in range(start_step, total_steps):
         batches = [collate([train_examples[i] for i in idx]) for idx in step_batches(
             step, len(train_examples), tc.batch_size, tc.grad_accum, tc.seed,
@@ -178,11 +177,10 @@ def train(config: RunConfig, resume: bool = False,
         prepared_optimizer.step()
         scheduler.step()
         prepared_optimizer.zero_grad(set_to_none=True)
-        last_loss = step_loss / n_tokens
         window_loss, window_tokens = window_loss + step_loss, window_tokens + n_tokens
         done = step + 1
         bar.update(1)
-        bar.set_postfix(loss=f"{last_loss:.4f}")
+        bar.set_postfix(loss=f"{step_loss / n_tokens:.4f}")
         metrics: dict[str, float] = {}
         if done % tc.log_every == 0 or done == total_steps:
             record = {"step": done, "epoch": done / per_epoch, "loss": window_loss / window_tokens,
@@ -190,12 +188,13 @@ def train(config: RunConfig, resume: bool = False,
                       "elapsed_s": round(time.time() - started, 3)}
             log.write(record)
             window_loss, window_tokens = 0.0, 0
+            last_loss = record["loss"]
         if tc.eval_every and done % tc.eval_every == 0 and done != total_steps:
             metrics = run_eval(done)
         if main and tc.save_every and done % tc.save_every == 0 and done != total_steps:
             save_checkpoint(output_dir, done, adapter, optimizer, scheduler, state, tc.keep_checkpoints)
         for callback in callbacks:
-            callback(StepInfo(done, total_steps, last_loss, output_dir, metrics))
+            callback(StepInfo(done, total_steps, step_loss / n_tokens, output_dir, metrics))
     bar.close()
 
     final = evaluate_run(accelerator.unwrap_model(model), tokenizer, config, split[1], eval_examples, collate,
