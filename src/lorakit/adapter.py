@@ -198,7 +198,8 @@ def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Fact
                                 generator, {"pissa_niter": spec.pissa_niter})
             layer.form.set_factors(B, A)
         if init.rewrites_base:
-            B0, A0 = loaded[name] if loaded is not None else (B.clone(), A.clone())
+            B0, A0 = ((t.to(weight.device) for t in loaded[name]) if loaded is not None
+                      else (B.clone(), A.clone()))
             subtract_product(weight, B0, A0, layer.form.scale)
             initial[name] = (B0, A0)
     return initial

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_scheduler, set_seed
 
@@ -54,6 +55,13 @@ def _mixed_precision(choice: str) -> str:
     if choice != "auto":
         return choice
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def _accelerator(mixed_precision: str) -> Accelerator:
+    """An ``Accelerator`` for this run; a process that runs several (``compare``, tests) may change
+    the precision between runs, which accelerate's process-wide state otherwise refuses."""
+    AcceleratorState._reset_state(reset_partial_state=False)  # keeps the distributed set-up
+    return Accelerator(mixed_precision=_mixed_precision(mixed_precision))
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -101,7 +109,7 @@ def train(config: RunConfig, resume: bool = False,
     output_dir = Path(tc.output_dir)
     checkpoint = _check_output_dir(output_dir, resume)
     split = load_split(config)
-    accelerator = Accelerator(mixed_precision=_mixed_precision(tc.mixed_precision))
+    accelerator = _accelerator(tc.mixed_precision)
     set_seed(tc.seed)
     if base is not None:
         model, tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
