@@ -119,3 +119,16 @@ def test_demo_config_is_valid():
     assert {r.method["name"] for r in runs} == {"lora", "olora", "olora_plus"}
     ratios = {r.method.get("lr_ratio") for r in runs if r.method["name"] == "olora_plus"}
     assert min(ratios) < 1 < max(ratios)
+
+
+def test_compare_runs_the_other_forms_and_recipes(tiny_model_dir, addition_data, tmp_path):
+    raw = compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")
+    raw["method"]["dropout"] = 0.0  # Delta-LoRA requires it
+    raw["eval"] = {"metrics": ["eval_loss", "rougeL"], "max_new_tokens": 4}
+    raw["compare"].update(runs=["dora", {"method": {"name": "vera", "rank": 32}}, "lora_fa", "delta_lora"],
+                          seeds=[0], baseline="dora")
+    base, spec, runs = load_compare_config(raw)
+    run_compare(base, spec, runs, progress=False)
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
+    assert [(r["run"], r["status"]) for r in rows[1:]] == [
+        ("dora", "ok"), ("vera", "ok"), ("lora_fa", "ok"), ("delta_lora", "ok")]

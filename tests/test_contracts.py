@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import lorakit
 from lorakit.layer import AdaptedLinear
+from lorakit.methods import resolve
+from lorakit.optim import RECIPES
 from tiny import batch, tiny_llama
 
 METHODS = lorakit.methods()
@@ -33,7 +37,7 @@ def train_steps(model, adapter, x, steps=3, lr=1e-2):
 
 
 def test_every_preset_is_registered():
-    assert set(METHODS) >= {"lora", "lora_plus", "olora", "olora_plus", "pissa"}
+    assert set(METHODS) >= {"lora", "lora_plus", "olora", "olora_plus", "pissa", "dora", "vera", "lora_fa", "delta_lora"}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -64,15 +68,21 @@ def test_merged_equals_unmerged(method):
 def test_save_load_exact(method, tmp_path):
     x = batch()
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, dropout=0.1)
+    dropout = 0.0 if resolve(method).optimizer == "delta_lora" else 0.1
+    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, dropout=dropout)
     train_steps(model, adapter, x)
     adapter.save(tmp_path / "adapter")
     fresh = tiny_llama()
     loaded = lorakit.load(fresh, tmp_path / "adapter")
     assert loaded.spec == adapter.spec
-    assert torch.equal(logits(fresh, x), logits(model, x))
+    if RECIPES.get(adapter.spec.optimizer).changes_base:
+        # W is rebuilt from the telescoped updates: equal to float rounding, not bit for bit
+        close = functools.partial(torch.testing.assert_close, atol=1e-6, rtol=0)
+    else:
+        close = lambda a, b: torch.testing.assert_close(a, b, atol=0, rtol=0)  # noqa: E731
+    close(logits(fresh, x), logits(model, x))
     for name, layer in loaded.layers.items():
-        assert torch.equal(layer.base_layer.weight, adapter.layers[name].base_layer.weight)
+        close(layer.base_layer.weight, adapter.layers[name].base_layer.weight)
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -82,11 +92,12 @@ def test_gradients_reach_exactly_the_adapter(method):
     adapter = lorakit.attach(model, method, rank=4, targets=TARGETS)
     trainable = {id(p) for p in adapter.parameters()}
     assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
-    assert len(trainable) == 2 * len(adapter.layers)
+    assert trainable == {id(p) for form in adapter.forms() for p in form.roles().values() if p.requires_grad}
+    assert len(trainable) >= len(adapter.layers)
     model(x, labels=x).loss.backward()
     with_grad = {id(p) for p in model.parameters() if p.grad is not None}
     assert with_grad == trainable
-    assert all(layer.form.B.grad.abs().sum() > 0 for layer in adapter.layers.values())
+    assert all(form.roles()["B"].grad.abs().sum() > 0 for form in adapter.forms())
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -94,7 +105,9 @@ def test_short_run_lowers_loss(method):
     x = batch(size=4, length=24)
     model = tiny_llama()
     adapter = lorakit.attach(model, method, rank=4, targets=TARGETS)
-    losses = train_steps(model, adapter, x, steps=15, lr=5e-3)
+    # VeRA trains only scaling vectors and needs about 10× LoRA's learning rate (as in its paper)
+    lr = 5e-2 if adapter.spec.form == "vera" else 5e-3
+    losses = train_steps(model, adapter, x, steps=15, lr=lr)
     assert losses[-1] < losses[0] - 0.05, losses
 
 

@@ -82,6 +82,20 @@ def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, addition_data, 
     assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
 
 
+def test_delta_lora_resume_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
+    """Delta-LoRA changes the base weights while training; checkpoints keep them exactly."""
+    extra = ("method.name=delta_lora", "method.lr_ratio=null", "method.dropout=0.0",
+             "method.delta_start_step=2")
+    run(tiny_model_dir, addition_data, tmp_path / "full", *extra)
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, callbacks=[crash_at(8)])
+    run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, resume=True)
+    full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert full.keys() == cut.keys() and any(".delta_start." in key for key in full)
+    assert all(torch.equal(full[key], cut[key]) for key in full)
+    assert metrics(tmp_path / "cut")[-1]["eval_loss"] == metrics(tmp_path / "full")[-1]["eval_loss"]
+
+
 def test_grad_accumulation_matches_one_large_batch(tiny_model_dir, addition_data, tmp_path):
     common = ("method.dropout=0.0", "train.max_steps=1", "train.max_grad_norm=null")
     run(tiny_model_dir, addition_data, tmp_path / "a", *common, "train.batch_size=8", "train.grad_accum=1")
@@ -211,3 +225,24 @@ def test_cli_train_eval_merge(tiny_model_dir, addition_data, tmp_path):
         torch.testing.assert_close(model(x).logits, base(x).logits, atol=2e-5, rtol=0)
     methods = cli("methods")
     assert methods.returncode == 0 and "olora_plus" in methods.stdout
+
+
+@pytest.mark.parametrize("method", ["dora", "vera", "lora_fa", "delta_lora"])
+def test_cli_train_and_merge_every_new_preset(method, tiny_model_dir, addition_data, tmp_path):
+    """The CLI trains each of these presets, and the merged export equals the loaded adapter."""
+    from transformers import AutoModelForCausalLM
+
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
+                          "train.max_steps=3", f"method.name={method}", "method.lr_ratio=null",
+                          "method.dropout=0.0", "train.eval_every=null")
+    trained = cli("train", str(config), "--quiet")
+    assert trained.returncode == 0, trained.stderr
+    merged = cli("merge", str(tmp_path / "run" / "adapter"), str(tmp_path / "merged"))
+    assert merged.returncode == 0, merged.stderr
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    adapter = lorakit.load(base, tmp_path / "run" / "adapter")
+    assert adapter.spec.name == method
+    x = torch.randint(3, 100, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, base(x).logits, atol=2e-5, rtol=0)

@@ -1,7 +1,8 @@
 """Attaching, saving, loading and merging an adapter: the ``Adapter`` object.
 
 The attach order is code, one step per line in ``_build``: find targets → fingerprint the base
-→ wrap → init (which may rewrite ``W``) → schedule prepare → freeze. The returned ``Adapter``
+→ shared form state (VeRA) → wrap → init (which may rewrite ``W``) → form post-init (DoRA's
+magnitude) → schedule prepare → freeze → recipe prepare (LoRA-FA freezes ``A``). The returned ``Adapter``
 owns what a user would otherwise have to remember: the optimizer's parameter groups and its
 per-step hooks, saving with the provenance needed to rebuild the model, and merging.
 """
@@ -56,6 +57,7 @@ class Adapter:
         self.layers = layers
         self.base_fingerprint = base_fingerprint
         self.initial = initial  # spectral inits: (B₀, A₀) per layer, taken out of the base W
+        self.recipe_state: dict[str, torch.Tensor] = {}  # saved with the adapter (Delta-LoRA)
         self._attached = True
 
     # -- what the user trains --------------------------------------------------------------
@@ -106,7 +108,22 @@ class Adapter:
         for name, (B0, A0) in self.initial.items():
             tensors[f"{name}.initial.B"] = B0.contiguous()
             tensors[f"{name}.initial.A"] = A0.contiguous()
+        for key, value in self.recipe_state.items():
+            tensors[key] = value.detach().contiguous()
         return tensors
+
+    def base_weights(self) -> dict[str, torch.Tensor]:
+        """The adapted layers' base weights, when the recipe changes them during training
+        (Delta-LoRA; checkpoints keep them for a bit-exact resume); else empty."""
+        if not RECIPES.get(self.spec.optimizer).changes_base:
+            return {}
+        return {name: layer.base_layer.weight.detach() for name, layer in self.layers.items()}
+
+    @torch.no_grad()
+    def load_base_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        """Restore what ``base_weights`` returned."""
+        for name, weight in weights.items():
+            self.layers[name].base_layer.weight.copy_(weight)
 
     def config(self) -> dict[str, Any]:
         """What ``lorakit_adapter.json`` records: method, provenance, base fingerprint."""
@@ -138,9 +155,12 @@ class Adapter:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy adapter tensors (as produced by ``state_dict``) into the layers."""
+        used = set()
         for name, layer in self.layers.items():
             state = {k: tensors[f"{name}.{k}"] for k in layer.form.state_dict()}
             layer.form.load_state_dict(state)
+            used.update(f"{name}.{k}" for k in state)
+        self.recipe_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
 
     @torch.no_grad()
     def merge_and_unload(self) -> nn.Module:
@@ -167,7 +187,10 @@ def _refuse_if_adapted(model: nn.Module) -> None:
         )
 
 
-def _check_ranks(targets: list[tuple[str, nn.Linear]], rank: int) -> None:
+def _check_ranks(targets: list[tuple[str, nn.Linear]], spec: MethodSpec) -> None:
+    if not FORMS.get(spec.form).rank_within_shape:
+        return
+    rank = spec.rank
     for name, module in targets:
         out_features, in_features = module.weight.shape
         if rank > min(out_features, in_features):
@@ -177,9 +200,8 @@ def _check_ranks(targets: list[tuple[str, nn.Linear]], rank: int) -> None:
             )
 
 
-def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec) -> AdaptedLinear:
-    form = FORMS.get(spec.form)(base.in_features, base.out_features, spec.rank, spec.alpha,
-                               rslora=spec.rslora, dropout=spec.dropout)
+def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared: Any) -> AdaptedLinear:
+    form = FORMS.get(spec.form).build(base.in_features, base.out_features, spec, shared)
     layer = AdaptedLinear(base, form.to(base.weight.device))
     layer.train(base.training)  # a model attached in eval mode stays in eval mode (no dropout)
     set_submodule(model, name, layer)
@@ -190,6 +212,8 @@ def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Fact
     """Set every layer's factors (fresh from the init, or ``loaded`` initial ones) and rewrite W."""
     init = INITS.get(spec.init)
     initial: Factors = {}
+    if not FORMS.get(spec.form).has_factors:
+        return initial
     for name, layer in layers.items():
         weight = layer.base_layer.weight
         if loaded is None:
@@ -217,18 +241,22 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
            expected_fingerprint: str | None = None) -> Adapter:
     _refuse_if_adapted(model)
     targets = find_targets(model, spec.targets)
-    _check_ranks(targets, spec.rank)
+    _check_ranks(targets, spec)
     base_fingerprint = fingerprint(targets)
     if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
         raise LorakitError(
             "this adapter was trained on a different base model (weight fingerprint mismatch); "
             "load it onto the model it was trained from"
         )
-    layers = {name: _wrap(model, name, base, spec) for name, base in targets}
+    shared = FORMS.get(spec.form).shared(spec, [base for _, base in targets])
+    layers = {name: _wrap(model, name, base, spec, shared) for name, base in targets}
     initial = _initialise(layers, spec, loaded)
+    for layer in layers.values():
+        layer.form.post_init(layer.base_layer)
     adapter = Adapter(model, spec, layers, base_fingerprint, initial)
     SCHEDULES.get(spec.schedule).prepare(adapter)
     _freeze(model, layers)
+    RECIPES.get(spec.optimizer).prepare(adapter)
     return adapter
 
 
@@ -269,6 +297,7 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
         raise LorakitError(f"{path}: the adapter's layers do not match this model's targets")
     device = next(iter(adapter.layers.values())).base_layer.weight.device
     adapter.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+    RECIPES.get(spec.optimizer).on_load(adapter)
     return adapter
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 from pathlib import Path
 
 from .errors import LorakitError
@@ -91,15 +92,27 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _compare(read_yaml(Path(__file__).parent / "experiments" / "demo.yaml"), overrides, args.quiet)
 
 
+def _method_notes(spec: Any) -> str:
+    from .forms.vera import DEFAULT_D_INITIAL
+    from .optim import delta_lora, lora_plus
+
+    notes = {
+        "lora_plus": f"λ={lora_plus.DEFAULT_RATIO:g} (lr_ratio)",
+        "lora_fa": "A frozen; lora_fa_projected=false",
+        "delta_lora": f"λ={delta_lora.DEFAULT_RATIO:g} (delta_ratio), dropout 0",
+        "dora": "magnitude per output row",
+        "vera": f"rank {spec.rank}, d₀={DEFAULT_D_INITIAL:g} (vera_d_initial), shared projections",
+    }
+    return "; ".join(notes[key] for key in (spec.form, spec.optimizer) if key in notes)
+
+
 def _cmd_methods(args: argparse.Namespace) -> None:
     from .methods import PRESETS, resolve
-    from .optim.lora_plus import DEFAULT_RATIO
 
     rows = [("method", "form", "init", "optimizer", "schedule", "notes")]
     for name in PRESETS:
         spec = resolve(name)
-        note = f"λ={DEFAULT_RATIO:g} (lr_ratio)" if spec.optimizer == "lora_plus" else ""
-        rows.append((name, spec.form, spec.init, spec.optimizer, spec.schedule, note))
+        rows.append((name, spec.form, spec.init, spec.optimizer, spec.schedule, _method_notes(spec)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for i, row in enumerate(rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())

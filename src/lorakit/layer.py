@@ -44,5 +44,5 @@ class AdaptedLinear(nn.Module):
     def merge(self) -> nn.Linear:
         """Fold ``ΔW`` into the base weight and return the plain base layer."""
         weight = self.base_layer.weight
-        weight.add_(self.form.delta_weight().to(weight.dtype))
+        weight.copy_(self.form.merged_weight(weight).to(weight.dtype))
         return self.base_layer

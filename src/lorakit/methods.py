@@ -38,6 +38,10 @@ class MethodSpec:
     lr_ratio: float | None = None
     lr_ratio_mode: str = "b_only"
     pissa_niter: int | None = None
+    vera_d_initial: float | None = None
+    lora_fa_projected: bool = False
+    delta_ratio: float | None = None
+    delta_start_step: int | None = None
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -56,6 +60,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "olora": {"init": "olora"},
     "olora_plus": {"init": "olora", "optimizer": "lora_plus"},
     "pissa": {"init": "pissa"},
+    "dora": {"form": "dora"},
+    "vera": {"form": "vera", "rank": 256},
+    "lora_fa": {"optimizer": "lora_fa"},
+    "delta_lora": {"optimizer": "delta_lora"},
 }
 
 OVERRIDABLE = tuple(f.name for f in fields(MethodSpec) if f.name != "name")
@@ -113,3 +121,37 @@ def validate(spec: MethodSpec) -> None:
             )
     if spec.pissa_niter is not None and (spec.init != "pissa" or spec.pissa_niter < 0):
         raise LorakitError("pissa_niter needs init='pissa' and a value >= 0 (omit it for the exact SVD)")
+    _validate_combination(spec)
+
+
+def _needs(spec: MethodSpec, option: str, component: str, value: str) -> None:
+    if getattr(spec, component) != value:
+        raise LorakitError(f"{option} has no effect with {component} {getattr(spec, component)!r}; "
+                           f"set {component}={value!r} or drop {option}")
+
+
+def _validate_combination(spec: MethodSpec) -> None:
+    """Method-specific options and the combinations of components that make no sense."""
+    if spec.form == "vera":
+        if spec.init != "kaiming":
+            raise LorakitError(f"VeRA uses shared random projections; init {spec.init!r} does not apply "
+                               "(use init='kaiming')")
+        if spec.optimizer in ("lora_fa", "delta_lora"):
+            raise LorakitError(f"VeRA has no low-rank pair B A for optimizer {spec.optimizer!r}; "
+                               "use 'adamw' or 'lora_plus'")
+    if spec.vera_d_initial is not None:
+        _needs(spec, "vera_d_initial", "form", "vera")
+    if spec.lora_fa_projected:
+        _needs(spec, "lora_fa_projected", "optimizer", "lora_fa")
+    if spec.delta_ratio is not None or spec.delta_start_step is not None:
+        _needs(spec, "delta_ratio/delta_start_step", "optimizer", "delta_lora")
+        if spec.delta_ratio is not None and not spec.delta_ratio > 0:
+            raise LorakitError(f"delta_ratio (Delta-LoRA λ) must be > 0, got {spec.delta_ratio!r}")
+        if spec.delta_start_step is not None and spec.delta_start_step < 0:
+            raise LorakitError(f"delta_start_step must be >= 0, got {spec.delta_start_step!r}")
+    if spec.optimizer == "delta_lora":
+        if spec.dropout != 0:
+            raise LorakitError(f"Delta-LoRA needs adapter dropout 0 (got {spec.dropout}); set dropout=0")
+        if spec.form != "lora":
+            raise LorakitError(f"Delta-LoRA updates W from the change of B A; form {spec.form!r} is not "
+                               "supported (use form='lora')")

@@ -9,6 +9,7 @@ to the activations and never forms the dense ``ΔW = s · B A``.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,12 @@ from torch import nn
 
 from . import FORMS
 from .base import Form
+
+
+# With half-precision activations (a bf16/fp16 model) the float32 factors are cast down, not the
+# activations up: the cast costs r·(in+out) numbers instead of tokens·in, gradients still reach
+# the float32 factors, and the matmuls run on the half-precision units (as under autocast).
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
@@ -38,10 +45,19 @@ class LowRank(Form):
         self.B = nn.Parameter(torch.zeros(out_features, rank))
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
+    @classmethod
+    def build(cls, in_features: int, out_features: int, spec: Any, shared: Any) -> LowRank:
+        return cls(in_features, out_features, spec.rank, spec.alpha, rslora=spec.rslora, dropout=spec.dropout)
+
+    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
+        """``s · B (A dropout(x))``, computed in the activations' dtype when that is a half type."""
+        h = self.dropout(x)
+        dtype = h.dtype if h.dtype in HALF_DTYPES else self.A.dtype
+        return F.linear(F.linear(h.to(dtype), self.A.to(dtype)), self.B.to(dtype)) * self.scale
+
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         y = base(x)
-        h = self.dropout(x).to(self.A.dtype)
-        return y + (F.linear(F.linear(h, self.A), self.B) * self.scale).to(y.dtype)
+        return y + self.low_rank(x).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
         return self.scale * (self.B @ self.A)

@@ -24,15 +24,20 @@ class Init:
 
 
 @torch.no_grad()
-def subtract_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
-    """``W ← W − s·B A`` in place, in float32, rounded once to ``W``'s dtype.
+def add_products(weight: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
+    """``W ← W + Σ c·B A`` in place, in float32, rounded once to ``W``'s dtype.
 
-    One fused ``addmm`` (no ``(out, in)`` temporaries for a float32 weight). Attaching and
-    loading both go through this function, so the residual base weight is bit-for-bit the
-    same in both.
+    Fused ``addmm`` calls (no ``(out, in)`` temporaries for a float32 weight). Spectral inits
+    (``c = −s``) and Delta-LoRA's update (``±λ·s``) both go through here.
     """
-    B, A = B.to(torch.float32), A.to(torch.float32)
-    if weight.dtype == torch.float32:
-        weight.addmm_(B, A, alpha=-scale)
-    else:
-        weight.copy_(weight.to(torch.float32).addmm_(B, A, alpha=-scale).to(weight.dtype))
+    work = weight if weight.dtype == torch.float32 else weight.to(torch.float32)
+    for B, A, coefficient in terms:
+        work.addmm_(B.to(work.device, torch.float32), A.to(work.device, torch.float32), alpha=coefficient)
+    if work is not weight:
+        weight.copy_(work.to(weight.dtype))
+
+
+def subtract_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
+    """``W ← W − s·B A``. Attaching and loading both go through this function, so the residual
+    base weight is bit-for-bit the same in both."""
+    add_products(weight, [(B, A, -scale)])

@@ -5,6 +5,6 @@ from .base import Recipe
 
 RECIPES: Registry[Recipe] = Registry("optimizer recipe")
 
-from . import adamw, lora_plus  # noqa: E402,F401  (register themselves)
+from . import adamw, delta_lora, lora_fa, lora_plus  # noqa: E402,F401  (register themselves)
 
 __all__ = ["RECIPES", "Recipe"]

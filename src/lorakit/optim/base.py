@@ -23,7 +23,20 @@ def params_by_role(forms: Iterable[nn.Module]) -> dict[str, list[nn.Parameter]]:
 
 
 class Recipe:
-    """Builds the optimizer's parameter groups; may register step hooks on the optimizer."""
+    """Builds the optimizer's parameter groups; may freeze parameters, register step hooks on
+    the optimizer, and keep per-adapter state (saved with the adapter).
+
+    ``changes_base``: the recipe updates the frozen base weights during training (Delta-LoRA);
+    checkpoints then also hold the exact base weights of the adapted layers.
+    """
+
+    changes_base = False
+
+    def prepare(self, adapter: Any) -> None:
+        """Called once at attach/load, after the adapter's parameters are set trainable."""
+
+    def on_load(self, adapter: Any) -> None:
+        """Called after a saved adapter's tensors (``adapter.recipe_state`` included) are loaded."""
 
     def param_groups(
         self, forms: list[nn.Module], spec: "MethodSpec", lr: float, weight_decay: float

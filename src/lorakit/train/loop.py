@@ -123,6 +123,7 @@ def train(config: RunConfig, resume: bool = False,
         if _comparable(saved_state["config"]) != _comparable(state["config"]):
             raise LorakitError(f"{checkpoint} was made with a different config; resume with the same config")
         adapter: Adapter = load(model, checkpoint)
+        adapter.load_base_weights(tensors.get("base_weights", {}))  # Delta-LoRA: the exact W
     else:
         adapter = attach(model, config.method_spec())
     if tc.gradient_checkpointing:

@@ -1,0 +1,86 @@
+"""DoRA: weight-decomposed low-rank adaptation (Liu et al. 2024, arXiv 2402.09353).
+
+``W' = m ⊙ (W + s·B A) / n``, ``n = ‖W + s·B A‖_row`` (per output row, over the input dim),
+so ``y = (m / n) ⊙ (W x + s·B A dropout(x)) + b``. ``m ∈ R^out`` is trainable and starts at
+``n`` computed after the init (``= ‖W_original‖_row`` for every init, spectral ones included,
+since those keep ``W + s·B₀A₀ = W_original``). ``n`` is treated as a constant in backward
+(detached, paper §4.3), as in PEFT.
+
+The norm is computed without an ``(out, in)`` temporary:
+``n_i² = ‖W_i‖² + 2s·(B ⊙ (W Aᵀ))_i·1 + s²·(B (A Aᵀ) ⊙ B)_i·1``; ``‖W_i‖²`` is cached while
+``W`` is unchanged, and ``n`` itself until ``W``, ``A`` or ``B`` change (keyed on their version
+counters, so in-place updates by an optimizer, Delta-LoRA or loading invalidate it).
+The magnitude has role ``other`` (it joins ``B``'s group under LoRA+).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import FORMS
+from .lora import LowRank
+
+
+@FORMS.register("dora")
+class DoRA(LowRank):
+    """A low-rank pair ``B A`` plus a per-row magnitude ``m``."""
+
+    def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
+                 rslora: bool = False, dropout: float = 0.0) -> None:
+        super().__init__(in_features, out_features, rank, alpha, rslora=rslora, dropout=dropout)
+        self.magnitude = nn.Parameter(torch.ones(out_features))
+        self._weight_sq: torch.Tensor | None = None
+        self._weight_key: tuple[int, int, torch.device] | None = None
+        self._norm_value: torch.Tensor | None = None
+        self._norm_key: tuple[Any, ...] | None = None
+
+    def _row_sq(self, weight: torch.Tensor) -> torch.Tensor:
+        """``‖W_i‖²`` per row in float32, cached until ``W`` changes in place."""
+        key = (weight.data_ptr(), weight._version, weight.device)
+        if self._weight_key != key:
+            self._weight_sq = torch.linalg.vector_norm(weight, dim=1, dtype=torch.float32).square()
+            self._weight_key = key
+        return self._weight_sq
+
+    @torch.no_grad()
+    def weight_norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """``n = ‖W + s·B A‖_row`` (float32, detached), without forming ``W + s·B A``:
+        ``n² = ‖W_i‖² + s·(B ⊙ (2·W Aᵀ + s·B (A Aᵀ)))_i·1``."""
+        A, B, s = self.A.to(torch.float32), self.B.to(torch.float32), self.scale
+        WA = (weight @ A.T.to(weight.dtype)).to(torch.float32)  # (out, r)
+        M = torch.addmm(WA, B, A @ A.T, beta=2.0, alpha=s)
+        return torch.linalg.vecdot(B, M).mul_(s).add_(self._row_sq(weight)).clamp_min_(0).sqrt_()
+
+    def _norm(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight_norm`` cached until ``W``, ``A`` or ``B`` change (once per optimizer step in
+        training, once in all for evaluation and generation)."""
+        key = (weight.data_ptr(), weight._version, self.A._version, self.B._version, weight.device)
+        if self._norm_key != key:
+            self._norm_value = self.weight_norm(weight)
+            self._norm_key = key
+        return self._norm_value
+
+    def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+        y = F.linear(x, base.weight)
+        directional = y.add_(self.low_rank(x).to(y.dtype))  # linear's backward does not need y
+        out = directional * (self.magnitude / self._norm(base.weight)).to(y.dtype)
+        return out if base.bias is None else out + base.bias
+
+    @torch.no_grad()
+    def post_init(self, base: nn.Linear) -> None:
+        self.magnitude.copy_(self.weight_norm(base.weight))
+
+    def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        adapted = weight.to(torch.float32) + self.delta_weight()
+        return (self.magnitude / self.weight_norm(weight)).unsqueeze(1) * adapted
+
+    def roles(self) -> dict[str, nn.Parameter]:
+        return {"A": self.A, "B": self.B, "other": self.magnitude}
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._weight_key = self._norm_key = None

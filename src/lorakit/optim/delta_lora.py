@@ -1,0 +1,88 @@
+"""Delta-LoRA: the frozen weight follows the adapter's change (Zi et al. 2023, arXiv 2309.02411).
+
+AdamW on ``A``, ``B``; after every optimizer step ``t → t+1`` with ``t ≥ start_step`` (the
+paper's K), under ``no_grad``: ``W ← W + λ·s·(B_{t+1} A_{t+1} − B_t A_t)``, ``λ`` the update
+ratio (``delta_ratio``, default 2; ``delta_start_step`` default 0 — the paper used K = 500 on
+long runs). Adapter dropout must be 0 (the paper drops it so that the gradient of ``B A``
+is the gradient of ``W``; ``methods.validate`` enforces it).
+
+The updates telescope: ``W_t = W_K + λ·s·(B_t A_t − B_K A_K)``. lorakit keeps ``B_K, A_K``
+(the factors when the updates start) in the adapter's ``recipe_state``, so a saved adapter
+stays low-rank and loading rebuilds ``W`` from the unmodified base to float rounding
+(``lorakit merge`` exports the adapted model as full weights). Training checkpoints also hold
+the exact ``W`` of every adapted layer, so that resuming is bit-exact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..inits.base import add_products
+from . import RECIPES
+from .adamw import AdamW
+
+DEFAULT_RATIO = 2.0
+STEP_KEY = "delta_lora.step"
+
+
+def update_ratio(spec: Any) -> float:
+    return DEFAULT_RATIO if spec.delta_ratio is None else float(spec.delta_ratio)
+
+
+def start_step(spec: Any) -> int:
+    return 0 if spec.delta_start_step is None else int(spec.delta_start_step)
+
+
+class DeltaLora(AdamW):
+    """AdamW plus the in-place update of each adapted base weight after every step."""
+
+    changes_base = True
+
+    def prepare(self, adapter: Any) -> None:
+        adapter.recipe_state.setdefault(STEP_KEY, torch.zeros((), dtype=torch.int64))
+
+    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
+        ratio, first = update_ratio(adapter.spec), start_step(adapter.spec)
+        state = adapter.recipe_state
+        before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        @torch.no_grad()
+        def snapshot(*_: Any) -> None:
+            step = int(state[STEP_KEY])
+            for name, layer in adapter.layers.items():
+                factors = (layer.form.B.detach().clone(), layer.form.A.detach().clone())
+                before[name] = factors
+                if step == first:
+                    state[f"{name}.delta_start.B"], state[f"{name}.delta_start.A"] = factors
+
+        @torch.no_grad()
+        def update(*_: Any) -> None:
+            step = int(state[STEP_KEY])
+            if step >= first:
+                for name, layer in adapter.layers.items():
+                    B_old, A_old = before[name]
+                    coefficient = ratio * layer.form.scale
+                    add_products(layer.base_layer.weight,
+                                 [(layer.form.B, layer.form.A, coefficient), (B_old, A_old, -coefficient)])
+            state[STEP_KEY] = torch.tensor(step + 1)
+            before.clear()
+
+        optimizer.register_step_pre_hook(snapshot)
+        optimizer.register_step_post_hook(update)
+
+    def on_load(self, adapter: Any) -> None:
+        """Rebuild ``W = W_K + λ·s·(B A − B_K A_K)`` from the saved start factors."""
+        ratio = update_ratio(adapter.spec)
+        for name, layer in adapter.layers.items():
+            if f"{name}.delta_start.B" not in adapter.recipe_state:
+                continue
+            coefficient = ratio * layer.form.scale
+            add_products(layer.base_layer.weight, [
+                (layer.form.B, layer.form.A, coefficient),
+                (adapter.recipe_state[f"{name}.delta_start.B"], adapter.recipe_state[f"{name}.delta_start.A"],
+                 -coefficient)])
+
+
+RECIPES.register("delta_lora")(DeltaLora())
