@@ -125,10 +125,11 @@ def test_compare_runs_the_other_forms_and_recipes(tiny_model_dir, addition_data,
     raw = compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")
     raw["method"]["dropout"] = 0.0  # Delta-LoRA requires it
     raw["eval"] = {"metrics": ["eval_loss", "rougeL"], "max_new_tokens": 4}
-    raw["compare"].update(runs=["dora", {"method": {"name": "vera", "rank": 32}}, "lora_fa", "delta_lora"],
+    raw["compare"].update(runs=["dora", {"method": {"name": "vera", "rank": 32}}, "lora_fa", "delta_lora",
+                                {"method": {"name": "simplex_lora", "simplex_every": 2}}],
                           seeds=[0], baseline="dora")
     base, spec, runs = load_compare_config(raw)
     run_compare(base, spec, runs, progress=False)
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
     assert [(r["run"], r["status"]) for r in rows[1:]] == [
-        ("dora", "ok"), ("vera", "ok"), ("lora_fa", "ok"), ("delta_lora", "ok")]
+        ("dora", "ok"), ("vera", "ok"), ("lora_fa", "ok"), ("delta_lora", "ok"), ("simplex_lora", "ok")]

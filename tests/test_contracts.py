@@ -22,8 +22,8 @@ def logits(model, x):
         return model(x).logits
 
 
-def train_steps(model, adapter, x, steps=3, lr=1e-2):
-    optimizer = adapter.optimizer(lr=lr)
+def train_steps(model, adapter, x, steps=3, lr=1e-2, optimizer=None):
+    optimizer = optimizer or adapter.optimizer(lr=lr)
     losses = []
     model.train()
     for _ in range(steps):

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import minimize
 
-from lorakit.schedules.resize import grow, resize_pair, shrink
-from lorakit.schedules.simplex import project_simplex
+from lorakit.ops.resize import grow, resize_pair, shrink
+from lorakit.ops.simplex import project_simplex
 
 
 def pair(out_features=40, in_features=30, rank=6, seed=0):

@@ -96,6 +96,22 @@ def test_delta_lora_resume_equals_uninterrupted(tiny_model_dir, addition_data, t
     assert metrics(tmp_path / "cut")[-1]["eval_loss"] == metrics(tmp_path / "full")[-1]["eval_loss"]
 
 
+def test_simplex_lora_resume_across_reallocations_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
+    """Ranks change at steps 2, 4 and 6; the run is cut at 5 (last checkpoint: step 3)."""
+    extra = ("method.name=simplex_lora", "method.lr_ratio=null", "method.init=olora",
+             "method.simplex_every=2", "method.simplex_reallocations=3", "method.gate_lr=0.05")
+    run(tiny_model_dir, addition_data, tmp_path / "full", *extra)
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, callbacks=[crash_at(5)])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000003"
+    run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, resume=True)
+    full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[key], cut[key]) for key in full)
+    ranks = json.loads((tmp_path / "full" / "adapter" / "lorakit_adapter.json").read_text())["ranks"]
+    assert len(set(ranks.values())) > 1  # the schedule really changed ranks
+
+
 def test_grad_accumulation_matches_one_large_batch(tiny_model_dir, addition_data, tmp_path):
     common = ("method.dropout=0.0", "train.max_steps=1", "train.max_grad_norm=null")
     run(tiny_model_dir, addition_data, tmp_path / "a", *common, "train.batch_size=8", "train.grad_accum=1")

@@ -30,6 +30,7 @@ from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
 from .methods import MethodSpec, resolve
 from .optim import RECIPES
+from .resizing import remove_layer
 from .schedules import SCHEDULES
 from .targeting import find_targets, set_submodule
 
@@ -57,7 +58,8 @@ class Adapter:
         self.layers = layers
         self.base_fingerprint = base_fingerprint
         self.initial = initial  # spectral inits: (B₀, A₀) per layer, taken out of the base W
-        self.recipe_state: dict[str, torch.Tensor] = {}  # saved with the adapter (Delta-LoRA)
+        self.method_state: dict[str, torch.Tensor] = {}  # saved with the adapter (Delta-LoRA, schedules)
+        self.removed: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # by a schedule; (B₀, A₀)
         self._attached = True
 
     # -- what the user trains --------------------------------------------------------------
@@ -77,11 +79,21 @@ class Adapter:
         """A torch optimizer with the recipe's parameter groups and step hooks installed."""
         self._check_attached()
         recipe = RECIPES.get(self.spec.optimizer)
-        groups = recipe.param_groups(self.forms(), self.spec, lr, weight_decay)
-        optimizer = optimizer_cls(groups, lr=lr, weight_decay=weight_decay, **kwargs)
+        optimizer = optimizer_cls(self.param_groups(lr, weight_decay), lr=lr, weight_decay=weight_decay, **kwargs)
         recipe.install_hooks(optimizer, self)
         SCHEDULES.get(self.spec.schedule).install_hooks(optimizer, self)
         return optimizer
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """The recipe's groups, plus a ``gate`` group (the schedule's ``ω``, at ``gate_lr``, no weight
+        decay) for schedules with gates — present even when empty, so the structure depends on
+        the method alone."""
+        groups = RECIPES.get(self.spec.optimizer).param_groups(self.forms(), self.spec, lr, weight_decay)
+        if SCHEDULES.get(self.spec.schedule).uses_gates:
+            gates = [form.gate for form in self.forms() if getattr(form, "gate", None) is not None]
+            gate_lr = lr if self.spec.gate_lr is None else self.spec.gate_lr
+            groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0, "name": "gate"})
+        return groups
 
     @contextlib.contextmanager
     def disabled(self) -> Iterator[None]:
@@ -105,10 +117,11 @@ class Adapter:
         for name, layer in self.layers.items():
             for key, value in layer.form.state_dict().items():
                 tensors[f"{name}.{key}"] = value.detach().contiguous()
-        for name, (B0, A0) in self.initial.items():
+        spectral_removed = {name: f for name, f in self.removed.items() if f is not None}
+        for name, (B0, A0) in {**self.initial, **spectral_removed}.items():
             tensors[f"{name}.initial.B"] = B0.contiguous()
             tensors[f"{name}.initial.A"] = A0.contiguous()
-        for key, value in self.recipe_state.items():
+        for key, value in self.method_state.items():
             tensors[key] = value.detach().contiguous()
         return tensors
 
@@ -134,6 +147,10 @@ class Adapter:
             "method": self.spec.to_dict(),
             "components": self.spec.components(),
             "targets": {n: list(l.base_layer.weight.shape) for n, l in self.layers.items()},
+            "ranks": {n: l.form.rank for n, l in self.layers.items()},
+            "scales": {n: l.form.scale for n, l in self.layers.items() if hasattr(l.form, "scale")},
+            "gated": [n for n, l in self.layers.items() if getattr(l.form, "gate", None) is not None],
+            "removed": list(self.removed),
             "base_fingerprint": self.base_fingerprint,
             "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None),
             "versions": {"lorakit": __version__, "torch": torch.__version__,
@@ -160,7 +177,7 @@ class Adapter:
             state = {k: tensors[f"{name}.{k}"] for k in layer.form.state_dict()}
             layer.form.load_state_dict(state)
             used.update(f"{name}.{k}" for k in state)
-        self.recipe_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
+        self.method_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
 
     @torch.no_grad()
     def merge_and_unload(self) -> nn.Module:
@@ -238,7 +255,7 @@ def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
 
 
 def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
-           expected_fingerprint: str | None = None) -> Adapter:
+           expected_fingerprint: str | None = None, only: set[str] | None = None) -> Adapter:
     _refuse_if_adapted(model)
     targets = find_targets(model, spec.targets)
     _check_ranks(targets, spec)
@@ -248,6 +265,8 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
             "this adapter was trained on a different base model (weight fingerprint mismatch); "
             "load it onto the model it was trained from"
         )
+    if only is not None:  # loading an adapter from which a schedule removed layers
+        targets = [(name, base) for name, base in targets if name in only]
     shared = FORMS.get(spec.form).shared(spec, [base for _, base in targets])
     layers = {name: _wrap(model, name, base, spec, shared) for name, base in targets}
     initial = _initialise(layers, spec, loaded)
@@ -287,18 +306,37 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
     """Attach the adapter saved at ``path`` to ``model`` (the original, unmodified base)."""
     config, tensors = read_adapter(path)
     spec = MethodSpec(**{**config["method"], "targets": _targets_from_json(config["method"]["targets"])})
+    removed = config.get("removed", [])
+    built = [*config["targets"], *removed]
     initial = {
         name: (tensors[f"{name}.initial.B"], tensors[f"{name}.initial.A"])
-        for name in config["targets"] if f"{name}.initial.B" in tensors
+        for name in built if f"{name}.initial.B" in tensors
     }
     adapter = _build(model, resolve(spec), loaded=initial if INITS.get(spec.init).rewrites_base else {},
-                     expected_fingerprint=config["base_fingerprint"])
+                     expected_fingerprint=config["base_fingerprint"], only=set(built))
+    for name in removed:  # the same arithmetic as during training: bit-identical base weights
+        remove_layer(adapter, name)
     if set(adapter.layers) != set(config["targets"]):
         raise LorakitError(f"{path}: the adapter's layers do not match this model's targets")
+    _restore_shapes(adapter, config)
     device = next(iter(adapter.layers.values())).base_layer.weight.device
     adapter.load_state_dict({k: v.to(device) for k, v in tensors.items()})
     RECIPES.get(spec.optimizer).on_load(adapter)
     return adapter
+
+
+def _restore_shapes(adapter: Adapter, config: dict[str, Any]) -> None:
+    """Per-layer ranks, scales and gates as saved (rank schedules change them during training)."""
+    gated = set(config.get("gated", []))
+    for name, layer in adapter.layers.items():
+        form = layer.form
+        rank = config.get("ranks", {}).get(name, form.rank)
+        if rank != form.rank:
+            form.set_rank(rank)
+        if name in config.get("scales", {}):
+            form.scale = config["scales"][name]
+        if hasattr(form, "set_gate"):
+            form.set_gate(0.0 if name in gated else None)
 
 
 def _targets_from_json(targets: str | list[str]) -> str | tuple[str, ...]:

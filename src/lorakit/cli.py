@@ -102,8 +102,11 @@ def _method_notes(spec: Any) -> str:
         "delta_lora": f"λ={delta_lora.DEFAULT_RATIO:g} (delta_ratio), dropout 0",
         "dora": "magnitude per output row",
         "vera": f"rank {spec.rank}, d₀={DEFAULT_D_INITIAL:g} (vera_d_initial), shared projections",
+        "weight_lora": "gates ω, top-K selection, then LoRA on K layers",
+        "weight_lora_plus": "as weight_lora, kept layers grow to r₀·n/K",
+        "simplex_lora": "gates ω on the simplex, ranks ceil(r₀·n·ω)",
     }
-    return "; ".join(notes[key] for key in (spec.form, spec.optimizer) if key in notes)
+    return "; ".join(notes[key] for key in (spec.form, spec.optimizer, spec.schedule) if key in notes)
 
 
 def _cmd_methods(args: argparse.Namespace) -> None:

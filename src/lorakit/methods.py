@@ -42,6 +42,11 @@ class MethodSpec:
     lora_fa_projected: bool = False
     delta_ratio: float | None = None
     delta_start_step: int | None = None
+    gate_lr: float | None = None
+    weight_lora_k: int | None = None
+    selection_steps: int | None = None
+    simplex_every: int | None = None
+    simplex_reallocations: int | None = None
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -64,6 +69,9 @@ PRESETS: dict[str, dict[str, Any]] = {
     "vera": {"form": "vera", "rank": 256},
     "lora_fa": {"optimizer": "lora_fa"},
     "delta_lora": {"optimizer": "delta_lora"},
+    "weight_lora": {"schedule": "weight_lora"},
+    "weight_lora_plus": {"schedule": "weight_lora_plus"},
+    "simplex_lora": {"schedule": "simplex_lora"},
 }
 
 OVERRIDABLE = tuple(f.name for f in fields(MethodSpec) if f.name != "name")
@@ -130,6 +138,36 @@ def _needs(spec: MethodSpec, option: str, component: str, value: str) -> None:
                            f"set {component}={value!r} or drop {option}")
 
 
+SCHEDULE_OPTIONS = {
+    "gate_lr": ("weight_lora", "weight_lora_plus", "simplex_lora"),
+    "weight_lora_k": ("weight_lora", "weight_lora_plus"),
+    "selection_steps": ("weight_lora", "weight_lora_plus"),
+    "simplex_every": ("simplex_lora",),
+    "simplex_reallocations": ("simplex_lora",),
+}
+
+
+def _validate_schedule(spec: MethodSpec) -> None:
+    for option, schedules in SCHEDULE_OPTIONS.items():
+        value = getattr(spec, option)
+        if value is None:
+            continue
+        if spec.schedule not in schedules:
+            raise LorakitError(f"{option} has no effect with schedule {spec.schedule!r}; "
+                               f"it belongs to {', '.join(schedules)}")
+        if not value > 0 or (option != "gate_lr" and not isinstance(value, int)):
+            raise LorakitError(f"{option} must be a positive {'number' if option == 'gate_lr' else 'integer'}, "
+                               f"got {value!r}")
+    if spec.schedule != "fixed":
+        if spec.form != "lora":
+            raise LorakitError(f"schedule {spec.schedule!r} resizes low-rank pairs; form {spec.form!r} is not "
+                               "supported (use form='lora')")
+        if spec.optimizer in ("lora_fa", "delta_lora"):
+            raise LorakitError(f"schedule {spec.schedule!r} cannot be combined with optimizer {spec.optimizer!r} "
+                               "(a frozen A cannot learn grown directions; Delta-LoRA's W update assumes "
+                               "a fixed pair)")
+
+
 def _validate_combination(spec: MethodSpec) -> None:
     """Method-specific options and the combinations of components that make no sense."""
     if spec.form == "vera":
@@ -149,6 +187,7 @@ def _validate_combination(spec: MethodSpec) -> None:
             raise LorakitError(f"delta_ratio (Delta-LoRA λ) must be > 0, got {spec.delta_ratio!r}")
         if spec.delta_start_step is not None and spec.delta_start_step < 0:
             raise LorakitError(f"delta_start_step must be >= 0, got {spec.delta_start_step!r}")
+    _validate_schedule(spec)
     if spec.optimizer == "delta_lora":
         if spec.dropout != 0:
             raise LorakitError(f"Delta-LoRA needs adapter dropout 0 (got {spec.dropout}); set dropout=0")

@@ -58,7 +58,8 @@ class DoRA(LowRank):
     def _norm(self, weight: torch.Tensor) -> torch.Tensor:
         """``weight_norm`` cached until ``W``, ``A`` or ``B`` change (once per optimizer step in
         training, once in all for evaluation and generation)."""
-        key = (weight.data_ptr(), weight._version, self.A._version, self.B._version, weight.device)
+        key = (weight.data_ptr(), weight._version, self.A.data_ptr(), self.A._version, self.B.data_ptr(),
+               self.B._version, weight.device)
         if self._norm_key != key:
             self._norm_value = self.weight_norm(weight)
             self._norm_key = key

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import FORMS
+from ..ops.resize import resize_pair
 from .base import Form
 
 
@@ -43,6 +44,7 @@ class LowRank(Form):
         self.scale = lora_scale(alpha, rank, rslora)
         self.A = nn.Parameter(torch.zeros(rank, in_features))
         self.B = nn.Parameter(torch.zeros(out_features, rank))
+        self.register_parameter("gate", None)  # ω of WeightLoRA / SimplexLoRA, when a schedule adds one
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @classmethod
@@ -53,17 +55,46 @@ class LowRank(Form):
         """``s · B (A dropout(x))``, computed in the activations' dtype when that is a half type."""
         h = self.dropout(x)
         dtype = h.dtype if h.dtype in HALF_DTYPES else self.A.dtype
-        return F.linear(F.linear(h.to(dtype), self.A.to(dtype)), self.B.to(dtype)) * self.scale
+        out = F.linear(F.linear(h.to(dtype), self.A.to(dtype)), self.B.to(dtype)) * self.scale
+        return out if self.gate is None else out * self.gate.to(dtype)
 
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         y = base(x)
         return y + self.low_rank(x).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
-        return self.scale * (self.B @ self.A)
+        delta = self.scale * (self.B @ self.A)
+        return delta if self.gate is None else self.gate * delta
 
     def roles(self) -> dict[str, nn.Parameter]:
-        return {"A": self.A, "B": self.B}
+        roles = {"A": self.A, "B": self.B}
+        return roles if self.gate is None else {**roles, "gate": self.gate}
+
+    # -- what rank schedules change --------------------------------------------------------
+    def set_gate(self, value: float | None) -> None:
+        """Add a trainable scalar gate ``ω`` (``y = W x + ω·s·B A x``), or remove it (``None``)."""
+        self.gate = None if value is None else nn.Parameter(torch.tensor(float(value), device=self.A.device))
+
+    @torch.no_grad()
+    def fold_gate(self) -> None:
+        """``s ← ω·s`` and drop the gate: the same ``ΔW``, plain LoRA from here on."""
+        if self.gate is not None:
+            self.scale *= float(self.gate)
+            self.gate = None
+
+    def set_rank(self, rank: int) -> None:
+        """Replace ``A``, ``B`` by zero tensors of rank ``rank`` (same device, dtype, trainability)."""
+        trainable = self.A.requires_grad, self.B.requires_grad
+        self.A = nn.Parameter(self.A.new_zeros(rank, self.A.shape[1]), requires_grad=trainable[0])
+        self.B = nn.Parameter(self.B.new_zeros(self.B.shape[0], rank), requires_grad=trainable[1])
+        self.rank = rank
+
+    def resize(self, rank: int, generator: torch.Generator | None = None) -> None:
+        """Grow (same ``B A``) or shrink (best rank-``rank`` approximation) to ``rank ≥ 1``."""
+        B, A = resize_pair(self.B.detach(), self.A.detach(), rank, generator)
+        dtype = self.A.dtype
+        self.set_rank(rank)
+        self.set_factors(B.to(dtype), A.to(dtype))
 
     @torch.no_grad()
     def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:

@@ -14,7 +14,7 @@ class AdamW(Recipe):
     """One group: all adapter parameters at learning rate ``η``."""
 
     def param_groups(self, forms: list[nn.Module], spec: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        params = [p for group in params_by_role(forms).values() for p in group]
+        params = [p for role, group in params_by_role(forms).items() if role != "gate" for p in group]
         return [{"params": params, "lr": lr, "weight_decay": weight_decay, "name": "adapter"}]
 
 

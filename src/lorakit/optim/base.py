@@ -13,8 +13,11 @@ if TYPE_CHECKING:
 
 
 def params_by_role(forms: Iterable[nn.Module]) -> dict[str, list[nn.Parameter]]:
-    """Trainable parameters of ``forms`` grouped by their role (``A``, ``B``, ``other``)."""
-    groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "other": []}
+    """Trainable parameters of ``forms`` grouped by their role (``A``, ``B``, ``other``, ``gate``).
+
+    Gates (the ``ω`` of WeightLoRA / SimplexLoRA) get their own group from the ``Adapter``;
+    recipes leave them out."""
+    groups: dict[str, list[nn.Parameter]] = {"A": [], "B": [], "other": [], "gate": []}
     for form in forms:
         for role, param in form.roles().items():
             if param.requires_grad:
@@ -36,7 +39,7 @@ class Recipe:
         """Called once at attach/load, after the adapter's parameters are set trainable."""
 
     def on_load(self, adapter: Any) -> None:
-        """Called after a saved adapter's tensors (``adapter.recipe_state`` included) are loaded."""
+        """Called after a saved adapter's tensors (``adapter.method_state`` included) are loaded."""
 
     def param_groups(
         self, forms: list[nn.Module], spec: "MethodSpec", lr: float, weight_decay: float

@@ -7,7 +7,7 @@ long runs). Adapter dropout must be 0 (the paper drops it so that the gradient o
 is the gradient of ``W``; ``methods.validate`` enforces it).
 
 The updates telescope: ``W_t = W_K + λ·s·(B_t A_t − B_K A_K)``. lorakit keeps ``B_K, A_K``
-(the factors when the updates start) in the adapter's ``recipe_state``, so a saved adapter
+(the factors when the updates start) in the adapter's ``method_state``, so a saved adapter
 stays low-rank and loading rebuilds ``W`` from the unmodified base to float rounding
 (``lorakit merge`` exports the adapted model as full weights). Training checkpoints also hold
 the exact ``W`` of every adapted layer, so that resuming is bit-exact.
@@ -41,11 +41,11 @@ class DeltaLora(AdamW):
     changes_base = True
 
     def prepare(self, adapter: Any) -> None:
-        adapter.recipe_state.setdefault(STEP_KEY, torch.zeros((), dtype=torch.int64))
+        adapter.method_state.setdefault(STEP_KEY, torch.zeros((), dtype=torch.int64))
 
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
         ratio, first = update_ratio(adapter.spec), start_step(adapter.spec)
-        state = adapter.recipe_state
+        state = adapter.method_state
         before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         @torch.no_grad()
@@ -76,12 +76,12 @@ class DeltaLora(AdamW):
         """Rebuild ``W = W_K + λ·s·(B A − B_K A_K)`` from the saved start factors."""
         ratio = update_ratio(adapter.spec)
         for name, layer in adapter.layers.items():
-            if f"{name}.delta_start.B" not in adapter.recipe_state:
+            if f"{name}.delta_start.B" not in adapter.method_state:
                 continue
             coefficient = ratio * layer.form.scale
             add_products(layer.base_layer.weight, [
                 (layer.form.B, layer.form.A, coefficient),
-                (adapter.recipe_state[f"{name}.delta_start.B"], adapter.recipe_state[f"{name}.delta_start.A"],
+                (adapter.method_state[f"{name}.delta_start.B"], adapter.method_state[f"{name}.delta_start.A"],
                  -coefficient)])
 
 

@@ -8,10 +8,34 @@ import torch
 
 
 class Schedule:
-    """Decides which adapters exist and at which rank; called by the ``Adapter``."""
+    """Decides which adapters exist and at which rank; called by the ``Adapter``.
+
+    ``uses_gates``: the schedule gives every adapter a trainable scalar ``ω`` (its own optimizer
+    group, ``gate_lr``).
+    """
+
+    uses_gates = False
 
     def prepare(self, adapter: Any) -> None:
         """Called once, after the adapters are initialised and before training."""
 
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
         """Register per-step hooks on ``optimizer`` (none by default)."""
+
+
+def next_step(adapter: Any, key: str) -> int:
+    """Advance and return the optimizer-step counter ``key`` kept in ``adapter.method_state``
+    (saved with the adapter, so a resumed run counts on from where it stopped)."""
+    step = int(adapter.method_state.get(key, 0)) + 1
+    adapter.method_state[key] = torch.tensor(step)
+    return step
+
+
+def gated_forms(adapter: Any) -> list[Any]:
+    """The adapter's forms that still carry a gate ``ω``."""
+    return [form for form in adapter.forms() if getattr(form, "gate", None) is not None]
+
+
+def rank_limit(adapter: Any, name: str) -> int:
+    """The largest rank layer ``name`` can take: ``min(out, in)``."""
+    return min(adapter.layers[name].base_layer.weight.shape)
