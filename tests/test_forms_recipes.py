@@ -183,6 +183,7 @@ def test_delta_lora_saved_adapter_rebuilds_the_changed_base(tmp_path):
     for _ in range(4):
         step(model, optimizer, x)
     adapter.save(tmp_path / "delta")
+    assert "changed the base weights" in lorakit.adapter.read_adapter(tmp_path / "delta")[0]["base_update"]
     fresh = tiny_llama()
     lorakit.load(fresh, tmp_path / "delta")
     for name, layer in adapter.layers.items():

@@ -151,6 +151,7 @@ class Adapter:
             "scales": {n: l.form.scale for n, l in self.layers.items() if hasattr(l.form, "scale")},
             "gated": [n for n, l in self.layers.items() if getattr(l.form, "gate", None) is not None],
             "removed": list(self.removed),
+            "base_update": RECIPES.get(self.spec.optimizer).base_update_note,
             "base_fingerprint": self.base_fingerprint,
             "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None),
             "versions": {"lorakit": __version__, "torch": torch.__version__,

@@ -34,6 +34,7 @@ class Recipe:
     """
 
     changes_base = False
+    base_update_note: str | None = None  # recorded in the saved adapter's JSON when set
 
     def prepare(self, adapter: Any) -> None:
         """Called once at attach/load, after the adapter's parameters are set trainable."""

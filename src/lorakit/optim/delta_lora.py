@@ -39,6 +39,11 @@ class DeltaLora(AdamW):
     """AdamW plus the in-place update of each adapted base weight after every step."""
 
     changes_base = True
+    base_update_note = ("Delta-LoRA changed the base weights while training: W = W_K + λ·s·(B A − B_K A_K), "
+                        "with B_K, A_K saved as <layer>.delta_start.B/A; lorakit.load rebuilds W from the "
+                        "unmodified base (to float rounding), and `lorakit merge` exports the adapted model "
+                        "as full weights. Loading these factors anywhere else without that update gives a "
+                        "different model.")
 
     def prepare(self, adapter: Any) -> None:
         adapter.method_state.setdefault(STEP_KEY, torch.zeros((), dtype=torch.int64))
