@@ -125,18 +125,21 @@ class Adapter:
             tensors[key] = value.detach().contiguous()
         return tensors
 
-    def base_weights(self) -> dict[str, torch.Tensor]:
-        """The adapted layers' base weights, when the recipe changes them during training
-        (Delta-LoRA; checkpoints keep them for a bit-exact resume); else empty."""
-        if not RECIPES.get(self.spec.optimizer).changes_base:
-            return {}
-        return {name: layer.base_layer.weight.detach() for name, layer in self.layers.items()}
+    def training_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What a training checkpoint keeps beyond the saved adapter, for a bit-exact resume: the
+        adapted layers' base weights when the recipe changes them (Delta-LoRA), and the
+        schedule's own state (AdaLoRA's importance EMAs)."""
+        base = {}
+        if RECIPES.get(self.spec.optimizer).changes_base:
+            base = {name: layer.base_layer.weight.detach() for name, layer in self.layers.items()}
+        return {"base_weights": base, "schedule": SCHEDULES.get(self.spec.schedule).checkpoint_state(self)}
 
     @torch.no_grad()
-    def load_base_weights(self, weights: dict[str, torch.Tensor]) -> None:
-        """Restore what ``base_weights`` returned."""
-        for name, weight in weights.items():
+    def load_training_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Restore ``training_state`` (after ``optimizer()`` has been called, on resume)."""
+        for name, weight in state.get("base_weights", {}).items():
             self.layers[name].base_layer.weight.copy_(weight)
+        SCHEDULES.get(self.spec.schedule).load_checkpoint_state(self, state.get("schedule", {}))
 
     def config(self) -> dict[str, Any]:
         """What ``lorakit_adapter.json`` records: method, provenance, base fingerprint."""
@@ -148,6 +151,8 @@ class Adapter:
             "components": self.spec.components(),
             "targets": {n: list(l.base_layer.weight.shape) for n, l in self.layers.items()},
             "ranks": {n: l.form.rank for n, l in self.layers.items()},
+            # AdaLoRA's final rank pattern (informational: loading restores it from the masks)
+            "kept_ranks": {n: l.form.kept_rank() for n, l in self.layers.items() if hasattr(l.form, "kept_rank")},
             "scales": {n: l.form.scale for n, l in self.layers.items() if hasattr(l.form, "scale")},
             "gated": [n for n, l in self.layers.items() if getattr(l.form, "gate", None) is not None],
             "removed": list(self.removed),

@@ -95,6 +95,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 def _method_notes(spec: Any) -> str:
     from .forms.vera import DEFAULT_D_INITIAL
     from .optim import delta_lora, lora_plus
+    from .schedules import adalora
 
     notes = {
         "lora_plus": f"λ={lora_plus.DEFAULT_RATIO:g} (lr_ratio)",
@@ -105,6 +106,8 @@ def _method_notes(spec: Any) -> str:
         "weight_lora": "gates ω, top-K selection, then LoRA on K layers",
         "weight_lora_plus": "as weight_lora, kept layers grow to r₀·n/K",
         "simplex_lora": "gates ω on the simplex, ranks ceil(r₀·n·ω)",
+        "adalora": f"SVD triplets pruned to ⌈r/2⌉·n (adalora_target_rank), γ={adalora.DEFAULT_ORTH_REG:g} "
+                   "(adalora_orth_reg); by hand, attach needs adalora_total_steps",
     }
     return "; ".join(notes[key] for key in (spec.form, spec.optimizer, spec.schedule) if key in notes)
 

@@ -47,6 +47,12 @@ class MethodSpec:
     selection_steps: int | None = None
     simplex_every: int | None = None
     simplex_reallocations: int | None = None
+    adalora_target_rank: int | None = None
+    adalora_t_init: int | None = None
+    adalora_t_final: int | None = None
+    adalora_delta_t: int | None = None
+    adalora_total_steps: int | None = None
+    adalora_orth_reg: float | None = None
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -72,6 +78,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "weight_lora": {"schedule": "weight_lora"},
     "weight_lora_plus": {"schedule": "weight_lora_plus"},
     "simplex_lora": {"schedule": "simplex_lora"},
+    "adalora": {"form": "svd", "init": "gaussian", "schedule": "adalora"},
 }
 
 OVERRIDABLE = tuple(f.name for f in fields(MethodSpec) if f.name != "name")
@@ -144,7 +151,15 @@ SCHEDULE_OPTIONS = {
     "selection_steps": ("weight_lora", "weight_lora_plus"),
     "simplex_every": ("simplex_lora",),
     "simplex_reallocations": ("simplex_lora",),
+    "adalora_target_rank": ("adalora",),
+    "adalora_t_init": ("adalora",),
+    "adalora_t_final": ("adalora",),
+    "adalora_delta_t": ("adalora",),
+    "adalora_total_steps": ("adalora",),
+    "adalora_orth_reg": ("adalora",),
 }
+REAL_OPTIONS = ("gate_lr", "adalora_orth_reg")  # the others are integers
+NON_NEGATIVE_OPTIONS = ("adalora_t_init", "adalora_t_final", "adalora_orth_reg")  # the others are > 0
 
 
 def _validate_schedule(spec: MethodSpec) -> None:
@@ -155,10 +170,14 @@ def _validate_schedule(spec: MethodSpec) -> None:
         if spec.schedule not in schedules:
             raise LorakitError(f"{option} has no effect with schedule {spec.schedule!r}; "
                                f"it belongs to {', '.join(schedules)}")
-        if not value > 0 or (option != "gate_lr" and not isinstance(value, int)):
-            raise LorakitError(f"{option} must be a positive {'number' if option == 'gate_lr' else 'integer'}, "
-                               f"got {value!r}")
-    if spec.schedule != "fixed":
+        real, non_negative = option in REAL_OPTIONS, option in NON_NEGATIVE_OPTIONS
+        if isinstance(value, bool) or not isinstance(value, (int, float) if real else int) \
+                or not (value >= 0 if non_negative else value > 0):
+            raise LorakitError(f"{option} must be a {'non-negative' if non_negative else 'positive'} "
+                               f"{'number' if real else 'integer'}, got {value!r}")
+    if spec.schedule == "adalora":
+        _validate_adalora(spec)
+    elif spec.schedule != "fixed":
         if spec.form != "lora":
             raise LorakitError(f"schedule {spec.schedule!r} resizes low-rank pairs; form {spec.form!r} is not "
                                "supported (use form='lora')")
@@ -166,6 +185,18 @@ def _validate_schedule(spec: MethodSpec) -> None:
             raise LorakitError(f"schedule {spec.schedule!r} cannot be combined with optimizer {spec.optimizer!r} "
                                "(a frozen A cannot learn grown directions; Delta-LoRA's W update assumes "
                                "a fixed pair)")
+
+
+def _validate_adalora(spec: MethodSpec) -> None:
+    if spec.form != "svd":
+        raise LorakitError(f"schedule 'adalora' masks the triplets of AdaLoRA's SVD form; form {spec.form!r} is "
+                           "not supported (use form='svd')")
+    if spec.adalora_target_rank is not None and spec.adalora_target_rank > spec.rank:
+        raise LorakitError(f"adalora_target_rank ({spec.adalora_target_rank}) must be <= rank ({spec.rank})")
+    steps = spec.adalora_total_steps
+    if steps is not None and (spec.adalora_t_init or 0) + (spec.adalora_t_final or 0) >= steps:
+        raise LorakitError(f"adalora_t_init + adalora_t_final must be < adalora_total_steps ({steps}), got "
+                           f"{spec.adalora_t_init or 0} + {spec.adalora_t_final or 0}")
 
 
 def _validate_combination(spec: MethodSpec) -> None:
@@ -177,6 +208,19 @@ def _validate_combination(spec: MethodSpec) -> None:
         if spec.optimizer in ("lora_fa", "delta_lora"):
             raise LorakitError(f"VeRA has no low-rank pair B A for optimizer {spec.optimizer!r}; "
                                "use 'adamw' or 'lora_plus'")
+    if spec.form == "svd":
+        if spec.init != "gaussian":
+            raise LorakitError(f"AdaLoRA's SVD form starts from λ = 0 with Gaussian P, Q; init {spec.init!r} does "
+                               "not apply (use init='gaussian')")
+        if spec.schedule not in ("adalora", "fixed"):
+            raise LorakitError(f"form 'svd' is pruned by its mask, not resized; schedule {spec.schedule!r} is not "
+                               "supported (use schedule='adalora' or 'fixed')")
+        if spec.optimizer in ("lora_fa", "delta_lora"):
+            raise LorakitError(f"form 'svd' cannot be combined with optimizer {spec.optimizer!r} (AdaLoRA trains "
+                               "P, λ and Q together; Delta-LoRA's W update assumes a plain pair B A)")
+    if spec.init == "gaussian" and spec.form != "svd":
+        raise LorakitError(f"init 'gaussian' draws both factors at random, which would change the outputs of form "
+                           f"{spec.form!r} at attach; it belongs to form 'svd' (use init='kaiming')")
     if spec.vera_d_initial is not None:
         _needs(spec, "vera_d_initial", "form", "vera")
     if spec.lora_fa_projected:

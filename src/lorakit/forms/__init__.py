@@ -5,6 +5,6 @@ from .base import Form
 
 FORMS: Registry[type[Form]] = Registry("form")
 
-from . import dora, lora, vera  # noqa: E402,F401  (register themselves)
+from . import dora, lora, svd, vera  # noqa: E402,F401  (register themselves)
 
 __all__ = ["FORMS", "Form"]

@@ -51,11 +51,21 @@ class LowRank(Form):
     def build(cls, in_features: int, out_features: int, spec: Any, shared: Any) -> LowRank:
         return cls(in_features, out_features, spec.rank, spec.alpha, rslora=spec.rslora, dropout=spec.dropout)
 
+    def diagonal(self) -> torch.Tensor | None:
+        """A per-rank weight applied between ``A`` and ``B`` (AdaLoRA's ``λ ⊙ mask`` in the SVD
+        form); ``None`` for a plain pair."""
+        return None
+
     def low_rank(self, x: torch.Tensor) -> torch.Tensor:
-        """``s · B (A dropout(x))``, computed in the activations' dtype when that is a half type."""
+        """``s · B (A dropout(x))`` (``s · B (d ⊙ A dropout(x))`` with a diagonal ``d``), computed
+        in the activations' dtype when that is a half type."""
         h = self.dropout(x)
         dtype = h.dtype if h.dtype in HALF_DTYPES else self.A.dtype
-        out = F.linear(F.linear(h.to(dtype), self.A.to(dtype)), self.B.to(dtype)) * self.scale
+        inner = F.linear(h.to(dtype), self.A.to(dtype))
+        diagonal = self.diagonal()
+        if diagonal is not None:
+            inner = inner * diagonal.to(dtype)
+        out = F.linear(inner, self.B.to(dtype)) * self.scale
         return out if self.gate is None else out * self.gate.to(dtype)
 
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
@@ -63,7 +73,9 @@ class LowRank(Form):
         return y + self.low_rank(x).to(y.dtype)
 
     def delta_weight(self) -> torch.Tensor:
-        delta = self.scale * (self.B @ self.A)
+        diagonal = self.diagonal()
+        B = self.B if diagonal is None else self.B * diagonal
+        delta = self.scale * (B @ self.A)
         return delta if self.gate is None else self.gate * delta
 
     def roles(self) -> dict[str, nn.Parameter]:

@@ -10,6 +10,6 @@ from .base import Init
 
 INITS: Registry[Init] = Registry("init")
 
-from . import kaiming, olora, pissa  # noqa: E402,F401  (register themselves)
+from . import gaussian, kaiming, olora, pissa  # noqa: E402,F401  (register themselves)
 
 __all__ = ["INITS", "Init"]

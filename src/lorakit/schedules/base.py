@@ -22,6 +22,13 @@ class Schedule:
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
         """Register per-step hooks on ``optimizer`` (none by default)."""
 
+    def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
+        """State that training checkpoints keep but saved adapters need not (AdaLoRA's EMAs)."""
+        return {}
+
+    def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``checkpoint_state``; called after ``adapter.optimizer()`` on resume."""
+
 
 def next_step(adapter: Any, key: str) -> int:
     """Advance and return the optimizer-step counter ``key`` kept in ``adapter.method_state``

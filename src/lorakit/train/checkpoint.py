@@ -50,7 +50,7 @@ def save_checkpoint(output_dir: str | Path, step: int, adapter: Any, optimizer: 
     with atomic_directory(folder) as tmp:
         adapter.write(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "base_weights": adapter.base_weights()}, tmp / TENSORS_FILE)
+                    "rng": rng_state(), "training_state": adapter.training_state()}, tmp / TENSORS_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     write_text_atomic(root / "latest", folder.name + "\n")
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:

@@ -14,7 +14,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,27 +117,31 @@ def train(config: RunConfig, resume: bool = False,
         model, tokenizer = prepare_model(config, accelerator.device)
     train_examples, eval_examples, collate = prepare_data(config, tokenizer, split)
 
+    per_epoch = steps_per_epoch(len(train_examples), tc.batch_size, tc.grad_accum, accelerator.num_processes)
+    total_steps = tc.max_steps or per_epoch * tc.epochs
+    spec = config.method_spec()
+    if spec.schedule == "adalora" and spec.adalora_total_steps is None:  # its budget schedule needs T
+        spec = replace(spec, adalora_total_steps=total_steps)
+
     state: dict[str, Any] = {"config": config.to_dict()}
     if checkpoint is not None:
         saved_state, tensors = read_checkpoint(checkpoint)
         if _comparable(saved_state["config"]) != _comparable(state["config"]):
             raise LorakitError(f"{checkpoint} was made with a different config; resume with the same config")
         adapter: Adapter = load(model, checkpoint)
-        adapter.load_base_weights(tensors.get("base_weights", {}))  # Delta-LoRA: the exact W
     else:
-        adapter = attach(model, config.method_spec())
+        adapter = attach(model, spec)
     if tc.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
 
-    per_epoch = steps_per_epoch(len(train_examples), tc.batch_size, tc.grad_accum, accelerator.num_processes)
-    total_steps = tc.max_steps or per_epoch * tc.epochs
     optimizer = adapter.optimizer(lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
                               num_training_steps=total_steps)
     start_step = 0
     if checkpoint is not None:
         optimizer.load_state_dict(tensors["optimizer"])
+        adapter.load_training_state(tensors.get("training_state", {}))  # exact W (Delta-LoRA), EMAs
         scheduler.load_state_dict(tensors["scheduler"])
         set_rng_state(tensors["rng"])
         start_step = saved_state["step"]

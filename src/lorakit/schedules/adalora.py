@@ -1,0 +1,220 @@
+"""AdaLoRA's rank schedule (Zhang et al. 2023, arXiv 2303.10512, §3.2–3.3).
+
+Works on the triplets ``(P_{:,k}, λ_k, Q_{k,:})`` of the ``svd`` form. Before every optimizer
+step (gradients present, before the update and before ``zero_grad``), a step pre-hook
+
+- adds the gradient of the orthogonal regularisation ``γ·Σ(‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F)``
+  (Eq. 4–5, ``γ = adalora_orth_reg``): ``∇P += 4γ·P(PᵀP − I)``, ``∇Q += 4γ·(QQᵀ − I)Q``. No loss
+  change is needed and a hand-written loop needs no extra call; the logged training loss
+  excludes the penalty, and gradient clipping done before ``optimizer.step()`` does not see it;
+- updates the sensitivity of every entry ``w`` of ``P``, ``λ``, ``Q``: ``I = |w · ∂L/∂w|`` (Eq. 6,
+  ``L`` the loss with the penalty, as in the paper), smoothed ``Ī ← β₁Ī + (1−β₁)I`` and
+  ``Ū ← β₂Ū + (1−β₂)|I − Ī|`` (Eq. 8–9, β₁ = β₂ = 0.85, ``Ī`` the new one), score ``Ī·Ū``; the
+  triplet score is ``S_k = score(λ_k) + mean_i score(P_{i,k}) + mean_j score(Q_{k,j})`` (Eq. 10).
+
+After step ``t`` (counted from 1) a post-hook applies the budget (Eq. 11): ``b₀ = r·n`` (``n``
+adapted layers) while ``t ≤ t_init``, then ``b(t) = b_T + ⌊(b₀ − b_T)(1 − (t − t_init)/(T −
+t_init − t_final))³⌋`` until ``T − t_final``, then ``b_T = target_rank·n``. Every ``ΔT`` steps of
+the cubic phase, and at ``t = T − t_final``, the ``b(t)`` triplets with the highest ``S_k`` over
+all layers keep their mask bit and the others are masked (their ``λ`` zeroed). After
+``T − t_final`` the mask stays as it is (the paper's final fine-tuning of the allocation), so
+exactly ``b_T`` triplets remain; every step keeps masked ``λ`` at 0.
+
+Defaults: ``adalora_target_rank = ⌈r/2⌉``, ``adalora_t_init = adalora_t_final = 0``,
+``adalora_delta_t = 1``, ``adalora_orth_reg = 0.1``. ``T = adalora_total_steps`` must be known
+when the optimizer is built; ``lorakit train`` fills it in with the run's step count.
+
+State: the step counter is ``adapter.method_state["adalora.step"]`` and the masks are the forms'
+buffers, both saved with the adapter, so a resumed run continues the budget schedule where it
+stopped. The EMAs ``Ī``, ``Ū`` are kept by the schedule for each adapter; training checkpoints
+hold them too (``checkpoint_state``), so a resumed run equals the uninterrupted one, while a
+saved adapter leaves them out (they only matter during training).
+
+Deviations: the paper's regulariser is the squared Frobenius norm, used here (PEFT uses the
+plain norm averaged over matrices); importance is computed before the update, on the weights the
+gradient belongs to (PEFT computes it after ``optimizer.step()``); see ``forms/svd.py`` for the
+mask in the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import torch
+
+from ..errors import LorakitError
+from . import SCHEDULES
+from .base import Schedule, next_step
+
+STEP_KEY = "adalora.step"
+BETA1 = BETA2 = 0.85
+DEFAULT_ORTH_REG = 0.1
+DEFAULT_DELTA_T = 1
+
+
+def target_rank(spec: Any) -> int:
+    """The average per-layer rank at the end: ``adalora_target_rank``, default ``⌈r/2⌉``."""
+    return spec.adalora_target_rank or math.ceil(spec.rank / 2)
+
+
+def budget(step: int, initial: int, target: int, t_init: int, t_final: int, total: int) -> int:
+    """``b(t)``: ``initial`` until ``t_init``, cubic decrease to ``target`` at ``total − t_final``, then
+    ``target`` (non-increasing in ``step``)."""
+    end = total - t_final
+    if step <= t_init:
+        return initial
+    if step >= end:
+        return target
+    remaining = 1.0 - (step - t_init) / (end - t_init)
+    return target + int((initial - target) * remaining**3)
+
+
+def orthogonal_penalty(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
+    """``R(P, Q) = ‖PᵀP − I‖²_F + ‖QQᵀ − I‖²_F`` (differentiable)."""
+    eye = torch.eye(P.shape[1], device=P.device, dtype=P.dtype)
+    return (P.T @ P - eye).square().sum() + (Q @ Q.T - eye).square().sum()
+
+
+@torch.no_grad()
+def orthogonal_gradient(P: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(∂R/∂P, ∂R/∂Q) = (4·P(PᵀP − I), 4·(QQᵀ − I)Q)`` in float32."""
+    P, Q = P.to(torch.float32), Q.to(torch.float32)
+    eye = torch.eye(P.shape[1], device=P.device)
+    return 4.0 * P @ (P.T @ P - eye), 4.0 * (Q @ Q.T - eye) @ Q
+
+
+@torch.no_grad()
+def add_orthogonal_gradient(P: torch.nn.Parameter, Q: torch.nn.Parameter, gamma: float) -> None:
+    """``P.grad += γ·∂R/∂P``, ``Q.grad += γ·∂R/∂Q`` (a missing gradient starts at zero)."""
+    for param, grad in zip((P, Q), orthogonal_gradient(P, Q)):
+        if not param.requires_grad:
+            continue
+        if param.grad is None:
+            param.grad = (gamma * grad).to(param.dtype)
+        else:
+            param.grad.add_(grad.to(param.grad.dtype), alpha=gamma)
+
+
+class Importance:
+    """The EMAs ``Ī`` (smoothed sensitivity) and ``Ū`` (uncertainty) of every entry of each layer's
+    ``P``, ``λ``, ``Q`` (float32, zero at first)."""
+
+    def __init__(self, beta1: float = BETA1, beta2: float = BETA2) -> None:
+        self.beta1, self.beta2 = beta1, beta2
+        self.smoothed: dict[tuple[str, str], torch.Tensor] = {}
+        self.uncertainty: dict[tuple[str, str], torch.Tensor] = {}
+
+    @staticmethod
+    def factors(form: Any) -> dict[str, torch.nn.Parameter]:
+        """``{"P": P, "lam": λ, "Q": Q}`` of an SVD form."""
+        return {"P": form.P, "lam": form.lam, "Q": form.Q}
+
+    @torch.no_grad()
+    def update(self, name: str, form: Any) -> None:
+        """One EMA step from the current gradients (``I = 0`` where a factor has none)."""
+        for factor, param in self.factors(form).items():
+            weight = param.detach().to(torch.float32)
+            sensitivity = (weight * param.grad.to(torch.float32)).abs_() if param.grad is not None \
+                else torch.zeros_like(weight)
+            key = (name, factor)
+            if key not in self.smoothed:
+                self.smoothed[key], self.uncertainty[key] = torch.zeros_like(weight), torch.zeros_like(weight)
+            smoothed = self.smoothed[key].mul_(self.beta1).add_(sensitivity, alpha=1 - self.beta1)
+            self.uncertainty[key].mul_(self.beta2).add_(sensitivity.sub_(smoothed).abs_(), alpha=1 - self.beta2)
+
+    def score(self, name: str, factor: str) -> torch.Tensor | None:
+        """``Ī·Ū`` per entry of ``factor`` (``"P"``, ``"lam"`` or ``"Q"``) of layer ``name``; ``None``
+        before the first update."""
+        key = (name, factor)
+        return self.smoothed[key] * self.uncertainty[key] if key in self.smoothed else None
+
+    def triplet_scores(self, name: str, form: Any) -> torch.Tensor:
+        """``S_k = score(λ_k) + mean_i score(P_{i,k}) + mean_j score(Q_{k,j})`` (zeros before the
+        first update)."""
+        if (name, "lam") not in self.smoothed:
+            return torch.zeros(form.rank, device=form.lam.device)
+        return self.score(name, "lam") + self.score(name, "P").mean(dim=0) + self.score(name, "Q").mean(dim=1)
+
+
+@torch.no_grad()
+def allocate(forms: dict[str, Any], scores: dict[str, torch.Tensor], kept: int) -> None:
+    """Keep the ``kept`` triplets with the highest scores over all layers (ties: the earlier
+    layer and index), mask the others and zero their ``λ``."""
+    names = list(forms)
+    device = scores[names[0]].device
+    flat = torch.cat([scores[name].to(device) for name in names])
+    keep = torch.zeros_like(flat, dtype=torch.bool)
+    keep[torch.sort(flat, descending=True, stable=True).indices[:kept]] = True
+    for name, part in zip(names, keep.split([forms[name].rank for name in names])):
+        forms[name].mask.copy_(part)
+        forms[name].lam.masked_fill_(~forms[name].mask, 0.0)
+
+
+class AdaLora(Schedule):
+    """Importance-scored triplets under a cubic total-rank budget (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._importance: WeakKeyDictionary[Any, Importance] = WeakKeyDictionary()
+
+    def prepare(self, adapter: Any) -> None:
+        adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
+
+    def importance(self, adapter: Any) -> Importance:
+        """The EMAs of ``adapter`` (those of its latest optimizer)."""
+        return self._importance[adapter]
+
+    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
+        spec = adapter.spec
+        total = spec.adalora_total_steps
+        if total is None:
+            raise LorakitError("the adalora schedule needs the number of optimizer steps: pass "
+                               "adalora_total_steps=<steps> to attach (lorakit train sets it itself)")
+        t_init, t_final = spec.adalora_t_init or 0, spec.adalora_t_final or 0
+        delta_t = spec.adalora_delta_t or DEFAULT_DELTA_T
+        gamma = DEFAULT_ORTH_REG if spec.adalora_orth_reg is None else spec.adalora_orth_reg
+        count = len(adapter.layers)
+        initial, target = spec.rank * count, target_rank(spec) * count
+        end = total - t_final
+        importance = self._importance[adapter] = Importance()
+
+        @torch.no_grad()
+        def before_step(*_: Any) -> None:
+            upcoming = int(adapter.method_state.get(STEP_KEY, 0)) + 1
+            for name, layer in adapter.layers.items():
+                if gamma > 0:
+                    add_orthogonal_gradient(layer.form.P, layer.form.Q, gamma)
+                if upcoming <= end:  # the allocation is fixed afterwards
+                    importance.update(name, layer.form)
+
+        @torch.no_grad()
+        def after_step(*_: Any) -> None:
+            step = next_step(adapter, STEP_KEY)
+            forms = {name: layer.form for name, layer in adapter.layers.items()}
+            if step == end or (t_init < step < end and step % delta_t == 0):
+                scores = {name: importance.triplet_scores(name, form) for name, form in forms.items()}
+                allocate(forms, scores, budget(step, initial, target, t_init, t_final, total))
+            for form in forms.values():
+                form.lam.masked_fill_(~form.mask, 0.0)
+
+        optimizer.register_step_pre_hook(before_step)
+        optimizer.register_step_post_hook(after_step)
+
+    def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
+        importance = self._importance.get(adapter)
+        if importance is None:
+            return {}
+        return {f"{kind}|{name}|{factor}": tensor for kind, table in
+                (("smoothed", importance.smoothed), ("uncertainty", importance.uncertainty))
+                for (name, factor), tensor in table.items()}
+
+    def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:
+        importance = self._importance[adapter]
+        device = next(iter(adapter.layers.values())).base_layer.weight.device
+        for key, tensor in state.items():
+            kind, name, factor = key.split("|")
+            getattr(importance, kind)[(name, factor)] = tensor.to(device)
+
+
+SCHEDULES.register("adalora")(AdaLora())
