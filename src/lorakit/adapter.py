@@ -331,6 +331,15 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
     return adapter
 
 
+def final_ranks(adapter_config: dict[str, Any]) -> dict[str, int]:
+    """Rank per targeted layer from an adapter's JSON (``Adapter.config()``): AdaLoRA's kept
+    triplets where present, else the pair's rank; layers a schedule removed count 0."""
+    kept = adapter_config.get("kept_ranks") or {}
+    ranks = {name: int(kept.get(name, rank)) for name, rank in adapter_config.get("ranks", {}).items()}
+    ranks.update({name: 0 for name in adapter_config.get("removed", [])})
+    return ranks
+
+
 def _restore_shapes(adapter: Adapter, config: dict[str, Any]) -> None:
     """Per-layer ranks, scales and gates as saved (rank schedules change them during training)."""
     gated = set(config.get("gated", []))

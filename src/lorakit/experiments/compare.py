@@ -22,7 +22,8 @@ from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
 from ..train import train
 from ..train.setup import load_split, prepare_data, prepare_model
-from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars
+from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
+from .ranks import rank_lines, rank_table
 from .report import write_report, write_results
 from .spec import CompareSpec, Run, run_config
 from .stats import aggregate, paired_vs_baseline
@@ -116,6 +117,9 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     plot_metric_bars(aggregates, metrics, out / "metrics.png")
     if plot_lambda_sweep(aggregates, out / "lambda_sweep.png", baseline=spec.baseline):
         plots.append("lambda_sweep.png")
+    ranks = rank_table(rows)
+    if plot_ranks(ranks, out / "ranks.png"):
+        plots.append("ranks.png")
     meta = {
         "model": base_config.model.path, "data": base_config.data.path,
         "split": f"train {base_config.data.train_size}, eval {base_config.data.eval_size}",
@@ -125,7 +129,8 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
         "duration": f"{time.time() - started:.0f} s (this invocation)",
     }
     paired = paired_vs_baseline(rows, spec.baseline, metrics) if spec.baseline else {}
-    report = write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta)
+    report = write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta,
+                          sections=rank_lines(ranks))
     if not any(r["status"] == "ok" for r in rows):
         raise LorakitError(f"every run failed; see {report}")
     return report

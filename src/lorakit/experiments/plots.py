@@ -221,3 +221,27 @@ def plot_lambda_sweep(aggregates: Sequence[Row], path: Path, metric: str = "eval
     ax.legend(fontsize=9)
     _save(fig, path)
     return True
+
+
+def plot_ranks(table: dict[str, dict[str, float]], path: Path) -> bool:
+    """Final rank per layer (mean over seeds), one bar group per layer and one colour per run,
+    for the runs whose schedule changes ranks. Returns False, writing nothing, when there are none."""
+    from .ranks import short_name
+
+    if not table:
+        return False
+    layers = list(dict.fromkeys(name for ranks in table.values() for name in ranks))
+    width = 0.8 / len(table)
+    fig, ax = plt.subplots(figsize=(max(7.5, 0.28 * len(layers) * len(table) + 2), 4.8), layout="constrained")
+    positions = np.arange(len(layers))
+    for index, (run, ranks) in enumerate(table.items()):
+        ax.bar(positions + (index - (len(table) - 1) / 2) * width, [ranks.get(n, 0) for n in layers], width,
+               color=_color(index), label=f"{run} (total {sum(ranks.values()):g})")
+    ax.set_xticks(positions, [short_name(n) for n in layers], rotation=90, fontsize=7)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("final rank (0 = removed)")
+    ax.set_title("Final rank per layer (mean over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(loc="outside lower center", ncols=min(len(table), 4), fontsize=9)
+    _save(fig, path)
+    return True

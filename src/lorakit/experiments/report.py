@@ -210,8 +210,10 @@ def verdict(name: str, baseline: str, metric: str, d: Row) -> str:
 
 def write_report(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row],
                  paired: dict[str, dict[str, Row]] | None, metrics: Sequence[str],
-                 baseline: str | None, plots: Sequence[str], meta: dict[str, Any]) -> Path:
-    """Write ``report.md`` to ``out_dir`` and return its path."""
+                 baseline: str | None, plots: Sequence[str], meta: dict[str, Any],
+                 sections: Sequence[str] = ()) -> Path:
+    """Write ``report.md`` to ``out_dir`` and return its path; ``sections``: extra Markdown lines
+    placed before the plots (the final ranks per layer)."""
     out_dir = Path(out_dir)
     metrics = list(metrics)
     # a reference row passed only in ``rows`` (not aggregated with the runs) still gets its line
@@ -248,6 +250,7 @@ def write_report(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row],
         else:
             lines += ["No other run to compare.", ""]
 
+    lines += list(sections)
     if plots:
         lines += ["## Plots", ""]
         for plot in plots:

@@ -25,7 +25,7 @@ from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 from transformers import get_scheduler, set_seed
 
-from ..adapter import Adapter, attach, load
+from ..adapter import Adapter, attach, final_ranks, load
 from ..config import RunConfig, dump_config
 from ..errors import LorakitError
 from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
@@ -217,6 +217,8 @@ def train(config: RunConfig, resume: bool = False,
                "steps": total_steps, "train_loss": last_loss, **final,
                "trainable_parameters": adapter.num_parameters(),
                "seconds": round(time.time() - started, 2), "adapter": str(output_dir / "adapter")}
+    if adapter.spec.schedule != "fixed":  # where the rank budget went
+        summary["final_ranks"] = final_ranks(adapter.config())
     if main:
         adapter.save(output_dir / "adapter")
         save_checkpoint(output_dir, total_steps, adapter, optimizer, scheduler, state, tc.keep_checkpoints)
