@@ -135,6 +135,21 @@ def run(label: str, library: str, setup, base, batches: list[torch.Tensor], args
     return row
 
 
+def prepare(args: argparse.Namespace) -> tuple[torch.device, LlamaForCausalLM, list[torch.Tensor], dict[str, Any]]:
+    """The device, the base model, three random token batches and the run's metadata (printed)."""
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    base = build_model(args.model, dtype, device)
+    generator = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, base.config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
+               for _ in range(3)]
+    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+            "threads": torch.get_num_threads(), **{k: str(v) for k, v in vars(args).items()},
+            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "versions": {"lorakit": lorakit.__version__, "peft": peft.__version__, "torch": torch.__version__}}
+    print(json.dumps(meta), flush=True)
+    return device, base, batches, meta
+
+
 def markdown(rows: list[Row]) -> str:
     by = {(r.method, r.library): r for r in rows}
     cuda = any(r.peak_mib is not None for r in rows)
@@ -168,16 +183,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/forms_speed.json"))
     args = parser.parse_args(argv)
-    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    base = build_model(args.model, dtype, device)
-    generator = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, base.config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
-               for _ in range(3)]
-    meta = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "threads": torch.get_num_threads(), **{k: str(v) for k, v in vars(args).items()},
-            "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-            "versions": {"lorakit": lorakit.__version__, "peft": peft.__version__, "torch": torch.__version__}}
-    print(json.dumps(meta), flush=True)
+    device, base, batches, meta = prepare(args)
     rows = []
     for method in args.methods.split(","):
         rank = args.vera_rank if method == "vera" else args.rank

@@ -13,8 +13,8 @@ import lorakit
 from lorakit.config import load_config
 from lorakit.forms.svd import SVD
 from lorakit.schedules import SCHEDULES
-from lorakit.schedules.adalora import (BETA1, BETA2, STEP_KEY, add_orthogonal_gradient, budget,
-                                       orthogonal_gradient, orthogonal_penalty)
+from lorakit.schedules.adalora import (BETA1, BETA2, STEP_KEY, Importance, add_orthogonal_gradient,
+                                       add_orthogonal_gradients, budget, orthogonal_gradient, orthogonal_penalty)
 from lorakit.train import train
 from test_contracts import train_steps
 from test_train import Crash, crash_at
@@ -158,6 +158,34 @@ def test_orthogonal_gradient_equals_autograd_of_the_penalty():
     add_orthogonal_gradient(P, Q, 0.3)
     torch.testing.assert_close(P.grad, task_P + grad_P, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(Q.grad, grad_Q, rtol=1e-5, atol=1e-4)
+
+
+def test_fused_updates_equal_the_per_layer_ones():
+    """The multi-tensor paths the hooks use give what the per-layer definitions give."""
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "adalora", rank=4, targets=["q_proj", "k_proj", "down_proj"],
+                             adalora_total_steps=10)
+    with torch.no_grad():
+        for form in adapter.forms():
+            form.lam.normal_()
+    x = batch()
+    model(x, labels=x).loss.backward()
+    forms = {name: layer.form for name, layer in adapter.layers.items()}
+    grads = {name: (f.P.grad.clone(), f.Q.grad.clone()) for name, f in forms.items()}
+    fused, single = Importance(), Importance()
+    for _ in range(2):
+        fused.update_all(forms)
+        for name, form in forms.items():
+            single.update(name, form)
+    for key in single.smoothed:
+        torch.testing.assert_close(fused.smoothed[key], single.smoothed[key], atol=0, rtol=0)
+        torch.testing.assert_close(fused.uncertainty[key], single.uncertainty[key], atol=0, rtol=0)
+    add_orthogonal_gradients(list(forms.values()), 0.1)
+    for name, form in forms.items():
+        expected_P, expected_Q = grads[name]
+        dP, dQ = orthogonal_gradient(form.P, form.Q)
+        torch.testing.assert_close(form.P.grad, expected_P + 0.1 * dP, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(form.Q.grad, expected_Q + 0.1 * dQ, atol=1e-6, rtol=1e-5)
 
 
 def test_the_pre_step_hook_adds_the_penalty_gradient():

@@ -65,8 +65,9 @@ class LowRank(Form):
         diagonal = self.diagonal()
         if diagonal is not None:
             inner = inner * diagonal.to(dtype)
-        out = F.linear(inner, self.B.to(dtype)) * self.scale
-        return out if self.gate is None else out * self.gate.to(dtype)
+        if self.gate is not None:  # ω·s·B(A x) = s·B(ω·A x): scaling r numbers per token, not out
+            inner = inner * self.gate.to(dtype)
+        return F.linear(inner, self.B.to(dtype)) * self.scale
 
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         y = base(x)

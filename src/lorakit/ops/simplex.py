@@ -18,7 +18,7 @@ def project_simplex(v: torch.Tensor) -> torch.Tensor:
     u, _ = torch.sort(v, descending=True)
     cumulative = torch.cumsum(u, dim=0) - 1
     index = torch.arange(1, v.numel() + 1, device=v.device, dtype=v.dtype)
-    positive = (u - cumulative / index) > 0
-    rho = int(torch.nonzero(positive)[-1]) + 1
-    theta = cumulative[rho - 1] / rho
+    # the condition holds exactly for j = 1..ρ, so ρ is a count: no host synchronisation on a GPU
+    rho = ((u - cumulative / index) > 0).sum().clamp_min(1)
+    theta = cumulative.gather(0, (rho - 1).unsqueeze(0)) / rho.to(v.dtype)
     return torch.clamp(v - theta, min=0)

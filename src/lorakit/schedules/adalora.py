@@ -97,6 +97,27 @@ def add_orthogonal_gradient(P: torch.nn.Parameter, Q: torch.nn.Parameter, gamma:
             param.grad.add_(grad.to(param.grad.dtype), alpha=gamma)
 
 
+@torch.no_grad()
+def add_orthogonal_gradients(forms: list[Any], gamma: float) -> None:
+    """``add_orthogonal_gradient`` for many layers: layers whose ``P`` and ``Q`` have the same
+    shapes are stacked and handled by batched matrix products."""
+    groups: dict[tuple[Any, ...], list[Any]] = {}
+    for form in forms:
+        ready = form.P.grad is not None and form.Q.grad is not None and form.P.requires_grad and form.Q.requires_grad
+        if not ready:
+            add_orthogonal_gradient(form.P, form.Q, gamma)
+            continue
+        groups.setdefault((tuple(form.P.shape), tuple(form.Q.shape), form.P.device), []).append(form)
+    for members in groups.values():
+        P = torch.stack([f.P.detach() for f in members]).to(torch.float32)
+        Q = torch.stack([f.Q.detach() for f in members]).to(torch.float32)
+        eye = torch.eye(P.shape[2], device=P.device)
+        grad_P = (4.0 * gamma) * (P @ (P.mT @ P - eye))
+        grad_Q = (4.0 * gamma) * ((Q @ Q.mT - eye) @ Q)
+        torch._foreach_add_([f.P.grad for f in members], [g.to(f.P.grad.dtype) for f, g in zip(members, grad_P)])
+        torch._foreach_add_([f.Q.grad for f in members], [g.to(f.Q.grad.dtype) for f, g in zip(members, grad_Q)])
+
+
 class Importance:
     """The EMAs ``Ī`` (smoothed sensitivity) and ``Ū`` (uncertainty) of every entry of each layer's
     ``P``, ``λ``, ``Q`` (float32, zero at first)."""
@@ -123,6 +144,37 @@ class Importance:
                 self.smoothed[key], self.uncertainty[key] = torch.zeros_like(weight), torch.zeros_like(weight)
             smoothed = self.smoothed[key].mul_(self.beta1).add_(sensitivity, alpha=1 - self.beta1)
             self.uncertainty[key].mul_(self.beta2).add_(sensitivity.sub_(smoothed).abs_(), alpha=1 - self.beta2)
+
+    @torch.no_grad()
+    def update_all(self, forms: dict[str, Any]) -> None:
+        """``update`` for every layer at once, with fused multi-tensor operations (the same
+        arithmetic, a few kernel launches instead of a dozen per layer)."""
+        keys, weights, grads = [], [], []
+        for name, form in forms.items():
+            for factor, param in self.factors(form).items():
+                if param.grad is None:
+                    self.update(name, form)  # rare: keep the per-tensor path for a missing gradient
+                    break
+            else:
+                for factor, param in self.factors(form).items():
+                    keys.append((name, factor))
+                    weights.append(param.detach().to(torch.float32))
+                    grads.append(param.grad.to(torch.float32))
+        if not keys:
+            return
+        for key, weight in zip(keys, weights):
+            if key not in self.smoothed:
+                self.smoothed[key], self.uncertainty[key] = torch.zeros_like(weight), torch.zeros_like(weight)
+        smoothed = [self.smoothed[key] for key in keys]
+        uncertainty = [self.uncertainty[key] for key in keys]
+        sensitivity = torch._foreach_mul(weights, grads)
+        torch._foreach_abs_(sensitivity)
+        torch._foreach_mul_(smoothed, self.beta1)
+        torch._foreach_add_(smoothed, sensitivity, alpha=1 - self.beta1)
+        torch._foreach_sub_(sensitivity, smoothed)
+        torch._foreach_abs_(sensitivity)
+        torch._foreach_mul_(uncertainty, self.beta2)
+        torch._foreach_add_(uncertainty, sensitivity, alpha=1 - self.beta2)
 
     def score(self, name: str, factor: str) -> torch.Tensor | None:
         """``Ī·Ū`` per entry of ``factor`` (``"P"``, ``"lam"`` or ``"Q"``) of layer ``name``; ``None``
@@ -182,11 +234,11 @@ class AdaLora(Schedule):
         @torch.no_grad()
         def before_step(*_: Any) -> None:
             upcoming = int(adapter.method_state.get(STEP_KEY, 0)) + 1
-            for name, layer in adapter.layers.items():
-                if gamma > 0:
-                    add_orthogonal_gradient(layer.form.P, layer.form.Q, gamma)
-                if upcoming <= end:  # the allocation is fixed afterwards
-                    importance.update(name, layer.form)
+            forms = {name: layer.form for name, layer in adapter.layers.items()}
+            if gamma > 0:
+                add_orthogonal_gradients(list(forms.values()), gamma)
+            if upcoming <= end:  # the allocation is fixed afterwards
+                importance.update_all(forms)
 
         @torch.no_grad()
         def after_step(*_: Any) -> None:

@@ -57,9 +57,9 @@ class SimplexLora(Schedule):
             forms = gated_forms(adapter)
             if not forms:
                 return
-            projected = project_simplex(torch.stack([f.gate.detach().float() for f in forms]))
-            for form, value in zip(forms, projected):
-                form.gate.copy_(value)
+            gates = [form.gate for form in forms]
+            projected = project_simplex(torch.stack(gates).float())
+            torch._foreach_copy_(gates, list(projected.to(gates[0].dtype).unbind()))
             if step % every == 0 and step // every <= reallocations:
                 self.reallocate(adapter, optimizer, final=step // every == reallocations, step=step)
 
