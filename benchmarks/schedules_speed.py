@@ -7,7 +7,7 @@ LoRA run per library. Timed: every step (forward, backward, optimizer
 step with the schedule's hooks, zero_grad), CUDA synchronised; reported: the total over all
 steps — reallocations included — and its ratio to lorakit's plain LoRA run. Schedule settings
 scale with ``--steps``: WeightLoRA selects during the first third (K = n/2), SimplexLoRA
-reallocates 3 times, every quarter, AdaLoRA (target rank r/2, t_init = 10 %, t_final = 20 %,
+reallocates 3 times, every quarter, LoRA-drop selects after the first quarter (threshold 0.9), AdaLoRA (target rank r/2, t_init = 10 %, t_final = 20 %,
 ΔT = 1) is run against PEFT's ``AdaLoraConfig`` with the same budget, whose
 ``update_and_allocate`` is called after backward as PEFT requires.
 
@@ -50,6 +50,7 @@ def lorakit_setup(method: str, args: argparse.Namespace) -> Callable[[Any], tupl
         "weight_lora": {"selection_steps": max(1, steps // 3)},
         "weight_lora_plus": {"selection_steps": max(1, steps // 3)},
         "simplex_lora": {"simplex_every": max(1, steps // 4), "simplex_reallocations": 3},
+        "lora_drop": {"drop_warmup_steps": max(1, steps // 4), "drop_top_n": None},
         "adalora": {"adalora_total_steps": steps, "adalora_t_init": steps // 10, "adalora_t_final": steps // 5,
                     "adalora_target_rank": max(1, args.rank // 2)},
     }
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     for setup in (lorakit_setup("lora", warmup), peft_setup("lora", warmup)):
         run("(warm-up)", "", setup, base, batches, warmup, device)
     plan = [(m, "lorakit", lorakit_setup(m, args)) for m in
-            ("lora", "weight_lora", "weight_lora_plus", "simplex_lora", "adalora")]
+            ("lora", "weight_lora", "weight_lora_plus", "simplex_lora", "lora_drop", "adalora")]
     plan += [(m, "peft", peft_setup(m, args)) for m in ("lora", "adalora")]
     results = {(label, library): run(label, library, setup, base, batches, args, device)
                for label, library, setup in plan}

@@ -127,17 +127,17 @@ def test_compare_runs_the_other_forms_and_recipes(tiny_model_dir, addition_data,
     raw["eval"] = {"metrics": ["eval_loss", "rougeL"], "max_new_tokens": 4}
     raw["compare"].update(runs=["dora", {"method": {"name": "vera", "rank": 32}}, "lora_fa", "delta_lora",
                                 {"method": {"name": "simplex_lora", "simplex_every": 2, "simplex_reallocations": 2}},
-                                "adalora"],
+                                "adalora", {"method": {"name": "lora_drop", "drop_warmup_steps": 2, "drop_top_n": 6}}],
                           seeds=[0], baseline="dora")
     base, spec, runs = load_compare_config(raw)
     report = run_compare(base, spec, runs, progress=False).read_text()
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
     assert [(r["run"], r["status"]) for r in rows[1:]] == [
         ("dora", "ok"), ("vera", "ok"), ("lora_fa", "ok"), ("delta_lora", "ok"), ("simplex_lora", "ok"),
-        ("adalora", "ok")]
+        ("adalora", "ok"), ("lora_drop", "ok")]
     # where the rank budget went: only the runs whose schedule changes ranks, one line per layer
     section = report.split("## Final rank per layer")[1].split("##")[0]
-    assert "| layer | simplex_lora | adalora |" in section
+    assert "| layer | simplex_lora | adalora | lora_drop |" in section
     table = [line for line in section.splitlines() if line.startswith("| ") and "layer" not in line]
     assert len(table) == 14 + 1  # 2 blocks × 7 projections, and the total
     adalora_total = float(table[-1].split("|")[3])

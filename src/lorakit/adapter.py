@@ -60,11 +60,13 @@ class Adapter:
         self.initial = initial  # spectral inits: (B₀, A₀) per layer, taken out of the base W
         self.method_state: dict[str, torch.Tensor] = {}  # saved with the adapter (Delta-LoRA, schedules)
         self.removed: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # by a schedule; (B₀, A₀)
+        self.shared: dict[str, str] = {}  # layer → the layer whose form it uses (LoRA-drop)
         self._attached = True
 
     # -- what the user trains --------------------------------------------------------------
     def forms(self) -> list[Form]:
-        return [layer.form for layer in self.layers.values()]
+        """Each distinct form once (layers may share one, see ``shared``)."""
+        return list({id(layer.form): layer.form for layer in self.layers.values()}.values())
 
     def parameters(self) -> list[nn.Parameter]:
         """The trainable adapter parameters (and nothing else of the model)."""
@@ -115,6 +117,8 @@ class Adapter:
         """Adapter tensors only, keyed ``<layer>.<param>``; initial factors under ``<layer>.initial.*``."""
         tensors = {}
         for name, layer in self.layers.items():
+            if name in self.shared:  # stored once, under the layer that owns the shared form
+                continue
             for key, value in layer.form.state_dict().items():
                 tensors[f"{name}.{key}"] = value.detach().contiguous()
         spectral_removed = {name: f for name, f in self.removed.items() if f is not None}
@@ -156,6 +160,7 @@ class Adapter:
             "scales": {n: l.form.scale for n, l in self.layers.items() if hasattr(l.form, "scale")},
             "gated": [n for n, l in self.layers.items() if getattr(l.form, "gate", None) is not None],
             "removed": list(self.removed),
+            "shared": dict(self.shared),
             "base_update": RECIPES.get(self.spec.optimizer).base_update_note,
             "base_fingerprint": self.base_fingerprint,
             "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None),
@@ -180,6 +185,8 @@ class Adapter:
         """Copy adapter tensors (as produced by ``state_dict``) into the layers."""
         used = set()
         for name, layer in self.layers.items():
+            if name in self.shared:
+                continue
             state = {k: tensors[f"{name}.{k}"] for k in layer.form.state_dict()}
             layer.form.load_state_dict(state)
             used.update(f"{name}.{k}" for k in state)
@@ -325,10 +332,18 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
     if set(adapter.layers) != set(config["targets"]):
         raise LorakitError(f"{path}: the adapter's layers do not match this model's targets")
     _restore_shapes(adapter, config)
+    share_forms(adapter, config.get("shared", {}))
     device = next(iter(adapter.layers.values())).base_layer.weight.device
     adapter.load_state_dict({k: v.to(device) for k, v in tensors.items()})
     RECIPES.get(spec.optimizer).on_load(adapter)
     return adapter
+
+
+def share_forms(adapter: Adapter, shared: dict[str, str]) -> None:
+    """Make each layer in ``shared`` use the form of the layer it names (LoRA-drop's shared adapters)."""
+    for name, owner in shared.items():
+        adapter.layers[name].form = adapter.layers[owner].form
+    adapter.shared.update(shared)
 
 
 def final_ranks(adapter_config: dict[str, Any]) -> dict[str, int]:

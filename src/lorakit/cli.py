@@ -106,6 +106,7 @@ def _method_notes(spec: Any) -> str:
         "weight_lora": "gates ω, top-K selection, then LoRA on K layers",
         "weight_lora_plus": "as weight_lora, kept layers grow to r₀·n/K",
         "simplex_lora": "gates ω on the simplex, ranks ceil(r₀·n·ω)",
+        "lora_drop": "warm-up importance; dropped layers share one adapter per shape",
         "adalora": f"SVD triplets pruned to ⌈r/2⌉·n (adalora_target_rank), γ={adalora.DEFAULT_ORTH_REG:g} "
                    "(adalora_orth_reg); by hand, attach needs adalora_total_steps",
     }

@@ -53,6 +53,9 @@ class MethodSpec:
     adalora_delta_t: int | None = None
     adalora_total_steps: int | None = None
     adalora_orth_reg: float | None = None
+    drop_warmup_steps: int | None = None
+    drop_threshold: float | None = None
+    drop_top_n: int | None = None
     seed: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +82,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "weight_lora_plus": {"schedule": "weight_lora_plus"},
     "simplex_lora": {"schedule": "simplex_lora"},
     "adalora": {"form": "svd", "init": "gaussian", "schedule": "adalora"},
+    "lora_drop": {"schedule": "lora_drop"},
 }
 
 OVERRIDABLE = tuple(f.name for f in fields(MethodSpec) if f.name != "name")
@@ -157,8 +161,11 @@ SCHEDULE_OPTIONS = {
     "adalora_delta_t": ("adalora",),
     "adalora_total_steps": ("adalora",),
     "adalora_orth_reg": ("adalora",),
+    "drop_warmup_steps": ("lora_drop",),
+    "drop_threshold": ("lora_drop",),
+    "drop_top_n": ("lora_drop",),
 }
-REAL_OPTIONS = ("gate_lr", "adalora_orth_reg")  # the others are integers
+REAL_OPTIONS = ("gate_lr", "adalora_orth_reg", "drop_threshold")  # the others are integers
 NON_NEGATIVE_OPTIONS = ("adalora_t_init", "adalora_t_final", "adalora_orth_reg")  # the others are > 0
 
 
@@ -175,6 +182,11 @@ def _validate_schedule(spec: MethodSpec) -> None:
                 or not (value >= 0 if non_negative else value > 0):
             raise LorakitError(f"{option} must be a {'non-negative' if non_negative else 'positive'} "
                                f"{'number' if real else 'integer'}, got {value!r}")
+    if spec.drop_threshold is not None and spec.drop_threshold > 1:
+        raise LorakitError(f"drop_threshold is a share of the total importance in (0, 1], got {spec.drop_threshold!r}")
+    if spec.schedule == "lora_drop" and spec.init != "kaiming":
+        raise LorakitError(f"lora_drop replaces the dropped layers' adapters by shared fresh ones; init "
+                           f"{spec.init!r} rewrites the base weights and cannot be dropped that way (use init='kaiming')")
     if spec.schedule == "adalora":
         _validate_adalora(spec)
     elif spec.schedule != "fixed":

@@ -16,30 +16,48 @@ import torch
 DEFAULT_THRESHOLD = 0.9
 
 
+class ImportanceAccumulator:
+    """Running ``Σ ‖ΔW_i x_i‖²`` and token count per layer, fed by forward hooks on the adapted
+    layers (``hook(name)``). ``ΔW_i x_i`` is measured without adapter dropout (and without
+    drawing random numbers, so the training run's random stream is untouched)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.tokens: dict[str, int] = {}
+
+    def hook(self, name: str) -> Any:
+        @torch.no_grad()
+        def record(layer: Any, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            dropout, training = layer.form.dropout, layer.form.dropout.training
+            dropout.eval()
+            try:
+                delta = layer.form.low_rank(args[0]).to(torch.float32)
+            finally:
+                dropout.train(training)
+            self.totals[name] = self.totals.get(name, 0.0) + float(delta.square().sum())
+            self.tokens[name] = self.tokens.get(name, 0) + delta[..., 0].numel()
+        return record
+
+    def importance(self) -> dict[str, float]:
+        """``I_i``, normalised to sum 1 (equal shares when every adapter is still zero)."""
+        means = {name: self.totals[name] / max(self.tokens[name], 1) for name in self.totals}
+        norm = sum(means.values())
+        return {name: (value / norm if norm > 0 else 1.0 / len(means)) for name, value in means.items()}
+
+
 @torch.no_grad()
 def output_importance(adapter: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """``I_i`` (normalised to sum 1) of every layer of ``adapter``, over the model inputs ``batches``
     (keyword arguments of the model's forward, e.g. ``{"input_ids": ...}``)."""
-    totals = {name: 0.0 for name in adapter.layers}
-    tokens = {name: 0 for name in adapter.layers}
-
-    def recorder(name: str):
-        def hook(layer: Any, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            delta = layer.form.low_rank(inputs[0]).to(torch.float32)
-            totals[name] += float(delta.square().sum())
-            tokens[name] += delta[..., 0].numel()
-        return hook
-
-    handles = [layer.register_forward_hook(recorder(name)) for name, layer in adapter.layers.items()]
+    accumulator = ImportanceAccumulator()
+    handles = [layer.register_forward_hook(accumulator.hook(name)) for name, layer in adapter.layers.items()]
     try:
         for batch in batches:
             adapter.model(**batch)
     finally:
         for handle in handles:
             handle.remove()
-    means = {name: totals[name] / max(tokens[name], 1) for name in totals}
-    norm = sum(means.values())
-    return {name: (value / norm if norm > 0 else 1.0 / len(means)) for name, value in means.items()}
+    return accumulator.importance()
 
 
 def select_layers(importance: dict[str, float], threshold: float | None = DEFAULT_THRESHOLD,

@@ -5,6 +5,6 @@ from .base import Schedule
 
 SCHEDULES: Registry[Schedule] = Registry("rank schedule")
 
-from . import adalora, fixed, simplex_lora, weight_lora  # noqa: E402,F401  (register themselves)
+from . import adalora, fixed, lora_drop, simplex_lora, weight_lora  # noqa: E402,F401  (register themselves)
 
 __all__ = ["SCHEDULES", "Schedule"]

@@ -1,0 +1,107 @@
+"""LoRA-drop: keep the important layers' adapters, share one among the rest (Zhou et al. 2024,
+arXiv 2402.07721; seed 002).
+
+(1) Train LoRA on every targeted layer for ``drop_warmup_steps`` optimizer steps (default 20).
+(2) During those steps, every forward pass adds ``‖ΔW_i x_i‖² = ‖s·B_i A_i x_i‖²`` per token to
+layer ``i``'s importance; ``I_i = E_x ‖ΔW_i x_i‖²`` over all warm-up tokens, normalised to sum 1.
+(3) Keep the smallest set of most important layers whose cumulative importance reaches
+``drop_threshold`` (default 0.9), or the ``drop_top_n`` most important ones. (4) Every other
+layer is given one adapter shared by all dropped layers of its weight shape (fresh Kaiming
+init, ``B = 0``, so the dropped layers' warm-up updates are discarded). (5) Training goes on.
+
+Deviation: the paper estimates importance with a separate short training on a sampled subset
+and then trains from scratch; here the first ``drop_warmup_steps`` steps of the run are that
+sample, and the kept adapters continue from their warm-up state instead of restarting. Only the
+``kaiming`` init applies (a spectral init has already rewritten the dropped layers' weights).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from weakref import WeakKeyDictionary
+
+import torch
+
+from ..ops.layer_importance import DEFAULT_THRESHOLD, ImportanceAccumulator, select_layers
+from ..resizing import refresh_optimizer
+from . import SCHEDULES
+from .base import Schedule, next_step
+
+DEFAULT_WARMUP_STEPS = 20
+STEP_KEY = "lora_drop.step"
+
+
+class LoraDrop(Schedule):
+    """Importance from the warm-up, then shared adapters for the unimportant layers."""
+
+    def __init__(self) -> None:
+        self._accumulators: WeakKeyDictionary[Any, ImportanceAccumulator] = WeakKeyDictionary()
+
+    def prepare(self, adapter: Any) -> None:
+        adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
+
+    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
+        warmup = adapter.spec.drop_warmup_steps or DEFAULT_WARMUP_STEPS
+        if int(adapter.method_state[STEP_KEY]) >= warmup:
+            return  # selection done (a resumed or reloaded adapter): plain training from here
+        accumulator = self._accumulators.setdefault(adapter, ImportanceAccumulator())
+        handles = [layer.register_forward_hook(accumulator.hook(name)) for name, layer in adapter.layers.items()]
+
+        @torch.no_grad()
+        def after_step(*_: Any) -> None:
+            if next_step(adapter, STEP_KEY) != warmup:
+                return
+            for handle in handles:
+                handle.remove()
+            self.drop(adapter, accumulator.importance())
+            refresh_optimizer(adapter, optimizer)
+
+        optimizer.register_step_post_hook(after_step)
+
+    @staticmethod
+    def drop(adapter: Any, importance: dict[str, float]) -> None:
+        """Keep the selected layers; the others share one fresh adapter per weight shape."""
+        from ..adapter import layer_generator
+        from ..forms import FORMS
+        from ..inits import INITS
+
+        spec = adapter.spec
+        kept = set(select_layers(importance, spec.drop_threshold or DEFAULT_THRESHOLD, spec.drop_top_n))
+        owners: dict[tuple[int, ...], str] = {}
+        for name, layer in adapter.layers.items():
+            if name in kept:
+                continue
+            shape = tuple(layer.base_layer.weight.shape)
+            if shape not in owners:  # the first dropped layer of this shape owns the shared adapter
+                owners[shape] = name
+                weight = layer.base_layer.weight
+                form = FORMS.get(spec.form).build(layer.in_features, layer.out_features, spec, None)
+                form = form.to(weight.device).train(layer.training)
+                B, A = INITS.get(spec.init).factors(weight.detach().to(torch.float32), form.rank, form.scale,
+                                                    layer_generator(spec.seed, f"{name}@shared", weight.device), {})
+                form.set_factors(B, A)
+                layer.form = form  # new parameters: the optimizer refresh gives them fresh state
+            else:
+                layer.form = adapter.layers[owners[shape]].form
+                adapter.shared[name] = owners[shape]
+
+    def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
+        accumulator = self._accumulators.get(adapter)
+        if accumulator is None:
+            return {}
+        return {f"{name}|total": torch.tensor(total, dtype=torch.float64) for name, total in accumulator.totals.items()} | \
+               {f"{name}|tokens": torch.tensor(count) for name, count in accumulator.tokens.items()}
+
+    def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:
+        accumulator = self._accumulators.get(adapter)
+        if accumulator is None:
+            return
+        for key, value in state.items():
+            name, kind = key.rsplit("|", 1)
+            if kind == "total":
+                accumulator.totals[name] = float(value)
+            else:
+                accumulator.tokens[name] = int(value)
+
+
+SCHEDULES.register("lora_drop")(LoraDrop())

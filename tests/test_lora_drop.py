@@ -1,0 +1,97 @@
+"""LoRA-drop: importance during the warm-up, kept layers, shared adapters for the rest."""
+
+from __future__ import annotations
+
+import json
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lorakit
+from lorakit.schedules import SCHEDULES
+from lorakit.train.checkpoint import latest_checkpoint
+from test_contracts import train_steps
+from test_train import ADAPTER, Crash, crash_at, run
+from tiny import batch, tiny_llama
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def dropped_model(**options):
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora_drop", rank=4, targets=TARGETS, drop_warmup_steps=3, **options)
+    losses = train_steps(model, adapter, batch(size=4, length=24), steps=8, lr=1e-2)
+    return model, adapter, losses
+
+
+def test_top_n_keeps_n_layers_and_the_rest_share_one_adapter_per_shape():
+    model, adapter, losses = dropped_model(drop_top_n=4)
+    kept = [name for name in adapter.layers if name not in adapter.shared and
+            not any(owner == name for owner in adapter.shared.values())]
+    owners = set(adapter.shared.values())
+    assert len(kept) == 4
+    shapes = {tuple(adapter.layers[n].base_layer.weight.shape) for n in adapter.layers if n not in kept}
+    assert len(owners) == len(shapes)  # one shared adapter per weight shape of the dropped layers
+    for name, owner in adapter.shared.items():
+        assert adapter.layers[name].form is adapter.layers[owner].form
+    assert len(adapter.forms()) == 4 + len(shapes)
+    assert losses[-1] < losses[0]
+
+
+def test_threshold_selection_uses_the_warmup_importance():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora_drop", rank=4, targets=TARGETS, drop_warmup_steps=2,
+                             drop_threshold=0.5)
+    optimizer = adapter.optimizer(lr=1e-2)
+    schedule = SCHEDULES.get("lora_drop")
+    x = batch(size=4, length=24)
+    model.train()
+    for _ in range(2):
+        model(x, labels=x).loss.backward()
+        if _ == 1:  # just before the selection step: the importance the schedule will use
+            importance = schedule._accumulators[adapter].importance()
+        optimizer.step()
+        optimizer.zero_grad()
+    ranked = sorted(importance, key=importance.get, reverse=True)
+    cumulative, expected = 0.0, []
+    for name in ranked:
+        expected.append(name)
+        cumulative += importance[name]
+        if cumulative >= 0.5:
+            break
+    dropped = set(adapter.shared) | set(adapter.shared.values())
+    assert set(adapter.layers) - dropped == set(expected)
+
+
+def test_save_load_and_merge_keep_the_shared_adapters(tmp_path):
+    x = batch()
+    model, adapter, _ = dropped_model(drop_top_n=5)
+    model.eval()
+    with torch.no_grad():
+        expected = model(x).logits
+    adapter.save(tmp_path / "drop")
+    saved = load_file(tmp_path / "drop" / "lorakit_adapter.safetensors")
+    assert not any(key.startswith(tuple(f"{name}." for name in adapter.shared)) for key in saved)
+    fresh = tiny_llama()
+    loaded = lorakit.load(fresh, tmp_path / "drop")
+    assert loaded.shared == adapter.shared
+    for name, owner in loaded.shared.items():
+        assert loaded.layers[name].form is loaded.layers[owner].form
+    with torch.no_grad():
+        assert torch.equal(fresh(x).logits, expected)
+        merged = loaded.merge_and_unload()
+        torch.testing.assert_close(merged(x).logits, expected, atol=2e-5, rtol=0)
+
+
+def test_resume_across_the_selection_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
+    extra = ("method.name=lora_drop", "method.lr_ratio=null", "method.drop_warmup_steps=4", "method.drop_top_n=5")
+    run(tiny_model_dir, addition_data, tmp_path / "full", *extra)
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, callbacks=[crash_at(5)])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000003"  # before the selection at 4
+    run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, resume=True)
+    full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert full.keys() == cut.keys()
+    assert all(torch.equal(full[key], cut[key]) for key in full)
+    config = json.loads((tmp_path / "full" / "adapter" / "lorakit_adapter.json").read_text())
+    assert len(config["shared"]) > 0  # the selection really happened
