@@ -144,3 +144,19 @@ def test_variable_rank_adapters_save_and_load_exactly(method, tmp_path):
     loaded = lorakit.load(fresh, tmp_path / "adapter")
     assert {n: l.form.rank for n, l in loaded.layers.items()} == {n: l.form.rank for n, l in adapter.layers.items()}
     assert torch.equal(logits(fresh, x), logits(model, x))
+
+
+def test_olora_init_lora_plus_and_simplex_lora_compose_and_merge():
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "simplex_lora", init="olora", optimizer="lora_plus", lr_ratio=0.5, rank=4,
+                             targets=TARGETS, simplex_every=2, simplex_reallocations=1, gate_lr=2e-2)
+    assert adapter.spec.components() == "lora × olora × lora_plus × simplex_lora"
+    torch.testing.assert_close(logits(model, x), logits(tiny_llama(), x), atol=2e-5, rtol=0)
+    optimizer, losses = train(model, adapter, steps=4)
+    assert [g["name"] for g in optimizer.param_groups] == ["A", "B", "gate"]
+    assert losses[-1] < losses[0]
+    assert len({layer.form.rank for layer in adapter.layers.values()}) > 1 or len(adapter.layers) < 14
+    adapted = logits(model, x)
+    merged = adapter.merge_and_unload()
+    torch.testing.assert_close(logits(merged, x), adapted, atol=2e-5, rtol=0)

@@ -9,6 +9,9 @@ on from the learned product (it is never re-initialised; the authors' later publ
 re-initialises, which discards what was learned). After the last reallocation the gates are
 folded into the scales (``s_i ← ω_i·s_i``) and training continues as plain LoRA at the chosen
 ranks. The total rank stays within ``r₀·n + n`` (each ceiling adds less than one).
+
+With a spectral init (OLoRA, PiSSA), which moved ``s·B₀A₀`` out of ``W``, each layer's scale
+starts at ``n·s`` so that ``ω₀·(n·s)·B₀A₀ = s·B₀A₀`` and the outputs are unchanged at attach.
 """
 
 from __future__ import annotations
@@ -40,9 +43,14 @@ class SimplexLora(Schedule):
     uses_gates = True
 
     def prepare(self, adapter: Any) -> None:
+        from ..inits import INITS
+
         count = len(adapter.layers)
+        spectral = INITS.get(adapter.spec.init).rewrites_base
         for form in adapter.forms():
             form.set_gate(1.0 / count)
+            if spectral:  # W lost s·B₀A₀ at init: ω₀·(n·s)·B₀A₀ puts exactly that back
+                form.scale *= count
         adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
         adapter.method_state.setdefault(COUNT_KEY, torch.tensor(count))
 
