@@ -52,9 +52,10 @@ class LowRank(Form):
         return cls(in_features, out_features, spec.rank, spec.alpha, rslora=spec.rslora, dropout=spec.dropout)
 
     def diagonal(self) -> torch.Tensor | None:
-        """A per-rank weight applied between ``A`` and ``B`` (AdaLoRA's ``λ ⊙ mask`` in the SVD
-        form); ``None`` for a plain pair."""
-        return None
+        """The weight applied between ``A`` and ``B``: a schedule's gate ``ω`` (a scalar:
+        ``ω·s·B(A x) = s·B(ω·A x)`` scales r numbers per token, not out), AdaLoRA's ``λ ⊙ mask``
+        in the SVD form (which takes no gate); ``None`` for a plain pair."""
+        return self.gate
 
     def low_rank(self, x: torch.Tensor) -> torch.Tensor:
         """``s · B (A dropout(x))`` (``s · B (d ⊙ A dropout(x))`` with a diagonal ``d``), computed
@@ -65,8 +66,6 @@ class LowRank(Form):
         diagonal = self.diagonal()
         if diagonal is not None:
             inner = inner * diagonal.to(dtype)
-        if self.gate is not None:  # ω·s·B(A x) = s·B(ω·A x): scaling r numbers per token, not out
-            inner = inner * self.gate.to(dtype)
         return F.linear(inner, self.B.to(dtype)) * self.scale
 
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
@@ -76,8 +75,7 @@ class LowRank(Form):
     def delta_weight(self) -> torch.Tensor:
         diagonal = self.diagonal()
         B = self.B if diagonal is None else self.B * diagonal
-        delta = self.scale * (B @ self.A)
-        return delta if self.gate is None else self.gate * delta
+        return self.scale * (B @ self.A)
 
     def roles(self) -> dict[str, nn.Parameter]:
         roles = {"A": self.A, "B": self.B}

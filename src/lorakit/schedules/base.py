@@ -43,6 +43,14 @@ def gated_forms(adapter: Any) -> list[Any]:
     return [form for form in adapter.forms() if getattr(form, "gate", None) is not None]
 
 
+@torch.no_grad()
+def project_gates(forms: list[Any], projection: Any) -> None:
+    """``ω ← projection(ω)`` over the stacked gates of ``forms``, written back in one fused copy."""
+    gates = [form.gate for form in forms]
+    projected = projection(torch.stack(gates).float())
+    torch._foreach_copy_(gates, list(projected.to(gates[0].dtype).unbind()))
+
+
 def rank_limit(adapter: Any, name: str) -> int:
     """The largest rank layer ``name`` can take: ``min(out, in)``."""
     return min(adapter.layers[name].base_layer.weight.shape)

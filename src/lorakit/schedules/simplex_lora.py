@@ -23,7 +23,7 @@ import torch
 
 from ..resizing import refresh_optimizer, resize_layer
 from . import SCHEDULES
-from .base import Schedule, gated_forms, next_step, rank_limit
+from .base import Schedule, gated_forms, next_step, project_gates, rank_limit
 from ..ops.simplex import project_simplex
 
 DEFAULT_EVERY = 50
@@ -65,9 +65,7 @@ class SimplexLora(Schedule):
             forms = gated_forms(adapter)
             if not forms:
                 return
-            gates = [form.gate for form in forms]
-            projected = project_simplex(torch.stack(gates).float())
-            torch._foreach_copy_(gates, list(projected.to(gates[0].dtype).unbind()))
+            project_gates(forms, project_simplex)
             if step % every == 0 and step // every <= reallocations:
                 self.reallocate(adapter, optimizer, final=step // every == reallocations, step=step)
 

@@ -21,7 +21,7 @@ import torch
 
 from ..resizing import refresh_optimizer, remove_layer, resize_layer
 from . import SCHEDULES
-from .base import Schedule, gated_forms, next_step, rank_limit
+from .base import Schedule, gated_forms, next_step, project_gates, rank_limit
 
 DEFAULT_SELECTION_STEPS = 100
 STEP_KEY, COUNT_KEY = "weight_lora.step", "weight_lora.n"
@@ -66,9 +66,7 @@ class WeightLora(Schedule):
             forms = gated_forms(adapter)
             if step > selection or not forms:
                 return
-            projected = keep_top_k(torch.stack([f.gate.detach() for f in forms]), self.budget(adapter))
-            for form, value in zip(forms, projected):
-                form.gate.copy_(value)
+            project_gates(forms, lambda gates: keep_top_k(gates, self.budget(adapter)))
             if step == selection:
                 self.finish_selection(adapter, optimizer, step)
 
