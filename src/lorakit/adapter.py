@@ -174,6 +174,15 @@ class Adapter:
             self.write(tmp)
         return Path(path)
 
+    def save_peft(self, path: str | Path, base_model: str | None = None,
+                  dtype: torch.dtype = torch.float32) -> Path:
+        """Write the adapter in PEFT's LoRA format, against the original base model, for PEFT and
+        vLLM (see ``lorakit.io.peft_format``); atomic like ``save``."""
+        from .io.peft_format import export_peft
+
+        self._check_attached()
+        return export_peft(self, path, base_model, dtype)
+
     def write(self, folder: Path) -> None:
         """Write the adapter files into an existing ``folder`` (not atomic; see ``save``)."""
         self._check_attached()

@@ -48,7 +48,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
 
 
-def _cmd_merge(args: argparse.Namespace) -> None:
+def _load_adapter_on_base(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Load ``args.adapter`` onto its base model (``args.model`` or the one it records)."""
     from .adapter import load, read_adapter
     from .models import load_model
 
@@ -59,11 +60,30 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     if str(base).startswith(EMBEDDED_PREFIX):
         base = EMBEDDED_PREFIX
     model, tokenizer = load_model(base, dtype=args.dtype)
-    merged = load(model, args.adapter).merge_and_unload()
+    return load(model, args.adapter), tokenizer
+
+
+def _cmd_merge(args: argparse.Namespace) -> None:
+    adapter, tokenizer = _load_adapter_on_base(args)
+    merged = adapter.merge_and_unload()
     out = Path(args.out)
     merged.save_pretrained(out)
     tokenizer.save_pretrained(out)
     print(f"merged model written to {out}")
+
+
+def _cmd_export(args: argparse.Namespace) -> None:
+    import torch
+
+    from .models import EMBEDDED_HUB_ID, EMBEDDED_NAME
+
+    dtype = getattr(torch, args.dtype)
+    args.dtype = "float32"  # the base model is only needed to rebuild the adapter
+    adapter, _ = _load_adapter_on_base(args)
+    recorded = adapter.model.config._name_or_path
+    base_name = args.base_model_name or (EMBEDDED_HUB_ID if recorded == EMBEDDED_NAME else recorded)
+    path = adapter.save_peft(args.out, base_model=base_name, dtype=dtype)
+    print(f"PEFT-format adapter written to {path} (base model: {base_name})")
 
 
 def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
@@ -151,6 +171,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="base model (default: the one the adapter records)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
     p.set_defaults(func=_cmd_merge)
+
+    p = sub.add_parser("export", help="write an adapter in PEFT's LoRA format (for PEFT and vLLM)")
+    p.add_argument("adapter", help="adapter folder")
+    p.add_argument("out", help="output folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("--model", help="base model to rebuild the adapter on (default: the one it records)")
+    p.add_argument("--base-model-name", help="base_model_name_or_path to record (default: the base model's)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="dtype of the written tensors")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")

@@ -43,9 +43,15 @@ class Form(nn.Module):
         """The dense weight that replaces ``weight`` when the adapter is merged (float32)."""
         return weight.to(torch.float32) + self.delta_weight()
 
-    def delta_weight(self) -> torch.Tensor:  # pragma: no cover
-        """The dense additive ``ΔW``, for forms whose change does not depend on ``W``."""
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        """``(B', A')`` with ``B' A'`` the form's additive ``ΔW`` (scale, gates and diagonals folded
+        into ``B'``): the form as one plain LoRA pair, for merging and for the PEFT export."""
         raise NotImplementedError
+
+    def delta_weight(self) -> torch.Tensor:
+        """The dense additive ``ΔW = B' A'`` (DoRA rescales ``W + ΔW`` on top of it)."""
+        B, A = self.factors()
+        return B @ A
 
     def roles(self) -> dict[str, nn.Parameter]:  # pragma: no cover
         raise NotImplementedError

@@ -72,10 +72,11 @@ class LowRank(Form):
         y = base(x)
         return y + self.low_rank(x).to(y.dtype)
 
-    def delta_weight(self) -> torch.Tensor:
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s · B diag(d), A)``."""
         diagonal = self.diagonal()
         B = self.B if diagonal is None else self.B * diagonal
-        return self.scale * (B @ self.A)
+        return self.scale * B, self.A
 
     def roles(self) -> dict[str, nn.Parameter]:
         roles = {"A": self.A, "B": self.B}

@@ -62,6 +62,11 @@ class SVD(LowRank):
         """``λ ⊙ mask``: the kept singular values."""
         return self.lam * self.mask
 
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s · P diag(λ), Q)`` over the kept triplets only."""
+        B, A = super().factors()
+        return B[:, self.mask], A[self.mask]
+
     def kept_rank(self) -> int:
         """The number of triplets the mask keeps (the layer's effective rank)."""
         return int(self.mask.sum())

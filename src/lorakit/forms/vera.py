@@ -81,8 +81,9 @@ class VeRA(Form):
         h = F.linear(h.to(dtype), self.A_shared.to(dtype)) * self.d.to(dtype)
         return y + (F.linear(h, self.B_shared.to(dtype)) * self.b.to(dtype)).to(y.dtype)
 
-    def delta_weight(self) -> torch.Tensor:
-        return (self.b.unsqueeze(1) * self.B_shared) @ (self.d.unsqueeze(1) * self.A_shared)
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(diag(b) B_sh diag(d), A_sh)``: a rank-``r`` LoRA pair with the same ``ΔW``."""
+        return self.b.unsqueeze(1) * self.B_shared * self.d, self.A_shared
 
     def roles(self) -> dict[str, nn.Parameter]:
         return {"A": self.d, "B": self.b}

@@ -42,6 +42,11 @@ class Recipe:
     def on_load(self, adapter: Any) -> None:
         """Called after a saved adapter's tensors (``adapter.method_state`` included) are loaded."""
 
+    def base_update_terms(self, adapter: Any, name: str) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """``[(B, A, c), ...]`` with ``W_now = W_original + Σ c·B A`` for layer ``name``: how far
+        training moved its base weight (empty unless ``changes_base``)."""
+        return []
+
     def param_groups(
         self, forms: list[nn.Module], spec: "MethodSpec", lr: float, weight_decay: float
     ) -> list[dict[str, Any]]:

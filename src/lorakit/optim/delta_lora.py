@@ -77,17 +77,20 @@ class DeltaLora(AdamW):
         optimizer.register_step_pre_hook(snapshot)
         optimizer.register_step_post_hook(update)
 
+    def base_update_terms(self, adapter: Any, name: str) -> list[tuple[torch.Tensor, torch.Tensor, float]]:
+        """``W − W_K = λ·s·B A − λ·s·B_K A_K`` (empty before the updates start)."""
+        state = adapter.method_state
+        if f"{name}.delta_start.B" not in state:
+            return []
+        form = adapter.layers[name].form
+        coefficient = update_ratio(adapter.spec) * form.scale
+        return [(form.B, form.A, coefficient),
+                (state[f"{name}.delta_start.B"], state[f"{name}.delta_start.A"], -coefficient)]
+
     def on_load(self, adapter: Any) -> None:
         """Rebuild ``W = W_K + λ·s·(B A − B_K A_K)`` from the saved start factors."""
-        ratio = update_ratio(adapter.spec)
         for name, layer in adapter.layers.items():
-            if f"{name}.delta_start.B" not in adapter.method_state:
-                continue
-            coefficient = ratio * layer.form.scale
-            add_products(layer.base_layer.weight, [
-                (layer.form.B, layer.form.A, coefficient),
-                (adapter.method_state[f"{name}.delta_start.B"], adapter.method_state[f"{name}.delta_start.A"],
-                 -coefficient)])
+            add_products(layer.base_layer.weight, self.base_update_terms(adapter, name))
 
 
 RECIPES.register("delta_lora")(DeltaLora())

@@ -1,0 +1,128 @@
+"""Export an adapter in PEFT's LoRA format (``adapter_config.json`` + ``adapter_model.safetensors``),
+read by PEFT's ``PeftModel.from_pretrained`` and by vLLM's LoRA loader on top of the *original*
+base model (the one before any init rewrote it).
+
+Each layer's whole change against the original base weight is written as one LoRA pair
+``ΔW_total = B' A'``, assembled from terms ``c · B A``:
+
+- the form's own ``ΔW`` (``Form.factors``: LoRA's scale, a schedule's gate, AdaLoRA's kept
+  singular values, VeRA's vectors and shared projections, all folded into ``B'``);
+- a spectral init (OLoRA, PiSSA) took ``s·B₀A₀`` out of ``W``: the term ``−s·B₀A₀``;
+- a recipe that moved ``W`` during training (Delta-LoRA): ``Recipe.base_update_terms``.
+
+With more than one term the concatenation ``[c₁B₁, c₂B₂, …] [A₁; A₂; …]`` is compacted to its
+numerical rank (``ops.resize.compact``: thin QRs and the SVD of the small core), so an OLoRA
+adapter exports at rank ``2r`` and Delta-LoRA's ``B A`` appearing twice costs no extra rank.
+
+So that every reader applies the same scale, all layers are written at one rank ``R`` (the
+largest, smaller layers padded with zero columns of ``B'`` and rows of ``A'``, which changes
+nothing) with ``r = lora_alpha = R``: the scale is 1 and lives in ``B'``. No ``rank_pattern``
+or ``alpha_pattern`` is needed, which vLLM would not honour. DoRA also writes its magnitude
+(``use_dora``; PEFT reads it, vLLM refuses DoRA adapters: merge those instead). Layers a
+schedule removed are not written; LoRA-drop's shared adapter is written for every layer using it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from ..forms.lora import lora_scale
+from ..layer import AdaptedLinear
+from ..ops.resize import compact
+from ..optim import RECIPES
+from .atomic import atomic_directory
+
+CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+Term = tuple[torch.Tensor, torch.Tensor, float]
+
+
+def layer_terms(adapter: Any, name: str) -> list[Term]:
+    """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its original one
+    (DoRA: before the magnitude rescaling)."""
+    B, A = adapter.layers[name].form.factors()
+    terms: list[Term] = [(B, A, 1.0)]
+    if name in adapter.initial:  # only spectral inits keep initial factors
+        spec = adapter.spec
+        B0, A0 = adapter.initial[name]
+        terms.append((B0, A0, -lora_scale(spec.alpha, spec.rank, spec.rslora)))
+    return terms + RECIPES.get(adapter.spec.optimizer).base_update_terms(adapter, name)
+
+
+@torch.no_grad()
+def lora_pair(adapter: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One float32 CPU pair ``(B', A')`` with ``B' A' = Σ c·B A`` over ``layer_terms``."""
+    terms = [(c * B.detach().float().cpu(), A.detach().float().cpu()) for B, A, c in layer_terms(adapter, name)]
+    if len(terms) == 1:
+        return terms[0]
+    return compact(torch.cat([B for B, _ in terms], dim=1), torch.cat([A for _, A in terms], dim=0))
+
+
+def target_modules(adapter: Any, names: list[str]) -> list[str]:
+    """The module-name suffixes (``q_proj``, ...) when they select exactly ``names`` in the model,
+    else the full names (some matching layers were removed by a schedule or not targeted)."""
+    suffixes = sorted({name.rsplit(".", 1)[-1] for name in names})
+    matching = {name for name, module in adapter.model.named_modules()
+                if isinstance(module, (nn.Linear, AdaptedLinear)) and name.rsplit(".", 1)[-1] in suffixes}
+    return suffixes if matching == set(names) else sorted(names)
+
+
+def peft_config(adapter: Any, rank: int, names: list[str], base_model: str | None) -> dict[str, Any]:
+    """PEFT ``LoraConfig`` fields for the exported pairs (rank ``rank``, scale 1)."""
+    return {
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": rank,
+        "lora_alpha": rank,
+        "use_rslora": False,
+        "use_dora": adapter.spec.form == "dora",
+        "target_modules": target_modules(adapter, names),
+        "lora_dropout": 0.0,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "init_lora_weights": True,
+        "modules_to_save": None,
+        "rank_pattern": {},
+        "alpha_pattern": {},
+        "inference_mode": True,
+    }
+
+
+def peft_tensors(adapter: Any, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], int]:
+    """PEFT-keyed tensors of every adapted layer, all at the largest rank ``R``; returns ``(tensors, R)``."""
+    pairs = {name: lora_pair(adapter, name) for name in adapter.layers}
+    rank = max(1, *(B.shape[1] for B, _ in pairs.values()))  # PEFT needs r ≥ 1
+    tensors = {}
+    for name, (B, A) in pairs.items():
+        pad = rank - B.shape[1]
+        tensors[f"{PREFIX}{name}.lora_A.weight"] = F.pad(A, (0, 0, 0, pad)).to(dtype).contiguous()
+        tensors[f"{PREFIX}{name}.lora_B.weight"] = F.pad(B, (0, pad)).to(dtype).contiguous()
+        magnitude = getattr(adapter.layers[name].form, "magnitude", None)
+        if magnitude is not None:
+            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = magnitude.detach().cpu().to(dtype).contiguous()
+    return tensors, rank
+
+
+def export_peft(adapter: Any, path: str | Path, base_model: str | None = None,
+                dtype: torch.dtype = torch.float32) -> Path:
+    """Write ``adapter`` to the folder ``path`` (atomically) in PEFT's LoRA format; ``base_model``
+    is recorded as ``base_model_name_or_path`` (default: the model's own ``_name_or_path``)."""
+    if not adapter.layers:
+        raise ValueError("the adapter has no adapted layers left to export")
+    tensors, rank = peft_tensors(adapter, dtype)
+    if base_model is None:
+        base_model = getattr(getattr(adapter.model, "config", None), "_name_or_path", None) or None
+    config = peft_config(adapter, rank, list(adapter.layers), base_model)
+    with atomic_directory(path) as tmp:
+        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    return Path(path)
