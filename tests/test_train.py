@@ -41,6 +41,15 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def tensorboard_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    """What TensorBoard itself reads from the run's event files: tag → [(step, value)]."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
 def test_training_run_writes_everything_and_learns(tiny_model_dir, addition_data, tmp_path):
     out = tmp_path / "run"
     summary = run(tiny_model_dir, addition_data, out)
@@ -55,6 +64,11 @@ def test_training_run_writes_everything_and_learns(tiny_model_dir, addition_data
     assert json.loads((out / "summary.json").read_text())["eval_loss"] == pytest.approx(evals[-1]["eval_loss"])
     assert latest_checkpoint(out).name == "step-0000012"
     assert len(list((out / "checkpoints").glob("step-*"))) == 2  # keep_checkpoints
+    board = tensorboard_scalars(out)
+    assert board["train/loss"] == [(r["step"], pytest.approx(r["loss"], rel=1e-6)) for r in records if "loss" in r]
+    assert [step for step, _ in board["train/lr/B"]] == [2, 4, 6, 8, 10, 12] and "train/lr/A" in board
+    assert board["eval/eval_loss"] == [(r["step"], pytest.approx(r["eval_loss"], rel=1e-6)) for r in evals]
+    assert [step for step, _ in board["eval/bleu"]] == [12] and "eval/rougeL" in board
 
 
 class Crash(RuntimeError):
@@ -70,9 +84,9 @@ def crash_at(step):
 
 def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
     run(tiny_model_dir, addition_data, tmp_path / "full")
-    with pytest.raises(Crash):
-        run(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(8)])
-    assert latest_checkpoint(tmp_path / "cut").name == "step-0000006"
+    with pytest.raises(Crash):  # the last checkpoint (step 3) falls inside a log window (2–4)
+        run(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(5)])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000003"
     run(tiny_model_dir, addition_data, tmp_path / "cut", resume=True)
     full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
     assert full.keys() == cut.keys()
@@ -80,6 +94,8 @@ def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, addition_data, 
         assert torch.equal(full[key], cut[key]), key
     strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
     assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
+    # TensorBoard hides what the crashed run logged past its checkpoint (step 4 here)
+    assert tensorboard_scalars(tmp_path / "cut") == tensorboard_scalars(tmp_path / "full")
 
 
 def test_delta_lora_resume_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
@@ -114,7 +130,9 @@ def test_simplex_lora_resume_across_reallocations_equals_uninterrupted(tiny_mode
 
 def test_grad_accumulation_matches_one_large_batch(tiny_model_dir, addition_data, tmp_path):
     common = ("method.dropout=0.0", "train.max_steps=1", "train.max_grad_norm=null")
-    run(tiny_model_dir, addition_data, tmp_path / "a", *common, "train.batch_size=8", "train.grad_accum=1")
+    run(tiny_model_dir, addition_data, tmp_path / "a", *common, "train.batch_size=8", "train.grad_accum=1",
+        "train.tensorboard=false")
+    assert not (tmp_path / "a" / "tensorboard").exists() and (tmp_path / "a" / "metrics.jsonl").is_file()
     run(tiny_model_dir, addition_data, tmp_path / "b", *common, "train.batch_size=2", "train.grad_accum=4")
     a, b = load_file(tmp_path / "a" / ADAPTER), load_file(tmp_path / "b" / ADAPTER)
     for key in a:

@@ -58,6 +58,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     gradient_checkpointing: bool = False
     log_every: int = 10
+    tensorboard: bool = True  # also write TensorBoard event files to <output_dir>/tensorboard
     eval_every: int | None = None
     save_every: int | None = 50
     keep_checkpoints: int = 2

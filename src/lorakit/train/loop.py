@@ -2,8 +2,9 @@
 
 One optimizer step = ``grad_accum`` micro-batches; the loss of the step is the sum of response
 token cross-entropies divided by the number of response tokens in the whole step, so gradient
-accumulation gives the same gradient as one large batch. Metrics go to ``metrics.jsonl``
-(training every ``log_every`` steps, eval every ``eval_every`` steps and at the end);
+accumulation gives the same gradient as one large batch. Metrics go to ``metrics.jsonl`` and
+TensorBoard event files (``run_log``; training every ``log_every`` steps, eval every
+``eval_every`` steps and at the end);
 checkpoints every ``save_every`` steps; the final adapter to ``<output_dir>/adapter``.
 """
 
@@ -33,9 +34,11 @@ from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
+from .run_log import RunLog
 from .setup import load_split, prepare_data, prepare_model
 
-CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir")
+CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir",
+                              "tensorboard")
 # sections that do not change what is trained, so a resumed run may differ in them
 SECTIONS_FREE_ON_RESUME = ("eval",)
 
@@ -78,23 +81,6 @@ def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
             "or choose another train.output_dir"
         )
     return checkpoint
-
-
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log records past ``step`` (written by a run killed after its last checkpoint)."""
-    if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        write_text_atomic(path, "".join(line + "\n" for line in kept))
-
-
-class _Log:
-    def __init__(self, path: Path, enabled: bool) -> None:
-        self.path, self.enabled = path, enabled
-
-    def write(self, record: dict[str, Any]) -> None:
-        if self.enabled:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
 
 
 def train(config: RunConfig, resume: bool = False,
@@ -145,15 +131,14 @@ def train(config: RunConfig, resume: bool = False,
         scheduler.load_state_dict(tensors["scheduler"])
         set_rng_state(tensors["rng"])
         start_step = saved_state["step"]
-        if accelerator.is_main_process:
-            _truncate_log(output_dir / "metrics.jsonl", start_step)
     model, prepared_optimizer = accelerator.prepare(model, optimizer)
 
     main = accelerator.is_main_process
     if main:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output_dir / "config.yaml", dump_config(config))
-    log = _Log(output_dir / "metrics.jsonl", main)
+    log = RunLog(output_dir, main, [g["name"] for g in optimizer.param_groups], tc.tensorboard,
+                 resume_step=start_step if checkpoint is not None else None)
     device = accelerator.device
 
     def run_eval(step: int) -> dict[str, float]:
@@ -168,7 +153,9 @@ def train(config: RunConfig, resume: bool = False,
     model.train()
     bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method_spec().name}",
                disable=not (progress and main), dynamic_ncols=True)
-    window_loss, window_tokens, started = 0.0, 0, time.time()
+    # the loss window of the next log record; a checkpoint keeps it, so a resumed run logs the same
+    window_loss, window_tokens = saved_state.get("log_window", (0.0, 0)) if checkpoint else (0.0, 0)
+    started = time.time()
     last_loss = float("nan")  # the training loss of the last log window (token-weighted)
     for step in range(start_step, total_steps):
         batches = [collate([train_examples[i] for i in idx]) for idx in step_batches(
@@ -205,7 +192,8 @@ def train(config: RunConfig, resume: bool = False,
         if tc.eval_every and done % tc.eval_every == 0 and done != total_steps:
             metrics = run_eval(done)
         if main and tc.save_every and done % tc.save_every == 0 and done != total_steps:
-            save_checkpoint(output_dir, done, adapter, optimizer, scheduler, state, tc.keep_checkpoints)
+            save_checkpoint(output_dir, done, adapter, optimizer, scheduler,
+                            {**state, "log_window": [window_loss, window_tokens]}, tc.keep_checkpoints)
         for callback in callbacks:
             callback(StepInfo(done, total_steps, step_loss / n_tokens, output_dir, metrics))
     bar.close()
@@ -213,6 +201,7 @@ def train(config: RunConfig, resume: bool = False,
     final = evaluate_run(accelerator.unwrap_model(model), tokenizer, config, split[1], eval_examples, collate,
                          output_dir if main else None) if eval_examples else {}
     log.write({"step": total_steps, **final})
+    log.close()
     summary = {"method": config.method_spec().name, "components": config.method_spec().components(),
                "steps": total_steps, "train_loss": last_loss, **final,
                "trainable_parameters": adapter.num_parameters(),
