@@ -280,3 +280,48 @@ def test_cli_train_and_merge_every_new_preset(method, tiny_model_dir, addition_d
     x = torch.randint(3, 100, (2, 12))
     with torch.no_grad():
         torch.testing.assert_close(model(x).logits, base(x).logits, atol=2e-5, rtol=0)
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    """``lorakit`` in ``processes`` CPU processes (gloo), as ``accelerate launch`` runs it on GPUs
+    (``ACCELERATE_USE_CPU`` is what ``accelerate launch --cpu`` sets)."""
+    env = {**os.environ, "TQDM_DISABLE": "1", "ACCELERATE_USE_CPU": "true"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           f"--nproc_per_node={processes}", "-m", "lorakit", *args],
+                          capture_output=True, text=True, timeout=300, env=env)
+
+
+def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir, addition_data, tmp_path):
+    """Data-parallel: 2 processes × batch 2 see the examples 1 process × batch 4 sees, and the loss
+    is normalised by the tokens of all processes, so the adapters agree (to float rounding)."""
+    # answers of 1 to 6 sentences: the processes' token counts differ, so a per-process
+    # normalisation would weight their gradients differently from one large batch
+    data = tmp_path / "uneven.json"
+    data.write_text(json.dumps([{"instruction": f"Add {a} and {b}.", "input": "",
+                                 "output": " ".join([f"{a} plus {b} is {a + b}."] * (1 + (3 * a + b) % 6))}
+                                for a in range(8) for b in range(8)]))
+    common = ("train.max_steps=3", "method.dropout=0.0", "train.eval_every=null", "train.save_every=2",
+              "data.max_length=96")
+    one = write_config(tmp_path / "one.yaml", tiny_model_dir, data, tmp_path / "one", *common,
+                       "train.batch_size=4")
+    two = write_config(tmp_path / "two.yaml", tiny_model_dir, data, tmp_path / "two", *common,
+                       "train.batch_size=2")
+    assert cli("train", str(one), "--quiet").returncode == 0
+    result = torchrun("train", str(two), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = load_file(tmp_path / "one" / ADAPTER), load_file(tmp_path / "two" / ADAPTER)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=1e-5)
+    losses = lambda out: [r["loss"] for r in metrics(out) if "loss" in r]  # noqa: E731
+    assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
+
+
+def test_resizing_schedules_are_refused_in_several_processes(tiny_model_dir, addition_data, tmp_path):
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
+                          "method.name=simplex_lora", "method.lr_ratio=null", "train.max_steps=2")
+    result = torchrun("train", str(config), "--quiet")
+    assert result.returncode != 0
+    # each process exits with lorakit's one-line error (torchrun then reports the failed children)
+    assert "lorakit: error: schedule 'simplex_lora' replaces adapter parameters" in result.stderr
+    assert "lorakit/train/loop.py" not in result.stderr  # no traceback of lorakit's own

@@ -11,10 +11,12 @@ class Schedule:
     """Decides which adapters exist and at which rank; called by the ``Adapter``.
 
     ``uses_gates``: the schedule gives every adapter a trainable scalar ``ω`` (its own optimizer
-    group, ``gate_lr``).
+    group, ``gate_lr``). ``resizes``: the schedule replaces adapter parameters during training
+    (grows, shrinks, removes or shares adapters), which DistributedDataParallel cannot follow.
     """
 
     uses_gates = False
+    resizes = False  # replaces adapter parameters mid-run (resize, remove, share)
 
     def prepare(self, adapter: Any) -> None:
         """Called once, after the adapters are initialised and before training."""

@@ -34,6 +34,8 @@ STEP_KEY = "lora_drop.step"
 class LoraDrop(Schedule):
     """Importance from the warm-up, then shared adapters for the unimportant layers."""
 
+    resizes = True
+
     def __init__(self) -> None:
         self._accumulators: WeakKeyDictionary[Any, ImportanceAccumulator] = WeakKeyDictionary()
 

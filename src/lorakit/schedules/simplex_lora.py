@@ -41,6 +41,7 @@ class SimplexLora(Schedule):
     """Gates on the simplex, a few reallocations of rank, then plain LoRA."""
 
     uses_gates = True
+    resizes = True
 
     def prepare(self, adapter: Any) -> None:
         from ..inits import INITS

@@ -41,6 +41,7 @@ class WeightLora(Schedule):
     """Top-K gate selection, then plain LoRA on the K kept layers (``grow``: WeightLoRA+)."""
 
     uses_gates = True
+    resizes = True
 
     def __init__(self, grow: bool) -> None:
         self.grow = grow

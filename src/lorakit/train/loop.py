@@ -32,6 +32,7 @@ from ..errors import LorakitError
 from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
 from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
+from ..schedules import SCHEDULES
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .run_log import RunLog
@@ -65,6 +66,20 @@ def _accelerator(mixed_precision: str) -> Accelerator:
     the precision between runs, which accelerate's process-wide state otherwise refuses."""
     AcceleratorState._reset_state(reset_partial_state=False)  # keeps the distributed set-up
     return Accelerator(mixed_precision=_mixed_precision(mixed_precision))
+
+
+def global_sum(accelerator: Accelerator, value: float) -> float:
+    """``value`` summed over all processes (itself in a single process)."""
+    if accelerator.num_processes == 1:
+        return value
+    total = accelerator.reduce(torch.tensor(float(value), dtype=torch.float64, device=accelerator.device), "sum")
+    return total.item()
+
+
+def _check_distributed(accelerator: Accelerator, spec: Any) -> None:
+    if accelerator.num_processes > 1 and SCHEDULES.get(spec.schedule).resizes:
+        raise LorakitError(f"schedule '{spec.schedule}' replaces adapter parameters during training, which "
+                           "DistributedDataParallel cannot follow; train it in a single process")
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -106,6 +121,7 @@ def train(config: RunConfig, resume: bool = False,
     per_epoch = steps_per_epoch(len(train_examples), tc.batch_size, tc.grad_accum, accelerator.num_processes)
     total_steps = tc.max_steps or per_epoch * tc.epochs
     spec = config.method_spec()
+    _check_distributed(accelerator, spec)
     if spec.schedule == "adalora" and spec.adalora_total_steps is None:  # its budget schedule needs T
         spec = replace(spec, adalora_total_steps=total_steps)
 
@@ -161,7 +177,7 @@ def train(config: RunConfig, resume: bool = False,
         batches = [collate([train_examples[i] for i in idx]) for idx in step_batches(
             step, len(train_examples), tc.batch_size, tc.grad_accum, tc.seed,
             accelerator.process_index, accelerator.num_processes)]
-        n_tokens = max(sum(label_tokens(b["labels"]) for b in batches), 1)
+        n_tokens = max(int(global_sum(accelerator, sum(label_tokens(b["labels"]) for b in batches))), 1)
         step_loss = 0.0
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
@@ -169,8 +185,10 @@ def train(config: RunConfig, resume: bool = False,
             with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
                 with accelerator.autocast():
                     loss_sum = token_loss(model, batch)
-                accelerator.backward(loss_sum / n_tokens)
+                # DDP averages over processes; × world size makes that the sum over all tokens / n_tokens
+                accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
             step_loss += loss_sum.item()
+        step_loss = global_sum(accelerator, step_loss)
         grad_norm = None
         if tc.max_grad_norm is not None:
             grad_norm = float(accelerator.clip_grad_norm_(adapter.parameters(), tc.max_grad_norm))
