@@ -8,6 +8,7 @@ from safetensors.torch import load_file
 
 import lorakit
 from lorakit.forms.dora import DoRA
+from lorakit.layer import AdaptedLinear
 from lorakit.memory import saved_tensor_bytes
 from lorakit.optim.lora_fa import gram_pseudo_inverse, project_gradient
 from tiny import batch, tiny_llama
@@ -192,6 +193,14 @@ def test_delta_lora_saved_adapter_rebuilds_the_changed_base(tmp_path):
     torch.testing.assert_close(fresh(x).logits, model(x).logits, atol=1e-5, rtol=0)
 
 
+def test_delta_lora_refuses_a_half_precision_base():
+    """One step's λ·s·Δ(BA) is below bf16's resolution of W: most of it would be rounded away."""
+    model = tiny_llama().to(torch.bfloat16)
+    with pytest.raises(lorakit.LorakitError, match="load the model in float32"):
+        lorakit.attach(model, "delta_lora", rank=4, targets=TARGETS)
+    assert not any(isinstance(m, AdaptedLinear) for m in model.modules())  # refused before attaching
+
+
 # -- invalid combinations, refused in one place ----------------------------------------------
 @pytest.mark.parametrize("method,kwargs,needle", [
     ("vera", {"init": "olora"}, "VeRA uses shared random projections"),
@@ -202,6 +211,14 @@ def test_delta_lora_saved_adapter_rebuilds_the_changed_base(tmp_path):
     ("lora", {"delta_ratio": 2.0}, "has no effect with optimizer 'adamw'"),
     ("lora", {"vera_d_initial": 0.5}, "has no effect with form 'lora'"),
     ("lora", {"lora_fa_projected": True}, "has no effect with optimizer 'adamw'"),
+    ("vera", {"rslora": True}, "VeRA has no α/r scale"),
+    ("olora", {"lr_ratio_mode": "symmetric"}, "lr_ratio_mode='symmetric' has no effect with optimizer 'adamw'"),
+    ("lora_plus", {"lr_ratio": float("inf")}, "must be a finite number > 0"),
+    ("lora", {"alpha": "16"}, "alpha must be a number > 0"),
+    ("lora", {"dropout": "0.1"}, "dropout must be a number in [0, 1)"),
+    ("lora_drop", {"drop_top_n": 2, "drop_threshold": 0.5}, "set one of them"),
+    ("weight_lora", {"selection_steps": 3, "selection_warmup": 3}, "must be smaller than selection_steps"),
+    ("weight_lora", {"weight_lora_k": 99}, "weight_lora_k=99 exceeds the 8 adapted layers"),
 ])
 def test_invalid_combinations_are_refused(method, kwargs, needle):
     with pytest.raises(lorakit.LorakitError, match=None) as error:

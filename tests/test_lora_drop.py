@@ -63,6 +63,24 @@ def test_threshold_selection_uses_the_warmup_importance():
     assert set(adapter.layers) - dropped == set(expected)
 
 
+def test_evaluations_during_the_warmup_do_not_count_as_importance():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora_drop", rank=4, targets=TARGETS, drop_warmup_steps=3)
+    optimizer = adapter.optimizer(lr=1e-2)
+    accumulator = SCHEDULES.get("lora_drop")._accumulators[adapter]
+    x = batch(size=4, length=24)
+    model.train()
+    model(x, labels=x).loss.backward()
+    optimizer.step()
+    optimizer.zero_grad()
+    before = dict(accumulator.totals), dict(accumulator.tokens)
+    assert before[0] and all(tokens == 4 * 24 for tokens in before[1].values())
+    model.eval()  # what evaluate_loss does
+    with torch.no_grad():
+        model(batch(seed=5, size=8, length=24))
+    assert (accumulator.totals, accumulator.tokens) == before
+
+
 def test_save_load_and_merge_keep_the_shared_adapters(tmp_path):
     x = batch()
     model, adapter, _ = dropped_model(drop_top_n=5)

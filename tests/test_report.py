@@ -209,6 +209,19 @@ def test_lambda_sweep_needs_two_lambdas(tmp_path):
     _assert_png(tmp_path / "sweep.png")
 
 
+def test_lambda_sweep_draws_symmetric_runs_as_their_own_line(tmp_path, monkeypatch):
+    import lorakit.experiments.plots as plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    aggs = aggregate(_trained(_rows()), METRICS)
+    sweep = [dict(aggs[2], run=f"olora_plus {mode} λ={ratio}", lr_ratio=ratio, lr_ratio_mode=mode)
+             for mode in ("b_only", "symmetric") for ratio in (0.5, 2.0)]
+    assert plot_lambda_sweep(aggs + sweep, tmp_path / "sweep.png", baseline="lora") is True
+    labels = figures[0].axes[0].get_legend_handles_labels()[1]
+    assert "olora_plus" in labels and "olora_plus (symmetric: η_B/η_A = λ²)" in labels
+
+
 def test_curves_align_on_steps_all_seeds_logged():
     seeds = [[{"step": s, "loss": 1.0} for s in (1, 2, 3)], [{"step": s, "loss": 2.0} for s in (2, 3, 4)],
              [{"step": 2, "eval_loss": 5.0}]]

@@ -30,6 +30,7 @@ def test_keep_top_k():
     gates = torch.tensor([0.5, -2.0, 0.1, 1.0])
     assert keep_top_k(gates, 2).tolist() == [0.0, -2.0, 0.0, 1.0]
     assert keep_top_k(gates, 9).tolist() == gates.tolist()
+    assert keep_top_k(torch.ones(4), 2).tolist() == [1.0, 1.0, 0.0, 0.0]  # ties: the earlier index
 
 
 @pytest.mark.parametrize("method", ["weight_lora", "weight_lora_plus"])
@@ -50,6 +51,26 @@ def test_weight_lora_keeps_exactly_k_adapters(method):
     else:  # the freed budget: r₀·n/K = 4·14/5 → 11, capped by the layer's min(out, in) = 32
         assert ranks == {11}
     assert losses[-1] < losses[0]
+
+
+def kept_layers(data_seed, **options):
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "weight_lora", rank=4, targets=TARGETS, weight_lora_k=5, selection_steps=6,
+                             gate_lr=5e-2, **options)
+    optimizer = adapter.optimizer(lr=1e-2)
+    x = batch(seed=data_seed)
+    for _ in range(6):
+        model(x, labels=x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return frozenset(adapter.layers)
+
+
+def test_weight_lora_selects_by_the_data():
+    """With B = 0 at init, ω has no gradient at the first step; projecting right after it keeps
+    the same K layers whatever the data. After the warm-up the choice follows the gates."""
+    assert len({kept_layers(seed, selection_warmup=0) for seed in range(4)}) == 1  # the failure mode
+    assert len({kept_layers(seed) for seed in range(4)}) > 1
 
 
 def test_weight_lora_selection_end_leaves_outputs_unchanged():

@@ -205,7 +205,7 @@ def test_cli_kill_and_resume_equals_uninterrupted(tiny_model_dir, addition_data,
     (["train", "{config}", "train.lrr=1"], "unknown config key 'train.lrr'"),
     (["train", "{config}", "method.name=nope"], "unknown method 'nope'"),
     (["train", "{config}", "method.init=qr"], "unknown init 'qr'"),
-    (["train", "{config}", "method.lr_ratio=0"], "must be > 0"),
+    (["train", "{config}", "method.lr_ratio=0"], "must be a finite number > 0"),
     (["train", "{config}", "method.rank=100"], "rank 100 exceeds layer"),
     (["train", "{config}", "method.targets=[nothing_here]"], "match no nn.Linear"),
     (["train", "{config}", "data.path=/no/such/file.json"], "/no/such/file.json"),
@@ -325,3 +325,14 @@ def test_resizing_schedules_are_refused_in_several_processes(tiny_model_dir, add
     # each process exits with lorakit's one-line error (torchrun then reports the failed children)
     assert "lorakit: error: schedule 'simplex_lora' replaces adapter parameters" in result.stderr
     assert "lorakit/train/loop.py" not in result.stderr  # no traceback of lorakit's own
+
+
+def test_adalora_phases_are_checked_against_the_step_count_before_the_model_loads(
+        tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    import lorakit.train.loop as loop
+
+    monkeypatch.setattr(loop, "prepare_model", lambda *a: pytest.fail("the model was loaded"))
+    with pytest.raises(lorakit.LorakitError, match=r"adalora_t_init \+ adalora_t_final must be < "
+                                                    r"adalora_total_steps \(4\)"):
+        run(tiny_model_dir, addition_data, tmp_path / "run", "method.name=adalora", "method.lr_ratio=null",
+            "method.adalora_t_init=4", "train.max_steps=4")

@@ -281,6 +281,8 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
     _refuse_if_adapted(model)
     targets = find_targets(model, spec.targets)
     _check_ranks(targets, spec)
+    SCHEDULES.get(spec.schedule).check_targets(spec, targets)
+    RECIPES.get(spec.optimizer).check_targets(spec, targets)
     base_fingerprint = fingerprint(targets)
     if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
         raise LorakitError(

@@ -8,6 +8,7 @@ no sense are rejected.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -16,6 +17,8 @@ from .forms import FORMS
 from .inits import INITS
 from .optim import RECIPES
 from .schedules import SCHEDULES
+from .schedules.adalora import phases as adalora_phases
+from .schedules.weight_lora import selection_phase
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LR_RATIO_MODES = ("b_only", "symmetric")
@@ -45,6 +48,7 @@ class MethodSpec:
     gate_lr: float | None = None
     weight_lora_k: int | None = None
     selection_steps: int | None = None
+    selection_warmup: int | None = None
     simplex_every: int | None = None
     simplex_reallocations: int | None = None
     adalora_target_rank: int | None = None
@@ -122,16 +126,20 @@ def validate(spec: MethodSpec) -> None:
     SCHEDULES.get(spec.schedule)
     if not isinstance(spec.rank, int) or isinstance(spec.rank, bool) or spec.rank < 1:
         raise LorakitError(f"rank must be a positive integer, got {spec.rank!r}")
-    if not spec.alpha > 0:
-        raise LorakitError(f"alpha must be > 0, got {spec.alpha!r}")
-    if not 0.0 <= spec.dropout < 1.0:
-        raise LorakitError(f"dropout must be in [0, 1), got {spec.dropout!r}")
+    if not _is_real(spec.alpha) or not 0 < spec.alpha < math.inf:
+        raise LorakitError(f"alpha must be a number > 0, got {spec.alpha!r}")
+    if not _is_real(spec.dropout) or not 0.0 <= spec.dropout < 1.0:
+        raise LorakitError(f"dropout must be a number in [0, 1), got {spec.dropout!r}")
     if spec.lr_ratio_mode not in LR_RATIO_MODES:
         raise unknown("lr_ratio_mode", str(spec.lr_ratio_mode), LR_RATIO_MODES)
+    if spec.lr_ratio_mode != "b_only" and spec.optimizer != "lora_plus":
+        raise LorakitError(f"lr_ratio_mode={spec.lr_ratio_mode!r} has no effect with optimizer "
+                           f"{spec.optimizer!r}; set optimizer='lora_plus' or drop lr_ratio_mode")
     if spec.lr_ratio is not None:
-        if not spec.lr_ratio > 0:
+        if not _is_real(spec.lr_ratio) or not 0 < spec.lr_ratio < math.inf:
             raise LorakitError(
-                f"lr_ratio (LoRA+ λ) must be > 0, got {spec.lr_ratio!r}; use λ<1 to let A learn faster"
+                f"lr_ratio (LoRA+ λ) must be a finite number > 0, got {spec.lr_ratio!r}; "
+                "use λ<1 to let A learn faster"
             )
         if spec.optimizer != "lora_plus":
             raise LorakitError(
@@ -141,6 +149,10 @@ def validate(spec: MethodSpec) -> None:
     if spec.pissa_niter is not None and (spec.init != "pissa" or spec.pissa_niter < 0):
         raise LorakitError("pissa_niter needs init='pissa' and a value >= 0 (omit it for the exact SVD)")
     _validate_combination(spec)
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _needs(spec: MethodSpec, option: str, component: str, value: str) -> None:
@@ -153,6 +165,7 @@ SCHEDULE_OPTIONS = {
     "gate_lr": ("weight_lora", "weight_lora_plus", "simplex_lora"),
     "weight_lora_k": ("weight_lora", "weight_lora_plus"),
     "selection_steps": ("weight_lora", "weight_lora_plus"),
+    "selection_warmup": ("weight_lora", "weight_lora_plus"),
     "simplex_every": ("simplex_lora",),
     "simplex_reallocations": ("simplex_lora",),
     "adalora_target_rank": ("adalora",),
@@ -166,7 +179,7 @@ SCHEDULE_OPTIONS = {
     "drop_top_n": ("lora_drop",),
 }
 REAL_OPTIONS = ("gate_lr", "adalora_orth_reg", "drop_threshold")  # the others are integers
-NON_NEGATIVE_OPTIONS = ("adalora_t_init", "adalora_t_final", "adalora_orth_reg")  # the others are > 0
+NON_NEGATIVE_OPTIONS = ("adalora_t_init", "adalora_t_final", "adalora_orth_reg", "selection_warmup")  # the others are > 0
 
 
 def _validate_schedule(spec: MethodSpec) -> None:
@@ -182,6 +195,12 @@ def _validate_schedule(spec: MethodSpec) -> None:
                 or not (value >= 0 if non_negative else value > 0):
             raise LorakitError(f"{option} must be a {'non-negative' if non_negative else 'positive'} "
                                f"{'number' if real else 'integer'}, got {value!r}")
+    if spec.drop_threshold is not None and spec.drop_top_n is not None:
+        raise LorakitError("drop_threshold and drop_top_n are two ways to choose the kept layers; set one of them")
+    if spec.schedule in ("weight_lora", "weight_lora_plus"):
+        selection, warmup = selection_phase(spec)
+        if warmup >= selection:
+            raise LorakitError(f"selection_warmup ({warmup}) must be smaller than selection_steps ({selection})")
     if spec.drop_threshold is not None and spec.drop_threshold > 1:
         raise LorakitError(f"drop_threshold is a share of the total importance in (0, 1], got {spec.drop_threshold!r}")
     if spec.schedule == "lora_drop" and spec.init != "kaiming":
@@ -206,9 +225,10 @@ def _validate_adalora(spec: MethodSpec) -> None:
     if spec.adalora_target_rank is not None and spec.adalora_target_rank > spec.rank:
         raise LorakitError(f"adalora_target_rank ({spec.adalora_target_rank}) must be <= rank ({spec.rank})")
     steps = spec.adalora_total_steps
-    if steps is not None and (spec.adalora_t_init or 0) + (spec.adalora_t_final or 0) >= steps:
+    t_init, t_final = adalora_phases(spec)
+    if steps is not None and t_init + t_final >= steps:
         raise LorakitError(f"adalora_t_init + adalora_t_final must be < adalora_total_steps ({steps}), got "
-                           f"{spec.adalora_t_init or 0} + {spec.adalora_t_final or 0}")
+                           f"{t_init} + {t_final} (defaults: ⌊T/10⌋ and ⌊T/5⌋)")
 
 
 def _validate_combination(spec: MethodSpec) -> None:
@@ -220,6 +240,8 @@ def _validate_combination(spec: MethodSpec) -> None:
         if spec.optimizer in ("lora_fa", "delta_lora"):
             raise LorakitError(f"VeRA has no low-rank pair B A for optimizer {spec.optimizer!r}; "
                                "use 'adamw' or 'lora_plus'")
+        if spec.rslora:
+            raise LorakitError("VeRA has no α/r scale for rslora to change; drop rslora")
     if spec.form == "svd":
         if spec.init != "gaussian":
             raise LorakitError(f"AdaLoRA's SVD form starts from λ = 0 with Gaussian P, Q; init {spec.init!r} does "

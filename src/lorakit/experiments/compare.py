@@ -45,7 +45,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 def _row(run: Run, seed: int | None, folder: Path | None, **values: Any) -> dict[str, Any]:
     return {"run": run.name, "method": run.method.get("name", "none"), "lr_ratio": run.method.get("lr_ratio"),
-            "seed": seed, "run_dir": str(folder) if folder else None, "error": None, **values}
+            "lr_ratio_mode": run.method.get("lr_ratio_mode", "b_only"), "seed": seed, "run_dir": str(folder) if folder else None, "error": None, **values}
 
 
 def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],

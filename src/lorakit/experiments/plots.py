@@ -181,7 +181,9 @@ def plot_metric_bars(aggregates: Sequence[Row], metrics: Sequence[str], path: Pa
 # -- λ sweep ---------------------------------------------------------------------------------
 def plot_lambda_sweep(aggregates: Sequence[Row], path: Path, metric: str = "eval_loss",
                       baseline: str | None = None) -> bool:
-    """``metric`` (mean ± std) vs λ (``lr_ratio``) on a log₂ axis, one line per method.
+    """``metric`` (mean ± std) vs λ (``lr_ratio``) on a log₂ axis, one line per method and
+    ``lr_ratio_mode`` (a symmetric λ is an effective ratio η_B/η_A of λ², so the modes get
+    separate lines).
 
     Draws the ``baseline`` run as a dashed line with its ±std band. Returns False, writing
     nothing, when fewer than two distinct λ values have a result.
@@ -192,14 +194,15 @@ def plot_lambda_sweep(aggregates: Sequence[Row], path: Path, metric: str = "eval
     if len(lambdas) < 2:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    methods = list(dict.fromkeys(a.get("method") for a in points))
-    for index, method in enumerate(methods):
-        mine = sorted((a for a in points if a.get("method") == method), key=lambda a: a["lr_ratio"])
+    lines = list(dict.fromkeys((a.get("method"), a.get("lr_ratio_mode", "b_only")) for a in points))
+    for index, (method, mode) in enumerate(lines):
+        mine = sorted((a for a in points if (a.get("method"), a.get("lr_ratio_mode", "b_only")) == (method, mode)),
+                      key=lambda a: a["lr_ratio"])
         xs = np.array([float(a["lr_ratio"]) for a in mine])
         ys = np.array([a[f"{metric}_mean"] for a in mine])
         es = np.array([a.get(f"{metric}_std") or 0.0 for a in mine])
         ax.errorbar(xs, ys, yerr=es, color=_color(index), marker="o", capsize=4, lw=1.6,
-                    label=str(method))
+                    label=str(method) if mode == "b_only" else f"{method} ({mode}: η_B/η_A = λ²)")
         for x, y, e in zip(xs, ys, es):
             ax.annotate(f"{y:.{decimals(metric)}f}", (x, y + e), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=8)

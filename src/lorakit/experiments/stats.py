@@ -79,6 +79,7 @@ def aggregate(rows: Sequence[Row], metrics: Sequence[str]) -> list[dict[str, Any
         ok = [row for row in group if row.get("status") == "ok"]
         entry: dict[str, Any] = {"run": name, "method": group[0].get("method"),
                                  "lr_ratio": group[0].get("lr_ratio"),
+                                 "lr_ratio_mode": group[0].get("lr_ratio_mode", "b_only"),
                                  "n": len(ok), "failed": len(group) - len(ok)}
         for metric in metrics:
             values = [v for v in (_value(row, metric) for row in ok) if v is not None]

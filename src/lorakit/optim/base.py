@@ -36,6 +36,9 @@ class Recipe:
     changes_base = False
     base_update_note: str | None = None  # recorded in the saved adapter's JSON when set
 
+    def check_targets(self, spec: Any, targets: list[tuple[str, nn.Linear]]) -> None:
+        """Refuse ``spec`` for these target layers, before anything is attached (nothing by default)."""
+
     def prepare(self, adapter: Any) -> None:
         """Called once at attach/load, after the adapter's parameters are set trainable."""
 

@@ -4,7 +4,9 @@ AdamW on ``A``, ``B``; after every optimizer step ``t → t+1`` with ``t ≥ sta
 paper's K), under ``no_grad``: ``W ← W + λ·s·(B_{t+1} A_{t+1} − B_t A_t)``, ``λ`` the update
 ratio (``delta_ratio``, default 2; ``delta_start_step`` default 0 — the paper used K = 500 on
 long runs). Adapter dropout must be 0 (the paper drops it so that the gradient of ``B A``
-is the gradient of ``W``; ``methods.validate`` enforces it).
+is the gradient of ``W``; ``methods.validate`` enforces it). The base weights must be float32:
+a step's update is about one unit in the last place of a bf16/fp16 weight and would mostly be
+rounded away (refused at attach; ``train.mixed_precision`` still runs the matmuls in 16 bits).
 
 The updates telescope: ``W_t = W_K + λ·s·(B_t A_t − B_K A_K)``. lorakit keeps ``B_K, A_K``
 (the factors when the updates start) in the adapter's ``method_state``, so a saved adapter
@@ -19,6 +21,7 @@ from typing import Any
 
 import torch
 
+from ..errors import LorakitError
 from ..inits.base import add_products
 from . import RECIPES
 from .adamw import AdamW
@@ -44,6 +47,16 @@ class DeltaLora(AdamW):
                         "unmodified base (to float rounding), and `lorakit merge` exports the adapted model "
                         "as full weights. Loading these factors anywhere else without that update gives a "
                         "different model.")
+
+    def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
+        half = sorted({str(base.weight.dtype).removeprefix("torch.") for _, base in targets
+                       if base.weight.dtype in (torch.bfloat16, torch.float16)})
+        if half:
+            # a step's λ·s·Δ(BA) is about one unit in the last place of a 16-bit weight: most of it
+            # would be rounded away, and a reloaded adapter would rebuild a different W
+            raise LorakitError(f"delta_lora updates the base weights in place, by less than {half[0]} can "
+                               "represent; load the model in float32 (model.dtype: float32; "
+                               "train.mixed_precision still applies)")
 
     def prepare(self, adapter: Any) -> None:
         adapter.method_state.setdefault(STEP_KEY, torch.zeros((), dtype=torch.int64))

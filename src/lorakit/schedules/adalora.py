@@ -20,8 +20,10 @@ all layers keep their mask bit and the others are masked (their ``λ`` zeroed). 
 ``T − t_final`` the mask stays as it is (the paper's final fine-tuning of the allocation), so
 exactly ``b_T`` triplets remain; every step keeps masked ``λ`` at 0.
 
-Defaults: ``adalora_target_rank = ⌈r/2⌉``, ``adalora_t_init = adalora_t_final = 0``,
-``adalora_delta_t = 1``, ``adalora_orth_reg = 0.1``. ``T = adalora_total_steps`` must be known
+Defaults: ``adalora_target_rank = ⌈r/2⌉``, ``adalora_t_init = ⌊T/10⌋``, ``adalora_t_final =
+⌊T/5⌋``, ``adalora_delta_t = 1``, ``adalora_orth_reg = 0.1``. The warm-up matters: ``λ = 0`` at
+init, so before the first steps every task sensitivity ``|λ·∂L/∂λ|`` is 0 and a budget cut right
+away would rank triplets by the orthogonal penalty alone (PEFT's defaults are 0 and 0). ``T = adalora_total_steps`` must be known
 when the optimizer is built; ``lorakit train`` fills it in with the run's step count.
 
 State: the step counter is ``adapter.method_state["adalora.step"]`` and the masks are the forms'
@@ -57,6 +59,14 @@ DEFAULT_DELTA_T = 1
 def target_rank(spec: Any) -> int:
     """The average per-layer rank at the end: ``adalora_target_rank``, default ``⌈r/2⌉``."""
     return spec.adalora_target_rank or math.ceil(spec.rank / 2)
+
+
+def phases(spec: Any) -> tuple[int, int]:
+    """``(t_init, t_final)``: the options, or ``⌊T/10⌋`` and ``⌊T/5⌋`` (``T = adalora_total_steps``)."""
+    total = spec.adalora_total_steps or 0
+    t_init = total // 10 if spec.adalora_t_init is None else spec.adalora_t_init
+    t_final = total // 5 if spec.adalora_t_final is None else spec.adalora_t_final
+    return t_init, t_final
 
 
 def budget(step: int, initial: int, target: int, t_init: int, t_final: int, total: int) -> int:
@@ -223,7 +233,7 @@ class AdaLora(Schedule):
         if total is None:
             raise LorakitError("the adalora schedule needs the number of optimizer steps: pass "
                                "adalora_total_steps=<steps> to attach (lorakit train sets it itself)")
-        t_init, t_final = spec.adalora_t_init or 0, spec.adalora_t_final or 0
+        t_init, t_final = phases(spec)
         delta_t = spec.adalora_delta_t or DEFAULT_DELTA_T
         gamma = DEFAULT_ORTH_REG if spec.adalora_orth_reg is None else spec.adalora_orth_reg
         count = len(adapter.layers)

@@ -18,6 +18,9 @@ class Schedule:
     uses_gates = False
     resizes = False  # replaces adapter parameters mid-run (resize, remove, share)
 
+    def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
+        """Refuse ``spec`` for these target layers, before anything is attached (nothing by default)."""
+
     def prepare(self, adapter: Any) -> None:
         """Called once, after the adapters are initialised and before training."""
 

@@ -46,7 +46,7 @@ class LoraDrop(Schedule):
         warmup = adapter.spec.drop_warmup_steps or DEFAULT_WARMUP_STEPS
         if int(adapter.method_state[STEP_KEY]) >= warmup:
             return  # selection done (a resumed or reloaded adapter): plain training from here
-        accumulator = self._accumulators.setdefault(adapter, ImportanceAccumulator())
+        accumulator = self._accumulators.setdefault(adapter, ImportanceAccumulator(training_only=True))
         handles = [layer.register_forward_hook(accumulator.hook(name)) for name, layer in adapter.layers.items()]
 
         @torch.no_grad()

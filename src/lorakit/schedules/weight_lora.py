@@ -1,9 +1,15 @@
 """WeightLoRA and WeightLoRA+ (Veprikov, Beznosikov et al., arXiv 2506.02724; seed 003).
 
 Every adapter ``i`` gets a scalar gate ``ω_i = 1`` (``y = W x + ω_i·s·B_i A_i x``); ``A``, ``B`` and
-``ω`` train together. For the first ``selection_steps`` optimizer steps (default 100), after each
-step ``ω`` is projected onto "at most ``K`` non-zeros" (the ``K = weight_lora_k`` largest ``|ω_i|``
-are kept, the rest set to 0; lorakit's default ``K = ⌈n/2⌉``). At the end of that phase the
+``ω`` train together. During the first ``selection_steps`` optimizer steps (default 100), after
+each step past a short warm-up, ``ω`` is projected onto "at most ``K`` non-zeros" (the
+``K = weight_lora_k`` largest ``|ω_i|`` are kept, the rest set to 0; lorakit's default
+``K = ⌈n/2⌉``). The warm-up (``selection_warmup``, default ``max(1, selection_steps // 5)``) is
+lorakit's addition: with ``B = 0`` at init, ``∂L/∂ω_i = s⟨B A x, ∂L/∂y⟩`` is exactly 0 at the first
+step, all ``ω`` are still 1 after it, and a projection there would keep an arbitrary K whose
+rivals could never come back (a zeroed gate stops its ``A``, ``B`` and ``ω`` from learning). The
+seed's own outline is "learn WeightLoRA adapters on all layers, then select". At the end of the
+selection phase the
 adapters with ``ω_i = 0`` are removed, the kept gates are folded into the scales
 (``s_i ← ω_i·s_i``), and training continues as classic LoRA on the ``K`` kept layers.
 
@@ -19,11 +25,13 @@ from typing import Any
 
 import torch
 
+from ..errors import LorakitError
 from ..resizing import refresh_optimizer, remove_layer, resize_layer
 from . import SCHEDULES
 from .base import Schedule, gated_forms, next_step, project_gates, rank_limit
 
 DEFAULT_SELECTION_STEPS = 100
+WARMUP_SHARE = 5  # default warm-up: selection_steps // 5
 STEP_KEY, COUNT_KEY = "weight_lora.step", "weight_lora.n"
 
 
@@ -31,10 +39,17 @@ def keep_top_k(gates: torch.Tensor, k: int) -> torch.Tensor:
     """``gates`` with all but the ``k`` largest ``|ω|`` set to zero (ties: the earlier index)."""
     if k >= gates.numel():
         return gates.clone()
-    kept = torch.topk(gates.abs(), k, sorted=False).indices
+    kept = torch.sort(gates.abs(), descending=True, stable=True).indices[:k]
     out = torch.zeros_like(gates)
     out[kept] = gates[kept]
     return out
+
+
+def selection_phase(spec: Any) -> tuple[int, int]:
+    """``(selection_steps, selection_warmup)`` with their defaults."""
+    selection = spec.selection_steps or DEFAULT_SELECTION_STEPS
+    warmup = spec.selection_warmup if spec.selection_warmup is not None else max(1, selection // WARMUP_SHARE)
+    return selection, warmup
 
 
 class WeightLora(Schedule):
@@ -45,6 +60,11 @@ class WeightLora(Schedule):
 
     def __init__(self, grow: bool) -> None:
         self.grow = grow
+
+    def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
+        if spec.weight_lora_k is not None and spec.weight_lora_k > len(targets):
+            raise LorakitError(f"weight_lora_k={spec.weight_lora_k} exceeds the {len(targets)} adapted layers; "
+                               f"choose K ≤ {len(targets)}")
 
     def prepare(self, adapter: Any) -> None:
         for form in adapter.forms():
@@ -59,13 +79,13 @@ class WeightLora(Schedule):
         return min(adapter.spec.weight_lora_k or math.ceil(count / 2), count)
 
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
-        selection = adapter.spec.selection_steps or DEFAULT_SELECTION_STEPS
+        selection, warmup = selection_phase(adapter.spec)
 
         @torch.no_grad()
         def after_step(*_: Any) -> None:
             step = next_step(adapter, STEP_KEY)
             forms = gated_forms(adapter)
-            if step > selection or not forms:
+            if step <= warmup or step > selection or not forms:
                 return
             project_gates(forms, lambda gates: keep_top_k(gates, self.budget(adapter)))
             if step == selection:

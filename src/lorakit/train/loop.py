@@ -32,6 +32,7 @@ from ..errors import LorakitError
 from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
 from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
+from ..methods import validate
 from ..schedules import SCHEDULES
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
@@ -111,19 +112,21 @@ def train(config: RunConfig, resume: bool = False,
     checkpoint = _check_output_dir(output_dir, resume)
     split = load_split(config)
     accelerator = _accelerator(tc.mixed_precision)
+    # every record becomes one example, so the step count (and what depends on it) is known
+    # before the model is loaded, and a config error costs no loading time
+    per_epoch = steps_per_epoch(len(split[0]), tc.batch_size, tc.grad_accum, accelerator.num_processes)
+    total_steps = tc.max_steps or per_epoch * tc.epochs
+    spec = config.method_spec()
+    _check_distributed(accelerator, spec)
+    if spec.schedule == "adalora" and spec.adalora_total_steps is None:  # its budget schedule needs T
+        spec = replace(spec, adalora_total_steps=total_steps)
+        validate(spec)
     set_seed(tc.seed)
     if base is not None:
         model, tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
     else:
         model, tokenizer = prepare_model(config, accelerator.device)
     train_examples, eval_examples, collate = prepare_data(config, tokenizer, split)
-
-    per_epoch = steps_per_epoch(len(train_examples), tc.batch_size, tc.grad_accum, accelerator.num_processes)
-    total_steps = tc.max_steps or per_epoch * tc.epochs
-    spec = config.method_spec()
-    _check_distributed(accelerator, spec)
-    if spec.schedule == "adalora" and spec.adalora_total_steps is None:  # its budget schedule needs T
-        spec = replace(spec, adalora_total_steps=total_steps)
 
     state: dict[str, Any] = {"config": config.to_dict()}
     if checkpoint is not None:
