@@ -30,7 +30,7 @@ def test_attach_on_cuda_keeps_logits_and_factors_on_device(method, dtype):
         reference = cuda_llama(dtype)(x).logits.float()
     model = cuda_llama(dtype)
     if method == "delta_lora" and dtype != torch.float32:  # its in-place W update needs float32
-        with pytest.raises(lorakit.LorakitError, match="load the model in float32"):
+        with pytest.raises(lorakit.LorakitError, match="train with the model in float32"):
             lorakit.attach(model, method, rank=4, targets=TARGETS, seed=0)
         return
     adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, seed=0)

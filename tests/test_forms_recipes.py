@@ -196,9 +196,23 @@ def test_delta_lora_saved_adapter_rebuilds_the_changed_base(tmp_path):
 def test_delta_lora_refuses_a_half_precision_base():
     """One step's λ·s·Δ(BA) is below bf16's resolution of W: most of it would be rounded away."""
     model = tiny_llama().to(torch.bfloat16)
-    with pytest.raises(lorakit.LorakitError, match="load the model in float32"):
+    with pytest.raises(lorakit.LorakitError, match="train with the model in float32"):
         lorakit.attach(model, "delta_lora", rank=4, targets=TARGETS)
     assert not any(isinstance(m, AdaptedLinear) for m in model.modules())  # refused before attaching
+
+
+def test_a_delta_lora_adapter_loads_onto_a_half_precision_model_but_does_not_train_there(tmp_path):
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "delta_lora", rank=4, targets=TARGETS)
+    optimizer = adapter.optimizer(lr=1e-2)
+    for _ in range(2):
+        step(model, optimizer, x)
+    adapter.save(tmp_path / "delta")
+    half = lorakit.load(tiny_llama().to(torch.bfloat16), tmp_path / "delta")  # one addition: fine
+    torch.testing.assert_close(half.model(x).logits.float(), model(x).logits, atol=0.1, rtol=0)
+    with pytest.raises(lorakit.LorakitError, match="train with the model in float32"):
+        half.optimizer(lr=1e-2)
 
 
 # -- invalid combinations, refused in one place ----------------------------------------------

@@ -81,6 +81,14 @@ def test_evaluations_during_the_warmup_do_not_count_as_importance():
     assert (accumulator.totals, accumulator.tokens) == before
 
 
+def test_a_warmup_without_training_forwards_is_an_error():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora_drop", rank=4, targets=TARGETS, drop_warmup_steps=1)
+    optimizer = adapter.optimizer(lr=1e-2)
+    with pytest.raises(lorakit.LorakitError, match="saw no training forward pass"):
+        optimizer.step()
+
+
 def test_save_load_and_merge_keep_the_shared_adapters(tmp_path):
     x = batch()
     model, adapter, _ = dropped_model(drop_top_n=5)

@@ -15,6 +15,8 @@ from lorakit.ops.resize import compact
 from test_contracts import TARGETS, logits, run_options, train_steps
 from tiny import batch, tiny_llama
 
+WEIGHTS = "adapter_model.safetensors"
+
 # schedules with settings that make them resize, remove or share layers within a few steps
 SCHEDULE_CASES = {
     "weight_lora": {"selection_steps": 2, "weight_lora_k": 5},
@@ -98,24 +100,36 @@ def test_compact_keeps_the_product_at_its_numerical_rank():
     torch.testing.assert_close(B2 @ A2, -(B @ A), atol=1e-5, rtol=1e-5)
 
 
-def test_cli_export_is_loaded_by_peft(tiny_model_dir, addition_data, tmp_path):
+@pytest.mark.parametrize("method", ["olora_plus", "dora", "vera", "delta_lora"])
+def test_cli_export_equals_the_api_export(method, tiny_model_dir, addition_data, tmp_path):
+    """`lorakit export` rebuilds the adapter on a bf16 copy of the base; what it writes is the
+    adapter's own float32 content, identical to exporting from a float32 model."""
     from transformers import AutoModelForCausalLM
 
     from test_train import cli, write_config
 
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
-                          "train.max_steps=3", "method.name=olora_plus", "train.eval_every=null")
+                          "train.max_steps=3", f"method.name={method}", "method.lr_ratio=null",
+                          "method.dropout=0.0", "train.eval_every=null")
     assert cli("train", str(config), "--quiet").returncode == 0
-    exported = cli("export", str(tmp_path / "run" / "adapter"), str(tmp_path / "peft"), "--dtype", "bfloat16")
+    exported = cli("export", str(tmp_path / "run" / "adapter"), str(tmp_path / "cli"))
     assert exported.returncode == 0, exported.stderr
-    assert all(t.dtype == torch.bfloat16 for t in load_file(tmp_path / "peft" / "adapter_model.safetensors").values())
-    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["base_model_name_or_path"] \
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    lorakit.load(model, tmp_path / "run" / "adapter").save_peft(tmp_path / "api")
+    ours, theirs = load_file(tmp_path / "api" / WEIGHTS), load_file(tmp_path / "cli" / WEIGHTS)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(theirs[key], ours[key], atol=1e-6, rtol=1e-6)
+    assert json.loads((tmp_path / "cli" / "adapter_config.json").read_text())["base_model_name_or_path"] \
         == str(tiny_model_dir.resolve())
-    ours = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
-    lorakit.load(ours, tmp_path / "run" / "adapter")
-    theirs = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), tmp_path / "peft").eval()
-    x = torch.randint(3, 100, (2, 12))
-    torch.testing.assert_close(logits(theirs, x), logits(ours, x), atol=2e-2, rtol=0)  # bf16 factors
+
+    half = cli("export", str(tmp_path / "run" / "adapter"), str(tmp_path / "bf16"), "--dtype", "bfloat16")
+    assert half.returncode == 0, half.stderr
+    assert all(t.dtype == torch.bfloat16 for t in load_file(tmp_path / "bf16" / WEIGHTS).values())
+
+
+def test_cli_export_of_a_missing_adapter_is_one_line_exit_2(tmp_path):
+    from test_train import cli
 
     missing = cli("export", str(tmp_path / "nowhere"), str(tmp_path / "out"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr

@@ -73,6 +73,14 @@ def test_weight_lora_selects_by_the_data():
     assert len({kept_layers(seed) for seed in range(4)}) > 1
 
 
+def test_weight_lora_selects_after_a_single_step():
+    """selection_steps=1: no room for a warm-up, the default gives way (none)."""
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "weight_lora", rank=4, targets=TARGETS, weight_lora_k=3, selection_steps=1)
+    train(model, adapter, steps=2)
+    assert len(adapter.layers) == 3
+
+
 def test_weight_lora_selection_end_leaves_outputs_unchanged():
     """Removing ω = 0 adapters, folding ω into s and growing the rest keep the model as it was."""
     x = batch()

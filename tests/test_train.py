@@ -82,11 +82,15 @@ def crash_at(step):
     return callback
 
 
-def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
+@pytest.mark.parametrize("crash,checkpoint", [
+    (5, 3),  # the last checkpoint falls inside a log window (2–4)
+    (8, 6),  # ... on a log step, whose record was written before the checkpoint
+])
+def test_resume_after_crash_equals_uninterrupted(crash, checkpoint, tiny_model_dir, addition_data, tmp_path):
     run(tiny_model_dir, addition_data, tmp_path / "full")
-    with pytest.raises(Crash):  # the last checkpoint (step 3) falls inside a log window (2–4)
-        run(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(5)])
-    assert latest_checkpoint(tmp_path / "cut").name == "step-0000003"
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(crash)])
+    assert latest_checkpoint(tmp_path / "cut").name == f"step-{checkpoint:07d}"
     run(tiny_model_dir, addition_data, tmp_path / "cut", resume=True)
     full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
     assert full.keys() == cut.keys()
@@ -94,7 +98,7 @@ def test_resume_after_crash_equals_uninterrupted(tiny_model_dir, addition_data, 
         assert torch.equal(full[key], cut[key]), key
     strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
     assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
-    # TensorBoard hides what the crashed run logged past its checkpoint (step 4 here)
+    # TensorBoard hides what the crashed run logged past its checkpoint, and only that
     assert tensorboard_scalars(tmp_path / "cut") == tensorboard_scalars(tmp_path / "full")
 
 

@@ -277,12 +277,14 @@ def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
 
 
 def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
-           expected_fingerprint: str | None = None, only: set[str] | None = None) -> Adapter:
+           expected_fingerprint: str | None = None, only: set[str] | None = None,
+           for_training: bool = False) -> Adapter:
     _refuse_if_adapted(model)
     targets = find_targets(model, spec.targets)
     _check_ranks(targets, spec)
     SCHEDULES.get(spec.schedule).check_targets(spec, targets)
-    RECIPES.get(spec.optimizer).check_targets(spec, targets)
+    if for_training:  # a loaded adapter is checked when its optimizer is built
+        RECIPES.get(spec.optimizer).check_targets(spec, targets)
     base_fingerprint = fingerprint(targets)
     if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
         raise LorakitError(
@@ -308,7 +310,7 @@ def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any
 
     Right after attaching, the model's outputs equal the base model's for every method.
     """
-    return _build(model, resolve(method, **overrides))
+    return _build(model, resolve(method, **overrides), for_training=True)
 
 
 def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -78,7 +78,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from .models import EMBEDDED_HUB_ID, EMBEDDED_NAME
 
     dtype = getattr(torch, args.dtype)
-    args.dtype = "float32"  # the base model is only needed to rebuild the adapter
+    # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
+    # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
+    # base is loaded in bf16, at half the memory of float32
+    args.dtype = "bfloat16"
     adapter, _ = _load_adapter_on_base(args)
     recorded = adapter.model.config._name_or_path
     base_name = args.base_model_name or (EMBEDDED_HUB_ID if recorded == EMBEDDED_NAME else recorded)

@@ -22,6 +22,7 @@ from .schedules.weight_lora import selection_phase
 
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 LR_RATIO_MODES = ("b_only", "symmetric")
+DEFAULT_LR_RATIO_MODE = LR_RATIO_MODES[0]
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class MethodSpec:
     dropout: float = 0.0
     rslora: bool = False
     lr_ratio: float | None = None
-    lr_ratio_mode: str = "b_only"
+    lr_ratio_mode: str = DEFAULT_LR_RATIO_MODE
     pissa_niter: int | None = None
     vera_d_initial: float | None = None
     lora_fa_projected: bool = False
@@ -197,7 +198,7 @@ def _validate_schedule(spec: MethodSpec) -> None:
                                f"{'number' if real else 'integer'}, got {value!r}")
     if spec.drop_threshold is not None and spec.drop_top_n is not None:
         raise LorakitError("drop_threshold and drop_top_n are two ways to choose the kept layers; set one of them")
-    if spec.schedule in ("weight_lora", "weight_lora_plus"):
+    if spec.schedule in ("weight_lora", "weight_lora_plus") and spec.selection_warmup is not None:
         selection, warmup = selection_phase(spec)
         if warmup >= selection:
             raise LorakitError(f"selection_warmup ({warmup}) must be smaller than selection_steps ({selection})")

@@ -20,6 +20,7 @@ from ..config import RunConfig
 from ..errors import LorakitError
 from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
+from ..methods import DEFAULT_LR_RATIO_MODE
 from ..train import train
 from ..train.setup import load_split, prepare_data, prepare_model
 from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
@@ -45,7 +46,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 def _row(run: Run, seed: int | None, folder: Path | None, **values: Any) -> dict[str, Any]:
     return {"run": run.name, "method": run.method.get("name", "none"), "lr_ratio": run.method.get("lr_ratio"),
-            "lr_ratio_mode": run.method.get("lr_ratio_mode", "b_only"), "seed": seed, "run_dir": str(folder) if folder else None, "error": None, **values}
+            "lr_ratio_mode": run.method.get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE), "seed": seed, "run_dir": str(folder) if folder else None, "error": None, **values}
 
 
 def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],

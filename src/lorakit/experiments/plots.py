@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..methods import DEFAULT_LR_RATIO_MODE  # noqa: E402
 from .stats import decimals, is_reference, lower_is_better  # noqa: E402
 
 Row = dict[str, Any]
@@ -194,15 +195,17 @@ def plot_lambda_sweep(aggregates: Sequence[Row], path: Path, metric: str = "eval
     if len(lambdas) < 2:
         return False
     fig, ax = plt.subplots(figsize=(7.5, 4.8), layout="constrained")
-    lines = list(dict.fromkeys((a.get("method"), a.get("lr_ratio_mode", "b_only")) for a in points))
+    def line(a: Row) -> tuple[Any, str]:
+        return a.get("method"), a.get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE)
+
+    lines = list(dict.fromkeys(line(a) for a in points))
     for index, (method, mode) in enumerate(lines):
-        mine = sorted((a for a in points if (a.get("method"), a.get("lr_ratio_mode", "b_only")) == (method, mode)),
-                      key=lambda a: a["lr_ratio"])
+        mine = sorted((a for a in points if line(a) == (method, mode)), key=lambda a: a["lr_ratio"])
         xs = np.array([float(a["lr_ratio"]) for a in mine])
         ys = np.array([a[f"{metric}_mean"] for a in mine])
         es = np.array([a.get(f"{metric}_std") or 0.0 for a in mine])
         ax.errorbar(xs, ys, yerr=es, color=_color(index), marker="o", capsize=4, lw=1.6,
-                    label=str(method) if mode == "b_only" else f"{method} ({mode}: η_B/η_A = λ²)")
+                    label=str(method) if mode == DEFAULT_LR_RATIO_MODE else f"{method} ({mode}: η_B/η_A = λ²)")
         for x, y, e in zip(xs, ys, es):
             ax.annotate(f"{y:.{decimals(metric)}f}", (x, y + e), textcoords="offset points",
                         xytext=(0, 4), ha="center", fontsize=8)

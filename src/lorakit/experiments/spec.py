@@ -20,6 +20,7 @@ import yaml
 
 from ..config import RunConfig, apply_overrides, build_config, check_method, check_type
 from ..errors import LorakitError, did_you_mean
+from ..methods import DEFAULT_LR_RATIO_MODE
 
 
 @dataclass
@@ -46,8 +47,9 @@ class Run:
 
 
 def _run_name(method: dict[str, Any]) -> str:
-    ratio = method.get("lr_ratio")
-    return f"{method['name']} λ={ratio:g}" if ratio is not None else method["name"]
+    ratio, mode = method.get("lr_ratio"), method.get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE)
+    name = f"{method['name']} λ={ratio:g}" if ratio is not None else method["name"]
+    return name if mode == DEFAULT_LR_RATIO_MODE else f"{name} {mode}"
 
 
 def _parse_runs(items: Any, defaults: dict[str, Any]) -> list[Run]:

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import unknown
+from ..methods import DEFAULT_LR_RATIO_MODE
 
 KNOWN_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL",
                  "tf_bleu", "tf_rouge1", "tf_rouge2", "tf_rougeL")
@@ -79,7 +80,7 @@ def aggregate(rows: Sequence[Row], metrics: Sequence[str]) -> list[dict[str, Any
         ok = [row for row in group if row.get("status") == "ok"]
         entry: dict[str, Any] = {"run": name, "method": group[0].get("method"),
                                  "lr_ratio": group[0].get("lr_ratio"),
-                                 "lr_ratio_mode": group[0].get("lr_ratio_mode", "b_only"),
+                                 "lr_ratio_mode": group[0].get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE),
                                  "n": len(ok), "failed": len(group) - len(ok)}
         for metric in metrics:
             values = [v for v in (_value(row, metric) for row in ok) if v is not None]

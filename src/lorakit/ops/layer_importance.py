@@ -20,8 +20,8 @@ class ImportanceAccumulator:
     """Running ``Σ ‖ΔW_i x_i‖²`` and token count per layer, fed by forward hooks on the adapted
     layers (``hook(name)``). ``ΔW_i x_i`` is measured without adapter dropout (and without
     drawing random numbers, so the training run's random stream is untouched). With
-    ``training_only`` a layer in eval mode is not counted, so evaluations that run during the
-    warm-up do not add the eval split to the sample. Every position of a batch counts, padding
+    ``training_only`` a forward without gradients (evaluation, generation) is not counted, so
+    evaluations that run during the warm-up do not add the eval split to the sample. Every position of a batch counts, padding
     included (a forward hook does not see the attention mask)."""
 
     def __init__(self, training_only: bool = False) -> None:
@@ -32,7 +32,7 @@ class ImportanceAccumulator:
     def hook(self, name: str) -> Any:
         @torch.no_grad()
         def record(layer: Any, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            if self.training_only and not layer.training:
+            if self.training_only and not output.requires_grad:  # a forward that builds no graph
                 return
             dropout, training = layer.form.dropout, layer.form.dropout.training
             dropout.eval()

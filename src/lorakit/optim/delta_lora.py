@@ -6,7 +6,8 @@ ratio (``delta_ratio``, default 2; ``delta_start_step`` default 0 — the paper 
 long runs). Adapter dropout must be 0 (the paper drops it so that the gradient of ``B A``
 is the gradient of ``W``; ``methods.validate`` enforces it). The base weights must be float32:
 a step's update is about one unit in the last place of a bf16/fp16 weight and would mostly be
-rounded away (refused at attach; ``train.mixed_precision`` still runs the matmuls in 16 bits).
+rounded away (refused at attach and when the optimizer is built; loading and merging such
+an adapter onto a 16-bit model is fine; ``train.mixed_precision`` still runs the matmuls in 16 bits).
 
 The updates telescope: ``W_t = W_K + λ·s·(B_t A_t − B_K A_K)``. lorakit keeps ``B_K, A_K``
 (the factors when the updates start) in the adapter's ``method_state``, so a saved adapter
@@ -38,6 +39,16 @@ def start_step(spec: Any) -> int:
     return 0 if spec.delta_start_step is None else int(spec.delta_start_step)
 
 
+def refuse_half_precision(weights: list[torch.Tensor]) -> None:
+    """Training moves ``W`` by ``λ·s·Δ(BA)`` per step, about one unit in the last place of a
+    16-bit weight: most of it would be rounded away. Loading or merging (one addition) is fine."""
+    half = sorted({str(w.dtype).removeprefix("torch.") for w in weights if w.dtype in (torch.bfloat16, torch.float16)})
+    if half:
+        raise LorakitError(f"delta_lora updates the base weights in place, by less than {half[0]} can represent; "
+                           "train with the model in float32 (model.dtype: float32; train.mixed_precision "
+                           "still applies)")
+
+
 class DeltaLora(AdamW):
     """AdamW plus the in-place update of each adapted base weight after every step."""
 
@@ -49,19 +60,13 @@ class DeltaLora(AdamW):
                         "different model.")
 
     def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
-        half = sorted({str(base.weight.dtype).removeprefix("torch.") for _, base in targets
-                       if base.weight.dtype in (torch.bfloat16, torch.float16)})
-        if half:
-            # a step's λ·s·Δ(BA) is about one unit in the last place of a 16-bit weight: most of it
-            # would be rounded away, and a reloaded adapter would rebuild a different W
-            raise LorakitError(f"delta_lora updates the base weights in place, by less than {half[0]} can "
-                               "represent; load the model in float32 (model.dtype: float32; "
-                               "train.mixed_precision still applies)")
+        refuse_half_precision([base.weight for _, base in targets])
 
     def prepare(self, adapter: Any) -> None:
         adapter.method_state.setdefault(STEP_KEY, torch.zeros((), dtype=torch.int64))
 
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
+        refuse_half_precision([layer.base_layer.weight for layer in adapter.layers.values()])
         ratio, first = update_ratio(adapter.spec), start_step(adapter.spec)
         state = adapter.method_state
         before: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -22,6 +22,7 @@ from weakref import WeakKeyDictionary
 
 import torch
 
+from ..errors import LorakitError
 from ..ops.layer_importance import DEFAULT_THRESHOLD, ImportanceAccumulator, select_layers
 from ..resizing import refresh_optimizer
 from . import SCHEDULES
@@ -55,6 +56,9 @@ class LoraDrop(Schedule):
                 return
             for handle in handles:
                 handle.remove()
+            if not accumulator.tokens:
+                raise LorakitError(f"lora_drop's warm-up saw no training forward pass in {warmup} steps, so it "
+                                   "has no importance to select layers by; run the forwards with gradients")
             self.drop(adapter, accumulator.importance())
             refresh_optimizer(adapter, optimizer)
 

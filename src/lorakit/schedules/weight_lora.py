@@ -4,7 +4,8 @@ Every adapter ``i`` gets a scalar gate ``ω_i = 1`` (``y = W x + ω_i·s·B_i A_
 ``ω`` train together. During the first ``selection_steps`` optimizer steps (default 100), after
 each step past a short warm-up, ``ω`` is projected onto "at most ``K`` non-zeros" (the
 ``K = weight_lora_k`` largest ``|ω_i|`` are kept, the rest set to 0; lorakit's default
-``K = ⌈n/2⌉``). The warm-up (``selection_warmup``, default ``max(1, selection_steps // 5)``) is
+``K = ⌈n/2⌉``). The warm-up (``selection_warmup``, default ``max(1, selection_steps // 5)``,
+at most ``selection_steps − 1``) is
 lorakit's addition: with ``B = 0`` at init, ``∂L/∂ω_i = s⟨B A x, ∂L/∂y⟩`` is exactly 0 at the first
 step, all ``ω`` are still 1 after it, and a projection there would keep an arbitrary K whose
 rivals could never come back (a zeroed gate stops its ``A``, ``B`` and ``ω`` from learning). The
@@ -48,8 +49,9 @@ def keep_top_k(gates: torch.Tensor, k: int) -> torch.Tensor:
 def selection_phase(spec: Any) -> tuple[int, int]:
     """``(selection_steps, selection_warmup)`` with their defaults."""
     selection = spec.selection_steps or DEFAULT_SELECTION_STEPS
-    warmup = spec.selection_warmup if spec.selection_warmup is not None else max(1, selection // WARMUP_SHARE)
-    return selection, warmup
+    if spec.selection_warmup is not None:
+        return selection, spec.selection_warmup
+    return selection, min(max(1, selection // WARMUP_SHARE), selection - 1)
 
 
 class WeightLora(Schedule):
