@@ -10,14 +10,20 @@ from lorakit.ops.layer_importance import output_importance, select_layers
 from tiny import batch, tiny_llama
 
 
-def test_importance_is_the_normalised_mean_squared_adapter_output():
+@pytest.mark.parametrize("padded", [False, True])
+def test_importance_is_the_normalised_mean_squared_adapter_output(padded):
+    """By hand, over the positions the attention mask keeps (right padding excluded)."""
     model = tiny_llama()
     adapter = lorakit.attach(model, "lora", rank=4, targets=["q_proj", "v_proj"])
     with torch.no_grad():
         for scale, form in zip([1.0, 2.0, 0.5, 3.0], adapter.forms()):
             form.B.fill_(0.01 * scale)
     x = batch(size=3, length=10)
-    importance = output_importance(adapter, [{"input_ids": x}])
+    mask = torch.ones_like(x)
+    if padded:
+        mask[0, 4:] = 0
+        mask[2, 7:] = 0
+    importance = output_importance(adapter, [{"input_ids": x, "attention_mask": mask}])
     assert sum(importance.values()) == pytest.approx(1.0)
     # by hand: capture each layer's input and compute ‖s·B A x‖² per token
     inputs = {}
@@ -29,11 +35,12 @@ def test_importance_is_the_normalised_mean_squared_adapter_output():
 
     hooks = [layer.register_forward_hook(capture(name)) for name, layer in adapter.layers.items()]
     with torch.no_grad():
-        model(x)
+        model(x, attention_mask=mask)
     for h in hooks:
         h.remove()
+    kept = mask.reshape(-1).bool()
     with torch.no_grad():
-        raw = {n: float((adapter.layers[n].form.delta_weight() @ inputs[n].reshape(-1, inputs[n].shape[-1]).T)
+        raw = {n: float((adapter.layers[n].form.delta_weight() @ inputs[n].reshape(-1, inputs[n].shape[-1])[kept].T)
                         .square().sum(0).mean()) for n in adapter.layers}
     total = sum(raw.values())
     for name in raw:

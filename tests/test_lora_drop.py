@@ -74,7 +74,7 @@ def test_evaluations_during_the_warmup_do_not_count_as_importance():
     optimizer.step()
     optimizer.zero_grad()
     before = dict(accumulator.totals), dict(accumulator.tokens)
-    assert before[0] and all(tokens == 4 * 24 for tokens in before[1].values())
+    assert before[0] and all(tokens == 4 * 24 for tokens in before[1].values())  # no padding here
     model.eval()  # what evaluate_loss does
     with torch.no_grad():
         model(batch(seed=5, size=8, length=24))

@@ -18,16 +18,25 @@ DEFAULT_THRESHOLD = 0.9
 
 class ImportanceAccumulator:
     """Running ``Σ ‖ΔW_i x_i‖²`` and token count per layer, fed by forward hooks on the adapted
-    layers (``hook(name)``). ``ΔW_i x_i`` is measured without adapter dropout (and without
-    drawing random numbers, so the training run's random stream is untouched). With
-    ``training_only`` a forward without gradients (evaluation, generation) is not counted, so
-    evaluations that run during the warm-up do not add the eval split to the sample. Every position of a batch counts, padding
-    included (a forward hook does not see the attention mask)."""
+    layers (``attach``). ``ΔW_i x_i`` is measured without adapter dropout (and without drawing
+    random numbers, so the training run's random stream is untouched). Padding does not count: a
+    pre-hook on the model keeps the forward's ``attention_mask``, which weights the positions.
+    With ``training_only`` a forward without gradients (evaluation, generation) is not counted,
+    so evaluations that run during the warm-up do not add the eval split to the sample."""
 
     def __init__(self, training_only: bool = False) -> None:
         self.totals: dict[str, float] = {}
-        self.tokens: dict[str, int] = {}
+        self.tokens: dict[str, float] = {}
         self.training_only = training_only
+        self.mask: torch.Tensor | None = None
+
+    def attach(self, adapter: Any) -> list[Any]:
+        """Register the hooks on ``adapter``'s model and layers; returns their handles."""
+        def keep_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            self.mask = kwargs.get("attention_mask")
+
+        handles = [adapter.model.register_forward_pre_hook(keep_mask, with_kwargs=True)]
+        return handles + [layer.register_forward_hook(self.hook(name)) for name, layer in adapter.layers.items()]
 
     def hook(self, name: str) -> Any:
         @torch.no_grad()
@@ -40,8 +49,14 @@ class ImportanceAccumulator:
                 delta = layer.form.low_rank(args[0]).to(torch.float32)
             finally:
                 dropout.train(training)
-            self.totals[name] = self.totals.get(name, 0.0) + float(delta.square().sum())
-            self.tokens[name] = self.tokens.get(name, 0) + delta[..., 0].numel()
+            squares = delta.square().sum(-1)  # ‖ΔW x‖² per position
+            if self.mask is not None and self.mask.shape == squares.shape:
+                weights = self.mask.to(squares.dtype)
+                total, count = float((squares * weights).sum()), float(weights.sum())
+            else:
+                total, count = float(squares.sum()), float(squares.numel())
+            self.totals[name] = self.totals.get(name, 0.0) + total
+            self.tokens[name] = self.tokens.get(name, 0.0) + count
         return record
 
     def importance(self) -> dict[str, float]:
@@ -56,7 +71,7 @@ def output_importance(adapter: Any, batches: Iterable[dict[str, torch.Tensor]]) 
     """``I_i`` (normalised to sum 1) of every layer of ``adapter``, over the model inputs ``batches``
     (keyword arguments of the model's forward, e.g. ``{"input_ids": ...}``)."""
     accumulator = ImportanceAccumulator()
-    handles = [layer.register_forward_hook(accumulator.hook(name)) for name, layer in adapter.layers.items()]
+    handles = accumulator.attach(adapter)
     try:
         for batch in batches:
             adapter.model(**batch)

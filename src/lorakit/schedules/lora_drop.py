@@ -3,7 +3,8 @@ arXiv 2402.07721; seed 002).
 
 (1) Train LoRA on every targeted layer for ``drop_warmup_steps`` optimizer steps (default 20).
 (2) During those steps, every forward pass adds ``‖ΔW_i x_i‖² = ‖s·B_i A_i x_i‖²`` per token to
-layer ``i``'s importance; ``I_i = E_x ‖ΔW_i x_i‖²`` over all warm-up tokens, normalised to sum 1.
+layer ``i``'s importance; ``I_i = E_x ‖ΔW_i x_i‖²`` over all warm-up tokens (padding excluded
+through the forward's attention mask), normalised to sum 1.
 (3) Keep the smallest set of most important layers whose cumulative importance reaches
 ``drop_threshold`` (default 0.9), or the ``drop_top_n`` most important ones. (4) Every other
 layer is given one adapter shared by all dropped layers of its weight shape (fresh Kaiming
@@ -48,7 +49,7 @@ class LoraDrop(Schedule):
         if int(adapter.method_state[STEP_KEY]) >= warmup:
             return  # selection done (a resumed or reloaded adapter): plain training from here
         accumulator = self._accumulators.setdefault(adapter, ImportanceAccumulator(training_only=True))
-        handles = [layer.register_forward_hook(accumulator.hook(name)) for name, layer in adapter.layers.items()]
+        handles = accumulator.attach(adapter)
 
         @torch.no_grad()
         def after_step(*_: Any) -> None:
@@ -95,8 +96,9 @@ class LoraDrop(Schedule):
         accumulator = self._accumulators.get(adapter)
         if accumulator is None:
             return {}
-        return {f"{name}|total": torch.tensor(total, dtype=torch.float64) for name, total in accumulator.totals.items()} | \
-               {f"{name}|tokens": torch.tensor(count) for name, count in accumulator.tokens.items()}
+        sums = {"total": accumulator.totals, "tokens": accumulator.tokens}
+        return {f"{name}|{kind}": torch.tensor(value, dtype=torch.float64)
+                for kind, values in sums.items() for name, value in values.items()}
 
     def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:
         accumulator = self._accumulators.get(adapter)
@@ -104,10 +106,7 @@ class LoraDrop(Schedule):
             return
         for key, value in state.items():
             name, kind = key.rsplit("|", 1)
-            if kind == "total":
-                accumulator.totals[name] = float(value)
-            else:
-                accumulator.tokens[name] = int(value)
+            (accumulator.totals if kind == "total" else accumulator.tokens)[name] = float(value)
 
 
 SCHEDULES.register("lora_drop")(LoraDrop())
