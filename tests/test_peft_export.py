@@ -114,6 +114,8 @@ def test_cli_export_equals_the_api_export(method, tiny_model_dir, addition_data,
     assert cli("train", str(config), "--quiet").returncode == 0
     exported = cli("export", str(tmp_path / "run" / "adapter"), str(tmp_path / "cli"))
     assert exported.returncode == 0, exported.stderr
+    rank = json.loads((tmp_path / "cli" / "adapter_config.json").read_text())["r"]
+    assert f"--max-lora-rank >= {rank}" in exported.stdout
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     lorakit.load(model, tmp_path / "run" / "adapter").save_peft(tmp_path / "api")
     ours, theirs = load_file(tmp_path / "api" / WEIGHTS), load_file(tmp_path / "cli" / WEIGHTS)

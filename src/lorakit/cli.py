@@ -86,7 +86,9 @@ def _cmd_export(args: argparse.Namespace) -> None:
     recorded = adapter.model.config._name_or_path
     base_name = args.base_model_name or (EMBEDDED_HUB_ID if recorded == EMBEDDED_NAME else recorded)
     path = adapter.save_peft(args.out, base_model=base_name, dtype=dtype)
-    print(f"PEFT-format adapter written to {path} (base model: {base_name})")
+    rank = json.loads((path / "adapter_config.json").read_text())["r"]
+    print(f"PEFT-format adapter written to {path} (base model: {base_name}; rank {rank}: "
+          f"serve it with vLLM's --max-lora-rank >= {rank})")
 
 
 def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
