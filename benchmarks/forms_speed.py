@@ -41,6 +41,7 @@ from peft.optimizers import create_lorafa_optimizer
 from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit
+from init_speed import synchronize
 from lorakit.memory import saved_tensor_bytes
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -90,11 +91,6 @@ def peft_setup(method: str, rank: int, alpha: float) -> Callable[[Any], tuple[An
             return model, create_lorafa_optimizer(model, r=rank, lora_alpha=alpha, lr=1e-4)
         return model, torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     return setup
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def saved_bytes(model, batch: torch.Tensor) -> int:

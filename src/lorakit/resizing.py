@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .forms.lora import lora_scale
+from .forms.lora import initial_scale
 from .inits.base import add_products
 from .targeting import set_submodule
 
@@ -41,8 +41,7 @@ def remove_layer(adapter: Adapter, name: str) -> None:
     layer = adapter.layers.pop(name)
     initial = adapter.initial.pop(name, None)
     if initial is not None:
-        spec = adapter.spec
-        add_products(layer.base_layer.weight, [(*initial, lora_scale(spec.alpha, spec.rank, spec.rslora))])
+        add_products(layer.base_layer.weight, [(*initial, initial_scale(adapter.spec))])
     adapter.removed[name] = initial  # saved, so that loading repeats this arithmetic exactly
     set_submodule(adapter.model, name, layer.base_layer)
 

@@ -76,8 +76,7 @@ class DoRA(LowRank):
         self.magnitude.copy_(self.weight_norm(base.weight))
 
     def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
-        adapted = weight.to(torch.float32) + self.delta_weight()
-        return (self.magnitude / self.weight_norm(weight)).unsqueeze(1) * adapted
+        return (self.magnitude / self.weight_norm(weight)).unsqueeze(1) * super().merged_weight(weight)
 
     def roles(self) -> dict[str, nn.Parameter]:
         return {"A": self.A, "B": self.B, "other": self.magnitude}

@@ -31,6 +31,12 @@ def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+def initial_scale(spec: Any) -> float:
+    """The scale ``s`` a spectral init used for ``W ← W − s·B₀A₀`` (a schedule may later change a
+    layer's own scale, never this one)."""
+    return lora_scale(spec.alpha, spec.rank, spec.rslora)
+
+
 @FORMS.register("lora")
 class LowRank(Form):
     """A low-rank pair ``B A`` with scale ``s`` and input dropout."""

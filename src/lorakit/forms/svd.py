@@ -19,7 +19,6 @@ bring it back between reallocations (the schedule also keeps a masked ``λ_k`` a
 
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 from torch import nn
@@ -34,8 +33,6 @@ class SVD(LowRank):
     """``P diag(λ ⊙ mask) Q`` with scale ``s`` and input dropout (roles: ``A`` = ``Q``,
     ``B`` = ``P``, ``other`` = ``λ``)."""
 
-    rank_within_shape = True
-
     def __init__(
         self, in_features: int, out_features: int, rank: int, alpha: float,
         rslora: bool = False, dropout: float = 0.0,
@@ -43,10 +40,6 @@ class SVD(LowRank):
         super().__init__(in_features, out_features, rank, alpha, rslora=rslora, dropout=dropout)
         self.lam = nn.Parameter(torch.zeros(rank))
         self.register_buffer("mask", torch.ones(rank, dtype=torch.bool))
-
-    @classmethod
-    def build(cls, in_features: int, out_features: int, spec: Any, shared: Any) -> SVD:
-        return cls(in_features, out_features, spec.rank, spec.alpha, rslora=spec.rslora, dropout=spec.dropout)
 
     @property
     def P(self) -> nn.Parameter:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..forms.lora import lora_scale
+from ..forms.lora import initial_scale
 from ..layer import AdaptedLinear
 from ..ops.resize import compact
 from ..optim import RECIPES
@@ -51,9 +51,8 @@ def layer_terms(adapter: Any, name: str) -> list[Term]:
     B, A = adapter.layers[name].form.factors()
     terms: list[Term] = [(B, A, 1.0)]
     if name in adapter.initial:  # only spectral inits keep initial factors
-        spec = adapter.spec
         B0, A0 = adapter.initial[name]
-        terms.append((B0, A0, -lora_scale(spec.alpha, spec.rank, spec.rslora)))
+        terms.append((B0, A0, -initial_scale(adapter.spec)))
     return terms + RECIPES.get(adapter.spec.optimizer).base_update_terms(adapter, name)
 
 

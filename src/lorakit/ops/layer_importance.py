@@ -25,8 +25,9 @@ class ImportanceAccumulator:
     so evaluations that run during the warm-up do not add the eval split to the sample."""
 
     def __init__(self, training_only: bool = False) -> None:
-        self.totals: dict[str, float] = {}
-        self.tokens: dict[str, float] = {}
+        # float64 tensors on the layers' device, added without a host sync; read by importance()
+        self.totals: dict[str, torch.Tensor] = {}
+        self.tokens: dict[str, torch.Tensor] = {}
         self.training_only = training_only
         self.mask: torch.Tensor | None = None
 
@@ -52,16 +53,16 @@ class ImportanceAccumulator:
             squares = delta.square().sum(-1)  # ‖ΔW x‖² per position
             if self.mask is not None and self.mask.shape == squares.shape:
                 weights = self.mask.to(squares.dtype)
-                total, count = float((squares * weights).sum()), float(weights.sum())
+                total, count = (squares * weights).sum(), weights.sum()
             else:
-                total, count = float(squares.sum()), float(squares.numel())
-            self.totals[name] = self.totals.get(name, 0.0) + total
-            self.tokens[name] = self.tokens.get(name, 0.0) + count
+                total, count = squares.sum(), squares.new_tensor(squares.numel())
+            self.totals[name] = self.totals.get(name, 0.0) + total.double()
+            self.tokens[name] = self.tokens.get(name, 0.0) + count.double()
         return record
 
     def importance(self) -> dict[str, float]:
         """``I_i``, normalised to sum 1 (equal shares when every adapter is still zero)."""
-        means = {name: self.totals[name] / max(self.tokens[name], 1) for name in self.totals}
+        means = {name: float(self.totals[name]) / max(float(self.tokens[name]), 1.0) for name in self.totals}
         norm = sum(means.values())
         return {name: (value / norm if norm > 0 else 1.0 / len(means)) for name, value in means.items()}
 

@@ -24,6 +24,7 @@ import torch
 
 from ..errors import LorakitError
 from ..inits.base import add_products
+from ..schedules.base import next_step
 from . import RECIPES
 from .adamw import AdamW
 
@@ -74,6 +75,8 @@ class DeltaLora(AdamW):
         @torch.no_grad()
         def snapshot(*_: Any) -> None:
             step = int(state[STEP_KEY])
+            if step < first:  # no update after this step: nothing to remember
+                return
             for name, layer in adapter.layers.items():
                 factors = (layer.form.B.detach().clone(), layer.form.A.detach().clone())
                 before[name] = factors
@@ -89,7 +92,7 @@ class DeltaLora(AdamW):
                     coefficient = ratio * layer.form.scale
                     add_products(layer.base_layer.weight,
                                  [(layer.form.B, layer.form.A, coefficient), (B_old, A_old, -coefficient)])
-            state[STEP_KEY] = torch.tensor(step + 1)
+            next_step(adapter, STEP_KEY)
             before.clear()
 
         optimizer.register_step_pre_hook(snapshot)

@@ -41,6 +41,7 @@ mask in the forward pass.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any
 from weakref import WeakKeyDictionary
 
@@ -226,6 +227,10 @@ class AdaLora(Schedule):
     def importance(self, adapter: Any) -> Importance:
         """The EMAs of ``adapter`` (those of its latest optimizer)."""
         return self._importance[adapter]
+
+    def complete(self, spec: Any, total_steps: int) -> Any:
+        """The budget schedule needs ``T``: the run's step count unless given."""
+        return spec if spec.adalora_total_steps is not None else replace(spec, adalora_total_steps=total_steps)
 
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
         spec = adapter.spec

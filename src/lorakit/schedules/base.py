@@ -18,6 +18,11 @@ class Schedule:
     uses_gates = False
     resizes = False  # replaces adapter parameters mid-run (resize, remove, share)
 
+    def complete(self, spec: Any, total_steps: int) -> Any:
+        """``spec`` with what the schedule needs from the run filled in (``lorakit train`` knows the
+        number of optimizer steps before attaching); unchanged by default."""
+        return spec
+
     def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
         """Refuse ``spec`` for these target layers, before anything is attached (nothing by default)."""
 

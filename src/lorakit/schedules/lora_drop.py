@@ -97,7 +97,7 @@ class LoraDrop(Schedule):
         if accumulator is None:
             return {}
         sums = {"total": accumulator.totals, "tokens": accumulator.tokens}
-        return {f"{name}|{kind}": torch.tensor(value, dtype=torch.float64)
+        return {f"{name}|{kind}": torch.as_tensor(value, dtype=torch.float64).cpu()
                 for kind, values in sums.items() for name, value in values.items()}
 
     def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:

@@ -15,7 +15,7 @@ import copy
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,12 +69,11 @@ def _accelerator(mixed_precision: str) -> Accelerator:
     return Accelerator(mixed_precision=_mixed_precision(mixed_precision))
 
 
-def global_sum(accelerator: Accelerator, value: float) -> float:
-    """``value`` summed over all processes (itself in a single process)."""
-    if accelerator.num_processes == 1:
-        return value
-    total = accelerator.reduce(torch.tensor(float(value), dtype=torch.float64, device=accelerator.device), "sum")
-    return total.item()
+def global_sum(accelerator: Accelerator, value: float | torch.Tensor) -> float:
+    """``value`` (a number or a 0-d tensor on the device) summed over all processes."""
+    if accelerator.num_processes > 1:
+        value = accelerator.reduce(torch.as_tensor(value, dtype=torch.float64, device=accelerator.device), "sum")
+    return float(value)
 
 
 def _check_distributed(accelerator: Accelerator, spec: Any) -> None:
@@ -118,9 +117,8 @@ def train(config: RunConfig, resume: bool = False,
     total_steps = tc.max_steps or per_epoch * tc.epochs
     spec = config.method_spec()
     _check_distributed(accelerator, spec)
-    if spec.schedule == "adalora" and spec.adalora_total_steps is None:  # its budget schedule needs T
-        spec = replace(spec, adalora_total_steps=total_steps)
-        validate(spec)
+    spec = SCHEDULES.get(spec.schedule).complete(spec, total_steps)
+    validate(spec)
     set_seed(tc.seed)
     if base is not None:
         model, tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
@@ -181,7 +179,7 @@ def train(config: RunConfig, resume: bool = False,
             step, len(train_examples), tc.batch_size, tc.grad_accum, tc.seed,
             accelerator.process_index, accelerator.num_processes)]
         n_tokens = max(int(global_sum(accelerator, sum(label_tokens(b["labels"]) for b in batches))), 1)
-        step_loss = 0.0
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             # gradients are all-reduced only on the step's last micro-batch
@@ -190,8 +188,8 @@ def train(config: RunConfig, resume: bool = False,
                     loss_sum = token_loss(model, batch)
                 # DDP averages over processes; × world size makes that the sum over all tokens / n_tokens
                 accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
-            step_loss += loss_sum.item()
-        step_loss = global_sum(accelerator, step_loss)
+            step_loss += loss_sum.detach().double()
+        step_loss = global_sum(accelerator, step_loss)  # the step's one host sync for the loss
         grad_norm = None
         if tc.max_grad_norm is not None:
             grad_norm = float(accelerator.clip_grad_norm_(adapter.parameters(), tc.max_grad_norm))
