@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -13,8 +14,8 @@ import lorakit
 from lorakit.config import load_config
 from lorakit.forms.svd import SVD
 from lorakit.schedules import SCHEDULES
-from lorakit.schedules.adalora import (BETA1, BETA2, STEP_KEY, Importance, add_orthogonal_gradient,
-                                       add_orthogonal_gradients, budget, orthogonal_gradient, orthogonal_penalty)
+from lorakit.schedules.adalora import (BETA1, BETA2, STEP_KEY, Importance, add_orthogonal_gradients, budget,
+                                       orthogonal_gradient, orthogonal_penalty)
 from lorakit.train import train
 from test_contracts import train_steps
 from test_train import Crash, crash_at
@@ -155,13 +156,21 @@ def test_orthogonal_gradient_equals_autograd_of_the_penalty():
     torch.testing.assert_close(0.3 * ours[1], grad_Q, rtol=1e-5, atol=1e-4)
     task_P = torch.randn(40, 6)
     P.grad, Q.grad = task_P.clone(), None
-    add_orthogonal_gradient(P, Q, 0.3)
+    add_orthogonal_gradients([SimpleNamespace(P=P, Q=Q)], 0.3)
     torch.testing.assert_close(P.grad, task_P + grad_P, rtol=1e-5, atol=1e-4)
-    torch.testing.assert_close(Q.grad, grad_Q, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(Q.grad, grad_Q, rtol=1e-5, atol=1e-4)  # a missing gradient starts at zero
+    frozen_Q = Q.detach().clone()
+    P.grad = None
+    add_orthogonal_gradients([SimpleNamespace(P=P, Q=frozen_Q)], 0.3)
+    assert frozen_Q.grad is None  # frozen factors get no gradient
+    torch.testing.assert_close(P.grad, grad_P, rtol=1e-5, atol=1e-4)
+    stacked = orthogonal_gradient(torch.stack([P.detach(), 2 * P.detach()]), torch.stack([Q.detach(), Q.detach()]))
+    torch.testing.assert_close(stacked[0][1], orthogonal_gradient(2 * P, Q)[0])
+    torch.testing.assert_close(stacked[1][0], ours[1])
 
 
-def test_fused_updates_equal_the_per_layer_ones():
-    """The multi-tensor paths the hooks use give what the per-layer definitions give."""
+def test_fused_updates_equal_the_per_layer_definitions():
+    """The multi-tensor paths the hooks use give what the per-entry definitions (Eq. 6, 8, 9) give."""
     model = tiny_llama()
     adapter = lorakit.attach(model, "adalora", rank=4, targets=["q_proj", "k_proj", "down_proj"],
                              adalora_total_steps=10)
@@ -172,14 +181,21 @@ def test_fused_updates_equal_the_per_layer_ones():
     model(x, labels=x).loss.backward()
     forms = {name: layer.form for name, layer in adapter.layers.items()}
     grads = {name: (f.P.grad.clone(), f.Q.grad.clone()) for name, f in forms.items()}
-    fused, single = Importance(), Importance()
+    fused = Importance()
+    smoothed = {(n, k): 0.0 for n in forms for k in ("P", "lam", "Q")}
+    uncertainty = dict(smoothed)
     for _ in range(2):
         fused.update_all(forms)
-        for name, form in forms.items():
-            single.update(name, form)
-    for key in single.smoothed:
-        torch.testing.assert_close(fused.smoothed[key], single.smoothed[key], atol=0, rtol=0)
-        torch.testing.assert_close(fused.uncertainty[key], single.uncertainty[key], atol=0, rtol=0)
+        for name, factor in smoothed:
+            param = Importance.factors(forms[name])[factor]
+            sensitivity = (param * param.grad).abs().detach()
+            smoothed[name, factor] = BETA1 * smoothed[name, factor] + (1 - BETA1) * sensitivity
+            uncertainty[name, factor] = BETA2 * uncertainty[name, factor] \
+                + (1 - BETA2) * (sensitivity - smoothed[name, factor]).abs()
+    assert set(fused.smoothed) == set(smoothed)
+    for key in smoothed:
+        torch.testing.assert_close(fused.smoothed[key], smoothed[key], atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(fused.uncertainty[key], uncertainty[key], atol=1e-7, rtol=1e-6)
     add_orthogonal_gradients(list(forms.values()), 0.1)
     for name, form in forms.items():
         expected_P, expected_Q = grads[name]
@@ -217,8 +233,8 @@ def test_optimizer_without_total_steps_is_a_clear_error():
     ("lora", {"schedule": "adalora"}, "schedule 'adalora' masks the triplets"),
     ("adalora", {"init": "kaiming"}, "init 'kaiming' does not apply"),
     ("adalora", {"schedule": "simplex_lora"}, "form 'svd' is pruned by its mask"),
-    ("adalora", {"optimizer": "lora_fa"}, "cannot be combined with optimizer 'lora_fa'"),
-    ("adalora", {"optimizer": "delta_lora", "dropout": 0.0}, "cannot be combined with optimizer 'delta_lora'"),
+    ("adalora", {"optimizer": "lora_fa"}, "optimizer 'lora_fa' cannot be combined with form 'svd'"),
+    ("adalora", {"optimizer": "delta_lora", "dropout": 0.0}, "optimizer 'delta_lora' cannot be combined with form 'svd'"),
     ("lora", {"adalora_orth_reg": 0.1}, "adalora_orth_reg has no effect with schedule 'fixed'"),
     ("adalora", {"adalora_delta_t": 0}, "adalora_delta_t must be a positive integer"),
     ("adalora", {"adalora_t_init": -1}, "adalora_t_init must be a non-negative integer"),

@@ -218,7 +218,10 @@ def test_a_delta_lora_adapter_loads_onto_a_half_precision_model_but_does_not_tra
 # -- invalid combinations, refused in one place ----------------------------------------------
 @pytest.mark.parametrize("method,kwargs,needle", [
     ("vera", {"init": "olora"}, "VeRA uses shared random projections"),
-    ("vera", {"optimizer": "lora_fa"}, "VeRA has no low-rank pair"),
+    ("vera", {"optimizer": "lora_fa"}, "optimizer 'lora_fa' cannot be combined with form 'vera'"),
+    ("simplex_lora", {"optimizer": "lora_fa"}, "optimizer 'lora_fa' cannot be combined with schedule 'simplex_lora'"),
+    ("lora_drop", {"optimizer": "delta_lora", "dropout": 0.0},
+     "optimizer 'delta_lora' cannot be combined with schedule 'lora_drop'"),
     ("delta_lora", {"dropout": 0.05}, "Delta-LoRA needs adapter dropout 0"),
     ("delta_lora", {"form": "dora"}, "form 'dora' is not supported"),
     ("delta_lora", {"delta_ratio": 0.0}, "delta_ratio (Delta-LoRA λ) must be > 0"),

@@ -32,6 +32,7 @@ from .methods import MethodSpec, resolve
 from .optim import RECIPES
 from .resizing import remove_layer
 from .schedules import SCHEDULES
+from .schedules.base import gated_forms
 from .targeting import find_targets, set_submodule
 
 WEIGHTS_FILE = "lorakit_adapter.safetensors"
@@ -92,7 +93,7 @@ class Adapter:
         the method alone."""
         groups = RECIPES.get(self.spec.optimizer).param_groups(self.forms(), self.spec, lr, weight_decay)
         if SCHEDULES.get(self.spec.schedule).uses_gates:
-            gates = [form.gate for form in self.forms() if getattr(form, "gate", None) is not None]
+            gates = [form.gate for form in gated_forms(self)]
             gate_lr = lr if self.spec.gate_lr is None else self.spec.gate_lr
             groups.append({"params": gates, "lr": gate_lr, "weight_decay": 0.0, "name": "gate"})
         return groups
@@ -239,9 +240,22 @@ def _check_ranks(targets: list[tuple[str, nn.Linear]], spec: MethodSpec) -> None
             )
 
 
-def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared: Any) -> AdaptedLinear:
+def new_form(spec: MethodSpec, base: nn.Linear, shared: Any, training: bool) -> Form:
+    """A fresh form of ``spec`` for the base layer ``base``, on its device, in ``training`` mode."""
     form = FORMS.get(spec.form).build(base.in_features, base.out_features, spec, shared)
-    layer = AdaptedLinear(base, form.to(base.weight.device))
+    return form.to(base.weight.device).train(training)
+
+
+def initial_factors(form: Form, weight: torch.Tensor, spec: MethodSpec, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, A)`` drawn by ``spec``'s init for ``form`` on the base ``weight``, from the generator of
+    ``(spec.seed, key)`` (``key``: the layer's name, or another name for a second adapter)."""
+    generator = layer_generator(spec.seed, key, weight.device)
+    return INITS.get(spec.init).factors(weight.detach().to(torch.float32), form.rank, form.scale,
+                                        generator, {"pissa_niter": spec.pissa_niter})
+
+
+def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared: Any) -> AdaptedLinear:
+    layer = AdaptedLinear(base, new_form(spec, base, shared, base.training))
     layer.train(base.training)  # a model attached in eval mode stays in eval mode (no dropout)
     set_submodule(model, name, layer)
     return layer
@@ -249,18 +263,15 @@ def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared
 
 def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Factors | None) -> Factors:
     """Set every layer's factors (fresh from the init, or ``loaded`` initial ones) and rewrite W."""
-    init = INITS.get(spec.init)
     initial: Factors = {}
     if not FORMS.get(spec.form).has_factors:
         return initial
     for name, layer in layers.items():
         weight = layer.base_layer.weight
         if loaded is None:
-            generator = layer_generator(spec.seed, name, weight.device)
-            B, A = init.factors(weight.detach().to(torch.float32), spec.rank, layer.form.scale,
-                                generator, {"pissa_niter": spec.pissa_niter})
+            B, A = initial_factors(layer.form, weight, spec, name)
             layer.form.set_factors(B, A)
-        if init.rewrites_base:
+        if INITS.get(spec.init).rewrites_base:
             B0, A0 = ((t.to(weight.device) for t in loaded[name]) if loaded is not None
                       else (B.clone(), A.clone()))
             subtract_product(weight, B0, A0, layer.form.scale)

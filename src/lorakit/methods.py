@@ -213,10 +213,7 @@ def _validate_schedule(spec: MethodSpec) -> None:
         if spec.form != "lora":
             raise LorakitError(f"schedule {spec.schedule!r} resizes low-rank pairs; form {spec.form!r} is not "
                                "supported (use form='lora')")
-        if spec.optimizer in ("lora_fa", "delta_lora"):
-            raise LorakitError(f"schedule {spec.schedule!r} cannot be combined with optimizer {spec.optimizer!r} "
-                               "(a frozen A cannot learn grown directions; Delta-LoRA's W update assumes "
-                               "a fixed pair)")
+        _refuse_fixed_pair(spec, f"schedule {spec.schedule!r}, which resizes, removes or shares adapters")
 
 
 def _validate_adalora(spec: MethodSpec) -> None:
@@ -232,15 +229,21 @@ def _validate_adalora(spec: MethodSpec) -> None:
                            f"{t_init} + {t_final} (defaults: ⌊T/10⌋ and ⌊T/5⌋)")
 
 
+def _refuse_fixed_pair(spec: MethodSpec, what: str) -> None:
+    """Refuse ``what`` (a form or schedule that breaks per-layer pairs) for recipes that need them."""
+    reason = RECIPES.get(spec.optimizer).fixed_pair
+    if reason is not None:
+        raise LorakitError(f"optimizer {spec.optimizer!r} cannot be combined with {what}: {spec.optimizer} {reason}; "
+                           "use optimizer 'adamw' or 'lora_plus'")
+
+
 def _validate_combination(spec: MethodSpec) -> None:
     """Method-specific options and the combinations of components that make no sense."""
     if spec.form == "vera":
         if spec.init != "kaiming":
             raise LorakitError(f"VeRA uses shared random projections; init {spec.init!r} does not apply "
                                "(use init='kaiming')")
-        if spec.optimizer in ("lora_fa", "delta_lora"):
-            raise LorakitError(f"VeRA has no low-rank pair B A for optimizer {spec.optimizer!r}; "
-                               "use 'adamw' or 'lora_plus'")
+        _refuse_fixed_pair(spec, "form 'vera', which has no trainable pair B A")
         if spec.rslora:
             raise LorakitError("VeRA has no α/r scale for rslora to change; drop rslora")
     if spec.form == "svd":
@@ -250,9 +253,7 @@ def _validate_combination(spec: MethodSpec) -> None:
         if spec.schedule not in ("adalora", "fixed"):
             raise LorakitError(f"form 'svd' is pruned by its mask, not resized; schedule {spec.schedule!r} is not "
                                "supported (use schedule='adalora' or 'fixed')")
-        if spec.optimizer in ("lora_fa", "delta_lora"):
-            raise LorakitError(f"form 'svd' cannot be combined with optimizer {spec.optimizer!r} (AdaLoRA trains "
-                               "P, λ and Q together; Delta-LoRA's W update assumes a plain pair B A)")
+        _refuse_fixed_pair(spec, "form 'svd', which trains P, λ and Q under a mask")
     if spec.init == "gaussian" and spec.form != "svd":
         raise LorakitError(f"init 'gaussian' draws both factors at random, which would change the outputs of form "
                            f"{spec.form!r} at attach; it belongs to form 'svd' (use init='kaiming')")

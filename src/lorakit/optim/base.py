@@ -30,10 +30,14 @@ class Recipe:
     the optimizer, and keep per-adapter state (saved with the adapter).
 
     ``changes_base``: the recipe updates the frozen base weights during training (Delta-LoRA);
-    checkpoints then also hold the exact base weights of the adapted layers.
+    checkpoints then also hold the exact base weights of the adapted layers. ``fixed_pair``: what
+    the recipe does with every layer's own low-rank pair ``B A`` that needs it kept at its
+    attached rank (``None``: any form and schedule); ``validate`` refuses the forms and schedules
+    that do not keep it.
     """
 
     changes_base = False
+    fixed_pair: str | None = None
     base_update_note: str | None = None  # recorded in the saved adapter's JSON when set
 
     def check_targets(self, spec: Any, targets: list[tuple[str, nn.Linear]]) -> None:

@@ -54,6 +54,7 @@ class DeltaLora(AdamW):
     """AdamW plus the in-place update of each adapted base weight after every step."""
 
     changes_base = True
+    fixed_pair = "moves W by the change of each layer's own pair B A"
     base_update_note = ("Delta-LoRA changed the base weights while training: W = W_K + λ·s·(B A − B_K A_K), "
                         "with B_K, A_K saved as <layer>.delta_start.B/A; lorakit.load rebuilds W from the "
                         "unmodified base (to float rounding), and `lorakit merge` exports the adapted model "

@@ -40,6 +40,8 @@ def project_gradient(B: torch.nn.Parameter, gram_inverse: torch.Tensor, scale: f
 class LoraFA(AdamW):
     """AdamW over every trainable parameter but ``A``, which stays at its init."""
 
+    fixed_pair = "freezes A and trains only B of each layer's pair B A"
+
     def prepare(self, adapter: Any) -> None:
         for form in adapter.forms():
             form.roles()["A"].requires_grad_(False)

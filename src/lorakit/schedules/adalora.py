@@ -90,43 +90,32 @@ def orthogonal_penalty(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def orthogonal_gradient(P: torch.Tensor, Q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(∂R/∂P, ∂R/∂Q) = (4·P(PᵀP − I), 4·(QQᵀ − I)Q)`` in float32."""
+    """``(∂R/∂P, ∂R/∂Q) = (4·P(PᵀP − I), 4·(QQᵀ − I)Q)`` in float32; stacked ``P``, ``Q`` (leading
+    batch dimension) give the gradients of each pair."""
     P, Q = P.to(torch.float32), Q.to(torch.float32)
-    eye = torch.eye(P.shape[1], device=P.device)
-    return 4.0 * P @ (P.T @ P - eye), 4.0 * (Q @ Q.T - eye) @ Q
-
-
-@torch.no_grad()
-def add_orthogonal_gradient(P: torch.nn.Parameter, Q: torch.nn.Parameter, gamma: float) -> None:
-    """``P.grad += γ·∂R/∂P``, ``Q.grad += γ·∂R/∂Q`` (a missing gradient starts at zero)."""
-    for param, grad in zip((P, Q), orthogonal_gradient(P, Q)):
-        if not param.requires_grad:
-            continue
-        if param.grad is None:
-            param.grad = (gamma * grad).to(param.dtype)
-        else:
-            param.grad.add_(grad.to(param.grad.dtype), alpha=gamma)
+    eye = torch.eye(P.shape[-1], device=P.device)
+    return 4.0 * P @ (P.mT @ P - eye), 4.0 * (Q @ Q.mT - eye) @ Q
 
 
 @torch.no_grad()
 def add_orthogonal_gradients(forms: list[Any], gamma: float) -> None:
-    """``add_orthogonal_gradient`` for many layers: layers whose ``P`` and ``Q`` have the same
-    shapes are stacked and handled by batched matrix products."""
+    """``∇P += γ·∂R/∂P``, ``∇Q += γ·∂R/∂Q`` for every form (a missing gradient starts at zero;
+    frozen factors are skipped). Layers whose ``P`` and ``Q`` have the same shapes are stacked
+    and handled by one batched product."""
     groups: dict[tuple[Any, ...], list[Any]] = {}
     for form in forms:
-        ready = form.P.grad is not None and form.Q.grad is not None and form.P.requires_grad and form.Q.requires_grad
-        if not ready:
-            add_orthogonal_gradient(form.P, form.Q, gamma)
-            continue
         groups.setdefault((tuple(form.P.shape), tuple(form.Q.shape), form.P.device), []).append(form)
     for members in groups.values():
-        P = torch.stack([f.P.detach() for f in members]).to(torch.float32)
-        Q = torch.stack([f.Q.detach() for f in members]).to(torch.float32)
-        eye = torch.eye(P.shape[2], device=P.device)
-        grad_P = (4.0 * gamma) * (P @ (P.mT @ P - eye))
-        grad_Q = (4.0 * gamma) * ((Q @ Q.mT - eye) @ Q)
-        torch._foreach_add_([f.P.grad for f in members], [g.to(f.P.grad.dtype) for f, g in zip(members, grad_P)])
-        torch._foreach_add_([f.Q.grad for f in members], [g.to(f.Q.grad.dtype) for f, g in zip(members, grad_Q)])
+        grads = orthogonal_gradient(torch.stack([f.P.detach() for f in members]),
+                                    torch.stack([f.Q.detach() for f in members]))
+        for factor, grad in zip(("P", "Q"), grads):
+            params = [getattr(f, factor) for f in members]
+            for param in params:
+                if param.requires_grad and param.grad is None:
+                    param.grad = torch.zeros_like(param)
+            trained = [(p.grad, g.to(p.dtype)) for p, g in zip(params, grad) if p.requires_grad]
+            if trained:
+                torch._foreach_add_(*map(list, zip(*trained)), alpha=gamma)
 
 
 class Importance:
@@ -144,38 +133,20 @@ class Importance:
         return {"P": form.P, "lam": form.lam, "Q": form.Q}
 
     @torch.no_grad()
-    def update(self, name: str, form: Any) -> None:
-        """One EMA step from the current gradients (``I = 0`` where a factor has none)."""
-        for factor, param in self.factors(form).items():
-            weight = param.detach().to(torch.float32)
-            sensitivity = (weight * param.grad.to(torch.float32)).abs_() if param.grad is not None \
-                else torch.zeros_like(weight)
-            key = (name, factor)
-            if key not in self.smoothed:
-                self.smoothed[key], self.uncertainty[key] = torch.zeros_like(weight), torch.zeros_like(weight)
-            smoothed = self.smoothed[key].mul_(self.beta1).add_(sensitivity, alpha=1 - self.beta1)
-            self.uncertainty[key].mul_(self.beta2).add_(sensitivity.sub_(smoothed).abs_(), alpha=1 - self.beta2)
-
-    @torch.no_grad()
     def update_all(self, forms: dict[str, Any]) -> None:
-        """``update`` for every layer at once, with fused multi-tensor operations (the same
-        arithmetic, a few kernel launches instead of a dozen per layer)."""
+        """One EMA step for every layer's entries from the current gradients (``I = 0`` where a
+        factor has none), with fused multi-tensor operations."""
         keys, weights, grads = [], [], []
         for name, form in forms.items():
             for factor, param in self.factors(form).items():
-                if param.grad is None:
-                    self.update(name, form)  # rare: keep the per-tensor path for a missing gradient
-                    break
-            else:
-                for factor, param in self.factors(form).items():
-                    keys.append((name, factor))
-                    weights.append(param.detach().to(torch.float32))
-                    grads.append(param.grad.to(torch.float32))
+                weight = param.detach().to(torch.float32)
+                keys.append((name, factor))
+                weights.append(weight)
+                grads.append(param.grad.to(torch.float32) if param.grad is not None else torch.zeros_like(weight))
+                if keys[-1] not in self.smoothed:
+                    self.smoothed[keys[-1]], self.uncertainty[keys[-1]] = torch.zeros_like(weight), torch.zeros_like(weight)
         if not keys:
             return
-        for key, weight in zip(keys, weights):
-            if key not in self.smoothed:
-                self.smoothed[key], self.uncertainty[key] = torch.zeros_like(weight), torch.zeros_like(weight)
         smoothed = [self.smoothed[key] for key in keys]
         uncertainty = [self.uncertainty[key] for key in keys]
         sensitivity = torch._foreach_mul(weights, grads)

@@ -68,9 +68,7 @@ class LoraDrop(Schedule):
     @staticmethod
     def drop(adapter: Any, importance: dict[str, float]) -> None:
         """Keep the selected layers; the others share one fresh adapter per weight shape."""
-        from ..adapter import layer_generator
-        from ..forms import FORMS
-        from ..inits import INITS
+        from ..adapter import initial_factors, new_form, share_forms
 
         spec = adapter.spec
         kept = set(select_layers(importance, spec.drop_threshold or DEFAULT_THRESHOLD, spec.drop_top_n))
@@ -79,18 +77,13 @@ class LoraDrop(Schedule):
             if name in kept:
                 continue
             shape = tuple(layer.base_layer.weight.shape)
-            if shape not in owners:  # the first dropped layer of this shape owns the shared adapter
-                owners[shape] = name
-                weight = layer.base_layer.weight
-                form = FORMS.get(spec.form).build(layer.in_features, layer.out_features, spec, None)
-                form = form.to(weight.device).train(layer.training)
-                B, A = INITS.get(spec.init).factors(weight.detach().to(torch.float32), form.rank, form.scale,
-                                                    layer_generator(spec.seed, f"{name}@shared", weight.device), {})
-                form.set_factors(B, A)
-                layer.form = form  # new parameters: the optimizer refresh gives them fresh state
-            else:
-                layer.form = adapter.layers[owners[shape]].form
-                adapter.shared[name] = owners[shape]
+            if shape in owners:
+                share_forms(adapter, {name: owners[shape]})
+                continue
+            owners[shape] = name  # the first dropped layer of this shape owns the shared adapter
+            form = new_form(spec, layer.base_layer, None, layer.training)
+            form.set_factors(*initial_factors(form, layer.base_layer.weight, spec, f"{name}@shared"))
+            layer.form = form  # new parameters: the optimizer refresh gives them fresh state
 
     def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
         accumulator = self._accumulators.get(adapter)
