@@ -136,3 +136,17 @@ def test_cli_export_of_a_missing_adapter_is_one_line_exit_2(tmp_path):
     missing = cli("export", str(tmp_path / "nowhere"), str(tmp_path / "out"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert len(missing.stderr.strip().splitlines()) == 1 and "nowhere" in missing.stderr
+
+
+def test_the_embedded_model_is_recorded_by_its_hub_id(tmp_path):
+    """PEFT and vLLM resolve ``base_model_name_or_path``; the embedded GGUF's own name means nothing
+    to them, so the API export (like the CLI's) records the model it was made from."""
+    from lorakit.models import EMBEDDED_HUB_ID, EMBEDDED_NAME
+
+    model = tiny_llama()
+    model.config._name_or_path = EMBEDDED_NAME
+    adapter = lorakit.attach(model, "lora", rank=4, targets=TARGETS)
+    config = json.loads((adapter.save_peft(tmp_path / "peft") / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == EMBEDDED_HUB_ID
+    config = json.loads((adapter.save_peft(tmp_path / "named", base_model="me/mine") / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "me/mine"

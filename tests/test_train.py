@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -159,6 +160,18 @@ def test_existing_run_needs_resume_and_same_config(tiny_model_dir, addition_data
         run(tiny_model_dir, addition_data, out, "train.max_steps=3")
     with pytest.raises(lorakit.LorakitError, match="different config"):
         run(tiny_model_dir, addition_data, out, "train.max_steps=3", "train.lr=1e-3", resume=True)
+
+
+def test_resume_without_a_checkpoint(tiny_model_dir, addition_data, tmp_path, capsys):
+    """--resume where nothing was saved yet starts the run; a finished run whose checkpoints are
+    gone is refused, never trained over."""
+    fresh = run(tiny_model_dir, addition_data, tmp_path / "new", "train.max_steps=2", "train.save_every=null",
+                resume=True)
+    assert "no checkpoint" in capsys.readouterr().err and fresh["steps"] == 2
+    shutil.rmtree(tmp_path / "new" / "checkpoints")
+    with pytest.raises(lorakit.LorakitError, match="finished run without checkpoints"):
+        run(tiny_model_dir, addition_data, tmp_path / "new", "train.max_steps=2", "train.save_every=null",
+            resume=True)
 
 
 def test_adapter_from_another_base_model_is_refused(tiny_model_dir, addition_data, tmp_path):

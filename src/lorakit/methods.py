@@ -147,8 +147,9 @@ def validate(spec: MethodSpec) -> None:
                 f"lr_ratio={spec.lr_ratio} has no effect with optimizer {spec.optimizer!r}; "
                 "set optimizer='lora_plus' or drop lr_ratio"
             )
-    if spec.pissa_niter is not None and (spec.init != "pissa" or spec.pissa_niter < 0):
-        raise LorakitError("pissa_niter needs init='pissa' and a value >= 0 (omit it for the exact SVD)")
+    _check_values(spec)
+    if spec.pissa_niter is not None and spec.init != "pissa":
+        raise LorakitError("pissa_niter needs init='pissa' (omit it for the exact SVD)")
     _validate_combination(spec)
 
 
@@ -179,23 +180,43 @@ SCHEDULE_OPTIONS = {
     "drop_threshold": ("lora_drop",),
     "drop_top_n": ("lora_drop",),
 }
-REAL_OPTIONS = ("gate_lr", "adalora_orth_reg", "drop_threshold")  # the others are integers
-NON_NEGATIVE_OPTIONS = ("adalora_t_init", "adalora_t_final", "adalora_orth_reg", "selection_warmup")  # the others are > 0
+# numeric options beyond rank/alpha/dropout/lr_ratio: (real number?, non-negative? else positive)
+NUMBER_OPTIONS = {
+    "pissa_niter": (False, True), "vera_d_initial": (True, False), "delta_ratio": (True, False),
+    "delta_start_step": (False, True), "gate_lr": (True, False), "weight_lora_k": (False, False),
+    "selection_steps": (False, False), "selection_warmup": (False, True), "simplex_every": (False, False),
+    "simplex_reallocations": (False, False), "adalora_target_rank": (False, False),
+    "adalora_t_init": (False, True), "adalora_t_final": (False, True), "adalora_delta_t": (False, False),
+    "adalora_total_steps": (False, False), "adalora_orth_reg": (True, True), "drop_warmup_steps": (False, False),
+    "drop_threshold": (True, False), "drop_top_n": (False, False), "seed": (False, True),
+}
+OPTION_LABELS = {"delta_ratio": "delta_ratio (Delta-LoRA λ)"}
+FLAG_OPTIONS = ("rslora", "lora_fa_projected")
+
+
+def _check_values(spec: MethodSpec) -> None:
+    """Every numeric option set is a finite number (an integer where counted) in its range, every
+    flag a bool."""
+    for option, (real, non_negative) in NUMBER_OPTIONS.items():
+        value = getattr(spec, option)
+        if value is None:
+            continue
+        kind = (int, float) if real else int
+        if isinstance(value, bool) or not isinstance(value, kind) or not math.isfinite(value) \
+                or not (value >= 0 if non_negative else value > 0):
+            raise LorakitError(f"{OPTION_LABELS.get(option, option)} must be a "
+                               f"{'non-negative' if non_negative else 'positive'} "
+                               f"{'finite number' if real else 'integer'}, got {value!r}")
+    for option in FLAG_OPTIONS:
+        if not isinstance(getattr(spec, option), bool):
+            raise LorakitError(f"{option} must be true or false, got {getattr(spec, option)!r}")
 
 
 def _validate_schedule(spec: MethodSpec) -> None:
     for option, schedules in SCHEDULE_OPTIONS.items():
-        value = getattr(spec, option)
-        if value is None:
-            continue
-        if spec.schedule not in schedules:
+        if getattr(spec, option) is not None and spec.schedule not in schedules:
             raise LorakitError(f"{option} has no effect with schedule {spec.schedule!r}; "
                                f"it belongs to {', '.join(schedules)}")
-        real, non_negative = option in REAL_OPTIONS, option in NON_NEGATIVE_OPTIONS
-        if isinstance(value, bool) or not isinstance(value, (int, float) if real else int) \
-                or not (value >= 0 if non_negative else value > 0):
-            raise LorakitError(f"{option} must be a {'non-negative' if non_negative else 'positive'} "
-                               f"{'number' if real else 'integer'}, got {value!r}")
     if spec.drop_threshold is not None and spec.drop_top_n is not None:
         raise LorakitError("drop_threshold and drop_top_n are two ways to choose the kept layers; set one of them")
     if spec.schedule in ("weight_lora", "weight_lora_plus") and spec.selection_warmup is not None:
@@ -263,10 +284,6 @@ def _validate_combination(spec: MethodSpec) -> None:
         _needs(spec, "lora_fa_projected", "optimizer", "lora_fa")
     if spec.delta_ratio is not None or spec.delta_start_step is not None:
         _needs(spec, "delta_ratio/delta_start_step", "optimizer", "delta_lora")
-        if spec.delta_ratio is not None and not spec.delta_ratio > 0:
-            raise LorakitError(f"delta_ratio (Delta-LoRA λ) must be > 0, got {spec.delta_ratio!r}")
-        if spec.delta_start_step is not None and spec.delta_start_step < 0:
-            raise LorakitError(f"delta_start_step must be >= 0, got {spec.delta_start_step!r}")
     _validate_schedule(spec)
     if spec.optimizer == "delta_lora":
         if spec.dropout != 0:

@@ -72,8 +72,8 @@ def split_records(records: Sequence[Record], train_size: int | None, eval_size: 
     if empty is not None:
         raise LorakitError(
             f"the {empty} split is empty: there are {len(rows)} records but the split asks for "
-            f"offset={offset}, train_size={train_size}, eval_size={eval_size}; "
-            f"use smaller sizes or more data"
+            f"offset={offset}, train_size={train_size}, eval_size={eval_size}; use smaller sizes or more data "
+            f"(e.g. data.train_size=null data.eval_size={max(1, (len(rows) - offset) // 5)}: the last fifth evaluates)"
         )
     return train, evaluation
 

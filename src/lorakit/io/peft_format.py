@@ -114,12 +114,16 @@ def peft_tensors(adapter: Any, dtype: torch.dtype = torch.float32) -> tuple[dict
 def export_peft(adapter: Any, path: str | Path, base_model: str | None = None,
                 dtype: torch.dtype = torch.float32) -> Path:
     """Write ``adapter`` to the folder ``path`` (atomically) in PEFT's LoRA format; ``base_model``
-    is recorded as ``base_model_name_or_path`` (default: the model's own ``_name_or_path``)."""
+    is recorded as ``base_model_name_or_path`` (default: the model's own ``_name_or_path``; for the
+    embedded model, the hub id its GGUF was made from)."""
+    from ..models import EMBEDDED_HUB_ID, EMBEDDED_NAME
+
     if not adapter.layers:
         raise ValueError("the adapter has no adapted layers left to export")
     tensors, rank = peft_tensors(adapter, dtype)
     if base_model is None:
         base_model = getattr(getattr(adapter.model, "config", None), "_name_or_path", None) or None
+        base_model = EMBEDDED_HUB_ID if base_model == EMBEDDED_NAME else base_model
     config = peft_config(adapter, rank, list(adapter.layers), base_model)
     with atomic_directory(path) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

@@ -4,9 +4,10 @@
 ``symmetric`` mode (the OLoRA+ authors' notebook, seed 000): ``η_A = η/λ``, ``η_B = η·λ``, an
 effective ratio of ``λ²``. Any ``λ > 0`` is accepted: OLoRA+ studies ``λ < 1`` ("refinement",
 ``A`` learns faster) as well as ``λ > 1`` ("exploration"). Vector parameters of a form
-(magnitudes, gates: role ``other``) take ``B``'s rate, as in PEFT, but no weight decay (PEFT's
+(DoRA's magnitude: role ``other``) take ``B``'s rate, as in PEFT, but no weight decay (PEFT's
 ``create_loraplus_optimizer`` decays DoRA's magnitude, which pulls whole rows of the adapted
-weight towards 0).
+weight towards 0). The rank schedules' gates ``ω`` are not the recipe's: the ``Adapter`` gives
+them their own group at ``gate_lr``.
 """
 
 from __future__ import annotations

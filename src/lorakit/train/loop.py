@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -89,12 +90,19 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if not resume and ((output_dir / "checkpoints").exists() or (output_dir / "adapter").exists()):
-        raise LorakitError(
-            f"{output_dir} already holds a run; pass --resume to continue it "
-            "or choose another train.output_dir"
-        )
+    """The checkpoint to resume from; ``None`` starts a fresh run (with ``resume``, only where no
+    run has been saved yet: a finished run without checkpoints is never overwritten)."""
+    if not resume:
+        if (output_dir / "checkpoints").exists() or (output_dir / "adapter").exists():
+            raise LorakitError(f"{output_dir} already holds a run; pass --resume to continue it "
+                               "or choose another train.output_dir")
+        return None
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        if (output_dir / "adapter").exists():
+            raise LorakitError(f"{output_dir} holds a finished run without checkpoints, so there is nothing "
+                               "to resume; choose another train.output_dir")
+        print(f"lorakit: no checkpoint in {output_dir}; starting a fresh run", file=sys.stderr)
     return checkpoint
 
 
