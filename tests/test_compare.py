@@ -86,6 +86,9 @@ def test_failed_run_is_a_row_not_a_gap(tiny_model_dir, addition_data, tmp_path, 
     (lambda r: r["eval"].update(max_new_tokens=0), "eval.max_new_tokens"),
     (lambda r: r["compare"].update(baseline="nope"), "compare.baseline 'nope'"),
     (lambda r: r["compare"].update(runs=[{"method": {"name": "olora", "lr_ratio": 2}}]), "lr_ratio=2.0 has no effect"),
+    (lambda r: r["compare"].update(runs=[{"method": None}]), "compare.runs[0] must be a method name"),
+    (lambda r: r["compare"].update(output_dir=""), "compare.output_dir is empty"),
+    (lambda r: r["compare"].__setitem__(7, 1), "unknown config key 'compare.7'"),
 ])
 def test_bad_compare_config_fails_before_training(edit, needle, tiny_model_dir, addition_data, tmp_path, capsys):
     out = tmp_path / "cmp"
@@ -111,7 +114,7 @@ def test_records_without_output_fail_before_training(tiny_model_dir, tmp_path, c
 
 
 def test_demo_config_is_valid():
-    from lorakit.experiments.spec import read_yaml
+    from lorakit.config import read_yaml
 
     raw = read_yaml(Path(lorakit.__file__).parent / "experiments" / "demo.yaml")
     base, spec, runs = load_compare_config(raw)
@@ -146,3 +149,16 @@ def test_compare_runs_the_other_forms_and_recipes(tiny_model_dir, addition_data,
     assert "](ranks.png)" in report
     summary = json.loads((tmp_path / "cmp" / "runs" / "simplex_lora" / "seed-0" / "summary.json").read_text())
     assert sum(summary["final_ranks"].values()) == sum(float(line.split("|")[2]) for line in table[:-1])
+
+
+def test_cli_points_a_compare_config_to_compare_and_reads_demo_paths_verbatim(tiny_model_dir, addition_data,
+                                                                               tmp_path, capsys):
+    path = tmp_path / "compare.yaml"
+    path.write_text(yaml.safe_dump(compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")))
+    assert main(["train", str(path)]) == 2
+    assert "run it with lorakit compare" in capsys.readouterr().err
+    assert main(["demo", "--data", "#x: y.json"]) == 2  # a path, not a YAML value
+    assert "data file #x: y.json does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0 and capsys.readouterr().out.startswith("lorakit ")

@@ -201,6 +201,8 @@ def test_disabled_context_gives_base_outputs_for_kaiming():
     ({"method": "lora", "optimizer": "sgdw"}, "unknown optimizer recipe 'sgdw'"),
     ({"method": "lora", "rank": 65}, "rank 65 exceeds layer"),
     ({"method": "lora", "targets": ["qkv"]}, "match no nn.Linear"),
+    ({"method": "lora", "targets": ["q_proj", "bogus"]}, "target 'bogus' of .* matches no nn.Linear"),
+    ({"method": "lora", "targets": ["lm_head"]}, "match no nn.Linear"),
     ({"method": "lora_plus", "lr_ratio": 0.0}, "must be a finite number > 0"),
     ({"method": "lora_plus", "lr_ratio": -2}, "must be a finite number > 0"),
     ({"method": "lora", "lr_ratio": 2.0}, "has no effect"),

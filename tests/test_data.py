@@ -141,6 +141,22 @@ def test_bad_value_names_record_and_field(tmp_path, field, value):
     assert "data.jsonl" in message and "record 3" in message and f"'{field}'" in message
 
 
+@pytest.mark.parametrize("field", ["instruction", "output"])
+def test_blank_text_is_an_empty_field(tmp_path, field):
+    records = [dict(RECORDS[0]) for _ in range(3)]
+    records[2][field] = "  \n "
+    assert f"record 2 has an empty '{field}' field" in error(write(tmp_path / "d.json", records))
+
+
+def test_byte_order_marks_and_other_encodings(tmp_path):
+    (tmp_path / "bom.csv").write_bytes("instruction,input,output\na,,b\n".encode("utf-8-sig"))
+    assert load_records(str(tmp_path / "bom.csv")) == [{"instruction": "a", "input": "", "output": "b"}]
+    (tmp_path / "u16.json").write_bytes(json.dumps([RECORDS[0]]).encode("utf-16"))
+    assert "not UTF-8 text" in error(tmp_path / "u16.json")
+    (tmp_path / "dir.json").mkdir()
+    assert "is a folder" in error(tmp_path / "dir.json")
+
+
 def test_short_csv_row(tmp_path):
     (tmp_path / "d.csv").write_text("instruction,input,output\na,,b\nc\n")
     message = error(tmp_path / "d.csv")

@@ -237,7 +237,7 @@ def test_a_delta_lora_adapter_loads_onto_a_half_precision_model_but_does_not_tra
     ("vera", {"rslora": True}, "VeRA has no α/r scale"),
     ("olora", {"lr_ratio_mode": "symmetric"}, "lr_ratio_mode='symmetric' has no effect with optimizer 'adamw'"),
     ("lora_plus", {"lr_ratio": float("inf")}, "must be a finite number > 0"),
-    ("lora", {"alpha": "16"}, "alpha must be a number > 0"),
+    ("lora", {"alpha": "16"}, "alpha must be a finite number > 0"),
     ("lora", {"dropout": "0.1"}, "dropout must be a number in [0, 1)"),
     ("lora_drop", {"drop_top_n": 2, "drop_threshold": 0.5}, "set one of them"),
     ("weight_lora", {"selection_steps": 3, "selection_warmup": 3}, "must be smaller than selection_steps"),

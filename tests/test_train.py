@@ -162,6 +162,15 @@ def test_existing_run_needs_resume_and_same_config(tiny_model_dir, addition_data
         run(tiny_model_dir, addition_data, out, "train.max_steps=3", "train.lr=1e-3", resume=True)
 
 
+def test_resume_with_a_list_of_targets(tiny_model_dir, addition_data, tmp_path):
+    """The checkpoint stores the config as JSON (lists); the same config given with a targets list
+    (a tuple in memory, as every YAML list of targets) is still the same config."""
+    extra = ("method.targets=[q_proj,v_proj]",)
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, callbacks=[crash_at(4)])
+    assert run(tiny_model_dir, addition_data, tmp_path / "cut", *extra, resume=True)["steps"] > 4
+
+
 def test_resume_without_a_checkpoint(tiny_model_dir, addition_data, tmp_path, capsys):
     """--resume where nothing was saved yet starts the run; a finished run whose checkpoints are
     gone is refused, never trained over."""
@@ -229,6 +238,23 @@ def test_cli_kill_and_resume_equals_uninterrupted(tiny_model_dir, addition_data,
     (["train", "{config}", "data.train_size=100", "data.eval_size=0", "data.offset=64"], "train"),
     (["train", "missing.yaml"], "missing.yaml does not exist"),
     (["eval", "{config}", "--adapter", "{other_adapter}"], "different base model"),
+    (["train", "{config}", "train.lr=.inf"], "train.lr must be a finite number > 0"),
+    (["train", "{config}", "train.max_grad_norm=0"], "train.max_grad_norm must be a finite number > 0, or null"),
+    (["train", "{config}", "train.weight_decay=-1"], "train.weight_decay must be a finite number >= 0"),
+    (["train", "{config}", "train.seed=-1"], "seed must be a non-negative integer"),
+    (["train", "{config}", "train.seed=4294967296"], "train.seed must be in 0..2**32-1"),
+    (["train", "{config}", "train.output_dir="], "train.output_dir is empty"),
+    (["train", "{config}", "train.output_dir={afile}"], "cannot use train.output_dir"),
+    (["train", "{config}", "method.name=null"], "method.name must be a preset name"),
+    (["train", "{config}", "method.name=weight_lora", "method.lr_ratio=null", "method.selection_steps=500"],
+     "the run has only"),
+    (["train", "{config}", "eval.metrics=[]"], "eval.metrics is empty"),
+    (["train", "{config}", "eval.metrics=bleu"], "must be a list, e.g. [a, b]"),
+    (["train", "{tmp}"], "is a folder; pass a YAML file"),
+    (["train", "{latin1}"], "is not UTF-8 text"),
+    (["train", "{intkey}"], "unknown config key 'train.1'"),
+    (["eval", "{config}", "--adapter", "{tmp}/none"], "is not a lorakit adapter folder"),
+    (["eval", "{config}", "--out", "{afile}"], "is a file; --out takes a folder"),
 ])
 def test_cli_bad_input_is_one_line_exit_2(args, needle, tiny_model_dir, addition_data, tmp_path, capsys):
     from lorakit.cli import main
@@ -237,7 +263,11 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, tiny_model_dir, addition
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "out")
     other = lorakit.attach(tiny_llama(seed=3, vocab_size=200), "lora", targets="all-linear", rank=2)
     other.save(tmp_path / "other")
-    args = [a.format(config=config, other_adapter=tmp_path / "other") for a in args]
+    (tmp_path / "afile").write_text("keep")
+    (tmp_path / "latin1.yaml").write_bytes("train:\n  lr: 1e-4 # \xe9\n".encode("latin-1"))
+    (tmp_path / "intkey.yaml").write_text("train:\n  1: 2\n")
+    args = [a.format(config=config, other_adapter=tmp_path / "other", tmp=tmp_path, afile=tmp_path / "afile",
+                     latin1=tmp_path / "latin1.yaml", intkey=tmp_path / "intkey.yaml") for a in args]
     capsys.readouterr()
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -276,6 +306,74 @@ def test_cli_train_eval_merge(tiny_model_dir, addition_data, tmp_path):
         torch.testing.assert_close(model(x).logits, base(x).logits, atol=2e-5, rtol=0)
     methods = cli("methods")
     assert methods.returncode == 0 and "olora_plus" in methods.stdout
+
+
+def test_cli_outputs_never_delete_a_users_files(tiny_model_dir, addition_data, tmp_path, capsys):
+    """merge and export write only into a new or empty folder, or one they wrote before; the
+    refusal comes before any model loads, and the folder is left as it was."""
+    from lorakit.cli import main
+
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
+                          "train.max_steps=2", "train.eval_every=null")
+    assert main(["train", str(config), "--quiet"]) == 0
+    adapter = tmp_path / "run" / "adapter"
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "notes.txt").write_text("mine")
+    (tmp_path / "afile").write_text("mine")
+    for command in ("merge", "export"):
+        for out, needle in ((busy, "already holds other files (notes.txt)"), (tmp_path / "afile", "is a file"),
+                            (adapter, "already holds other files")):
+            capsys.readouterr()
+            assert main([command, str(adapter), str(out)]) == 2
+            assert needle in capsys.readouterr().err
+    assert (busy / "notes.txt").read_text() == "mine" and (tmp_path / "afile").read_text() == "mine"
+    assert sorted(p.name for p in adapter.iterdir()) == ["lorakit_adapter.json", "lorakit_adapter.safetensors"]
+    for command in ("merge", "export"):  # a folder written by the same command may be written again
+        out = tmp_path / command
+        assert main([command, str(adapter), str(out)]) == 0
+        first = sorted(p.name for p in out.iterdir())
+        assert main([command, str(adapter), str(out)]) == 0
+        assert sorted(p.name for p in out.iterdir()) == first
+        assert all(p.stat().st_mode & 0o044 == 0o044 for p in out.iterdir())  # readable like any file
+
+
+def test_damaged_adapters_and_checkpoints_are_one_line_errors(tiny_model_dir, addition_data, tmp_path):
+    from tiny import tiny_llama
+
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
+                          "train.max_steps=4", "train.save_every=2", "train.eval_every=null")
+    assert main_exit(["train", str(config), "--quiet"]) == 0
+    good = tmp_path / "run" / "adapter"
+    damages = {
+        "truncated weights": ("lorakit_adapter.safetensors", lambda b: b[: len(b) // 2], "not a readable safetensors"),
+        "config is a list": ("lorakit_adapter.json", lambda b: b"[]", "is not a lorakit adapter config"),
+        "config not UTF-8": ("lorakit_adapter.json", lambda b: b"\xff\xfe{", "is not valid JSON"),
+        "config without method": ("lorakit_adapter.json",
+                                  lambda b: json.dumps({k: v for k, v in json.loads(b).items() if k != "method"}).encode(),
+                                  "missing: method"),
+        "ranks not integers": ("lorakit_adapter.json",
+                               lambda b: json.dumps({**json.loads(b), "ranks": {k: "x" for k in json.loads(b)["ranks"]}}).encode(),
+                               "do not fit together"),
+    }
+    for what, (name, damage, needle) in damages.items():
+        bad = tmp_path / what.replace(" ", "_")
+        shutil.copytree(good, bad)
+        (bad / name).write_bytes(damage((bad / name).read_bytes()))
+        with pytest.raises(lorakit.LorakitError, match=needle) as info:
+            lorakit.load(tiny_llama(), bad)
+        assert "\n" not in str(info.value), what
+    latest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
+    (latest / "trainer_state.json").write_text("{")
+    with pytest.raises(lorakit.LorakitError, match="is damaged"):
+        run(tiny_model_dir, addition_data, tmp_path / "run", "train.max_steps=4", "train.save_every=2",
+            "train.eval_every=null", resume=True)
+
+
+def main_exit(args: list[str]) -> int:
+    from lorakit.cli import main
+
+    return main(args)
 
 
 @pytest.mark.parametrize("method", ["dora", "vera", "lora_fa", "delta_lora"])

@@ -171,7 +171,7 @@ class Adapter:
 
     def save(self, path: str | Path) -> Path:
         """Write the adapter (safetensors + JSON) atomically to the folder ``path``."""
-        with atomic_directory(path) as tmp:
+        with atomic_directory(path, (WEIGHTS_FILE, CONFIG_FILE)) as tmp:
             self.write(tmp)
         return Path(path)
 
@@ -324,24 +324,43 @@ def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any
     return _build(model, resolve(method, **overrides), for_training=True)
 
 
+REQUIRED_CONFIG_KEYS = ("method", "targets", "base_fingerprint")
+
+
 def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON config and tensors of a saved adapter folder."""
+    """The JSON config and tensors of a saved adapter folder (one-line errors for damaged files)."""
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
         raise LorakitError(f"{path} is not a lorakit adapter folder (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
     try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise LorakitError(f"{config_path} is not valid JSON: {exc}") from None
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise LorakitError(f"{config_path} is not valid JSON ({exc}); re-save the adapter") from None
+    missing = [key for key in REQUIRED_CONFIG_KEYS if key not in config] if isinstance(config, dict) else ["all"]
+    if missing:
+        raise LorakitError(f"{config_path} is not a lorakit adapter config (missing: {', '.join(missing)}); "
+                           "re-save the adapter")
     if config.get("format_version") != FORMAT_VERSION:
-        raise LorakitError(f"{config_path}: unsupported adapter format {config.get('format_version')!r}")
-    return config, load_file(str(weights_path))
+        raise LorakitError(f"{config_path}: unsupported adapter format {config.get('format_version')!r} "
+                           f"(this lorakit reads format {FORMAT_VERSION}); use the lorakit version that saved it")
+    try:
+        return config, load_file(str(weights_path))
+    except Exception as exc:  # safetensors raises its own error type for truncated or foreign files
+        raise LorakitError(f"{weights_path} is not a readable safetensors file ({exc}); re-save the adapter") from None
 
 
 def load(model: nn.Module, path: str | Path) -> Adapter:
     """Attach the adapter saved at ``path`` to ``model`` (the original, unmodified base)."""
     config, tensors = read_adapter(path)
+    try:
+        return _load(model, config, tensors, path)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # files that disagree with each other
+        raise LorakitError(f"{path}: the adapter's files do not fit together ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save the adapter") from None
+
+
+def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Adapter:
     spec = MethodSpec(**{**config["method"], "targets": _targets_from_json(config["method"]["targets"])})
     removed = config.get("removed", [])
     built = [*config["targets"], *removed]
@@ -354,7 +373,8 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
     for name in removed:  # the same arithmetic as during training: bit-identical base weights
         remove_layer(adapter, name)
     if set(adapter.layers) != set(config["targets"]):
-        raise LorakitError(f"{path}: the adapter's layers do not match this model's targets")
+        raise LorakitError(f"{path}: the adapter's layers do not match this model's targets; load it onto the "
+                           "model it was trained on")
     _restore_shapes(adapter, config)
     share_forms(adapter, config.get("shared", {}))
     device = next(iter(adapter.layers.values())).base_layer.weight.device

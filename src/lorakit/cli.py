@@ -26,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from .adapter import load
+    from .adapter import load, read_adapter
     from .config import load_config
     from .evaluate.suite import evaluate_run
     from .io.atomic import write_text_atomic
@@ -36,6 +36,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     split = load_split(config)
     if not split[1]:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
+    if args.adapter:
+        read_adapter(args.adapter)  # a bad path fails before the model loads
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise LorakitError(f"{args.out} is a file; --out takes a folder (for metrics.json and generations.jsonl)")
     model, tokenizer = prepare_model(config)
     _, eval_examples, collate = prepare_data(config, tokenizer, split)
     if args.adapter:
@@ -63,18 +67,40 @@ def _load_adapter_on_base(args: argparse.Namespace) -> tuple[Any, Any]:
     return load(model, args.adapter), tokenizer
 
 
+MERGE_MARKER = "lorakit_merge.json"  # marks a folder written by ``lorakit merge`` (which may be replaced)
+
+
+def _merge_owned(out: Path) -> set[str] | None:
+    """What a re-merge into ``out`` may replace: everything, if an earlier merge wrote it."""
+    return {child.name for child in out.iterdir()} if (out / MERGE_MARKER).is_file() else None
+
+
 def _cmd_merge(args: argparse.Namespace) -> None:
-    adapter, tokenizer = _load_adapter_on_base(args)
-    merged = adapter.merge_and_unload()
+    from .io.atomic import atomic_directory, check_replaceable
+
     out = Path(args.out)
-    merged.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    owned = _merge_owned(out) if out.is_dir() else None
+    check_replaceable(out, owned)  # before the model loads
+    adapter, tokenizer = _load_adapter_on_base(args)
+    provenance = {"adapter": str(Path(args.adapter).resolve()), "method": adapter.spec.to_dict(),
+                  "base_model": adapter.config()["base_model"]}
+    merged = adapter.merge_and_unload()
+    with atomic_directory(out, owned) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / MERGE_MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
     print(f"merged model written to {out}")
 
 
 def _cmd_export(args: argparse.Namespace) -> None:
     import torch
 
+    from .io.atomic import check_replaceable
+    from .io.peft_format import OWNED_FILES
+
+    if args.base_model_name is not None and not args.base_model_name.strip():
+        raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
+    check_replaceable(args.out, OWNED_FILES)  # before the model loads
     dtype = getattr(torch, args.dtype)
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
     # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
@@ -100,18 +126,18 @@ def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from .experiments.spec import read_yaml
+    from .config import read_yaml
 
     _compare(read_yaml(Path(args.config)), args.overrides, args.quiet)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .experiments.spec import read_yaml
+    from .config import read_yaml
 
-    overrides = list(args.overrides)
-    if args.data:
-        overrides.insert(0, f"data.path={args.data}")
-    _compare(read_yaml(Path(__file__).parent / "experiments" / "demo.yaml"), overrides, args.quiet)
+    raw = read_yaml(Path(__file__).parent / "experiments" / "demo.yaml")
+    if args.data:  # the path as given, not parsed as YAML like an override value
+        raw["data"] = {**raw.get("data", {}), "path": args.data}
+    _compare(raw, list(args.overrides), args.quiet)
 
 
 def _method_notes(spec: Any) -> str:
@@ -150,7 +176,10 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning of causal LMs.")
+    parser.add_argument("--version", action="version", version=f"lorakit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="fine-tune with a YAML config")

@@ -7,6 +7,7 @@ A config has four sections: ``model``, ``method`` (a preset ``name`` plus any of
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -137,8 +138,10 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
             return value
     elif annotation is Any or isinstance(value, annotation):
         return value
+    names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+             "tuple": "a list, e.g. [a, b]"}
     expected = getattr(annotation, "__name__", str(annotation))
-    raise LorakitError(f"config key {key!r} must be {expected}, got {value!r}")
+    raise LorakitError(f"config key {key!r} must be {names.get(expected, expected)}, got {value!r}")
 
 
 def _build_section(name: str, cls: type, values: Any) -> Any:
@@ -167,6 +170,8 @@ def check_method(values: Any) -> dict[str, Any]:
         raise LorakitError(f"config section 'method' must be a preset name or a mapping, got {values!r}")
     hints = typing.get_type_hints(MethodSpec)
     out = {"name": values.get("name", "lora")}
+    if not isinstance(out["name"], str) or not out["name"]:
+        raise LorakitError(f"method.name must be a preset name (see lorakit methods), got {out['name']!r}")
     for key, value in values.items():
         if key == "name":
             continue
@@ -183,7 +188,7 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     """A checked ``RunConfig`` from a nested mapping."""
     unknown_sections = set(raw) - set(SECTIONS) - {"method"}
     if unknown_sections:
-        key = sorted(unknown_sections)[0]
+        key = sorted(unknown_sections, key=str)[0]
         raise LorakitError(
             f"unknown config section {key!r}{did_you_mean(key, [*SECTIONS, 'method'])}; "
             "sections are: model, method, data, train, eval"
@@ -208,7 +213,12 @@ def _require(ok: bool, message: str) -> None:
 def validate_run(config: RunConfig) -> None:
     """Range checks that the types alone do not catch."""
     t, d = config.train, config.data
-    _require(t.lr > 0, f"train.lr must be > 0, got {t.lr}")
+    _require(0 < t.lr < math.inf, f"train.lr must be a finite number > 0, got {t.lr}")
+    _require(0 <= t.weight_decay < math.inf, f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}")
+    _require(t.max_grad_norm is None or 0 < t.max_grad_norm < math.inf,
+             f"train.max_grad_norm must be a finite number > 0, or null for no clipping; got {t.max_grad_norm}")
+    _require(0 <= t.seed < 2**32, f"train.seed must be in 0..2**32-1, got {t.seed}")
+    _require(bool(str(t.output_dir).strip()), "train.output_dir is empty; give a folder for the run, e.g. runs/mine")
     for key in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
         _require(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
     for key in ("max_steps", "eval_every", "save_every"):
@@ -220,7 +230,8 @@ def validate_run(config: RunConfig) -> None:
     _require(t.scheduler in SCHEDULERS,
              f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {t.scheduler!r}")
     _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
-    _require(d.eval_size >= 0 and d.offset >= 0, "data.eval_size and data.offset must be >= 0")
+    _require(d.eval_size >= 0, f"data.eval_size must be >= 0, got {d.eval_size}")
+    _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")
     _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
     e = config.eval
     check_metrics(e.metrics)
@@ -252,21 +263,32 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML config file's top-level mapping, or a one-line error (missing, a folder, not UTF-8,
+    invalid YAML with its line, not a mapping)."""
+    path = Path(path)
+    if path.is_dir():
+        raise LorakitError(f"config file {path} is a folder; pass a YAML file")
+    if not path.is_file():
+        raise LorakitError(f"config file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise LorakitError(f"config file {path} is not UTF-8 text; save it as UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise LorakitError(f"config file {path} is not valid YAML{where}") from None
+    if not isinstance(raw, dict):
+        raise LorakitError(f"config file {path} must hold a mapping of sections")
+    return raw
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
-    raw: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise LorakitError(f"config file {path} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise LorakitError(f"config file {path} is not valid YAML{where}") from None
-        if not isinstance(raw, dict):
-            raise LorakitError(f"config file {path} must hold a mapping of sections")
+    raw = read_yaml(path) if path is not None else {}
+    if "compare" in raw:
+        raise LorakitError(f"config file {path} has a 'compare' section: run it with lorakit compare")
     return build_config(apply_overrides(raw, overrides or []))
 
 

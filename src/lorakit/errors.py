@@ -14,9 +14,10 @@ class LorakitError(ValueError):
     """Bad input: a one-line message naming the problem and the fix."""
 
 
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """A ' (did you mean X?)' suffix for the closest of ``choices``, or ''."""
-    close = difflib.get_close_matches(word, list(choices), n=1)
+def did_you_mean(word: object, choices: Iterable[str]) -> str:
+    """A ' (did you mean X?)' suffix for the closest of ``choices``, or '' (``word`` may be any
+    value a YAML key can be)."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 

@@ -128,7 +128,7 @@ def validate(spec: MethodSpec) -> None:
     if not isinstance(spec.rank, int) or isinstance(spec.rank, bool) or spec.rank < 1:
         raise LorakitError(f"rank must be a positive integer, got {spec.rank!r}")
     if not _is_real(spec.alpha) or not 0 < spec.alpha < math.inf:
-        raise LorakitError(f"alpha must be a number > 0, got {spec.alpha!r}")
+        raise LorakitError(f"alpha must be a finite number > 0, got {spec.alpha!r}")
     if not _is_real(spec.dropout) or not 0.0 <= spec.dropout < 1.0:
         raise LorakitError(f"dropout must be a number in [0, 1), got {spec.dropout!r}")
     if spec.lr_ratio_mode not in LR_RATIO_MODES:

@@ -37,7 +37,11 @@ def _matcher(targets: str | Sequence[str]):
         raise LorakitError(
             f"targets must be module-name suffixes, a regex or 'all-linear', got {targets!r}"
         )
-    return lambda name: any(name == s or name.endswith("." + s) for s in suffixes)
+    return lambda name: any(_has_suffix(name, s) for s in suffixes)
+
+
+def _has_suffix(name: str, suffix: str) -> bool:
+    return name == suffix or name.endswith("." + suffix)
 
 
 def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
@@ -49,12 +53,15 @@ def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[s
         for name, module in model.named_modules()
         if type(module) is nn.Linear and module is not head and matches(name)
     ]
-    if not found:
+    unmatched = [s for s in targets if not any(_has_suffix(n, s) for n, _ in found)] \
+        if not isinstance(targets, str) else ([] if found else [targets])
+    if unmatched:
         linear_names = sorted(
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         )
+        what = f"targets {targets!r} match" if not found else f"target {unmatched[0]!r} of {targets!r} matches"
         raise LorakitError(
-            f"targets {targets!r} match no nn.Linear layer of this model; "
+            f"{what} no nn.Linear layer of this model; "
             f"its linear layers end in: {', '.join(linear_names) or 'none'}"
         )
     return found

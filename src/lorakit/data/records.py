@@ -32,6 +32,8 @@ def load_records(source: str) -> list[Record]:
     if source in BUILTIN_CHATTERBOT:
         return chatterbot_records()
     path = Path(source).expanduser()
+    if path.is_dir():
+        raise LorakitError(f"data file {source} is a folder; pass a {'/'.join(READERS)} file")
     if not path.is_file():
         raise LorakitError(
             f"data file {source} does not exist; pass an existing {'/'.join(READERS)} file "
@@ -43,7 +45,10 @@ def load_records(source: str) -> list[Record]:
             f"{source}: unsupported data format {suffix or '(no extension)'!r}; "
             f"use one of: {', '.join(READERS)}"
         )
-    rows = READERS[suffix](path, source)
+    try:
+        rows = READERS[suffix](path, source)
+    except UnicodeDecodeError:
+        raise LorakitError(f"{source}: not UTF-8 text; save the file as UTF-8") from None
     if not rows:
         raise LorakitError(f"{source}: the file holds no records; {FIELDS_HINT}")
     return [_validate(row, index, source) for index, row in enumerate(rows)]
@@ -102,7 +107,7 @@ def chatterbot_records() -> list[Record]:
 
 # -- readers: path → raw rows (anything; _validate checks them) -------------------------------
 def _read_json(path: Path, source: str) -> list[Any]:
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         return []
     try:
@@ -118,7 +123,7 @@ def _read_json(path: Path, source: str) -> list[Any]:
 
 def _read_jsonl(path: Path, source: str) -> list[Any]:
     rows = []
-    with open(path, encoding="utf-8") as handle:
+    with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -131,7 +136,7 @@ def _read_jsonl(path: Path, source: str) -> list[Any]:
 
 
 def _read_csv(path: Path, source: str) -> list[Any]:
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: a byte-order mark is not a column name
         return list(csv.DictReader(handle))
 
 
@@ -166,7 +171,7 @@ def _validate(row: Any, index: int, source: str) -> Record:
             value = ""
         elif field not in row:
             raise LorakitError(f"{source}: record {index} has no {field!r} field; {FIELDS_HINT}")
-        elif _missing(value):
+        elif _missing(value) or (field != "input" and isinstance(value, str) and not value.strip()):
             raise LorakitError(f"{source}: record {index} has an empty {field!r} field; {FIELDS_HINT}")
         if not isinstance(value, str):
             raise LorakitError(f"{source}: record {index} field {field!r} is a {type(value).__name__}, "

@@ -23,7 +23,10 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
 def check_metrics(names: Iterable[str]) -> None:
-    """Raise ``LorakitError`` for the first name that is not one of ``METRICS``."""
+    """Raise ``LorakitError`` for an empty list or the first name that is not one of ``METRICS``."""
+    names = list(names)
+    if not names:
+        raise LorakitError(f"eval.metrics is empty; list at least one of: {', '.join(METRICS)}")
     for name in names:
         if name not in METRICS:
             raise unknown("metric", name, METRICS)

@@ -16,8 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from ..config import RunConfig, apply_overrides, build_config, check_method, check_type
 from ..errors import LorakitError, did_you_mean
 from ..methods import DEFAULT_LR_RATIO_MODE
@@ -59,7 +57,7 @@ def _parse_runs(items: Any, defaults: dict[str, Any]) -> list[Run]:
     for index, item in enumerate(items):
         if isinstance(item, str):
             item = {"method": item}
-        if not isinstance(item, dict) or "method" not in item or set(item) - {"name", "method"}:
+        if not isinstance(item, dict) or item.get("method") is None or set(item) - {"name", "method"}:
             raise LorakitError(f"compare.runs[{index}] must be a method name or a mapping with 'method' (and 'name')")
         options = {k: v for k, v in defaults.items() if k != "name"}
         options.update(check_method(item["method"]))
@@ -83,6 +81,10 @@ def _parse_spec(raw: Any, defaults: dict[str, Any]) -> tuple[CompareSpec, list[R
     values = {k: check_type(f"compare.{k}", v, hints[k]) for k, v in raw.items() if k != "runs"}
     spec = CompareSpec(runs=raw.get("runs"), **values)
     runs = _parse_runs(spec.runs, defaults)
+    if not spec.output_dir.strip():
+        raise LorakitError("compare.output_dir is empty; give a folder for the comparison, e.g. runs/compare")
+    if Path(spec.output_dir).exists() and not Path(spec.output_dir).is_dir():
+        raise LorakitError(f"compare.output_dir {spec.output_dir} is a file; give a folder")
     if not spec.seeds:
         raise LorakitError("compare.seeds is empty; give at least one seed, e.g. compare.seeds=[0,1,2]")
     if len(set(spec.seeds)) != len(spec.seeds):
@@ -94,19 +96,6 @@ def _parse_spec(raw: Any, defaults: dict[str, Any]) -> tuple[CompareSpec, list[R
         raise LorakitError(f"compare.baseline {spec.baseline!r} is not a run{did_you_mean(spec.baseline, names)}; "
                            f"runs: {', '.join(names)}")
     return spec, runs
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A YAML file's top-level mapping, or a one-line error."""
-    if not path.is_file():
-        raise LorakitError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError:
-        raise LorakitError(f"config file {path} is not valid YAML") from None
-    if not isinstance(raw, dict):
-        raise LorakitError(f"config file {path} must hold a mapping of sections")
-    return raw
 
 
 def run_config(base: RunConfig, run: Run, seed: int, output_dir: Path) -> RunConfig:

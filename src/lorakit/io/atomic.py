@@ -6,8 +6,10 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
+
+from ..errors import LorakitError
 
 
 def _fsync_dir(path: Path) -> None:
@@ -44,21 +46,44 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     _fsync_dir(path.parent)
 
 
+def check_replaceable(path: str | os.PathLike, owned: Collection[str] | None) -> None:
+    """Refuse to replace ``path`` unless it is absent or a folder holding only names in ``owned``
+    (what an earlier write of the same kind left there; ``None``: only an empty folder), so a
+    user's other files are never deleted."""
+    path = Path(path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise LorakitError(f"{path} is a file; give a folder path for the output")
+    others = sorted(child.name for child in path.iterdir() if owned is None or child.name not in owned)
+    if others:
+        listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+        raise LorakitError(f"{path} already holds other files ({listed}), which writing there would delete; "
+                           "choose a new or empty folder")
+
+
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = None) -> Iterator[Path]:
     """Yield a temporary folder; on success it replaces ``path`` in one rename.
 
-    An existing ``path`` is moved aside first and removed only once the new folder is in
-    place, so a crash at any moment leaves either the old or the new folder complete.
+    ``path`` must be absent or hold only the names in ``owned`` (see ``check_replaceable``). An
+    existing ``path`` is moved aside first and removed only once the new folder is in place, so a
+    crash at any moment leaves either the old or the new folder complete. Files get the usual
+    mode (``0666`` less the umask) whatever the writer used.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    check_replaceable(path, owned)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise LorakitError(f"cannot write to {path}: {exc.strerror or exc}; choose a writable folder") from None
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
-        for child in tmp.iterdir():
+        for child in tmp.rglob("*"):
             if child.is_file():
+                child.chmod(0o666 & ~_umask())
                 with open(child, "rb") as f:
                     os.fsync(f.fileno())
         old = None

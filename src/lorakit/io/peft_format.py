@@ -40,6 +40,7 @@ from ..optim import RECIPES
 from .atomic import atomic_directory
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
+OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what an export may replace in an existing folder
 PREFIX = "base_model.model."
 
 Term = tuple[torch.Tensor, torch.Tensor, float]
@@ -125,7 +126,7 @@ def export_peft(adapter: Any, path: str | Path, base_model: str | None = None,
         base_model = getattr(getattr(adapter.model, "config", None), "_name_or_path", None) or None
         base_model = EMBEDDED_HUB_ID if base_model == EMBEDDED_NAME else base_model
     config = peft_config(adapter, rank, list(adapter.layers), base_model)
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, OWNED_FILES) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
     return Path(path)

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..errors import LorakitError
+
 
 class Schedule:
     """Decides which adapters exist and at which rank; called by the ``Adapter``.
@@ -20,7 +22,8 @@ class Schedule:
 
     def complete(self, spec: Any, total_steps: int) -> Any:
         """``spec`` with what the schedule needs from the run filled in (``lorakit train`` knows the
-        number of optimizer steps before attaching); unchanged by default."""
+        number of optimizer steps before attaching; it refuses a run too short for the schedule);
+        unchanged by default."""
         return spec
 
     def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
@@ -46,6 +49,14 @@ def next_step(adapter: Any, key: str) -> int:
     step = int(adapter.method_state.get(key, 0)) + 1
     adapter.method_state[key] = torch.tensor(step)
     return step
+
+
+def require_steps(option: str, first: int, total_steps: int) -> None:
+    """Refuse a run of ``total_steps`` optimizer steps that ends before the schedule's first
+    decision at step ``first`` (set by ``option``): the method would silently never act."""
+    if first >= total_steps:
+        raise LorakitError(f"{option} puts the schedule's first decision at step {first}, but the run has "
+                           f"only {total_steps} optimizer steps; set {option} below {total_steps} or train longer")
 
 
 def gated_forms(adapter: Any) -> list[Any]:

@@ -27,7 +27,7 @@ from ..errors import LorakitError
 from ..ops.layer_importance import DEFAULT_THRESHOLD, ImportanceAccumulator, select_layers
 from ..resizing import refresh_optimizer
 from . import SCHEDULES
-from .base import Schedule, next_step
+from .base import Schedule, next_step, require_steps
 
 DEFAULT_WARMUP_STEPS = 20
 STEP_KEY = "lora_drop.step"
@@ -40,6 +40,15 @@ class LoraDrop(Schedule):
 
     def __init__(self) -> None:
         self._accumulators: WeakKeyDictionary[Any, ImportanceAccumulator] = WeakKeyDictionary()
+
+    def complete(self, spec: Any, total_steps: int) -> Any:
+        require_steps("drop_warmup_steps", spec.drop_warmup_steps or DEFAULT_WARMUP_STEPS, total_steps)
+        return spec
+
+    def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
+        if spec.drop_top_n is not None and spec.drop_top_n > len(targets):
+            raise LorakitError(f"drop_top_n={spec.drop_top_n} exceeds the {len(targets)} adapted layers; "
+                               f"choose at most {len(targets)}")
 
     def prepare(self, adapter: Any) -> None:
         adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))

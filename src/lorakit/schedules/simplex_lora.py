@@ -23,7 +23,7 @@ import torch
 
 from ..resizing import refresh_optimizer, resize_layer
 from . import SCHEDULES
-from .base import Schedule, gated_forms, next_step, project_gates, rank_limit
+from .base import Schedule, gated_forms, next_step, project_gates, rank_limit, require_steps
 from ..ops.simplex import project_simplex
 
 DEFAULT_EVERY = 50
@@ -54,6 +54,10 @@ class SimplexLora(Schedule):
                 form.scale *= count
         adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
         adapter.method_state.setdefault(COUNT_KEY, torch.tensor(count))
+
+    def complete(self, spec: Any, total_steps: int) -> Any:
+        require_steps("simplex_every", spec.simplex_every or DEFAULT_EVERY, total_steps)
+        return spec
 
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
         spec = adapter.spec

@@ -29,7 +29,7 @@ import torch
 from ..errors import LorakitError
 from ..resizing import refresh_optimizer, remove_layer, resize_layer
 from . import SCHEDULES
-from .base import Schedule, gated_forms, next_step, project_gates, rank_limit
+from .base import Schedule, gated_forms, next_step, project_gates, rank_limit, require_steps
 
 DEFAULT_SELECTION_STEPS = 100
 WARMUP_SHARE = 5  # default warm-up: selection_steps // 5
@@ -67,6 +67,10 @@ class WeightLora(Schedule):
         if spec.weight_lora_k is not None and spec.weight_lora_k > len(targets):
             raise LorakitError(f"weight_lora_k={spec.weight_lora_k} exceeds the {len(targets)} adapted layers; "
                                f"choose K ≤ {len(targets)}")
+
+    def complete(self, spec: Any, total_steps: int) -> Any:
+        require_steps("selection_steps", selection_phase(spec)[0], total_steps)
+        return spec
 
     def prepare(self, adapter: Any) -> None:
         for form in adapter.forms():

@@ -45,9 +45,11 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
 def save_checkpoint(output_dir: str | Path, step: int, adapter: Any, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: dict[str, Any], keep: int) -> Path:
     """Write the checkpoint of ``step`` atomically, point ``latest`` at it, prune old ones."""
+    from ..adapter import CONFIG_FILE, WEIGHTS_FILE
+
     root = checkpoints_dir(output_dir)
     folder = root / f"step-{step:07d}"
-    with atomic_directory(folder) as tmp:
+    with atomic_directory(folder, (WEIGHTS_FILE, CONFIG_FILE, TENSORS_FILE, STATE_FILE)) as tmp:
         adapter.write(tmp)
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "rng": rng_state(), "training_state": adapter.training_state()}, tmp / TENSORS_FILE)
@@ -70,7 +72,13 @@ def latest_checkpoint(output_dir: str | Path) -> Path | None:
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(trainer_state, tensors)`` of a checkpoint folder."""
-    state = json.loads((folder / STATE_FILE).read_text())
-    tensors = torch.load(folder / TENSORS_FILE, map_location="cpu", weights_only=True)
+    """``(trainer_state, tensors)`` of a checkpoint folder (a one-line error if it is damaged)."""
+    try:
+        state = json.loads((folder / STATE_FILE).read_text(encoding="utf-8"))
+        tensors = torch.load(folder / TENSORS_FILE, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or "config" not in state or not isinstance(tensors, dict):
+            raise ValueError("unexpected contents")
+    except Exception as exc:  # json, unpickling and zip errors of a file damaged outside lorakit
+        raise LorakitError(f"checkpoint {folder} is damaged ({type(exc).__name__}); point {folder.parent / 'latest'} "
+                           "at an earlier step-* folder, or start the run over in a new output_dir") from None
     return state, tensors

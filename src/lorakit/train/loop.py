@@ -84,6 +84,7 @@ def _check_distributed(accelerator: Accelerator, spec: Any) -> None:
 
 
 def _comparable(config: dict[str, Any]) -> dict[str, Any]:
+    config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples become lists)
     train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
     rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
     return {**rest, "train": train}
@@ -92,6 +93,11 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
 def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
     """The checkpoint to resume from; ``None`` starts a fresh run (with ``resume``, only where no
     run has been saved yet: a finished run without checkpoints is never overwritten)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission: said before the model loads
+        raise LorakitError(f"cannot use train.output_dir {output_dir}: {exc.strerror or exc}; "
+                           "choose a writable folder") from None
     if not resume:
         if (output_dir / "checkpoints").exists() or (output_dir / "adapter").exists():
             raise LorakitError(f"{output_dir} already holds a run; pass --resume to continue it "
