@@ -162,3 +162,34 @@ def test_cli_points_a_compare_config_to_compare_and_reads_demo_paths_verbatim(ti
     with pytest.raises(SystemExit) as info:
         main(["--version"])
     assert info.value.code == 0 and capsys.readouterr().out.startswith("lorakit ")
+
+
+def test_an_interrupted_run_resumes_on_the_next_compare(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    """A sweep re-run continues a run from its checkpoint (with a YAML list of targets, as in the
+    shipped configs) and ends with the adapter of an uninterrupted sweep."""
+    from safetensors.torch import load_file
+
+    def sweep(out: Path):
+        raw = compare_raw(tiny_model_dir, addition_data, out)
+        raw["method"]["targets"] = ["q_proj", "v_proj"]
+        raw["compare"].update(runs=["lora"], seeds=[0], base_model_row=False)
+        return load_compare_config(raw)
+
+    run_compare(*sweep(tmp_path / "full"), progress=False)
+    real_train = compare_module.train
+
+    def killed(config, **kwargs):
+        def stop(info):
+            if info.step == 6:
+                raise RuntimeError("killed (simulated)")
+        return real_train(config, callbacks=[stop], **kwargs)
+    monkeypatch.setattr(compare_module, "train", killed)
+    with pytest.raises(lorakit.LorakitError, match="every run failed"):
+        run_compare(*sweep(tmp_path / "cut"), progress=False)
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["rows"][0]["status"] == "failed"
+    monkeypatch.setattr(compare_module, "train", real_train)
+    run_compare(*sweep(tmp_path / "cut"), progress=False)
+    assert json.loads((tmp_path / "cut" / "results.json").read_text())["rows"][0]["status"] == "ok"
+    adapter = Path("runs") / "lora" / "seed-0" / "adapter" / "lorakit_adapter.safetensors"
+    full, cut = load_file(tmp_path / "full" / adapter), load_file(tmp_path / "cut" / adapter)
+    assert full.keys() == cut.keys() and all((full[k] == cut[k]).all() for k in full)
