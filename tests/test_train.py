@@ -451,3 +451,24 @@ def test_adalora_phases_are_checked_against_the_step_count_before_the_model_load
                                                     r"adalora_total_steps \(4\)"):
         run(tiny_model_dir, addition_data, tmp_path / "run", "method.name=adalora", "method.lr_ratio=null",
             "method.adalora_t_init=4", "train.max_steps=4")
+
+
+def test_a_second_process_cannot_train_into_a_busy_folder(tiny_model_dir, addition_data, tmp_path):
+    """While one process trains into output_dir, another is refused at once (one line, exit 2);
+    the lock dies with its process, so a killed run never leaves the folder locked."""
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, out)
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from lorakit.io.lock import folder_lock\n"
+        f"with folder_lock(Path({str(out)!r})):\n    print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        second = cli("train", str(config), "--quiet")
+        assert second.returncode == 2 and f"(pid {holder.pid}) is writing to" in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli("train", str(config), "--quiet", "train.max_steps=2").returncode == 0

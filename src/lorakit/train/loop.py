@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from ..errors import LorakitError
 from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
 from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
+from ..io.lock import folder_lock
 from ..methods import validate
 from ..schedules import SCHEDULES
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
@@ -90,14 +92,17 @@ def _comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {**rest, "train": train}
 
 
-def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from; ``None`` starts a fresh run (with ``resume``, only where no
-    run has been saved yet: a finished run without checkpoints is never overwritten)."""
+def _make_output_dir(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file in the way, no permission: said before the model loads
         raise LorakitError(f"cannot use train.output_dir {output_dir}: {exc.strerror or exc}; "
                            "choose a writable folder") from None
+
+
+def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from; ``None`` starts a fresh run (with ``resume``, only where no
+    run has been saved yet: a finished run without checkpoints is never overwritten)."""
     if not resume:
         if (output_dir / "checkpoints").exists() or (output_dir / "adapter").exists():
             raise LorakitError(f"{output_dir} already holds a run; pass --resume to continue it "
@@ -118,10 +123,19 @@ def train(config: RunConfig, resume: bool = False,
     """Fine-tune ``config.model`` with ``config.method`` on ``config.data``; return the summary.
 
     ``base``: an already loaded ``(model, tokenizer)`` for ``config.model`` (a sweep loads it
-    once); the run trains a deep copy and leaves it untouched.
+    once); the run trains a deep copy and leaves it untouched. A second process training into
+    the same ``output_dir`` at the same time is refused (``lorakit.io.lock``).
     """
+    output_dir = Path(config.train.output_dir)
+    _make_output_dir(output_dir)
+    first_process = int(os.environ.get("RANK", "0")) == 0  # the other data-parallel processes share the run
+    with folder_lock(output_dir) if first_process else contextlib.nullcontext():
+        return _train(config, resume, callbacks, progress, base, output_dir)
+
+
+def _train(config: RunConfig, resume: bool, callbacks: Sequence[Callable[[StepInfo], None]], progress: bool,
+           base: tuple[nn.Module, Any] | None, output_dir: Path) -> dict[str, Any]:
     tc = config.train
-    output_dir = Path(tc.output_dir)
     checkpoint = _check_output_dir(output_dir, resume)
     split = load_split(config)
     accelerator = _accelerator(tc.mixed_precision)
