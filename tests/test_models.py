@@ -53,6 +53,23 @@ def test_missing_local_path(path):
         load_model(path)
 
 
+def test_owner_slash_name_below_a_local_folder_is_a_path(tmp_path, monkeypatch):
+    """'models/mine' next to a models/ folder is a missing local model, not a hub id to retry for."""
+    (tmp_path / "models").mkdir()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(LorakitError, match="model path 'models/mine' does not exist"):
+        load_model("models/mine")
+
+
+def test_folder_without_tokenizer_says_what_it_needs(tmp_path):
+    from transformers import LlamaConfig
+
+    LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                num_attention_heads=2).save_pretrained(tmp_path)
+    with pytest.raises(LorakitError, match="it needs config.json, the weights and the tokenizer files"):
+        load_model(str(tmp_path))
+
+
 def test_bad_dtype_fails_before_loading():
     with pytest.raises(LorakitError, match="unknown dtype 'fp32'.*bfloat16, float16, float32"):
         load_model(EMBEDDED, dtype="fp32")

@@ -63,7 +63,8 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32",
                 raise LorakitError(f"model folder {path!r} has no config.json; "
                                    f"pass a Hugging Face model folder, a .gguf file or 'embedded'")
             model, tokenizer = _load_pretrained(str(local), torch_dtype,
-                                                f"model folder {path!r} could not be loaded")
+                                                f"model folder {path!r} (it needs config.json, the weights and "
+                                                "the tokenizer files) could not be loaded")
         elif _looks_like_path(path):
             raise LorakitError(f"model path {path!r} does not exist; pass an existing .gguf file "
                                f"or model folder, a hub id, or 'embedded'")
@@ -80,8 +81,10 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32",
 
 
 def _looks_like_path(path: str) -> bool:
-    # a hub id is "name" or "owner/name": one "/" alone does not make a path, but two do
+    # a hub id is "name" or "owner/name": one "/" alone does not make a path, but two do, and so
+    # does one below an existing local folder ("models/mine" next to a models/ folder)
     return (os.path.isabs(path) or path.startswith((".", "~")) or path.count("/") > 1
+            or (path.count("/") == 1 and Path(path).parent.is_dir())
             or (os.sep != "/" and os.sep in path) or path.lower().endswith(".gguf"))
 
 
