@@ -144,10 +144,17 @@ def test_grad_accumulation_matches_one_large_batch(tiny_model_dir, addition_data
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)
 
 
-def test_gradient_checkpointing_gives_the_same_adapter(tiny_model_dir, addition_data, tmp_path):
+def test_gradient_checkpointing_gives_the_same_adapter(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    import transformers.modeling_utils as modeling_utils
+
+    calls = []
+    real = modeling_utils.checkpoint
+    monkeypatch.setattr(modeling_utils, "checkpoint", lambda *a, **k: calls.append(1) or real(*a, **k))
     common = ("method.dropout=0.0", "train.max_steps=2")
     run(tiny_model_dir, addition_data, tmp_path / "a", *common)
+    assert not calls
     run(tiny_model_dir, addition_data, tmp_path / "b", *common, "train.gradient_checkpointing=true")
+    assert calls  # the layers really were recomputed in backward
     a, b = load_file(tmp_path / "a" / ADAPTER), load_file(tmp_path / "b" / ADAPTER)
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=1e-5)

@@ -163,7 +163,10 @@ def _train(config: RunConfig, resume: bool, callbacks: Sequence[Callable[[StepIn
     else:
         adapter = attach(model, spec)
     if tc.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
 
     optimizer = adapter.optimizer(lr=tc.lr, weight_decay=tc.weight_decay)
