@@ -219,3 +219,51 @@ def test_attaching_twice_is_refused():
     lorakit.attach(model, "lora", rank=4)
     with pytest.raises(lorakit.LorakitError, match="already has a lorakit adapter"):
         lorakit.attach(model, "olora", rank=4)
+
+
+def test_api_misuse_gets_one_line_errors_or_the_right_result():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora", rank=2, targets={"v_proj", "q_proj"})
+    assert adapter.spec.targets == ("q_proj", "v_proj") and hash(adapter.spec)
+    x = batch()
+    base = logits(tiny_llama(), x)
+    with torch.no_grad():
+        adapter.layers[next(iter(adapter.layers))].form.B.normal_()
+    adapted = logits(model, x)
+    with adapter.disabled():
+        with adapter.disabled():
+            pass
+        torch.testing.assert_close(logits(model, x), base)  # still off after the inner block
+    torch.testing.assert_close(logits(model, x), adapted)
+    for bad, needle in (({"lr": float("nan")}, "lr must be a finite number >= 0"),
+                        ({"lr": 1e-3, "weight_decay": -1}, "weight_decay must be"),
+                        ({"lr": 1e-3, "optimizer_cls": "adamw"}, "optimizer_cls must be")):
+        with pytest.raises(lorakit.LorakitError, match=needle):
+            adapter.optimizer(**bad)
+    tensors = adapter.state_dict()
+    with pytest.raises(lorakit.LorakitError, match="lack"):
+        adapter.load_state_dict({k: v for k, v in tensors.items() if not k.endswith(".A")})
+    with pytest.raises(lorakit.LorakitError, match="same ranks"):
+        adapter.load_state_dict({k: (v[:1] if k.endswith(".A") else v) for k, v in tensors.items()})
+    model.to(torch.bfloat16)
+    with pytest.raises(lorakit.LorakitError, match="not float32"):
+        adapter.optimizer(lr=1e-3)
+    adapter.merge_and_unload()
+    for use in (lambda: adapter.disabled().__enter__(), lambda: adapter.load_state_dict(tensors)):
+        with pytest.raises(lorakit.LorakitError, match="merged and unloaded"):
+            use()
+    with pytest.raises(lorakit.LorakitError, match="targets must be"):
+        lorakit.attach(tiny_llama(), "lora", targets=None)
+    with pytest.raises(lorakit.LorakitError, match="did you mean 'olora_plus'"):
+        lorakit.attach(tiny_llama(), "OLoRA_plus")
+    with torch.device("meta"):
+        meta = tiny_llama()
+    with pytest.raises(lorakit.LorakitError, match="meta device"):
+        lorakit.attach(meta, "lora")
+
+
+def test_load_passes_its_own_errors_through(tmp_path):
+    adapter = lorakit.attach(tiny_llama(), "lora", rank=2)
+    adapter.save(tmp_path / "a")
+    with pytest.raises(lorakit.LorakitError, match="^this adapter was trained on a different base model"):
+        lorakit.load(tiny_llama(seed=5), tmp_path / "a")

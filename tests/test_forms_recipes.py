@@ -61,6 +61,27 @@ def test_dora_forward_is_magnitude_times_direction_with_detached_norm():
     torch.testing.assert_close(A_grad, A_grad_expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("fused", [False, True])
+def test_dora_norm_follows_every_optimizer_step(fused):
+    """The cached norm is refreshed after each step, also by a fused optimizer (which updates the
+    factors without bumping their version counters): the unmerged model equals the merged one."""
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "dora", rank=4)
+    optimizer = adapter.optimizer(lr=5e-2, fused=fused)
+    model.train()
+    for seed in range(3):
+        x = batch(seed=seed)
+        model(x, labels=x).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.eval()
+    x = batch(seed=9)
+    with torch.no_grad():
+        unmerged = model(x).logits
+        merged = adapter.merge_and_unload()(x).logits
+    torch.testing.assert_close(unmerged, merged, atol=1e-5, rtol=1e-5)
+
+
 def test_olora_dora_with_lora_plus_composes():
     x = batch()
     reference = tiny_llama()(x).logits

@@ -121,3 +121,15 @@ def test_resume_across_the_selection_equals_uninterrupted(tiny_model_dir, additi
     assert all(torch.equal(full[key], cut[key]) for key in full)
     config = json.loads((tmp_path / "full" / "adapter" / "lorakit_adapter.json").read_text())
     assert len(config["shared"]) > 0  # the selection really happened
+
+
+def test_warm_up_hooks_are_registered_once_and_removed_by_a_merge():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "lora_drop", rank=4, drop_warmup_steps=5)
+    count = lambda: len(model._forward_pre_hooks) + sum(len(l._forward_hooks) for l in adapter.layers.values())  # noqa: E731
+    adapter.optimizer(lr=1e-2)
+    once = count()
+    adapter.optimizer(lr=1e-2)  # a second optimizer: the warm-up still records each forward once
+    assert count() == once == 1 + len(adapter.layers)
+    merged = adapter.merge_and_unload()
+    assert not merged._forward_pre_hooks and not any(m._forward_hooks for m in merged.modules())

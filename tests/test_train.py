@@ -346,7 +346,7 @@ def test_cli_outputs_never_delete_a_users_files(tiny_model_dir, addition_data, t
 
 
 def test_damaged_adapters_and_checkpoints_are_one_line_errors(tiny_model_dir, addition_data, tmp_path):
-    from tiny import tiny_llama
+    from transformers import AutoModelForCausalLM
 
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
                           "train.max_steps=4", "train.save_every=2", "train.eval_every=null")
@@ -368,7 +368,7 @@ def test_damaged_adapters_and_checkpoints_are_one_line_errors(tiny_model_dir, ad
         shutil.copytree(good, bad)
         (bad / name).write_bytes(damage((bad / name).read_bytes()))
         with pytest.raises(lorakit.LorakitError, match=needle) as info:
-            lorakit.load(tiny_llama(), bad)
+            lorakit.load(AutoModelForCausalLM.from_pretrained(tiny_model_dir), bad)
         assert "\n" not in str(info.value), what
     latest = tmp_path / "run" / "checkpoints" / (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     (latest / "trainer_state.json").write_text("{")

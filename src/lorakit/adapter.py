@@ -81,6 +81,11 @@ class Adapter:
                   **kwargs: Any) -> torch.optim.Optimizer:
         """A torch optimizer with the recipe's parameter groups and step hooks installed."""
         self._check_attached()
+        _check_optimizer_args(lr, weight_decay, optimizer_cls)
+        half = sorted({str(p.dtype).removeprefix("torch.") for p in self.parameters() if p.dtype != torch.float32})
+        if half:
+            raise LorakitError(f"the adapter's parameters are {', '.join(half)}, not float32 (was the model cast "
+                               "after attach?); attach to the model in the dtype you train it in")
         recipe = RECIPES.get(self.spec.optimizer)
         optimizer = optimizer_cls(self.param_groups(lr, weight_decay), lr=lr, weight_decay=weight_decay, **kwargs)
         recipe.install_hooks(optimizer, self)
@@ -102,16 +107,19 @@ class Adapter:
     def disabled(self) -> Iterator[None]:
         """Run the model without the adapters (base layers only) inside the block.
 
-        For spectral inits the base layers hold the residual ``W − s·B₀A₀``; the block then
-        shows that residual model, not the original one.
+        For spectral inits the base layers hold the residual ``W − s·B₀A₀``, and after Delta-LoRA
+        training the moved base weights; the block then shows that model, not the original one.
+        Blocks nest: leaving an inner block keeps the adapters off.
         """
+        self._check_attached()
+        previous = {name: layer.enabled for name, layer in self.layers.items()}
         for layer in self.layers.values():
             layer.enabled = False
         try:
             yield
         finally:
-            for layer in self.layers.values():
-                layer.enabled = True
+            for name, layer in self.layers.items():
+                layer.enabled = previous[name]
 
     # -- saving, merging -------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -193,11 +201,21 @@ class Adapter:
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy adapter tensors (as produced by ``state_dict``) into the layers."""
+        self._check_attached()
         used = set()
         for name, layer in self.layers.items():
             if name in self.shared:
                 continue
+            missing = [f"{name}.{k}" for k in layer.form.state_dict() if f"{name}.{k}" not in tensors]
+            if missing:
+                raise LorakitError(f"the adapter tensors lack {missing[0]} (and {len(missing) - 1} more of this layer); "
+                                   "pass a state_dict of an adapter with the same method and targets")
             state = {k: tensors[f"{name}.{k}"] for k in layer.form.state_dict()}
+            wrong = [k for k, v in layer.form.state_dict().items() if v.shape != state[k].shape]
+            if wrong:
+                raise LorakitError(f"{name}.{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the adapter "
+                                   f"{tuple(layer.form.state_dict()[wrong[0]].shape)}; pass a state_dict of an "
+                                   "adapter with the same ranks")
             layer.form.load_state_dict(state)
             used.update(f"{name}.{k}" for k in state)
         self.method_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
@@ -206,6 +224,7 @@ class Adapter:
     def merge_and_unload(self) -> nn.Module:
         """Fold every adapter into its base weight; return the plain transformers model."""
         self._check_attached()
+        SCHEDULES.get(self.spec.schedule).release(self)
         for name, layer in self.layers.items():
             set_submodule(self.model, name, layer.merge())
         self._attached = False
@@ -218,6 +237,15 @@ class Adapter:
     def __repr__(self) -> str:
         return (f"Adapter({self.spec.name}: {self.spec.components()}, rank={self.spec.rank}, "
                 f"layers={len(self.layers)}, trainable={self.num_parameters():,})")
+
+
+def _check_optimizer_args(lr: float, weight_decay: float, optimizer_cls: Any) -> None:
+    if not (isinstance(optimizer_cls, type) and issubclass(optimizer_cls, torch.optim.Optimizer)):
+        raise LorakitError(f"optimizer_cls must be a torch.optim.Optimizer class, got {optimizer_cls!r}")
+    if not (isinstance(lr, (int, float)) and 0 <= lr < float("inf")):
+        raise LorakitError(f"lr must be a finite number >= 0, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and 0 <= weight_decay < float("inf")):
+        raise LorakitError(f"weight_decay must be a finite number >= 0, got {weight_decay!r}")
 
 
 def _refuse_if_adapted(model: nn.Module) -> None:
@@ -292,15 +320,20 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
            for_training: bool = False) -> Adapter:
     _refuse_if_adapted(model)
     targets = find_targets(model, spec.targets)
+    if any(base.weight.is_meta for _, base in targets):
+        raise LorakitError("the model's weights are on the meta device (not loaded); load real weights first")
     _check_ranks(targets, spec)
     SCHEDULES.get(spec.schedule).check_targets(spec, targets)
     if for_training:  # a loaded adapter is checked when its optimizer is built
         RECIPES.get(spec.optimizer).check_targets(spec, targets)
     base_fingerprint = fingerprint(targets)
     if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
+        half = any(base.weight.dtype == torch.float16 for _, base in targets)
         raise LorakitError(
             "this adapter was trained on a different base model (weight fingerprint mismatch); "
             "load it onto the model it was trained from"
+            + (" (float16 rounds the weights differently: load the base in float32 or bfloat16, "
+               "as in training)" if half else "")
         )
     if only is not None:  # loading an adapter from which a schedule removed layers
         targets = [(name, base) for name, base in targets if name in only]
@@ -355,6 +388,8 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
     config, tensors = read_adapter(path)
     try:
         return _load(model, config, tensors, path)
+    except LorakitError:
+        raise
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # files that disagree with each other
         raise LorakitError(f"{path}: the adapter's files do not fit together ({type(exc).__name__}: "
                            f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save the adapter") from None

@@ -81,10 +81,17 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     out = Path(args.out)
     owned = _merge_owned(out) if out.is_dir() else None
     check_replaceable(out, owned)  # before the model loads
+    target_dtype = args.dtype
+    if args.dtype == "float16":  # float16 weights fingerprint differently: merge in float32, then cast
+        args.dtype = "float32"
     adapter, tokenizer = _load_adapter_on_base(args)
     provenance = {"adapter": str(Path(args.adapter).resolve()), "method": adapter.spec.to_dict(),
                   "base_model": adapter.config()["base_model"]}
     merged = adapter.merge_and_unload()
+    if target_dtype != args.dtype:
+        import torch
+
+        merged = merged.to(getattr(torch, target_dtype))
     with atomic_directory(out, owned) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -17,8 +17,10 @@ class LorakitError(ValueError):
 def did_you_mean(word: object, choices: Iterable[str]) -> str:
     """A ' (did you mean X?)' suffix for the closest of ``choices``, or '' (``word`` may be any
     value a YAML key can be)."""
-    close = difflib.get_close_matches(str(word), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    choices = list(choices)
+    by_lower = {c.lower(): c for c in choices}
+    close = difflib.get_close_matches(str(word).lower(), list(by_lower), n=1)
+    return f" (did you mean {by_lower[close[0]]!r}?)" if close else ""
 
 
 def unknown(kind: str, name: str, choices: Iterable[str]) -> LorakitError:

@@ -28,6 +28,11 @@ class AdaptedLinear(nn.Module):
         return self.base_layer.weight
 
     @property
+    def bias(self) -> torch.Tensor | None:
+        """The base bias, for code that reads ``module.bias`` (some architectures do)."""
+        return self.base_layer.bias
+
+    @property
     def in_features(self) -> int:
         return self.base_layer.in_features
 

@@ -112,11 +112,20 @@ def resolve(method: str | MethodSpec, **overrides: Any) -> MethodSpec:
                 f"unknown method option {key!r}{did_you_mean(key, OVERRIDABLE)}; "
                 f"options are: {', '.join(OVERRIDABLE)}"
             )
-    if isinstance(overrides.get("targets"), list):
-        overrides["targets"] = tuple(overrides["targets"])
+    if "targets" in overrides:
+        overrides["targets"] = _targets(overrides["targets"])
     spec = dataclasses.replace(base, **overrides)
     validate(spec)
     return spec
+
+
+def _targets(value: Any) -> str | tuple[str, ...]:
+    """``targets`` as stored: a string as given, any other collection of names as a tuple."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value)
+    raise LorakitError(f"targets must be a list of module-name suffixes, a regex or 'all-linear', got {value!r}")
 
 
 def validate(spec: MethodSpec) -> None:

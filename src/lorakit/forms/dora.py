@@ -8,8 +8,10 @@ since those keep ``W + s·B₀A₀ = W_original``). ``n`` is treated as a consta
 
 The norm is computed without an ``(out, in)`` temporary:
 ``n_i² = ‖W_i‖² + 2s·(B ⊙ (W Aᵀ))_i·1 + s²·(B (A Aᵀ) ⊙ B)_i·1``; ``‖W_i‖²`` is cached while
-``W`` is unchanged, and ``n`` itself until ``W``, ``A`` or ``B`` change (keyed on their version
-counters, so in-place updates by an optimizer, Delta-LoRA or loading invalidate it).
+``W`` is unchanged, and ``n`` itself until ``W``, ``A`` or ``B`` change: keyed on their version
+counters (in-place updates by a torch optimizer, Delta-LoRA or loading) and on a count of the
+gradients accumulated into ``A`` and ``B`` (fused optimizers update parameters without bumping
+their version counters, but only after a backward pass has produced gradients).
 The magnitude has role ``other`` (it joins ``B``'s group under LoRA+).
 """
 
@@ -37,6 +39,19 @@ class DoRA(LowRank):
         self._weight_key: tuple[int, int, torch.device] | None = None
         self._norm_value: torch.Tensor | None = None
         self._norm_key: tuple[Any, ...] | None = None
+        self._gradients = 0  # gradients accumulated into A or B so far
+        self._watched: set[int] = set()
+
+    def _count_gradients(self) -> int:
+        """How many gradients ``A`` and ``B`` have received (hooks registered on first use)."""
+        for param in (self.A, self.B):
+            if param.requires_grad and id(param) not in self._watched:
+                param.register_post_accumulate_grad_hook(self._gradient_arrived)
+                self._watched.add(id(param))
+        return self._gradients
+
+    def _gradient_arrived(self, _: torch.Tensor) -> None:
+        self._gradients += 1
 
     def _row_sq(self, weight: torch.Tensor) -> torch.Tensor:
         """``‖W_i‖²`` per row in float32, cached until ``W`` changes in place."""
@@ -59,7 +74,7 @@ class DoRA(LowRank):
         """``weight_norm`` cached until ``W``, ``A`` or ``B`` change (once per optimizer step in
         training, once in all for evaluation and generation)."""
         key = (weight.data_ptr(), weight._version, self.A.data_ptr(), self.A._version, self.B.data_ptr(),
-               self.B._version, weight.device)
+               self.B._version, weight.device, self._count_gradients())
         if self._norm_key != key:
             self._norm_value = self.weight_norm(weight)
             self._norm_key = key

@@ -1,8 +1,9 @@
 """A fingerprint of the base weights an adapter was trained on.
 
 The hash covers each target layer's name, shape and an evenly strided sample of up to 4096 of
-its values rounded to bfloat16 (so the same checkpoint loaded in float32, bfloat16 or float16
-matches), taken before any init rewrites the weight. Loading an adapter onto a model
+its values rounded to bfloat16 (so the same checkpoint loaded in float32 or bfloat16 matches;
+a float16 copy has already rounded its values differently and does not), taken before any init
+rewrites the weight. Loading an adapter onto a model
 whose fingerprint differs fails with a clear error instead of silently producing a wrong model.
 """
 

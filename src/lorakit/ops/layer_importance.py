@@ -30,14 +30,23 @@ class ImportanceAccumulator:
         self.tokens: dict[str, torch.Tensor] = {}
         self.training_only = training_only
         self.mask: torch.Tensor | None = None
+        self._handles: list[Any] = []
 
-    def attach(self, adapter: Any) -> list[Any]:
-        """Register the hooks on ``adapter``'s model and layers; returns their handles."""
+    def attach(self, adapter: Any) -> None:
+        """Register the hooks on ``adapter``'s model and layers (replacing any from an earlier
+        ``attach``, so attaching twice never records twice)."""
         def keep_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
             self.mask = kwargs.get("attention_mask")
 
-        handles = [adapter.model.register_forward_pre_hook(keep_mask, with_kwargs=True)]
-        return handles + [layer.register_forward_hook(self.hook(name)) for name, layer in adapter.layers.items()]
+        self.detach()
+        self._handles = [adapter.model.register_forward_pre_hook(keep_mask, with_kwargs=True)]
+        self._handles += [layer.register_forward_hook(self.hook(name)) for name, layer in adapter.layers.items()]
+
+    def detach(self) -> None:
+        """Remove the hooks (nothing to do when none are registered)."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
 
     def hook(self, name: str) -> Any:
         @torch.no_grad()
@@ -72,13 +81,12 @@ def output_importance(adapter: Any, batches: Iterable[dict[str, torch.Tensor]]) 
     """``I_i`` (normalised to sum 1) of every layer of ``adapter``, over the model inputs ``batches``
     (keyword arguments of the model's forward, e.g. ``{"input_ids": ...}``)."""
     accumulator = ImportanceAccumulator()
-    handles = accumulator.attach(adapter)
+    accumulator.attach(adapter)
     try:
         for batch in batches:
             adapter.model(**batch)
     finally:
-        for handle in handles:
-            handle.remove()
+        accumulator.detach()
     return accumulator.importance()
 
 

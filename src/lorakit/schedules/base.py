@@ -35,6 +35,9 @@ class Schedule:
     def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
         """Register per-step hooks on ``optimizer`` (none by default)."""
 
+    def release(self, adapter: Any) -> None:
+        """Remove whatever the schedule hooked into the model (``merge_and_unload`` calls it)."""
+
     def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
         """State that training checkpoints keep but saved adapters need not (AdaLoRA's EMAs)."""
         return {}

@@ -58,14 +58,13 @@ class LoraDrop(Schedule):
         if int(adapter.method_state[STEP_KEY]) >= warmup:
             return  # selection done (a resumed or reloaded adapter): plain training from here
         accumulator = self._accumulators.setdefault(adapter, ImportanceAccumulator(training_only=True))
-        handles = accumulator.attach(adapter)
+        accumulator.attach(adapter)
 
         @torch.no_grad()
         def after_step(*_: Any) -> None:
             if next_step(adapter, STEP_KEY) != warmup:
                 return
-            for handle in handles:
-                handle.remove()
+            accumulator.detach()
             if not accumulator.tokens:
                 raise LorakitError(f"lora_drop's warm-up saw no training forward pass in {warmup} steps, so it "
                                    "has no importance to select layers by; run the forwards with gradients")
@@ -73,6 +72,11 @@ class LoraDrop(Schedule):
             refresh_optimizer(adapter, optimizer)
 
         optimizer.register_step_post_hook(after_step)
+
+    def release(self, adapter: Any) -> None:
+        accumulator = self._accumulators.get(adapter)
+        if accumulator is not None:
+            accumulator.detach()
 
     @staticmethod
     def drop(adapter: Any, importance: dict[str, float]) -> None:
