@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 
+import json
+
 import pytest
 import torch
 
@@ -200,9 +202,10 @@ def test_disabled_context_gives_base_outputs_for_kaiming():
     ({"method": "lora", "init": "svd"}, "unknown init 'svd'"),
     ({"method": "lora", "optimizer": "sgdw"}, "unknown optimizer recipe 'sgdw'"),
     ({"method": "lora", "rank": 65}, "rank 65 exceeds layer"),
-    ({"method": "lora", "targets": ["qkv"]}, "match no nn.Linear"),
-    ({"method": "lora", "targets": ["q_proj", "bogus"]}, "target 'bogus' of .* matches no nn.Linear"),
-    ({"method": "lora", "targets": ["lm_head"]}, "match no nn.Linear"),
+    ({"method": "lora", "targets": ["qkv"]}, "match no adaptable nn.Linear"),
+    ({"method": "lora", "targets": ["q_proj", "bogus"]}, "target 'bogus' of .* matches no adaptable nn.Linear"),
+    ({"method": "lora", "targets": ["lm_head"]}, "LM head is never adapted"),
+    ({"method": "lora", "targets": "self_attn.q_proj"}, "use a list for suffixes"),
     ({"method": "lora_plus", "lr_ratio": 0.0}, "must be a finite number > 0"),
     ({"method": "lora_plus", "lr_ratio": -2}, "must be a finite number > 0"),
     ({"method": "lora", "lr_ratio": 2.0}, "has no effect"),
@@ -267,3 +270,11 @@ def test_load_passes_its_own_errors_through(tmp_path):
     adapter.save(tmp_path / "a")
     with pytest.raises(lorakit.LorakitError, match="^this adapter was trained on a different base model"):
         lorakit.load(tiny_llama(seed=5), tmp_path / "a")
+
+
+def test_numpy_scalars_are_plain_numbers():
+    import numpy as np
+
+    adapter = lorakit.attach(tiny_llama(), "lora", rank=np.int64(2), alpha=np.float32(4), seed=np.int64(3))
+    assert (adapter.spec.rank, adapter.spec.alpha, adapter.spec.seed) == (2, 4.0, 3)
+    assert type(adapter.spec.rank) is int and json.dumps(adapter.spec.to_dict())

@@ -112,11 +112,19 @@ def resolve(method: str | MethodSpec, **overrides: Any) -> MethodSpec:
                 f"unknown method option {key!r}{did_you_mean(key, OVERRIDABLE)}; "
                 f"options are: {', '.join(OVERRIDABLE)}"
             )
+    overrides = {key: _plain(value) for key, value in overrides.items()}
     if "targets" in overrides:
         overrides["targets"] = _targets(overrides["targets"])
     spec = dataclasses.replace(base, **overrides)
     validate(spec)
     return spec
+
+
+def _plain(value: Any) -> Any:
+    """A numpy (or torch) scalar as the Python number it holds; anything else unchanged."""
+    if type(value).__module__ in ("numpy", "torch") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    return value
 
 
 def _targets(value: Any) -> str | tuple[str, ...]:

@@ -60,8 +60,14 @@ def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[s
             {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
         )
         what = f"targets {targets!r} match" if not found else f"target {unmatched[0]!r} of {targets!r} matches"
+        hint = ""
+        if isinstance(targets, str) and _REGEX_CHARS & set(targets):
+            hint = " (a string with regex characters must match whole module names; use a list for suffixes)"
+        elif head is not None and any(n == s or n.endswith("." + s) for s in unmatched
+                                      for n, m in model.named_modules() if m is head):
+            hint = " (the LM head is never adapted)"
         raise LorakitError(
-            f"{what} no nn.Linear layer of this model; "
+            f"{what} no adaptable nn.Linear layer of this model{hint}; "
             f"its linear layers end in: {', '.join(linear_names) or 'none'}"
         )
     return found
