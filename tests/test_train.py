@@ -260,6 +260,7 @@ def test_cli_kill_and_resume_equals_uninterrupted(tiny_model_dir, addition_data,
     (["train", "{tmp}"], "is a folder; pass a YAML file"),
     (["train", "{latin1}"], "is not UTF-8 text"),
     (["train", "{intkey}"], "unknown config key 'train.1'"),
+    (["train", "{twice}"], "gives the key 'lr' twice at line 3; keep one"),
     (["eval", "{config}", "--adapter", "{tmp}/none"], "is not a lorakit adapter folder"),
     (["eval", "{config}", "--out", "{afile}"], "is a file; --out takes a folder"),
 ])
@@ -273,8 +274,10 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, tiny_model_dir, addition
     (tmp_path / "afile").write_text("keep")
     (tmp_path / "latin1.yaml").write_bytes("train:\n  lr: 1e-4 # \xe9\n".encode("latin-1"))
     (tmp_path / "intkey.yaml").write_text("train:\n  1: 2\n")
+    (tmp_path / "twice.yaml").write_text("train:\n  lr: 0.0\n  lr: 1.0e-3\n")
     args = [a.format(config=config, other_adapter=tmp_path / "other", tmp=tmp_path, afile=tmp_path / "afile",
-                     latin1=tmp_path / "latin1.yaml", intkey=tmp_path / "intkey.yaml") for a in args]
+                     latin1=tmp_path / "latin1.yaml", intkey=tmp_path / "intkey.yaml",
+                     twice=tmp_path / "twice.yaml") for a in args]
     capsys.readouterr()
     assert main(args) == 2
     lines = capsys.readouterr().err.strip().splitlines()
