@@ -482,3 +482,22 @@ def test_a_second_process_cannot_train_into_a_busy_folder(tiny_model_dir, additi
         holder.kill()
         holder.wait()
     assert cli("train", str(config), "--quiet", "train.max_steps=2").returncode == 0
+
+
+def test_a_diverged_step_stops_the_run_and_keeps_the_last_checkpoint(tiny_model_dir, addition_data, tmp_path,
+                                                                     monkeypatch):
+    import lorakit.train.loop as loop
+
+    calls = []
+    real = loop.token_loss
+
+    def diverging(model, batch):
+        calls.append(1)
+        loss = real(model, batch)
+        return loss * float("nan") if len(calls) > 8 else loss  # 2 micro-batches a step: step 5 diverges
+    monkeypatch.setattr(loop, "token_loss", diverging)
+    with pytest.raises(lorakit.LorakitError, match="training loss is nan at step 5: training diverged"):
+        run(tiny_model_dir, addition_data, tmp_path / "run", "train.eval_every=null")
+    last = latest_checkpoint(tmp_path / "run")
+    assert last.name == "step-0000003"
+    assert all(torch.isfinite(t).all() for t in load_file(last / "lorakit_adapter.safetensors").values())

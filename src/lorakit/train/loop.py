@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import os
 import sys
 import time
@@ -221,6 +222,10 @@ def _train(config: RunConfig, resume: bool, callbacks: Sequence[Callable[[StepIn
                 accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
             step_loss += loss_sum.detach().double()
         step_loss = global_sum(accelerator, step_loss)  # the step's one host sync for the loss
+        if not math.isfinite(step_loss):  # refuse to apply (and later checkpoint) a diverged step
+            raise LorakitError(f"the training loss is {step_loss} at step {step + 1}: training diverged (learning "
+                               "rate too high, or a float16 overflow); this step was not applied and the last "
+                               "checkpoint is intact; lower train.lr and resume, or start over")
         grad_norm = None
         if tc.max_grad_norm is not None:
             grad_norm = float(accelerator.clip_grad_norm_(adapter.parameters(), tc.max_grad_norm))
