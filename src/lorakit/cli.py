@@ -1,4 +1,4 @@
-"""The ``lorakit`` command line: train, eval, merge, methods.
+"""The ``lorakit`` command line: train, eval, merge, export, compare, demo, methods.
 
 Bad input prints one line ``lorakit: error: ...`` and exits with code 2, without a traceback.
 """
