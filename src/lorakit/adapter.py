@@ -206,16 +206,16 @@ class Adapter:
         for name, layer in self.layers.items():
             if name in self.shared:
                 continue
-            missing = [f"{name}.{k}" for k in layer.form.state_dict() if f"{name}.{k}" not in tensors]
+            own = layer.form.state_dict()
+            missing = [f"{name}.{k}" for k in own if f"{name}.{k}" not in tensors]
             if missing:
                 raise LorakitError(f"the adapter tensors lack {missing[0]} (and {len(missing) - 1} more of this layer); "
                                    "pass a state_dict of an adapter with the same method and targets")
-            state = {k: tensors[f"{name}.{k}"] for k in layer.form.state_dict()}
-            wrong = [k for k, v in layer.form.state_dict().items() if v.shape != state[k].shape]
+            state = {k: tensors[f"{name}.{k}"] for k in own}
+            wrong = [k for k, v in own.items() if v.shape != state[k].shape]
             if wrong:
                 raise LorakitError(f"{name}.{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the adapter "
-                                   f"{tuple(layer.form.state_dict()[wrong[0]].shape)}; pass a state_dict of an "
-                                   "adapter with the same ranks")
+                                   f"{tuple(own[wrong[0]].shape)}; pass a state_dict of an adapter with the same ranks")
             layer.form.load_state_dict(state)
             used.update(f"{name}.{k}" for k in state)
         self.method_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
@@ -360,8 +360,8 @@ def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any
 REQUIRED_CONFIG_KEYS = ("method", "targets", "base_fingerprint")
 
 
-def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The JSON config and tensors of a saved adapter folder (one-line errors for damaged files)."""
+def read_adapter_config(path: str | Path) -> dict[str, Any]:
+    """The JSON config of a saved adapter folder (one-line errors for a missing or damaged one)."""
     path = Path(path)
     config_path, weights_path = path / CONFIG_FILE, path / WEIGHTS_FILE
     if not config_path.is_file() or not weights_path.is_file():
@@ -377,6 +377,13 @@ def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tens
     if config.get("format_version") != FORMAT_VERSION:
         raise LorakitError(f"{config_path}: unsupported adapter format {config.get('format_version')!r} "
                            f"(this lorakit reads format {FORMAT_VERSION}); use the lorakit version that saved it")
+    return config
+
+
+def read_adapter(path: str | Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The JSON config and tensors of a saved adapter folder (one-line errors for damaged files)."""
+    config = read_adapter_config(path)
+    weights_path = Path(path) / WEIGHTS_FILE
     try:
         return config, load_file(str(weights_path))
     except Exception as exc:  # safetensors raises its own error type for truncated or foreign files

@@ -26,7 +26,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from .adapter import load, read_adapter
+    from .adapter import load, read_adapter_config
     from .config import load_config
     from .evaluate.suite import evaluate_run
     from .io.atomic import write_text_atomic
@@ -37,7 +37,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     if not split[1]:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
     if args.adapter:
-        read_adapter(args.adapter)  # a bad path fails before the model loads
+        read_adapter_config(args.adapter)  # a bad path fails before the model loads
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise LorakitError(f"{args.out} is a file; --out takes a folder (for metrics.json and generations.jsonl)")
     model, tokenizer = prepare_model(config)
@@ -54,10 +54,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def _load_adapter_on_base(args: argparse.Namespace) -> tuple[Any, Any]:
     """Load ``args.adapter`` onto its base model (``args.model`` or the one it records)."""
-    from .adapter import load, read_adapter
+    from .adapter import load, read_adapter_config
     from .models import load_model
 
-    config, _ = read_adapter(args.adapter)
+    config = read_adapter_config(args.adapter)
     base = args.model or config.get("base_model")
     if not base:
         raise LorakitError(f"{args.adapter} does not record its base model; pass --model PATH")

@@ -142,8 +142,7 @@ def validate(spec: MethodSpec) -> None:
     INITS.get(spec.init)
     RECIPES.get(spec.optimizer)
     SCHEDULES.get(spec.schedule)
-    if not isinstance(spec.rank, int) or isinstance(spec.rank, bool) or spec.rank < 1:
-        raise LorakitError(f"rank must be a positive integer, got {spec.rank!r}")
+    _check_values(spec)
     if not _is_real(spec.alpha) or not 0 < spec.alpha < math.inf:
         raise LorakitError(f"alpha must be a finite number > 0, got {spec.alpha!r}")
     if not _is_real(spec.dropout) or not 0.0 <= spec.dropout < 1.0:
@@ -164,7 +163,6 @@ def validate(spec: MethodSpec) -> None:
                 f"lr_ratio={spec.lr_ratio} has no effect with optimizer {spec.optimizer!r}; "
                 "set optimizer='lora_plus' or drop lr_ratio"
             )
-    _check_values(spec)
     if spec.pissa_niter is not None and spec.init != "pissa":
         raise LorakitError("pissa_niter needs init='pissa' (omit it for the exact SVD)")
     _validate_combination(spec)
@@ -197,9 +195,9 @@ SCHEDULE_OPTIONS = {
     "drop_threshold": ("lora_drop",),
     "drop_top_n": ("lora_drop",),
 }
-# numeric options beyond rank/alpha/dropout/lr_ratio: (real number?, non-negative? else positive)
+# numeric options beyond alpha/dropout/lr_ratio (checked with their own messages): (real number?, non-negative? else positive)
 NUMBER_OPTIONS = {
-    "pissa_niter": (False, True), "vera_d_initial": (True, False), "delta_ratio": (True, False),
+    "rank": (False, False), "pissa_niter": (False, True), "vera_d_initial": (True, False), "delta_ratio": (True, False),
     "delta_start_step": (False, True), "gate_lr": (True, False), "weight_lora_k": (False, False),
     "selection_steps": (False, False), "selection_warmup": (False, True), "simplex_every": (False, False),
     "simplex_reallocations": (False, False), "adalora_target_rank": (False, False),

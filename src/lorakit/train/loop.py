@@ -184,7 +184,6 @@ def _train(config: RunConfig, resume: bool, callbacks: Sequence[Callable[[StepIn
 
     main = accelerator.is_main_process
     if main:
-        output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(output_dir / "config.yaml", dump_config(config))
     log = RunLog(output_dir, main, [g["name"] for g in optimizer.param_groups], tc.tensorboard,
                  resume_step=start_step if checkpoint is not None else None)
