@@ -42,7 +42,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 import lorakit
 from init_speed import synchronize
-from lorakit.memory import saved_tensor_bytes
+from memory import saved_tensor_bytes
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODELS = {

@@ -37,9 +37,9 @@ from peft.tuners.lora.layer import Linear as PeftLinear
 from torch import nn
 
 import lorakit
+from lorakit.core.terms import subtract_product
 from lorakit.forms.lora import lora_scale
 from lorakit.inits import INITS
-from lorakit.inits.base import subtract_product
 
 # TinyLlama-1.1B: q/o_proj, k/v_proj (4 KV heads × 64), gate/up_proj, down_proj; (out, in).
 TINYLLAMA_SHAPES = [(2048, 2048), (256, 2048), (5632, 2048), (2048, 5632)]

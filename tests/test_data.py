@@ -11,8 +11,16 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from lorakit.data import (IGNORE_INDEX, TEMPLATES, Collator, encode, encode_all, format_prompt,
-                          load_records, split_records)
+from lorakit.data import (
+    IGNORE_INDEX,
+    TEMPLATES,
+    Collator,
+    encode,
+    encode_all,
+    format_prompt,
+    load_records,
+    split_records,
+)
 from lorakit.errors import LorakitError
 
 RECORDS = [

@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 import lorakit
 from lorakit.forms.dora import DoRA
 from lorakit.layer import AdaptedLinear
-from lorakit.memory import saved_tensor_bytes
-from lorakit.optim.lora_fa import gram_pseudo_inverse, project_gradient
+from lorakit.optimizers.lora_fa import gram_pseudo_inverse, project_gradient
+from memory import saved_tensor_bytes
 from tiny import batch, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -205,7 +205,7 @@ def test_delta_lora_saved_adapter_rebuilds_the_changed_base(tmp_path):
     for _ in range(4):
         step(model, optimizer, x)
     adapter.save(tmp_path / "delta")
-    assert "changed the base weights" in lorakit.adapter.read_adapter(tmp_path / "delta")[0]["base_update"]
+    assert "changed the base weights" in lorakit.io.adapter_files.read_adapter(tmp_path / "delta")[0]["base_update"]
     fresh = tiny_llama()
     lorakit.load(fresh, tmp_path / "delta")
     for name, layer in adapter.layers.items():

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
 from safetensors.torch import load_file
 
 import lorakit
-from lorakit.schedules import SCHEDULES
 from lorakit.train.checkpoint import latest_checkpoint
 from test_contracts import train_steps
 from test_train import ADAPTER, Crash, crash_at, run
@@ -43,13 +43,12 @@ def test_threshold_selection_uses_the_warmup_importance():
     adapter = lorakit.attach(model, "lora_drop", rank=4, targets=TARGETS, drop_warmup_steps=2,
                              drop_threshold=0.5)
     optimizer = adapter.optimizer(lr=1e-2)
-    schedule = SCHEDULES.get("lora_drop")
     x = batch(size=4, length=24)
     model.train()
     for _ in range(2):
         model(x, labels=x).loss.backward()
         if _ == 1:  # just before the selection step: the importance the schedule will use
-            importance = schedule._accumulators[adapter].importance()
+            importance = adapter.schedule.accumulator.importance()
         optimizer.step()
         optimizer.zero_grad()
     ranked = sorted(importance, key=importance.get, reverse=True)
@@ -67,7 +66,7 @@ def test_evaluations_during_the_warmup_do_not_count_as_importance():
     model = tiny_llama()
     adapter = lorakit.attach(model, "lora_drop", rank=4, targets=TARGETS, drop_warmup_steps=3)
     optimizer = adapter.optimizer(lr=1e-2)
-    accumulator = SCHEDULES.get("lora_drop")._accumulators[adapter]
+    accumulator = adapter.schedule.accumulator
     x = batch(size=4, length=24)
     model.train()
     model(x, labels=x).loss.backward()
@@ -126,7 +125,7 @@ def test_resume_across_the_selection_equals_uninterrupted(tiny_model_dir, additi
 def test_warm_up_hooks_are_registered_once_and_removed_by_a_merge():
     model = tiny_llama()
     adapter = lorakit.attach(model, "lora_drop", rank=4, drop_warmup_steps=5)
-    count = lambda: len(model._forward_pre_hooks) + sum(len(l._forward_hooks) for l in adapter.layers.values())  # noqa: E731
+    count = lambda: len(model._forward_pre_hooks) + sum(len(lay._forward_hooks) for lay in adapter.layers.values())  # noqa: E731
     adapter.optimizer(lr=1e-2)
     once = count()
     adapter.optimizer(lr=1e-2)  # a second optimizer: the warm-up still records each forward once

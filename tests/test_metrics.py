@@ -14,10 +14,21 @@ from conftest import ADDITION
 from lorakit.data import IGNORE_INDEX, Collator, encode_all
 from lorakit.data.encode import encode, encode_prompt
 from lorakit.errors import LorakitError
-from lorakit.evaluate import (GENERATION_METRICS, LOSS_METRICS, LOWER_IS_BETTER, METRICS,
-                              TEACHER_FORCED_METRICS, bleu, check_metrics, generate,
-                              generation_scores, rouge, teacher_forced_scores,
-                              teacher_forced_texts, text_scores)
+from lorakit.evaluate import (
+    GENERATION_METRICS,
+    LOSS_METRICS,
+    LOWER_IS_BETTER,
+    METRICS,
+    TEACHER_FORCED_METRICS,
+    bleu,
+    check_metrics,
+    generate,
+    generation_scores,
+    rouge,
+    teacher_forced_scores,
+    teacher_forced_texts,
+    text_scores,
+)
 
 CAT = "the cat sat on the mat"
 

@@ -148,5 +148,6 @@ def test_the_embedded_model_is_recorded_by_its_hub_id(tmp_path):
     adapter = lorakit.attach(model, "lora", rank=4, targets=TARGETS)
     config = json.loads((adapter.save_peft(tmp_path / "peft") / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == EMBEDDED_HUB_ID
-    config = json.loads((adapter.save_peft(tmp_path / "named", base_model="me/mine") / "adapter_config.json").read_text())
+    named = adapter.save_peft(tmp_path / "named", base_model="me/mine")
+    config = json.loads((named / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "me/mine"

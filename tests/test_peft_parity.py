@@ -230,8 +230,8 @@ def test_param_group_rates(base_model: LlamaForCausalLM, case: Case) -> None:
         lr_A, lr_B = case.rates
         assert rates == pytest.approx({"A": lr_A, "B": lr_B})
         groups = {g["name"]: g["params"] for g in optimizer.param_groups}
-        assert {id(p) for p in groups["A"]} == {id(l.form.A) for l in adapter.layers.values()}
-        assert {id(p) for p in groups["B"]} == {id(l.form.B) for l in adapter.layers.values()}
+        assert {id(p) for p in groups["A"]} == {id(lay.form.A) for lay in adapter.layers.values()}
+        assert {id(p) for p in groups["B"]} == {id(lay.form.B) for lay in adapter.layers.values()}
     else:
         assert rates == pytest.approx({"adapter": LR})
     assert all(g["weight_decay"] == WEIGHT_DECAY for g in optimizer.param_groups)

@@ -18,9 +18,21 @@ pytest.importorskip("peft")
 
 from peft import LoraConfig, VeraConfig, get_peft_model  # noqa: E402
 from peft.optimizers import create_lorafa_optimizer  # noqa: E402
+
 from test_peft_parity import (  # noqa: E402
-    ALPHA, FACTOR_TOL, LOGIT_TOL, LR, MIN_LOGIT_CHANGE, RANK, TARGETS, WEIGHT_DECAY, logits, one_thread,
-    peft_layer, tiny_llama, train_step,
+    ALPHA,
+    FACTOR_TOL,
+    LOGIT_TOL,
+    LR,
+    MIN_LOGIT_CHANGE,
+    RANK,
+    TARGETS,
+    WEIGHT_DECAY,
+    logits,
+    one_thread,
+    peft_layer,
+    tiny_llama,
+    train_step,
 )
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::UserWarning")

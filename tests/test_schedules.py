@@ -7,7 +7,6 @@ import torch
 
 import lorakit
 from lorakit.layer import AdaptedLinear
-from lorakit.resizing import refresh_optimizer, resize_layer
 from lorakit.schedules.weight_lora import keep_top_k
 from test_contracts import train_steps
 from tiny import batch, tiny_llama
@@ -88,13 +87,13 @@ def test_weight_lora_selection_end_leaves_outputs_unchanged():
     adapter = lorakit.attach(model, "weight_lora_plus", rank=4, targets=TARGETS, weight_lora_k=4,
                              selection_steps=1000)
     optimizer, _ = train(model, adapter, steps=3)
-    schedule = lorakit.schedules.SCHEDULES.get("weight_lora_plus")
     with torch.no_grad():  # what the selection projection would leave after the last step
         gates = keep_top_k(torch.stack([f.gate for f in adapter.forms()]), 4)
         for form, value in zip(adapter.forms(), gates):
             form.gate.copy_(value)
     before = logits(model, x)
-    schedule.finish_selection(adapter, optimizer, step=3)
+    adapter.schedule.finish_selection(adapter, step=3)
+    adapter.refresh_optimizer(optimizer)
     torch.testing.assert_close(logits(model, x), before, atol=1e-5, rtol=0)
     assert len(adapter.layers) == 4 and {layer.form.rank for layer in adapter.layers.values()} == {14}
     train(model, adapter, steps=2)  # and training goes on
@@ -135,8 +134,8 @@ def test_grow_mid_run_keeps_outputs_and_optimizer_working():
     old_A = adapter.layers[name].form.A
     assert old_A in optimizer.state
     other_state = optimizer.state[adapter.layers[other].form.A]["exp_avg"].clone()
-    resize_layer(adapter, name, 9, torch.Generator().manual_seed(0))
-    refresh_optimizer(adapter, optimizer)
+    adapter.resize_layer(name, 9, torch.Generator().manual_seed(0))
+    adapter.refresh_optimizer(optimizer)
     torch.testing.assert_close(logits(model, x), before, atol=1e-5, rtol=0)
     new_A = adapter.layers[name].form.A
     assert new_A.shape == (9, 64)
@@ -152,7 +151,7 @@ def test_grow_mid_run_keeps_outputs_and_optimizer_working():
 def test_removing_a_spectral_layer_restores_its_original_weight():
     model = tiny_llama()
     adapter = lorakit.attach(model, "olora", rank=4, targets=["q_proj"])
-    resize_layer(adapter, "model.layers.0.self_attn.q_proj", 0)
+    adapter.resize_layer("model.layers.0.self_attn.q_proj", 0)
     original = tiny_llama().model.layers[0].self_attn.q_proj.weight
     restored = model.model.layers[0].self_attn.q_proj
     assert type(restored) is torch.nn.Linear
@@ -171,7 +170,8 @@ def test_variable_rank_adapters_save_and_load_exactly(method, tmp_path):
     adapter.save(tmp_path / "adapter")
     fresh = tiny_llama()
     loaded = lorakit.load(fresh, tmp_path / "adapter")
-    assert {n: l.form.rank for n, l in loaded.layers.items()} == {n: l.form.rank for n, l in adapter.layers.items()}
+    assert {n: lay.form.rank for n, lay in loaded.layers.items()} == {
+        n: lay.form.rank for n, lay in adapter.layers.items()}
     assert torch.equal(logits(fresh, x), logits(model, x))
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-import shutil
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -360,10 +360,12 @@ def test_damaged_adapters_and_checkpoints_are_one_line_errors(tiny_model_dir, ad
         "config is a list": ("lorakit_adapter.json", lambda b: b"[]", "is not a lorakit adapter config"),
         "config not UTF-8": ("lorakit_adapter.json", lambda b: b"\xff\xfe{", "is not valid JSON"),
         "config without method": ("lorakit_adapter.json",
-                                  lambda b: json.dumps({k: v for k, v in json.loads(b).items() if k != "method"}).encode(),
+                                  lambda b: json.dumps({k: v for k, v in json.loads(b).items()
+                                                        if k != "method"}).encode(),
                                   "missing: method"),
         "ranks not integers": ("lorakit_adapter.json",
-                               lambda b: json.dumps({**json.loads(b), "ranks": {k: "x" for k in json.loads(b)["ranks"]}}).encode(),
+                               lambda b: json.dumps({**json.loads(b),
+                                                     "ranks": {k: "x" for k in json.loads(b)["ranks"]}}).encode(),
                                "do not fit together"),
     }
     for what, (name, damage, needle) in damages.items():
@@ -456,7 +458,7 @@ def test_adalora_phases_are_checked_against_the_step_count_before_the_model_load
         tiny_model_dir, addition_data, tmp_path, monkeypatch):
     import lorakit.train.loop as loop
 
-    monkeypatch.setattr(loop, "prepare_model", lambda *a: pytest.fail("the model was loaded"))
+    monkeypatch.setattr(loop, "load_base", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(lorakit.LorakitError, match=r"adalora_t_init \+ adalora_t_final must be < "
                                                     r"adalora_total_steps \(4\)"):
         run(tiny_model_dir, addition_data, tmp_path / "run", "method.name=adalora", "method.lr_ratio=null",

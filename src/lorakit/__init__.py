@@ -5,10 +5,11 @@
 >>> adapter.save("out/adapter"); merged = adapter.merge_and_unload()
 """
 
-__version__ = "0.1.0"
-
-from .adapter import Adapter, attach, load  # noqa: E402
-from .errors import LorakitError  # noqa: E402
-from .methods import MethodSpec, method_names as methods  # noqa: E402
+from .adapter import Adapter
+from .api import attach, load
+from .core.spec import MethodSpec
+from .errors import LorakitError
+from .presets import method_names as methods
+from .version import __version__
 
 __all__ = ["Adapter", "LorakitError", "MethodSpec", "attach", "load", "methods", "__version__"]

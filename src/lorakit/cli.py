@@ -8,12 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
 from pathlib import Path
 
 from .errors import LorakitError
-
-EMBEDDED_PREFIX = "embedded"
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -26,11 +23,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from .adapter import load, read_adapter_config
     from .config import load_config
-    from .evaluate.suite import evaluate_run
+    from .io.adapter_files import read_adapter_config
     from .io.atomic import write_text_atomic
-    from .train.setup import load_split, prepare_data, prepare_model
+    from .loading import evaluate, load_base, load_split
 
     config = load_config(args.config, args.overrides)
     split = load_split(config)
@@ -40,31 +36,17 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         read_adapter_config(args.adapter)  # a bad path fails before the model loads
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise LorakitError(f"{args.out} is a file; --out takes a folder (for metrics.json and generations.jsonl)")
-    model, tokenizer = prepare_model(config)
-    _, eval_examples, collate = prepare_data(config, tokenizer, split)
+    model, tokenizer = load_base(config)
     if args.adapter:
+        from .api import load
+
         load(model, args.adapter)
     out = Path(args.out) if args.out else None
-    metrics = evaluate_run(model, tokenizer, config, split[1], eval_examples, collate, out)
+    metrics = evaluate(config, model, tokenizer, split, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
     print(json.dumps(result, indent=2))
     if out is not None:
         write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
-
-
-def _load_adapter_on_base(args: argparse.Namespace) -> tuple[Any, Any]:
-    """Load ``args.adapter`` onto its base model (``args.model`` or the one it records)."""
-    from .adapter import load, read_adapter_config
-    from .models import load_model
-
-    config = read_adapter_config(args.adapter)
-    base = args.model or config.get("base_model")
-    if not base:
-        raise LorakitError(f"{args.adapter} does not record its base model; pass --model PATH")
-    if str(base).startswith(EMBEDDED_PREFIX):
-        base = EMBEDDED_PREFIX
-    model, tokenizer = load_model(base, dtype=args.dtype)
-    return load(model, args.adapter), tokenizer
 
 
 MERGE_MARKER = "lorakit_merge.json"  # marks a folder written by ``lorakit merge`` (which may be replaced)
@@ -76,22 +58,22 @@ def _merge_owned(out: Path) -> set[str] | None:
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
+    import torch
+
     from .io.atomic import atomic_directory, check_replaceable
+    from .loading import load_adapter_on_base
 
     out = Path(args.out)
     owned = _merge_owned(out) if out.is_dir() else None
     check_replaceable(out, owned)  # before the model loads
-    target_dtype = args.dtype
-    if args.dtype == "float16":  # float16 weights fingerprint differently: merge in float32, then cast
-        args.dtype = "float32"
-    adapter, tokenizer = _load_adapter_on_base(args)
+    # float16 weights fingerprint differently: merge in float32, then cast
+    load_dtype = "float32" if args.dtype == "float16" else args.dtype
+    adapter, tokenizer = load_adapter_on_base(args.adapter, args.model, load_dtype)
     provenance = {"adapter": str(Path(args.adapter).resolve()), "method": adapter.spec.to_dict(),
                   "base_model": adapter.config()["base_model"]}
     merged = adapter.merge_and_unload()
-    if target_dtype != args.dtype:
-        import torch
-
-        merged = merged.to(getattr(torch, target_dtype))
+    if args.dtype != load_dtype:
+        merged = merged.to(getattr(torch, args.dtype))
     with atomic_directory(out, owned) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
@@ -104,17 +86,16 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     from .io.atomic import check_replaceable
     from .io.peft_format import OWNED_FILES
+    from .loading import load_adapter_on_base
 
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
     check_replaceable(args.out, OWNED_FILES)  # before the model loads
-    dtype = getattr(torch, args.dtype)
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
     # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
     # base is loaded in bf16, at half the memory of float32
-    args.dtype = "bfloat16"
-    adapter, _ = _load_adapter_on_base(args)
-    path = adapter.save_peft(args.out, base_model=args.base_model_name, dtype=dtype)
+    adapter, _ = load_adapter_on_base(args.adapter, args.model, "bfloat16")
+    path = adapter.save_peft(args.out, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
     written = json.loads((path / "adapter_config.json").read_text())
     rank, base_name = written["r"], written["base_model_name_or_path"]
     print(f"PEFT-format adapter written to {path} (base model: {base_name}; rank {rank}: "
@@ -147,43 +128,14 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _compare(raw, list(args.overrides), args.quiet)
 
 
-def _method_notes(spec: Any) -> str:
-    from .forms.vera import DEFAULT_D_INITIAL
-    from .optim import delta_lora, lora_plus
-    from .schedules import adalora
-
-    notes = {
-        "lora_plus": f"λ={lora_plus.DEFAULT_RATIO:g} (lr_ratio)",
-        "lora_fa": "A frozen; lora_fa_projected=false",
-        "delta_lora": f"λ={delta_lora.DEFAULT_RATIO:g} (delta_ratio), dropout 0",
-        "dora": "magnitude per output row",
-        "vera": f"rank {spec.rank}, d₀={DEFAULT_D_INITIAL:g} (vera_d_initial), shared projections",
-        "weight_lora": "gates ω, top-K selection, then LoRA on K layers",
-        "weight_lora_plus": "as weight_lora, kept layers grow to r₀·n/K",
-        "simplex_lora": "gates ω on the simplex, ranks ceil(r₀·n·ω)",
-        "lora_drop": "warm-up importance; dropped layers share one adapter per shape",
-        "adalora": f"SVD triplets pruned to ⌈r/2⌉·n (adalora_target_rank), γ={adalora.DEFAULT_ORTH_REG:g} "
-                   "(adalora_orth_reg); by hand, attach needs adalora_total_steps",
-    }
-    return "; ".join(notes[key] for key in (spec.form, spec.optimizer, spec.schedule) if key in notes)
-
-
 def _cmd_methods(args: argparse.Namespace) -> None:
-    from .methods import PRESETS, resolve
+    from .describe import method_table, options_text
 
-    rows = [("method", "form", "init", "optimizer", "schedule", "notes")]
-    for name in PRESETS:
-        spec = resolve(name)
-        rows.append((name, spec.form, spec.init, spec.optimizer, spec.schedule, _method_notes(spec)))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
-        if i == 0:
-            print("  ".join("-" * w for w in widths))
+    print(options_text(args.name) if args.name else method_table())
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning of causal LMs.")
     parser.add_argument("--version", action="version", version=f"lorakit {__version__}")
@@ -231,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("methods", help="list the method presets and their components")
+    p = sub.add_parser("methods", help="list the method presets; with NAME, that method's options")
+    p.add_argument("name", nargs="?", help="a preset: print its components and every option with its default and help")
     p.set_defaults(func=_cmd_methods)
     return parser
 
@@ -242,10 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may also follow a flag (`train c.yaml --quiet train.lr=1e-4`), which argparse
     # leaves over: they are overrides still, in the order given
-    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
-        args.overrides = [*args.overrides, *extra]
-    elif extra:
+    takes_overrides = "overrides" in vars(args)
+    if extra and not (takes_overrides and all("=" in e and not e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, *extra]})
     try:
         args.func(args)
     except LorakitError as exc:

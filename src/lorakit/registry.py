@@ -1,8 +1,10 @@
-"""A tiny name → object registry shared by forms, inits, optimizer recipes and schedules."""
+"""A tiny name → class registry shared by forms, inits, optimizer recipes and schedules."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
 from .errors import unknown
@@ -11,7 +13,8 @@ T = TypeVar("T")
 
 
 class Registry(Generic[T]):
-    """Maps a component's name (its config value and file name) to its implementation."""
+    """Maps a component's name (its config value and file name) to its class (never to an
+    instance: every adapter creates its own components)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -43,3 +46,10 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+def import_components(package: str, path: Iterable[str]) -> None:
+    """Import every module of the component package ``package`` (its ``__path__``), so that each
+    registers itself: a new component is one new file."""
+    for info in pkgutil.iter_modules(path):
+        importlib.import_module(f"{package}.{info.name}")

@@ -14,10 +14,27 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .core.options import Option
 from .errors import LorakitError
 
 ALL_LINEAR = "all-linear"
 _REGEX_CHARS = set(".*+?[](){}|^$\\")
+DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+def normalise_targets(value: object) -> str | tuple[str, ...]:
+    """``targets`` as stored: a string as given, any other collection of names as a tuple (a set
+    sorted)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple, set, frozenset)) and all(isinstance(v, str) for v in value):
+        return tuple(sorted(value)) if isinstance(value, (set, frozenset)) else tuple(value)
+    raise LorakitError(f"targets must be a list of module-name suffixes, a regex or 'all-linear', got {value!r}")
+
+
+TARGETS = Option("targets", object, DEFAULT_TARGETS, "module-name suffixes, a regex of whole names, or "
+                 "'all-linear' (every nn.Linear but the LM head)", normalise=normalise_targets,
+                 null_is_default=False)
 
 
 def _matcher(targets: str | Sequence[str]):

@@ -3,8 +3,17 @@ teacher-forced responses."""
 
 from .generation import generate, generation_scores
 from .loss import evaluate_loss, token_loss
-from .metrics import (GENERATION_METRICS, LOSS_METRICS, LOWER_IS_BETTER, METRICS,
-                      TEACHER_FORCED_METRICS, bleu, check_metrics, rouge, text_scores)
+from .metrics import (
+                      GENERATION_METRICS,
+                      LOSS_METRICS,
+                      LOWER_IS_BETTER,
+                      METRICS,
+                      TEACHER_FORCED_METRICS,
+                      bleu,
+                      check_metrics,
+                      rouge,
+                      text_scores,
+)
 from .teacher_forced import teacher_forced_scores, teacher_forced_texts
 
 __all__ = [

@@ -18,11 +18,10 @@ from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..errors import LorakitError
-from ..evaluate.suite import evaluate_run
 from ..io.atomic import write_text_atomic
-from ..methods import DEFAULT_LR_RATIO_MODE
+from ..loading import evaluate, load_base, load_split
+from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 from ..train import train
-from ..train.setup import load_split, prepare_data, prepare_model
 from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
 from .ranks import rank_lines, rank_table
 from .report import write_report, write_results
@@ -46,7 +45,8 @@ def _describe(row: dict[str, Any]) -> str:
 
 def _row(run: Run, seed: int | None, folder: Path | None, **values: Any) -> dict[str, Any]:
     return {"run": run.name, "method": run.method.get("name", "none"), "lr_ratio": run.method.get("lr_ratio"),
-            "lr_ratio_mode": run.method.get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE), "seed": seed, "run_dir": str(folder) if folder else None, "error": None, **values}
+            "lr_ratio_mode": run.method.get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE), "seed": seed,
+            "run_dir": str(folder) if folder else None, "error": None, **values}
 
 
 def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
@@ -72,9 +72,7 @@ def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict
         metrics = json.loads(cached.read_text())
     else:
         model, tokenizer = base
-        split = load_split(config)
-        _, eval_examples, collate = prepare_data(config, tokenizer, split)
-        metrics = evaluate_run(model, tokenizer, config, split[1], eval_examples, collate, folder)
+        metrics = evaluate(config, model, tokenizer, load_split(config), folder)
         write_text_atomic(cached, json.dumps(metrics, indent=2) + "\n")
     return _row(Run(BASE_ROW, {"name": "none"}), None, folder, status="ok", **metrics)
 
@@ -96,8 +94,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     load_split(base_config)  # bad data fails before the model is loaded
-    model, tokenizer = prepare_model(base_config)
-    base = (model, tokenizer)
+    base = load_base(base_config)
     rows: list[dict[str, Any]] = []
     jobs = [(run, seed) for run in runs for seed in spec.seeds]
     bar = tqdm(total=len(jobs), desc="sweep", position=0, disable=not progress, dynamic_ncols=True)

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from ..adapter import CONFIG_FILE, final_ranks
+from ..io.adapter_files import CONFIG_FILE, final_ranks
 
 Row = dict[str, Any]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..config import RunConfig, apply_overrides, build_config, check_method, check_type
 from ..errors import LorakitError, did_you_mean
-from ..methods import DEFAULT_LR_RATIO_MODE
+from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 
 
 @dataclass
@@ -105,7 +105,8 @@ def run_config(base: RunConfig, run: Run, seed: int, output_dir: Path) -> RunCon
     return dataclasses.replace(base, method=dict(run.method), train=train)
 
 
-def load_compare_config(raw: dict[str, Any], overrides: list[str] | None = None) -> tuple[RunConfig, CompareSpec, list[Run]]:
+def load_compare_config(raw: dict[str, Any], overrides: list[str] | None = None
+                        ) -> tuple[RunConfig, CompareSpec, list[Run]]:
     """The shared run config, the compare section and the runs, all checked."""
     raw = apply_overrides(raw, overrides or [])
     compare_raw = raw.pop("compare", None)

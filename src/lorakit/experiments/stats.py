@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import unknown
-from ..methods import DEFAULT_LR_RATIO_MODE
+from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 
 KNOWN_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL",
                  "tf_bleu", "tf_rouge1", "tf_rouge2", "tf_rougeL")

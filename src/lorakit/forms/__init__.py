@@ -1,10 +1,8 @@
 """Adapter forms: what ``ΔW`` is and how it is applied to a frozen ``nn.Linear``."""
 
-from ..registry import Registry
-from .base import Form
+from ..registry import import_components
+from .base import FORMS, Form
 
-FORMS: Registry[type[Form]] = Registry("form")
-
-from . import dora, lora, svd, vera  # noqa: E402,F401  (register themselves)
+import_components(__name__, __path__)  # every module registers itself
 
 __all__ = ["FORMS", "Form"]

@@ -1,30 +1,35 @@
-"""The interface every adapter form implements."""
+"""The interface every adapter form implements, and the options all forms share."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..methods import MethodSpec
+from ..core.component import Component
+from ..core.options import Option
+from ..core.spec import MethodSpec
+from ..registry import Registry
+
+RANK = Option("rank", int, 8, "rank r of each layer's adapter (VeRA: of the shared projections)", minimum=1)
+DROPOUT = Option("dropout", float, 0.0, "dropout on the adapter's input", minimum=0.0, maximum=1.0,
+                 open_maximum=True)
 
 
-class Form(nn.Module):
+class Form(Component, nn.Module):
     """Trainable ``ΔW`` attached to one frozen linear layer.
 
     ``forward(x, base)`` returns the adapted layer's full output; ``merged_weight(W)`` the dense
     weight that replaces ``W`` when merging (never used on the training path). ``roles()`` names
     each trainable parameter's role for optimizer recipes: ``"A"`` (the input side), ``"B"``
-    (the output side) or ``"other"`` (vectors such as magnitudes or gates).
-
-    ``has_factors``: the form holds a per-layer low-rank pair set by an init (``set_factors``).
-    ``rank_within_shape``: the rank may not exceed ``min(out, in)``.
+    (the output side), ``"gate"`` (a schedule's ``ω``) or ``"other"`` (vectors such as magnitudes).
+    ``capabilities`` declares what the form supports (see ``lorakit.core.component``).
     """
 
-    has_factors = True
-    rank_within_shape = True
+    kind: ClassVar[str] = "form"
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+    options: ClassVar[tuple[Option, ...]] = (RANK, DROPOUT)
 
     @classmethod
     def shared(cls, spec: MethodSpec, targets: list[nn.Linear]) -> Any:
@@ -56,9 +61,8 @@ class Form(nn.Module):
     def roles(self) -> dict[str, nn.Parameter]:  # pragma: no cover
         raise NotImplementedError
 
-    def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:  # pragma: no cover
-        """Set the low-rank factors (used by inits and by loading)."""
-        raise NotImplementedError
-
     def post_init(self, base: nn.Linear) -> None:
         """Called once the factors are set and the base weight rewritten (DoRA's magnitude)."""
+
+
+FORMS: Registry[type[Form]] = Registry("form")

@@ -17,19 +17,23 @@ The magnitude has role ``other`` (it joins ``B``'s group under LoRA+).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import FORMS
-from .lora import LowRank
+from ..core.component import FACTORS, MAGNITUDE, PAIR, RANK_WITHIN_SHAPE
+from .base import FORMS
+from .lora import PairForm
 
 
 @FORMS.register("dora")
-class DoRA(LowRank):
+class DoRA(PairForm):
     """A low-rank pair ``B A`` plus a per-row magnitude ``m``."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR, MAGNITUDE, RANK_WITHIN_SHAPE})
+    summary: ClassVar[str] = "magnitude per output row: W' = m ⊙ (W + s·B A) / ‖W + s·B A‖_row"
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
                  rslora: bool = False, dropout: float = 0.0) -> None:

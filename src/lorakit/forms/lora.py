@@ -4,26 +4,34 @@ Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models", arXiv 2106.0968
 ``A`` has shape ``(r, in)``, ``B`` shape ``(out, r)``, scale ``s = α / r`` (``α / √r`` with
 rsLoRA, Kalajdzievski 2023, arXiv 2312.03732). The training path applies the two thin matrices
 to the activations and never forms the dense ``ΔW = s · B A``.
+
+``PairForm`` is the pair itself (shared with DoRA and AdaLoRA's SVD form); ``LowRank``, the
+``lora`` form, adds what rank schedules use: a trainable gate ``ω`` and resizing.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import FORMS
+from ..core.component import ADDITIVE, FACTORS, GATED, PAIR, RANK_WITHIN_SHAPE, RESIZABLE
+from ..core.options import Option
+from ..core.spec import MethodSpec
 from ..ops.resize import resize_pair
-from .base import Form
-
+from .base import DROPOUT, FORMS, RANK, Form
 
 # With half-precision activations (a bf16/fp16 model) the float32 factors are cast down, not the
 # activations up: the cast costs r·(in+out) numbers instead of tokens·in, gradients still reach
 # the float32 factors, and the matmuls run on the half-precision units (as under autocast).
 HALF_DTYPES = (torch.bfloat16, torch.float16)
+
+ALPHA = Option("alpha", float, 16.0, "scale numerator: s = α/r (α/√r with rslora)", minimum=0.0,
+               open_minimum=True, requirement="a finite number > 0")
+RSLORA = Option("rslora", bool, False, "rank-stabilised scale s = α/√r (Kalajdzievski 2023)")
 
 
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
@@ -31,15 +39,17 @@ def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
-def initial_scale(spec: Any) -> float:
+def initial_scale(spec: MethodSpec) -> float:
     """The scale ``s`` a spectral init used for ``W ← W − s·B₀A₀`` (a schedule may later change a
     layer's own scale, never this one)."""
     return lora_scale(spec.alpha, spec.rank, spec.rslora)
 
 
-@FORMS.register("lora")
-class LowRank(Form):
+class PairForm(Form):
     """A low-rank pair ``B A`` with scale ``s`` and input dropout."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR, ADDITIVE, RANK_WITHIN_SHAPE})
+    options: ClassVar[tuple[Option, ...]] = (RANK, ALPHA, DROPOUT, RSLORA)
 
     def __init__(
         self, in_features: int, out_features: int, rank: int, alpha: float,
@@ -50,18 +60,16 @@ class LowRank(Form):
         self.scale = lora_scale(alpha, rank, rslora)
         self.A = nn.Parameter(torch.zeros(rank, in_features))
         self.B = nn.Parameter(torch.zeros(out_features, rank))
-        self.register_parameter("gate", None)  # ω of WeightLoRA / SimplexLoRA, when a schedule adds one
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @classmethod
-    def build(cls, in_features: int, out_features: int, spec: Any, shared: Any) -> LowRank:
+    def build(cls, in_features: int, out_features: int, spec: MethodSpec, shared: Any) -> PairForm:
         return cls(in_features, out_features, spec.rank, spec.alpha, rslora=spec.rslora, dropout=spec.dropout)
 
     def diagonal(self) -> torch.Tensor | None:
-        """The weight applied between ``A`` and ``B``: a schedule's gate ``ω`` (a scalar:
-        ``ω·s·B(A x) = s·B(ω·A x)`` scales r numbers per token, not out), AdaLoRA's ``λ ⊙ mask``
-        in the SVD form (which takes no gate); ``None`` for a plain pair."""
-        return self.gate
+        """The weight applied between ``A`` and ``B`` (a gate, AdaLoRA's ``λ ⊙ mask``); ``None``
+        for a plain pair."""
+        return None
 
     def low_rank(self, x: torch.Tensor) -> torch.Tensor:
         """``s · B (A dropout(x))`` (``s · B (d ⊙ A dropout(x))`` with a diagonal ``d``), computed
@@ -85,10 +93,42 @@ class LowRank(Form):
         return self.scale * B, self.A
 
     def roles(self) -> dict[str, nn.Parameter]:
-        roles = {"A": self.A, "B": self.B}
+        return {"A": self.A, "B": self.B}
+
+    def set_rank(self, rank: int) -> None:
+        """Replace ``A``, ``B`` by zero tensors of rank ``rank`` (same device, dtype, trainability)."""
+        trainable = self.A.requires_grad, self.B.requires_grad
+        self.A = nn.Parameter(self.A.new_zeros(rank, self.A.shape[1]), requires_grad=trainable[0])
+        self.B = nn.Parameter(self.B.new_zeros(self.B.shape[0], rank), requires_grad=trainable[1])
+        self.rank = rank
+
+    @torch.no_grad()
+    def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:
+        """Set the low-rank factors (used by inits and by loading)."""
+        self.A.copy_(A)
+        self.B.copy_(B)
+
+
+@FORMS.register("lora")
+class LowRank(PairForm):
+    """The LoRA pair, which rank schedules may gate and resize."""
+
+    capabilities: ClassVar[frozenset[str]] = PairForm.capabilities | {GATED, RESIZABLE}
+    summary: ClassVar[str] = "y = W x + s·B A x"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.register_parameter("gate", None)  # ω of WeightLoRA / SimplexLoRA, when a schedule adds one
+
+    def diagonal(self) -> torch.Tensor | None:
+        """A schedule's gate ``ω`` (a scalar: ``ω·s·B(A x) = s·B(ω·A x)`` scales r numbers per
+        token, not out), or ``None``."""
+        return self.gate
+
+    def roles(self) -> dict[str, nn.Parameter]:
+        roles = super().roles()
         return roles if self.gate is None else {**roles, "gate": self.gate}
 
-    # -- what rank schedules change --------------------------------------------------------
     def set_gate(self, value: float | None) -> None:
         """Add a trainable scalar gate ``ω`` (``y = W x + ω·s·B A x``), or remove it (``None``)."""
         self.gate = None if value is None else nn.Parameter(torch.tensor(float(value), device=self.A.device))
@@ -100,21 +140,9 @@ class LowRank(Form):
             self.scale *= float(self.gate)
             self.gate = None
 
-    def set_rank(self, rank: int) -> None:
-        """Replace ``A``, ``B`` by zero tensors of rank ``rank`` (same device, dtype, trainability)."""
-        trainable = self.A.requires_grad, self.B.requires_grad
-        self.A = nn.Parameter(self.A.new_zeros(rank, self.A.shape[1]), requires_grad=trainable[0])
-        self.B = nn.Parameter(self.B.new_zeros(self.B.shape[0], rank), requires_grad=trainable[1])
-        self.rank = rank
-
     def resize(self, rank: int, generator: torch.Generator | None = None) -> None:
         """Grow (same ``B A``) or shrink (best rank-``rank`` approximation) to ``rank ≥ 1``."""
         B, A = resize_pair(self.B.detach(), self.A.detach(), rank, generator)
         dtype = self.A.dtype
         self.set_rank(rank)
         self.set_factors(B.to(dtype), A.to(dtype))
-
-    @torch.no_grad()
-    def set_factors(self, B: torch.Tensor, A: torch.Tensor) -> None:
-        self.A.copy_(A)
-        self.B.copy_(B)

@@ -5,9 +5,10 @@ arXiv 2303.10512, Eq. (3). ``P`` has shape ``(out, r)``, ``λ`` shape ``(r,)``, 
 ``(r, in)``; the scale is LoRA's ``s = α / r`` (``α / √r`` with rsLoRA). The training path never
 forms the dense ``ΔW``: ``y = W x + b + s · P ((λ ⊙ mask) ⊙ (Q dropout(x)))``.
 
-``P`` and ``Q`` are ``LowRank``'s output and input factors (stored as its ``B`` and ``A``, so the
-half-precision rule, dropout, scale and ``delta_weight`` are shared through ``LowRank.diagonal``);
-``λ`` is the parameter ``lam`` (``lambda`` is a Python keyword). A triplet ``k`` is ``(P_{:,k}, λ_k, Q_{k,:})``. The ``gaussian`` init draws
+``P`` and ``Q`` are ``PairForm``'s output and input factors (stored as its ``B`` and ``A``, so the
+half-precision rule, dropout, scale and ``delta_weight`` are shared through ``PairForm.diagonal``);
+``λ`` is the parameter ``lam`` (``lambda`` is a Python keyword). A triplet ``k`` is
+``(P_{:,k}, λ_k, Q_{k,:})``. The ``gaussian`` init draws
 ``P``, ``Q`` from ``N(0, 0.02²)`` and ``set_factors`` sets ``λ = 0``, so ``ΔW = 0`` at attach.
 
 ``mask`` (a persistent bool buffer, all ``True`` at first) is set by the ``adalora`` rank
@@ -19,19 +20,34 @@ bring it back between reallocations (the schedule also keeps a masked ``λ_k`` a
 
 from __future__ import annotations
 
+from typing import ClassVar
 
 import torch
 from torch import nn
 
+from ..core.component import ADDITIVE, FACTORS, GATED, MASKED, RANK_WITHIN_SHAPE, RESIZABLE, Parts
+from ..core.spec import MethodSpec
 from ..errors import LorakitError
-from . import FORMS
-from .lora import LowRank
+from .base import FORMS
+from .lora import PairForm
 
 
 @FORMS.register("svd")
-class SVD(LowRank):
+class SVD(PairForm):
     """``P diag(λ ⊙ mask) Q`` with scale ``s`` and input dropout (roles: ``A`` = ``Q``,
     ``B`` = ``P``, ``other`` = ``λ``)."""
+
+    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, ADDITIVE, MASKED, RANK_WITHIN_SHAPE})
+    summary: ClassVar[str] = "AdaLoRA's triplets: ΔW = s·P diag(λ ⊙ mask) Q"
+
+    @classmethod
+    def validate(cls, spec: MethodSpec, parts: Parts) -> None:
+        if spec.init != "gaussian":
+            raise LorakitError(f"AdaLoRA's SVD form starts from λ = 0 with Gaussian P, Q; init {spec.init!r} does "
+                               "not apply (use init='gaussian')")
+        if parts.schedule.requires & {GATED, RESIZABLE}:
+            raise LorakitError(f"form 'svd' is pruned by its mask, not resized; schedule {spec.schedule!r} is not "
+                               "supported (use schedule='adalora' or 'fixed')")
 
     def __init__(
         self, in_features: int, out_features: int, rank: int, alpha: float,
@@ -78,6 +94,3 @@ class SVD(LowRank):
         super().set_rank(rank)
         self.lam = nn.Parameter(self.lam.new_zeros(rank), requires_grad=self.lam.requires_grad)
         self.mask = torch.ones(rank, dtype=torch.bool, device=self.mask.device)
-
-    def resize(self, rank: int, generator: torch.Generator | None = None) -> None:
-        raise LorakitError("AdaLoRA's SVD form is pruned through its mask, not resized")

@@ -10,23 +10,27 @@ train, ``d ∈ R^r`` (starts at ``vera_d_initial``, default 0.1) and ``b ∈ R^o
 The projections are regenerated from the stored seed on load, never saved; they are drawn on
 the CPU so that every device gets the same ones. Each layer holds views of the shared tensors
 (non-persistent buffers). Roles for optimizer recipes: ``d`` is ``A`` (input side), ``b`` is
-``B``. Only the ``kaiming`` init applies (enforced in ``methods.validate``).
+``B``. Only the ``kaiming`` init applies (``VeRA.validate``).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import FORMS
-from .base import Form
+from ..core.component import ADDITIVE, Parts
+from ..core.options import Option
+from ..core.spec import MethodSpec
+from ..errors import LorakitError
+from .base import DROPOUT, FORMS, RANK, Form
 from .lora import HALF_DTYPES
 
-DEFAULT_D_INITIAL = 0.1
+D_INITIAL = Option("vera_d_initial", float, 0.1, "initial value of every entry of VeRA's vector d",
+                   minimum=0.0, open_minimum=True)
 
 
 def kaiming_uniform(shape: tuple[int, int], generator: torch.Generator) -> torch.Tensor:
@@ -47,11 +51,16 @@ def shared_projections(rank: int, in_max: int, out_max: int, seed: int) -> tuple
 class VeRA(Form):
     """Trainable scaling vectors ``d`` and ``b`` around frozen shared projections."""
 
-    has_factors = False
-    rank_within_shape = False
+    capabilities: ClassVar[frozenset[str]] = frozenset({ADDITIVE})
+    options: ClassVar[tuple[Option, ...]] = (RANK, DROPOUT, D_INITIAL)
+    refuses: ClassVar[dict[str, str]] = {
+        "rslora": "VeRA has no α/r scale for rslora to change; drop rslora",
+        "alpha": "VeRA has no α/r scale (its vectors d and b set the size of ΔW); drop alpha",
+    }
+    summary: ClassVar[str] = "frozen shared random projections; trains the vectors d and b"
 
     def __init__(self, A_shared: torch.Tensor, B_shared: torch.Tensor, in_features: int, out_features: int,
-                 d_initial: float = DEFAULT_D_INITIAL, dropout: float = 0.0) -> None:
+                 d_initial: float = D_INITIAL.default, dropout: float = 0.0) -> None:
         super().__init__()
         rank = A_shared.shape[0]
         self.rank = rank
@@ -62,7 +71,13 @@ class VeRA(Form):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     @classmethod
-    def shared(cls, spec: Any, targets: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
+    def validate(cls, spec: MethodSpec, parts: Parts) -> None:
+        if spec.init != "kaiming":
+            raise LorakitError(f"VeRA uses shared random projections; init {spec.init!r} does not apply "
+                               "(use init='kaiming')")
+
+    @classmethod
+    def shared(cls, spec: MethodSpec, targets: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor]:
         in_max = max(t.in_features for t in targets)
         out_max = max(t.out_features for t in targets)
         device = targets[0].weight.device
@@ -70,9 +85,8 @@ class VeRA(Form):
         return A_shared.to(device), B_shared.to(device)
 
     @classmethod
-    def build(cls, in_features: int, out_features: int, spec: Any, shared: Any) -> VeRA:
-        d_initial = DEFAULT_D_INITIAL if spec.vera_d_initial is None else spec.vera_d_initial
-        return cls(*shared, in_features, out_features, d_initial=d_initial, dropout=spec.dropout)
+    def build(cls, in_features: int, out_features: int, spec: MethodSpec, shared: Any) -> VeRA:
+        return cls(*shared, in_features, out_features, d_initial=spec.vera_d_initial, dropout=spec.dropout)
 
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         y = base(x)

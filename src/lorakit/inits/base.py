@@ -1,43 +1,31 @@
-"""The interface of an initialisation."""
+"""The interface of an initialisation, and its registry."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
-FactorFn = Callable[[torch.Tensor, int, float, torch.Generator, dict[str, Any]], tuple[torch.Tensor, torch.Tensor]]
+from ..core.component import Component
+from ..registry import Registry
 
 
-@dataclass(frozen=True)
-class Init:
-    """``factors(weight_f32, rank, scale, generator, options) -> (B (out, r), A (r, in))``.
+class Init(Component):
+    """How a layer's pair starts: ``factors(weight_f32, rank, scale, generator, values) -> (B (out, r),
+    A (r, in))``, ``values`` the method's option values.
 
     ``rewrites_base``: the init takes ``s·B₀A₀`` out of the base weight, so the initial factors
     must be kept to rebuild the adapted model from the original base.
     """
 
-    factors: FactorFn
-    rewrites_base: bool
+    kind: ClassVar[str] = "init"
+    rewrites_base: ClassVar[bool] = False
+
+    @staticmethod
+    def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
+                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
 
 
-@torch.no_grad()
-def add_products(weight: torch.Tensor, terms: list[tuple[torch.Tensor, torch.Tensor, float]]) -> None:
-    """``W ← W + Σ c·B A`` in place, in float32, rounded once to ``W``'s dtype.
-
-    Fused ``addmm`` calls (no ``(out, in)`` temporaries for a float32 weight). Spectral inits
-    (``c = −s``) and Delta-LoRA's update (``±λ·s``) both go through here.
-    """
-    work = weight if weight.dtype == torch.float32 else weight.to(torch.float32)
-    for B, A, coefficient in terms:
-        work.addmm_(B.to(work.device, torch.float32), A.to(work.device, torch.float32), alpha=coefficient)
-    if work is not weight:
-        weight.copy_(work.to(weight.dtype))
-
-
-def subtract_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
-    """``W ← W − s·B A``. Attaching and loading both go through this function, so the residual
-    base weight is bit-for-bit the same in both."""
-    add_products(weight, [(B, A, -scale)])
+INITS: Registry[type[Init]] = Registry("init")

@@ -7,24 +7,27 @@ weight), ``B = 0``, so ``ΔW = 0`` at attach time and the base weight is untouch
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
-from . import INITS
-from .base import Init
+from .base import INITS, Init
 
 
-def kaiming_factors(
-    weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator, options: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B = 0``, ``A`` uniform in ``±1/√in`` drawn from ``generator``."""
-    out_features, in_features = weight.shape
-    bound = 1.0 / math.sqrt(in_features)
-    A = torch.empty(rank, in_features, device=weight.device)
-    A.uniform_(-bound, bound, generator=generator)
-    B = torch.zeros(out_features, rank, device=weight.device)
-    return B, A
+@INITS.register("kaiming")
+class Kaiming(Init):
+    """``B = 0``, ``A`` uniform in ``±1/√in``."""
 
+    summary: ClassVar[str] = "B = 0, A ~ U(±1/√in)"
 
-INITS.register("kaiming")(Init(kaiming_factors, rewrites_base=False))
+    @staticmethod
+    def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
+                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B = 0``, ``A`` uniform in ``±1/√in`` drawn from ``generator``."""
+        out_features, in_features = weight.shape
+        bound = 1.0 / math.sqrt(in_features)
+        A = torch.empty(rank, in_features, device=weight.device)
+        A.uniform_(-bound, bound, generator=generator)
+        B = torch.zeros(out_features, rank, device=weight.device)
+        return B, A

@@ -10,21 +10,28 @@ factors as the full QR (same Householder signs, ``R_rr`` exactly upper triangula
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
-from . import INITS
-from .base import Init
+from ..core.component import FACTORS
+from .base import INITS, Init
 
 
-def olora_factors(
-    weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator, options: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B = Q_r`` (orthonormal columns), ``A = Q_rᵀ W`` from the thin QR of ``W[:, :r]``."""
-    Q_r, R_rr = torch.linalg.qr(weight[:, :rank])
-    A = torch.cat([R_rr, Q_r.T @ weight[:, rank:]], dim=1)
-    return Q_r.contiguous(), A.contiguous()
+@INITS.register("olora")
+class OLoRA(Init):
+    """Orthonormal ``B`` from the QR of ``W``; ``s·B A`` moved out of ``W``."""
 
+    rewrites_base: ClassVar[bool] = True
+    requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
+    needs: ClassVar[str] = "sets a per-layer pair from the QR of W"
+    summary: ClassVar[str] = "B = Q_r, A = Q_rᵀ W from the thin QR of W; W ← W − s·B A"
 
-INITS.register("olora")(Init(olora_factors, rewrites_base=True))
+    @staticmethod
+    def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
+                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B = Q_r`` (orthonormal columns), ``A = Q_rᵀ W`` from the thin QR of ``W[:, :r]``."""
+        Q_r, R_rr = torch.linalg.qr(weight[:, :rank])
+        A = torch.cat([R_rr, Q_r.T @ weight[:, rank:]], dim=1)
+        return Q_r.contiguous(), A.contiguous()

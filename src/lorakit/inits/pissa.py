@@ -8,19 +8,38 @@ SVD (``torch.svd_lowrank`` with that many subspace iterations), seeded from the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
-from . import INITS
-from .base import Init
+from ..core.component import FACTORS
+from ..core.options import Option
+from .base import INITS, Init
+
+NITER = Option("pissa_niter", int, None, "subspace iterations of a randomised SVD (null: the exact SVD)",
+               minimum=0, default_text="null (exact SVD)")
 
 
-def pissa_factors(
-    weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator, options: dict[str, Any]
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` from an exact or randomised SVD of ``W``."""
-    niter = options.get("pissa_niter")
+@INITS.register("pissa")
+class PiSSA(Init):
+    """The principal singular triplets of ``W`` as the pair; ``s·B A`` moved out of ``W``."""
+
+    rewrites_base: ClassVar[bool] = True
+    options = (NITER,)
+    requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
+    needs: ClassVar[str] = "sets a per-layer pair from the SVD of W"
+    summary: ClassVar[str] = "B = U_r √(S_r/s), A = √(S_r/s) V_rᵀ; W ← W − s·B A"
+
+    @staticmethod
+    def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
+                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` from an exact or randomised SVD of ``W``."""
+        return _svd_factors(weight, rank, scale, generator, values.get("pissa_niter"))
+
+
+def _svd_factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
+                 niter: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if niter is None:
         U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
         U_r, S_r, Vh_r = U[:, :rank], S[:rank], Vh[:rank]
@@ -32,6 +51,3 @@ def pissa_factors(
         Vh_r = V_r.T
     root = torch.sqrt(S_r / scale)
     return (U_r * root).contiguous(), (root[:, None] * Vh_r).contiguous()
-
-
-INITS.register("pissa")(Init(pissa_factors, rewrites_base=True))

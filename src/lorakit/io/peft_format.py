@@ -8,7 +8,9 @@ Each layer's whole change against the original base weight is written as one LoR
 - the form's own ``ΔW`` (``Form.factors``: LoRA's scale, a schedule's gate, AdaLoRA's kept
   singular values, VeRA's vectors and shared projections, all folded into ``B'``);
 - a spectral init (OLoRA, PiSSA) took ``s·B₀A₀`` out of ``W``: the term ``−s·B₀A₀``;
-- a recipe that moved ``W`` during training (Delta-LoRA): ``Recipe.base_update_terms``.
+- a recipe that moved ``W`` during training (Delta-LoRA): ``OptimizerRecipe.base_update_terms``.
+
+``Adapter.delta_terms`` lists these terms.
 
 With more than one term the concatenation ``[c₁B₁, c₂B₂, …] [A₁; A₂; …]`` is compacted to its
 numerical rank (``ops.resize.compact``: thin QRs and the SVD of the small core), so an OLoRA
@@ -33,40 +35,29 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
-from ..forms.lora import initial_scale
+from ..core.component import MAGNITUDE
+from ..core.protocol import AdapterView
 from ..layer import AdaptedLinear
+from ..models import EMBEDDED_HUB_ID, EMBEDDED_NAME
 from ..ops.resize import compact
-from ..optim import RECIPES
 from .atomic import atomic_directory
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what an export may replace in an existing folder
 PREFIX = "base_model.model."
 
-Term = tuple[torch.Tensor, torch.Tensor, float]
-
-
-def layer_terms(adapter: Any, name: str) -> list[Term]:
-    """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its original one
-    (DoRA: before the magnitude rescaling)."""
-    B, A = adapter.layers[name].form.factors()
-    terms: list[Term] = [(B, A, 1.0)]
-    if name in adapter.initial:  # only spectral inits keep initial factors
-        B0, A0 = adapter.initial[name]
-        terms.append((B0, A0, -initial_scale(adapter.spec)))
-    return terms + RECIPES.get(adapter.spec.optimizer).base_update_terms(adapter, name)
 
 
 @torch.no_grad()
-def lora_pair(adapter: Any, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One float32 CPU pair ``(B', A')`` with ``B' A' = Σ c·B A`` over ``layer_terms``."""
-    terms = [(c * B.detach().float().cpu(), A.detach().float().cpu()) for B, A, c in layer_terms(adapter, name)]
+def lora_pair(adapter: AdapterView, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One float32 CPU pair ``(B', A')`` with ``B' A' = Σ c·B A`` over the layer's ``delta_terms``."""
+    terms = [(c * B.detach().float().cpu(), A.detach().float().cpu()) for B, A, c in adapter.delta_terms(name)]
     if len(terms) == 1:
         return terms[0]
     return compact(torch.cat([B for B, _ in terms], dim=1), torch.cat([A for _, A in terms], dim=0))
 
 
-def target_modules(adapter: Any, names: list[str]) -> list[str]:
+def target_modules(adapter: AdapterView, names: list[str]) -> list[str]:
     """The module-name suffixes (``q_proj``, ...) when they select exactly ``names`` in the model,
     else the full names (some matching layers were removed by a schedule or not targeted)."""
     suffixes = sorted({name.rsplit(".", 1)[-1] for name in names})
@@ -75,7 +66,7 @@ def target_modules(adapter: Any, names: list[str]) -> list[str]:
     return suffixes if matching == set(names) else sorted(names)
 
 
-def peft_config(adapter: Any, rank: int, names: list[str], base_model: str | None) -> dict[str, Any]:
+def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: str | None) -> dict[str, Any]:
     """PEFT ``LoraConfig`` fields for the exported pairs (rank ``rank``, scale 1)."""
     return {
         "peft_type": "LORA",
@@ -84,7 +75,7 @@ def peft_config(adapter: Any, rank: int, names: list[str], base_model: str | Non
         "r": rank,
         "lora_alpha": rank,
         "use_rslora": False,
-        "use_dora": adapter.spec.form == "dora",
+        "use_dora": any(MAGNITUDE in form.capabilities for form in adapter.forms()),
         "target_modules": target_modules(adapter, names),
         "lora_dropout": 0.0,
         "bias": "none",
@@ -97,7 +88,7 @@ def peft_config(adapter: Any, rank: int, names: list[str], base_model: str | Non
     }
 
 
-def peft_tensors(adapter: Any, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], int]:
+def peft_tensors(adapter: AdapterView, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], int]:
     """PEFT-keyed tensors of every adapted layer, all at the largest rank ``R``; returns ``(tensors, R)``."""
     pairs = {name: lora_pair(adapter, name) for name in adapter.layers}
     rank = max(1, *(B.shape[1] for B, _ in pairs.values()))  # PEFT needs r ≥ 1
@@ -106,19 +97,17 @@ def peft_tensors(adapter: Any, dtype: torch.dtype = torch.float32) -> tuple[dict
         pad = rank - B.shape[1]
         tensors[f"{PREFIX}{name}.lora_A.weight"] = F.pad(A, (0, 0, 0, pad)).to(dtype).contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = F.pad(B, (0, pad)).to(dtype).contiguous()
-        magnitude = getattr(adapter.layers[name].form, "magnitude", None)
-        if magnitude is not None:
-            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = magnitude.detach().cpu().to(dtype).contiguous()
+        form = adapter.layers[name].form
+        if MAGNITUDE in form.capabilities:
+            tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = form.magnitude.detach().cpu().to(dtype).contiguous()
     return tensors, rank
 
 
-def export_peft(adapter: Any, path: str | Path, base_model: str | None = None,
+def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None = None,
                 dtype: torch.dtype = torch.float32) -> Path:
     """Write ``adapter`` to the folder ``path`` (atomically) in PEFT's LoRA format; ``base_model``
     is recorded as ``base_model_name_or_path`` (default: the model's own ``_name_or_path``; for the
     embedded model, the hub id its GGUF was made from)."""
-    from ..models import EMBEDDED_HUB_ID, EMBEDDED_NAME
-
     if not adapter.layers:
         raise ValueError("the adapter has no adapted layers left to export")
     tensors, rank = peft_tensors(adapter, dtype)

@@ -1,10 +1,8 @@
 """Rank schedules: which adapters exist, and at which rank, over the course of training."""
 
-from ..registry import Registry
-from .base import Schedule
+from ..registry import import_components
+from .base import SCHEDULES, Schedule
 
-SCHEDULES: Registry[Schedule] = Registry("rank schedule")
-
-from . import adalora, fixed, lora_drop, simplex_lora, weight_lora  # noqa: E402,F401  (register themselves)
+import_components(__name__, __path__)  # every module registers itself
 
 __all__ = ["SCHEDULES", "Schedule"]

@@ -23,12 +23,13 @@ exactly ``b_T`` triplets remain; every step keeps masked ``λ`` at 0.
 Defaults: ``adalora_target_rank = ⌈r/2⌉``, ``adalora_t_init = ⌊T/10⌋``, ``adalora_t_final =
 ⌊T/5⌋``, ``adalora_delta_t = 1``, ``adalora_orth_reg = 0.1``. The warm-up matters: ``λ = 0`` at
 init, so before the first steps every task sensitivity ``|λ·∂L/∂λ|`` is 0 and a budget cut right
-away would rank triplets by the orthogonal penalty alone (PEFT's defaults are 0 and 0). ``T = adalora_total_steps`` must be known
+away would rank triplets by the orthogonal penalty alone (PEFT's defaults are 0 and 0).
+``T = adalora_total_steps`` must be known
 when the optimizer is built; ``lorakit train`` fills it in with the run's step count.
 
 State: the step counter is ``adapter.method_state["adalora.step"]`` and the masks are the forms'
 buffers, both saved with the adapter, so a resumed run continues the budget schedule where it
-stopped. The EMAs ``Ī``, ``Ū`` are kept by the schedule for each adapter; training checkpoints
+stopped. The EMAs ``Ī``, ``Ū`` are kept by the adapter's schedule instance; training checkpoints
 hold them too (``checkpoint_state``), so a resumed run equals the uninterrupted one, while a
 saved adapter leaves them out (they only matter during training).
 
@@ -41,33 +42,42 @@ mask in the forward pass.
 from __future__ import annotations
 
 import math
-from dataclasses import replace
-from typing import Any
-from weakref import WeakKeyDictionary
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 
+from ..core.component import MASKED
+from ..core.options import Option
+from ..core.protocol import AdapterView
+from ..core.spec import MethodSpec
+from ..core.steps import current_step, next_step, start_counter
 from ..errors import LorakitError
-from . import SCHEDULES
-from .base import Schedule, next_step
+from .base import SCHEDULES, Schedule
 
 STEP_KEY = "adalora.step"
 BETA1 = BETA2 = 0.85
-DEFAULT_ORTH_REG = 0.1
-DEFAULT_DELTA_T = 1
 
 
-def target_rank(spec: Any) -> int:
-    """The average per-layer rank at the end: ``adalora_target_rank``, default ``⌈r/2⌉``."""
-    return spec.adalora_target_rank or math.ceil(spec.rank / 2)
+def _phase(share: int) -> Any:
+    """A derived default: ``⌊T/share⌋`` once ``T = adalora_total_steps`` is known."""
+    def derive(values: Mapping[str, Any], run: Mapping[str, int]) -> int | None:
+        total = values.get("adalora_total_steps")
+        return None if total is None else total // share
+    return derive
 
 
-def phases(spec: Any) -> tuple[int, int]:
-    """``(t_init, t_final)``: the options, or ``⌊T/10⌋`` and ``⌊T/5⌋`` (``T = adalora_total_steps``)."""
-    total = spec.adalora_total_steps or 0
-    t_init = total // 10 if spec.adalora_t_init is None else spec.adalora_t_init
-    t_final = total // 5 if spec.adalora_t_final is None else spec.adalora_t_final
-    return t_init, t_final
+TARGET_RANK = Option("adalora_target_rank", int, None, "b_T / n: the average rank left at the end", minimum=1,
+                     derive=lambda values, run: math.ceil(values["rank"] / 2), default_text="⌈rank/2⌉")
+TOTAL_STEPS = Option("adalora_total_steps", int, None, "T: optimizer steps of the run (lorakit train fills it in)",
+                     minimum=1, derive=lambda values, run: run.get("total_steps"),
+                     default_text="the run's steps")
+T_INIT = Option("adalora_t_init", int, None, "steps at the full budget before pruning starts", minimum=0,
+                derive=_phase(10), default_text="⌊T/10⌋")
+T_FINAL = Option("adalora_t_final", int, None, "final steps with the allocation fixed", minimum=0,
+                 derive=_phase(5), default_text="⌊T/5⌋")
+DELTA_T = Option("adalora_delta_t", int, 1, "ΔT: steps between reallocations", minimum=1)
+ORTH_REG = Option("adalora_orth_reg", float, 0.1, "γ: weight of the orthogonal regulariser", minimum=0.0)
 
 
 def budget(step: int, initial: int, target: int, t_init: int, t_final: int, total: int) -> int:
@@ -144,7 +154,8 @@ class Importance:
                 weights.append(weight)
                 grads.append(param.grad.to(torch.float32) if param.grad is not None else torch.zeros_like(weight))
                 if keys[-1] not in self.smoothed:
-                    self.smoothed[keys[-1]], self.uncertainty[keys[-1]] = torch.zeros_like(weight), torch.zeros_like(weight)
+                    self.smoothed[keys[-1]] = torch.zeros_like(weight)
+                    self.uncertainty[keys[-1]] = torch.zeros_like(weight)
         if not keys:
             return
         smoothed = [self.smoothed[key] for key in keys]
@@ -186,73 +197,70 @@ def allocate(forms: dict[str, Any], scores: dict[str, torch.Tensor], kept: int) 
         forms[name].lam.masked_fill_(~forms[name].mask, 0.0)
 
 
+@SCHEDULES.register("adalora")
 class AdaLora(Schedule):
     """Importance-scored triplets under a cubic total-rank budget (see the module docstring)."""
 
-    def __init__(self) -> None:
-        self._importance: WeakKeyDictionary[Any, Importance] = WeakKeyDictionary()
+    options = (TARGET_RANK, TOTAL_STEPS, T_INIT, T_FINAL, DELTA_T, ORTH_REG)
+    requires: ClassVar[frozenset[str]] = frozenset({MASKED})
+    needs: ClassVar[str] = "masks the triplets of AdaLoRA's SVD form"
+    summary: ClassVar[str] = "SVD triplets pruned by importance to a cubic total-rank budget"
 
-    def prepare(self, adapter: Any) -> None:
-        adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
+    def __init__(self, spec: MethodSpec) -> None:
+        super().__init__(spec)
+        self.importance = Importance()  # the EMAs Ī, Ū (reset when an optimizer is built)
 
-    def importance(self, adapter: Any) -> Importance:
-        """The EMAs of ``adapter`` (those of its latest optimizer)."""
-        return self._importance[adapter]
+    @classmethod
+    def validate(cls, spec: MethodSpec, parts: Any) -> None:
+        if spec.adalora_target_rank > spec.rank:
+            raise LorakitError(f"adalora_target_rank ({spec.adalora_target_rank}) must be <= rank ({spec.rank})")
+        steps = spec.adalora_total_steps
+        if steps is not None and spec.adalora_t_init + spec.adalora_t_final >= steps:
+            raise LorakitError(f"adalora_t_init + adalora_t_final must be < adalora_total_steps ({steps}), got "
+                               f"{spec.adalora_t_init} + {spec.adalora_t_final} (defaults: ⌊T/10⌋ and ⌊T/5⌋)")
 
-    def complete(self, spec: Any, total_steps: int) -> Any:
-        """The budget schedule needs ``T``: the run's step count unless given."""
-        return spec if spec.adalora_total_steps is not None else replace(spec, adalora_total_steps=total_steps)
+    def prepare(self, adapter: AdapterView) -> None:
+        start_counter(adapter.method_state, STEP_KEY)
 
-    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
-        spec = adapter.spec
-        total = spec.adalora_total_steps
-        if total is None:
+    def start(self, adapter: AdapterView) -> None:
+        if self.spec.adalora_total_steps is None:
             raise LorakitError("the adalora schedule needs the number of optimizer steps: pass "
                                "adalora_total_steps=<steps> to attach (lorakit train sets it itself)")
-        t_init, t_final = phases(spec)
-        delta_t = spec.adalora_delta_t or DEFAULT_DELTA_T
-        gamma = DEFAULT_ORTH_REG if spec.adalora_orth_reg is None else spec.adalora_orth_reg
-        count = len(adapter.layers)
-        initial, target = spec.rank * count, target_rank(spec) * count
-        end = total - t_final
-        importance = self._importance[adapter] = Importance()
+        self.importance = Importance()
 
-        @torch.no_grad()
-        def before_step(*_: Any) -> None:
-            upcoming = int(adapter.method_state.get(STEP_KEY, 0)) + 1
-            forms = {name: layer.form for name, layer in adapter.layers.items()}
-            if gamma > 0:
-                add_orthogonal_gradients(list(forms.values()), gamma)
-            if upcoming <= end:  # the allocation is fixed afterwards
-                importance.update_all(forms)
+    def _end(self) -> int:
+        """``T − t_final``: the last step that reallocates."""
+        return self.spec.adalora_total_steps - self.spec.adalora_t_final
 
-        @torch.no_grad()
-        def after_step(*_: Any) -> None:
-            step = next_step(adapter, STEP_KEY)
-            forms = {name: layer.form for name, layer in adapter.layers.items()}
-            if step == end or (t_init < step < end and step % delta_t == 0):
-                scores = {name: importance.triplet_scores(name, form) for name, form in forms.items()}
-                allocate(forms, scores, budget(step, initial, target, t_init, t_final, total))
-            for form in forms.values():
-                form.lam.masked_fill_(~form.mask, 0.0)
+    @torch.no_grad()
+    def before_step(self, adapter: AdapterView) -> None:
+        """The orthogonal gradient, then the importance EMAs from this step's gradients."""
+        forms = {name: layer.form for name, layer in adapter.layers.items()}
+        if self.spec.adalora_orth_reg > 0:
+            add_orthogonal_gradients(list(forms.values()), self.spec.adalora_orth_reg)
+        if current_step(adapter.method_state, STEP_KEY) + 1 <= self._end():  # the allocation is fixed afterwards
+            self.importance.update_all(forms)
 
-        optimizer.register_step_pre_hook(before_step)
-        optimizer.register_step_post_hook(after_step)
+    @torch.no_grad()
+    def after_step(self, adapter: AdapterView) -> bool:
+        """Apply the budget ``b(t)`` on reallocation steps; keep masked ``λ`` at 0."""
+        spec, step, end = self.spec, next_step(adapter.method_state, STEP_KEY), self._end()
+        forms = {name: layer.form for name, layer in adapter.layers.items()}
+        if step == end or (spec.adalora_t_init < step < end and step % spec.adalora_delta_t == 0):
+            count = len(forms)
+            kept = budget(step, spec.rank * count, spec.adalora_target_rank * count, spec.adalora_t_init,
+                          spec.adalora_t_final, spec.adalora_total_steps)
+            allocate(forms, {name: self.importance.triplet_scores(name, form) for name, form in forms.items()}, kept)
+        for form in forms.values():
+            form.lam.masked_fill_(~form.mask, 0.0)
+        return False
 
-    def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
-        importance = self._importance.get(adapter)
-        if importance is None:
-            return {}
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
         return {f"{kind}|{name}|{factor}": tensor for kind, table in
-                (("smoothed", importance.smoothed), ("uncertainty", importance.uncertainty))
+                (("smoothed", self.importance.smoothed), ("uncertainty", self.importance.uncertainty))
                 for (name, factor), tensor in table.items()}
 
-    def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:
-        importance = self._importance[adapter]
-        device = next(iter(adapter.layers.values())).base_layer.weight.device
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
         for key, tensor in state.items():
             kind, name, factor = key.split("|")
-            getattr(importance, kind)[(name, factor)] = tensor.to(device)
-
-
-SCHEDULES.register("adalora")(AdaLora())
+            getattr(self.importance, kind)[(name, factor)] = tensor.to(device)

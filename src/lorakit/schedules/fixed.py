@@ -1,11 +1,12 @@
 """The fixed schedule: every targeted layer keeps its adapter at rank ``r`` throughout."""
 
-from . import SCHEDULES
-from .base import Schedule
+from typing import ClassVar
+
+from .base import SCHEDULES, Schedule
 
 
+@SCHEDULES.register("fixed")
 class Fixed(Schedule):
     """Nothing changes during training."""
 
-
-SCHEDULES.register("fixed")(Fixed())
+    summary: ClassVar[str] = "every layer keeps rank r"

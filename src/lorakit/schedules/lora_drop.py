@@ -18,101 +18,104 @@ sample, and the kept adapters continue from their warm-up state instead of resta
 
 from __future__ import annotations
 
-from typing import Any
-from weakref import WeakKeyDictionary
+from typing import ClassVar
 
 import torch
+from torch import nn
 
+from ..core.component import RESIZABLE, Parts
+from ..core.options import Option
+from ..core.protocol import AdapterView
+from ..core.spec import MethodSpec
+from ..core.steps import current_step, next_step, start_counter
 from ..errors import LorakitError
 from ..ops.layer_importance import DEFAULT_THRESHOLD, ImportanceAccumulator, select_layers
-from ..resizing import refresh_optimizer
-from . import SCHEDULES
-from .base import Schedule, next_step, require_steps
+from .base import SCHEDULES, Schedule, require_steps
 
-DEFAULT_WARMUP_STEPS = 20
 STEP_KEY = "lora_drop.step"
+WARMUP_STEPS = Option("drop_warmup_steps", int, 20, "optimizer steps of LoRA on every layer before the selection",
+                      minimum=1)
+TOP_N = Option("drop_top_n", int, None, "keep the n most important layers (instead of drop_threshold)", minimum=1)
+THRESHOLD = Option("drop_threshold", float, None, "keep the most important layers up to this share of the importance",
+                   minimum=0.0, maximum=1.0, open_minimum=True,
+                   derive=lambda values, run: DEFAULT_THRESHOLD if values.get("drop_top_n") is None else None,
+                   default_text=f"{DEFAULT_THRESHOLD} (null with drop_top_n)")
 
 
+@SCHEDULES.register("lora_drop")
 class LoraDrop(Schedule):
     """Importance from the warm-up, then shared adapters for the unimportant layers."""
 
-    resizes = True
+    options = (WARMUP_STEPS, TOP_N, THRESHOLD)
+    requires: ClassVar[frozenset[str]] = frozenset({RESIZABLE})
+    needs: ClassVar[str] = "replaces and shares low-rank pairs"
+    resizes: ClassVar[bool] = True
+    summary: ClassVar[str] = "warm-up importance; dropped layers share one adapter per shape"
 
-    def __init__(self) -> None:
-        self._accumulators: WeakKeyDictionary[Any, ImportanceAccumulator] = WeakKeyDictionary()
+    def __init__(self, spec: MethodSpec) -> None:
+        super().__init__(spec)
+        self.accumulator = ImportanceAccumulator(training_only=True)
 
-    def complete(self, spec: Any, total_steps: int) -> Any:
-        require_steps("drop_warmup_steps", spec.drop_warmup_steps or DEFAULT_WARMUP_STEPS, total_steps)
-        return spec
+    @classmethod
+    def validate(cls, spec: MethodSpec, parts: Parts) -> None:
+        if spec.drop_threshold is not None and spec.drop_top_n is not None:
+            raise LorakitError("drop_threshold and drop_top_n are two ways to choose the kept layers; set one of them")
+        if spec.init != "kaiming":
+            raise LorakitError(f"lora_drop replaces the dropped layers' adapters by shared fresh ones; init "
+                               f"{spec.init!r} rewrites the base weights and cannot be dropped that way "
+                               "(use init='kaiming')")
 
-    def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
-        if spec.drop_top_n is not None and spec.drop_top_n > len(targets):
-            raise LorakitError(f"drop_top_n={spec.drop_top_n} exceeds the {len(targets)} adapted layers; "
+    @classmethod
+    def check_run(cls, spec: MethodSpec, total_steps: int) -> None:
+        require_steps("drop_warmup_steps", spec.drop_warmup_steps, total_steps)
+
+    def check_targets(self, targets: list[tuple[str, nn.Linear]]) -> None:
+        if self.spec.drop_top_n is not None and self.spec.drop_top_n > len(targets):
+            raise LorakitError(f"drop_top_n={self.spec.drop_top_n} exceeds the {len(targets)} adapted layers; "
                                f"choose at most {len(targets)}")
 
-    def prepare(self, adapter: Any) -> None:
-        adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
+    def prepare(self, adapter: AdapterView) -> None:
+        start_counter(adapter.method_state, STEP_KEY)
 
-    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
-        warmup = adapter.spec.drop_warmup_steps or DEFAULT_WARMUP_STEPS
-        if int(adapter.method_state[STEP_KEY]) >= warmup:
-            return  # selection done (a resumed or reloaded adapter): plain training from here
-        accumulator = self._accumulators.setdefault(adapter, ImportanceAccumulator(training_only=True))
-        accumulator.attach(adapter)
+    def start(self, adapter: AdapterView) -> None:
+        if current_step(adapter.method_state, STEP_KEY) < self.spec.drop_warmup_steps:
+            self.accumulator.attach(adapter)  # a resumed or reloaded adapter past its selection trains plainly
 
-        @torch.no_grad()
-        def after_step(*_: Any) -> None:
-            if next_step(adapter, STEP_KEY) != warmup:
-                return
-            accumulator.detach()
-            if not accumulator.tokens:
-                raise LorakitError(f"lora_drop's warm-up saw no training forward pass in {warmup} steps, so it "
-                                   "has no importance to select layers by; run the forwards with gradients")
-            self.drop(adapter, accumulator.importance())
-            refresh_optimizer(adapter, optimizer)
+    @torch.no_grad()
+    def after_step(self, adapter: AdapterView) -> bool:
+        warmup, state = self.spec.drop_warmup_steps, adapter.method_state
+        if current_step(state, STEP_KEY) >= warmup or next_step(state, STEP_KEY) != warmup:
+            return False
+        self.accumulator.detach()
+        if not self.accumulator.tokens:
+            raise LorakitError(f"lora_drop's warm-up saw no training forward pass in {warmup} steps, so it "
+                               "has no importance to select layers by; run the forwards with gradients")
+        self.drop(adapter, self.accumulator.importance())
+        return True
 
-        optimizer.register_step_post_hook(after_step)
+    def release(self, adapter: AdapterView) -> None:
+        self.accumulator.detach()
 
-    def release(self, adapter: Any) -> None:
-        accumulator = self._accumulators.get(adapter)
-        if accumulator is not None:
-            accumulator.detach()
-
-    @staticmethod
-    def drop(adapter: Any, importance: dict[str, float]) -> None:
+    def drop(self, adapter: AdapterView, importance: dict[str, float]) -> None:
         """Keep the selected layers; the others share one fresh adapter per weight shape."""
-        from ..adapter import initial_factors, new_form, share_forms
-
-        spec = adapter.spec
-        kept = set(select_layers(importance, spec.drop_threshold or DEFAULT_THRESHOLD, spec.drop_top_n))
+        kept = set(select_layers(importance, self.spec.drop_threshold, self.spec.drop_top_n))
         owners: dict[tuple[int, ...], str] = {}
-        for name, layer in adapter.layers.items():
+        for name, layer in list(adapter.layers.items()):
             if name in kept:
                 continue
             shape = tuple(layer.base_layer.weight.shape)
             if shape in owners:
-                share_forms(adapter, {name: owners[shape]})
-                continue
-            owners[shape] = name  # the first dropped layer of this shape owns the shared adapter
-            form = new_form(spec, layer.base_layer, None, layer.training)
-            form.set_factors(*initial_factors(form, layer.base_layer.weight, spec, f"{name}@shared"))
-            layer.form = form  # new parameters: the optimizer refresh gives them fresh state
+                adapter.share_form(name, owners[shape])
+            else:  # the first dropped layer of this shape owns the shared adapter (new parameters, fresh state)
+                owners[shape] = name
+                adapter.replace_form(name, adapter.fresh_form(name, f"{name}@shared"))
 
-    def checkpoint_state(self, adapter: Any) -> dict[str, torch.Tensor]:
-        accumulator = self._accumulators.get(adapter)
-        if accumulator is None:
-            return {}
-        sums = {"total": accumulator.totals, "tokens": accumulator.tokens}
+    def checkpoint_state(self) -> dict[str, torch.Tensor]:
+        sums = {"total": self.accumulator.totals, "tokens": self.accumulator.tokens}
         return {f"{name}|{kind}": torch.as_tensor(value, dtype=torch.float64).cpu()
                 for kind, values in sums.items() for name, value in values.items()}
 
-    def load_checkpoint_state(self, adapter: Any, state: dict[str, torch.Tensor]) -> None:
-        accumulator = self._accumulators.get(adapter)
-        if accumulator is None:
-            return
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor], device: torch.device) -> None:
         for key, value in state.items():
             name, kind = key.rsplit("|", 1)
-            (accumulator.totals if kind == "total" else accumulator.tokens)[name] = float(value)
-
-
-SCHEDULES.register("lora_drop")(LoraDrop())
+            (self.accumulator.totals if kind == "total" else self.accumulator.tokens)[name] = float(value)

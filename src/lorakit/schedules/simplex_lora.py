@@ -17,18 +17,22 @@ starts at ``n·s`` so that ``ω₀·(n·s)·B₀A₀ = s·B₀A₀`` and the out
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import ClassVar
 
 import torch
 
-from ..resizing import refresh_optimizer, resize_layer
-from . import SCHEDULES
-from .base import Schedule, gated_forms, next_step, project_gates, rank_limit, require_steps
+from ..core.component import GATED, RESIZABLE
+from ..core.generators import layer_generator
+from ..core.options import Option
+from ..core.protocol import AdapterView
+from ..core.spec import MethodSpec
+from ..core.steps import next_step, start_counter
 from ..ops.simplex import project_simplex
+from .base import GATE_LR, SCHEDULES, Schedule, gated_forms, project_gates, rank_limit, require_steps
 
-DEFAULT_EVERY = 50
-DEFAULT_REALLOCATIONS = 3
 STEP_KEY, COUNT_KEY = "simplex_lora.step", "simplex_lora.n"
+EVERY = Option("simplex_every", int, 50, "optimizer steps between reallocations", minimum=1)
+REALLOCATIONS = Option("simplex_reallocations", int, 3, "how many reallocations before plain LoRA", minimum=1)
 
 
 def simplex_ranks(weights: dict[str, float], base_rank: int, count: int, limits: dict[str, int]) -> dict[str, int]:
@@ -37,59 +41,50 @@ def simplex_ranks(weights: dict[str, float], base_rank: int, count: int, limits:
             for name, w in weights.items()}
 
 
+@SCHEDULES.register("simplex_lora")
 class SimplexLora(Schedule):
     """Gates on the simplex, a few reallocations of rank, then plain LoRA."""
 
-    uses_gates = True
-    resizes = True
+    options = (GATE_LR, EVERY, REALLOCATIONS)
+    requires: ClassVar[frozenset[str]] = frozenset({GATED, RESIZABLE})
+    needs: ClassVar[str] = "gates and resizes low-rank pairs"
+    resizes: ClassVar[bool] = True
+    summary: ClassVar[str] = "gates ω on the simplex, ranks ceil(r₀·n·ω)"
 
-    def prepare(self, adapter: Any) -> None:
-        from ..inits import INITS
+    @classmethod
+    def check_run(cls, spec: MethodSpec, total_steps: int) -> None:
+        require_steps("simplex_every", spec.simplex_every, total_steps)
 
+    def prepare(self, adapter: AdapterView) -> None:
         count = len(adapter.layers)
-        spectral = INITS.get(adapter.spec.init).rewrites_base
         for form in adapter.forms():
             form.set_gate(1.0 / count)
-            if spectral:  # W lost s·B₀A₀ at init: ω₀·(n·s)·B₀A₀ puts exactly that back
+            if adapter.spectral:  # W lost s·B₀A₀ at init: ω₀·(n·s)·B₀A₀ puts exactly that back
                 form.scale *= count
-        adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
+        start_counter(adapter.method_state, STEP_KEY)
         adapter.method_state.setdefault(COUNT_KEY, torch.tensor(count))
 
-    def complete(self, spec: Any, total_steps: int) -> Any:
-        require_steps("simplex_every", spec.simplex_every or DEFAULT_EVERY, total_steps)
-        return spec
+    @torch.no_grad()
+    def after_step(self, adapter: AdapterView) -> bool:
+        step = next_step(adapter.method_state, STEP_KEY)
+        forms = gated_forms(adapter)
+        if not forms:
+            return False
+        project_gates(forms, project_simplex)
+        every, reallocations = self.spec.simplex_every, self.spec.simplex_reallocations
+        if step % every != 0 or step // every > reallocations:
+            return False
+        self.reallocate(adapter, final=step // every == reallocations, step=step)
+        return True
 
-    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
-        spec = adapter.spec
-        every = spec.simplex_every or DEFAULT_EVERY
-        reallocations = spec.simplex_reallocations or DEFAULT_REALLOCATIONS
-
-        @torch.no_grad()
-        def after_step(*_: Any) -> None:
-            step = next_step(adapter, STEP_KEY)
-            forms = gated_forms(adapter)
-            if not forms:
-                return
-            project_gates(forms, project_simplex)
-            if step % every == 0 and step // every <= reallocations:
-                self.reallocate(adapter, optimizer, final=step // every == reallocations, step=step)
-
-        optimizer.register_step_post_hook(after_step)
-
-    @staticmethod
-    def reallocate(adapter: Any, optimizer: torch.optim.Optimizer, final: bool, step: int) -> None:
-        from ..adapter import layer_generator
-
+    def reallocate(self, adapter: AdapterView, final: bool, step: int) -> None:
+        """``r_i = min(ceil(r₀·n·ω_i), min(out, in))`` for every layer; the last time, fold the gates."""
         weights = {name: float(layer.form.gate.detach()) for name, layer in adapter.layers.items()}
         limits = {name: rank_limit(adapter, name) for name in weights}
-        ranks = simplex_ranks(weights, adapter.spec.rank, int(adapter.method_state[COUNT_KEY]), limits)
+        ranks = simplex_ranks(weights, self.spec.rank, int(adapter.method_state[COUNT_KEY]), limits)
         for name, rank in ranks.items():
             device = adapter.layers[name].base_layer.weight.device
-            resize_layer(adapter, name, rank, layer_generator(adapter.spec.seed, f"{name}@{step}", device))
+            adapter.resize_layer(name, rank, layer_generator(self.spec.seed, f"{name}@{step}", device))
         if final:
             for form in adapter.forms():
                 form.fold_gate()
-        refresh_optimizer(adapter, optimizer)
-
-
-SCHEDULES.register("simplex_lora")(SimplexLora())

@@ -22,18 +22,37 @@ directions learn from there).
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
+from torch import nn
 
+from ..core.component import GATED, RESIZABLE, Parts
+from ..core.generators import layer_generator
+from ..core.options import Option
+from ..core.protocol import AdapterView
+from ..core.spec import MethodSpec
+from ..core.steps import next_step, start_counter
 from ..errors import LorakitError
-from ..resizing import refresh_optimizer, remove_layer, resize_layer
-from . import SCHEDULES
-from .base import Schedule, gated_forms, next_step, project_gates, rank_limit, require_steps
+from .base import GATE_LR, SCHEDULES, Schedule, gated_forms, project_gates, rank_limit, require_steps
 
-DEFAULT_SELECTION_STEPS = 100
 WARMUP_SHARE = 5  # default warm-up: selection_steps // 5
 STEP_KEY, COUNT_KEY = "weight_lora.step", "weight_lora.n"
+
+
+def _default_warmup(values: Mapping[str, Any], run: Mapping[str, int]) -> int:
+    selection = values["selection_steps"]
+    return min(max(1, selection // WARMUP_SHARE), selection - 1)
+
+
+K = Option("weight_lora_k", int, None, "K: how many adapters survive the selection", minimum=1,
+           derive=lambda values, run: math.ceil(run["layers"] / 2) if "layers" in run else None,
+           default_text="⌈n/2⌉ (n adapted layers)")
+SELECTION_STEPS = Option("selection_steps", int, 100, "optimizer steps of the selection phase", minimum=1)
+SELECTION_WARMUP = Option("selection_warmup", int, None, "steps before the first projection onto K non-zeros",
+                          minimum=0, derive=_default_warmup, default_text="min(max(1, selection_steps // 5), "
+                          "selection_steps − 1)")
 
 
 def keep_top_k(gates: torch.Tensor, k: int) -> torch.Tensor:
@@ -46,74 +65,73 @@ def keep_top_k(gates: torch.Tensor, k: int) -> torch.Tensor:
     return out
 
 
-def selection_phase(spec: Any) -> tuple[int, int]:
-    """``(selection_steps, selection_warmup)`` with their defaults."""
-    selection = spec.selection_steps or DEFAULT_SELECTION_STEPS
-    if spec.selection_warmup is not None:
-        return selection, spec.selection_warmup
-    return selection, min(max(1, selection // WARMUP_SHARE), selection - 1)
-
-
+@SCHEDULES.register("weight_lora")
 class WeightLora(Schedule):
-    """Top-K gate selection, then plain LoRA on the K kept layers (``grow``: WeightLoRA+)."""
+    """Top-K gate selection, then plain LoRA on the K kept layers."""
 
-    uses_gates = True
-    resizes = True
+    options = (GATE_LR, K, SELECTION_STEPS, SELECTION_WARMUP)
+    requires: ClassVar[frozenset[str]] = frozenset({GATED, RESIZABLE})
+    needs: ClassVar[str] = "gates and removes low-rank pairs"
+    resizes: ClassVar[bool] = True
+    grow: ClassVar[bool] = False
+    summary: ClassVar[str] = "gates ω, top-K selection, then LoRA on K layers"
 
-    def __init__(self, grow: bool) -> None:
-        self.grow = grow
+    @classmethod
+    def validate(cls, spec: MethodSpec, parts: Parts) -> None:
+        if spec.selection_warmup >= spec.selection_steps:
+            raise LorakitError(f"selection_warmup ({spec.selection_warmup}) must be smaller than selection_steps "
+                               f"({spec.selection_steps})")
 
-    def check_targets(self, spec: Any, targets: list[tuple[str, Any]]) -> None:
-        if spec.weight_lora_k is not None and spec.weight_lora_k > len(targets):
-            raise LorakitError(f"weight_lora_k={spec.weight_lora_k} exceeds the {len(targets)} adapted layers; "
+    @classmethod
+    def check_run(cls, spec: MethodSpec, total_steps: int) -> None:
+        require_steps("selection_steps", spec.selection_steps, total_steps)
+
+    def check_targets(self, targets: list[tuple[str, nn.Linear]]) -> None:
+        k = self.spec.weight_lora_k
+        if k is not None and k > len(targets):
+            raise LorakitError(f"weight_lora_k={k} exceeds the {len(targets)} adapted layers; "
                                f"choose K ≤ {len(targets)}")
 
-    def complete(self, spec: Any, total_steps: int) -> Any:
-        require_steps("selection_steps", selection_phase(spec)[0], total_steps)
-        return spec
-
-    def prepare(self, adapter: Any) -> None:
+    def prepare(self, adapter: AdapterView) -> None:
         for form in adapter.forms():
             form.set_gate(1.0)
-        adapter.method_state.setdefault(STEP_KEY, torch.tensor(0))
+        start_counter(adapter.method_state, STEP_KEY)
         adapter.method_state.setdefault(COUNT_KEY, torch.tensor(len(adapter.layers)))
 
-    @staticmethod
-    def budget(adapter: Any) -> int:
+    def budget(self, adapter: AdapterView) -> int:
         """``K``: how many adapters survive the selection."""
-        count = int(adapter.method_state[COUNT_KEY])
-        return min(adapter.spec.weight_lora_k or math.ceil(count / 2), count)
+        return min(self.spec.weight_lora_k, int(adapter.method_state[COUNT_KEY]))
 
-    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
-        selection, warmup = selection_phase(adapter.spec)
+    @torch.no_grad()
+    def after_step(self, adapter: AdapterView) -> bool:
+        step = next_step(adapter.method_state, STEP_KEY)
+        forms = gated_forms(adapter)
+        if step <= self.spec.selection_warmup or step > self.spec.selection_steps or not forms:
+            return False
+        project_gates(forms, lambda gates: keep_top_k(gates, self.budget(adapter)))
+        if step != self.spec.selection_steps:
+            return False
+        self.finish_selection(adapter, step)
+        return True
 
-        @torch.no_grad()
-        def after_step(*_: Any) -> None:
-            step = next_step(adapter, STEP_KEY)
-            forms = gated_forms(adapter)
-            if step <= warmup or step > selection or not forms:
-                return
-            project_gates(forms, lambda gates: keep_top_k(gates, self.budget(adapter)))
-            if step == selection:
-                self.finish_selection(adapter, optimizer, step)
-
-        optimizer.register_step_post_hook(after_step)
-
-    def finish_selection(self, adapter: Any, optimizer: torch.optim.Optimizer, step: int) -> None:
-        from ..adapter import layer_generator
-
+    def finish_selection(self, adapter: AdapterView, step: int) -> None:
+        """Remove the adapters whose gate is 0, fold the kept gates (WeightLoRA+: grow the kept)."""
         for name in [n for n, layer in adapter.layers.items() if float(layer.form.gate.detach()) == 0.0]:
-            remove_layer(adapter, name)
+            adapter.remove_layer(name)
         for form in adapter.forms():
             form.fold_gate()
         if self.grow:
             count, kept = int(adapter.method_state[COUNT_KEY]), self.budget(adapter)
             for name, layer in list(adapter.layers.items()):
-                rank = min(adapter.spec.rank * count // kept, rank_limit(adapter, name))
-                generator = layer_generator(adapter.spec.seed, f"{name}@{step}", layer.base_layer.weight.device)
-                resize_layer(adapter, name, max(rank, layer.form.rank), generator)
-        refresh_optimizer(adapter, optimizer)
+                rank = min(self.spec.rank * count // kept, rank_limit(adapter, name))
+                generator = layer_generator(self.spec.seed, f"{name}@{step}", layer.base_layer.weight.device)
+                adapter.resize_layer(name, max(rank, layer.form.rank), generator)
 
 
-SCHEDULES.register("weight_lora")(WeightLora(grow=False))
-SCHEDULES.register("weight_lora_plus")(WeightLora(grow=True))
+@SCHEDULES.register("weight_lora_plus")
+class WeightLoraPlus(WeightLora):
+    """WeightLoRA, then the kept adapters grow to share the freed rank budget."""
+
+    grow: ClassVar[bool] = True
+    needs: ClassVar[str] = "gates, removes and grows low-rank pairs"
+    summary: ClassVar[str] = "as weight_lora, kept layers grow to r₀·n/K"

@@ -1,5 +1,5 @@
-"""Training: the accelerate loop, its data order and its checkpoints."""
+"""Training: a run with named phases, its data order, its log and its checkpoints."""
 
-from .loop import train
+from .loop import StepInfo, train
 
-__all__ = ["train"]
+__all__ = ["StepInfo", "train"]

@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from ..adapter import Adapter
 from ..errors import LorakitError
+from ..io.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from ..io.atomic import atomic_directory, write_text_atomic
 
 STATE_FILE = "trainer_state.json"
@@ -42,11 +44,9 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
     return Path(output_dir) / "checkpoints"
 
 
-def save_checkpoint(output_dir: str | Path, step: int, adapter: Any, optimizer: torch.optim.Optimizer,
+def save_checkpoint(output_dir: str | Path, step: int, adapter: Adapter, optimizer: torch.optim.Optimizer,
                     scheduler: Any, state: dict[str, Any], keep: int) -> Path:
     """Write the checkpoint of ``step`` atomically, point ``latest`` at it, prune old ones."""
-    from ..adapter import CONFIG_FILE, WEIGHTS_FILE
-
     root = checkpoints_dir(output_dir)
     folder = root / f"step-{step:07d}"
     with atomic_directory(folder, (WEIGHTS_FILE, CONFIG_FILE, TENSORS_FILE, STATE_FILE)) as tmp:

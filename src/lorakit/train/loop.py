@@ -1,11 +1,14 @@
 """The training loop, on accelerate so that multi-GPU launchers work unchanged.
 
-One optimizer step = ``grad_accum`` micro-batches; the loss of the step is the sum of response
-token cross-entropies divided by the number of response tokens in the whole step, so gradient
-accumulation gives the same gradient as one large batch. Metrics go to ``metrics.jsonl`` and
-TensorBoard event files (``run_log``; training every ``log_every`` steps, eval every
-``eval_every`` steps and at the end);
-checkpoints every ``save_every`` steps; the final adapter to ``<output_dir>/adapter``.
+``train`` runs a ``Run`` through its phases: **prepare** (data, model, adapter or checkpoint,
+optimizer), **resume** (optimizer, scheduler, RNG and training state from the checkpoint), then for
+every optimizer step **step** (forward/backward over ``grad_accum`` micro-batches, clip, update),
+**log**, **evaluate** and **checkpoint** when due, and **finish** (final evaluation, adapter,
+summary). The loss of a step is the sum of response-token cross-entropies divided by the number
+of response tokens in the whole step (over all processes), so gradient accumulation and data
+parallelism give the same gradient as one large batch. Metrics go to ``metrics.jsonl`` and
+TensorBoard event files (``run_log``); checkpoints every ``save_every`` steps; the final
+adapter to ``<output_dir>/adapter``.
 """
 
 from __future__ import annotations
@@ -23,25 +26,26 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from torch import nn
 from tqdm.auto import tqdm
 from transformers import get_scheduler, set_seed
 
-from ..adapter import Adapter, attach, final_ranks, load
+from ..adapter import Adapter
+from ..api import attach, load
 from ..config import RunConfig, dump_config
+from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
-from ..evaluate.suite import evaluate_run
+from ..io.adapter_files import final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
-from ..methods import validate
-from ..schedules import SCHEDULES
+from ..loading import Split, encode, evaluate, load_base, load_split
+from ..presets import complete, parts_of
 from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .run_log import RunLog
-from .setup import load_split, prepare_data, prepare_model
 
 CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir",
                               "tensorboard")
@@ -58,6 +62,214 @@ class StepInfo:
     loss: float
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
+
+
+def train(config: RunConfig, resume: bool = False,
+          callbacks: Sequence[Callable[[StepInfo], None]] = (), progress: bool = True,
+          base: tuple[nn.Module, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune ``config.model`` with ``config.method`` on ``config.data``; return the summary.
+
+    ``base``: an already loaded ``(model, tokenizer)`` for ``config.model`` (a sweep loads it
+    once); the run trains a deep copy and leaves it untouched. A second process training into
+    the same ``output_dir`` at the same time is refused (``lorakit.io.lock``).
+    """
+    output_dir = Path(config.train.output_dir)
+    _make_output_dir(output_dir)
+    first_process = int(os.environ.get("RANK", "0")) == 0  # the other data-parallel processes share the run
+    with folder_lock(output_dir) if first_process else contextlib.nullcontext():
+        run = Run.prepare(config, output_dir, resume, base)
+        run.resume()
+        run.start(progress)
+        for step in range(run.start_step, run.total_steps):
+            loss, tokens, grad_norm = run.step(step)
+            run.log(step + 1, loss, tokens, grad_norm)
+            metrics = run.evaluate(step + 1)
+            run.checkpoint(step + 1)
+            for callback in callbacks:
+                callback(StepInfo(step + 1, run.total_steps, loss / tokens, output_dir, metrics))
+        return run.finish()
+
+
+class Run:
+    """One training run: its config, model, adapter, optimizer and position, phase by phase."""
+
+    def __init__(self, config: RunConfig, output_dir: Path, accelerator: Accelerator, spec: MethodSpec,
+                 split: Split, total_steps: int, per_epoch: int, checkpoint: Path | None) -> None:
+        self.config, self.output_dir, self.accelerator = config, output_dir, accelerator
+        self.spec, self.split, self.total_steps, self.per_epoch = spec, split, total_steps, per_epoch
+        self.checkpoint_folder = checkpoint
+        self.main = accelerator.is_main_process
+        self.state: dict[str, Any] = {"config": config.to_dict()}  # what every checkpoint records
+        self.start_step = 0
+        self.window_loss, self.window_tokens = 0.0, 0  # the loss window of the next log record
+        self.last_loss = float("nan")  # the training loss of the last log window (token-weighted)
+
+    # -- prepare ---------------------------------------------------------------------------
+    @classmethod
+    def prepare(cls, config: RunConfig, output_dir: Path, resume: bool, base: tuple[nn.Module, Any] | None) -> Run:
+        """Check everything that needs no model, then load the model, data and adapter."""
+        tc = config.train
+        checkpoint = _check_output_dir(output_dir, resume)
+        split = load_split(config)
+        accelerator = _accelerator(tc.mixed_precision)
+        # every record becomes one example, so the step count (and what depends on it) is known
+        # before the model is loaded, and a config error costs no loading time
+        per_epoch = steps_per_epoch(len(split[0]), tc.batch_size, tc.grad_accum, accelerator.num_processes)
+        total_steps = tc.max_steps or per_epoch * tc.epochs
+        spec = config.method_spec()
+        _check_distributed(accelerator, spec)
+        parts_of(spec).schedule.check_run(spec, total_steps)
+        run = cls(config, output_dir, accelerator, complete(spec, total_steps=total_steps), split, total_steps,
+                  per_epoch, checkpoint)
+        set_seed(tc.seed)
+        if base is not None:
+            run.model, run.tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
+        else:
+            run.model, run.tokenizer = load_base(config, accelerator.device)
+        run.examples = encode(config, run.tokenizer, split)
+        run.adapter = run._adapter()
+        run._build_optimizer()
+        return run
+
+    def _adapter(self) -> Adapter:
+        """The checkpoint's adapter (its config must match), or a fresh one."""
+        if self.checkpoint_folder is None:
+            return attach(self.model, self.spec)
+        self.saved_state, self.tensors = read_checkpoint(self.checkpoint_folder)
+        if _comparable(self.saved_state["config"]) != _comparable(self.state["config"]):
+            raise LorakitError(f"{self.checkpoint_folder} was made with a different config; resume with the same "
+                               "config")
+        return load(self.model, self.checkpoint_folder)
+
+    def _build_optimizer(self) -> None:
+        tc = self.config.train
+        if tc.gradient_checkpointing:
+            if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        self.optimizer = self.adapter.optimizer(lr=tc.lr, weight_decay=tc.weight_decay)
+        self.scheduler = get_scheduler(tc.scheduler, self.optimizer, num_warmup_steps=tc.warmup_steps,
+                                       num_training_steps=self.total_steps)
+
+    # -- resume ----------------------------------------------------------------------------
+    def resume(self) -> None:
+        """Restore the optimizer, the adapter's training state, the scheduler, the RNG and the
+        position from the checkpoint (nothing for a fresh run)."""
+        if self.checkpoint_folder is not None:
+            self.optimizer.load_state_dict(self.tensors["optimizer"])
+            self.adapter.load_training_state(self.tensors.get("training_state", {}))  # exact W (Delta-LoRA), EMAs
+            self.scheduler.load_state_dict(self.tensors["scheduler"])
+            set_rng_state(self.tensors["rng"])
+            self.start_step = self.saved_state["step"]
+            # a checkpoint keeps the open loss window, so a resumed run logs what the uninterrupted one did
+            self.window_loss, self.window_tokens = self.saved_state.get("log_window", (0.0, 0))
+        self.model, self.prepared_optimizer = self.accelerator.prepare(self.model, self.optimizer)
+
+    def start(self, progress: bool) -> None:
+        """Open the log, evaluate the starting point of a fresh run, and start the clock."""
+        if self.main:
+            write_text_atomic(self.output_dir / "config.yaml", dump_config(self.config))
+        resumed = self.checkpoint_folder is not None
+        self.run_log = RunLog(self.output_dir, self.main, [g["name"] for g in self.optimizer.param_groups],
+                              self.config.train.tensorboard, resume_step=self.start_step if resumed else None)
+        if self.start_step == 0:
+            self._eval_loss(0)
+        self.model.train()
+        self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {self.spec.name}",
+                        disable=not (progress and self.main), dynamic_ncols=True)
+        self.started = time.time()
+
+    # -- step ------------------------------------------------------------------------------
+    def step(self, step: int) -> tuple[float, int, float | None]:
+        """One optimizer step (0-based ``step``): ``(summed loss, response tokens, grad norm)``."""
+        tc, accelerator, device = self.config.train, self.accelerator, self.accelerator.device
+        batches = [self.examples.collate([self.examples.train[i] for i in idx]) for idx in step_batches(
+            step, len(self.examples.train), tc.batch_size, tc.grad_accum, tc.seed,
+            accelerator.process_index, accelerator.num_processes)]
+        n_tokens = max(int(global_sum(accelerator, sum(label_tokens(b["labels"]) for b in batches))), 1)
+        step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device
+        for i, batch in enumerate(batches):
+            batch = {k: v.to(device) for k, v in batch.items()}
+            # gradients are all-reduced only on the step's last micro-batch
+            with accelerator.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext():
+                with accelerator.autocast():
+                    loss_sum = token_loss(self.model, batch)
+                # DDP averages over processes; × world size makes that the sum over all tokens / n_tokens
+                accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
+            step_loss += loss_sum.detach().double()
+        loss = global_sum(accelerator, step_loss)  # the step's one host sync for the loss
+        if not math.isfinite(loss):  # refuse to apply (and later checkpoint) a diverged step
+            raise LorakitError(f"the training loss is {loss} at step {step + 1}: training diverged (learning "
+                               "rate too high, or a float16 overflow); this step was not applied and the last "
+                               "checkpoint is intact; lower train.lr and resume, or start over")
+        grad_norm = None
+        if tc.max_grad_norm is not None:
+            grad_norm = float(accelerator.clip_grad_norm_(self.adapter.parameters(), tc.max_grad_norm))
+        self.prepared_optimizer.step()
+        self.scheduler.step()
+        self.prepared_optimizer.zero_grad(set_to_none=True)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss / n_tokens:.4f}")
+        return loss, n_tokens, grad_norm
+
+    # -- log, evaluate, checkpoint ---------------------------------------------------------
+    def log(self, done: int, loss: float, tokens: int, grad_norm: float | None) -> None:
+        """Add the step to the loss window; write a record every ``log_every`` steps and at the end."""
+        self.window_loss, self.window_tokens = self.window_loss + loss, self.window_tokens + tokens
+        if done % self.config.train.log_every == 0 or done == self.total_steps:
+            record = {"step": done, "epoch": done / self.per_epoch, "loss": self.window_loss / self.window_tokens,
+                      "lr": [g["lr"] for g in self.optimizer.param_groups], "grad_norm": grad_norm,
+                      "elapsed_s": round(time.time() - self.started, 3)}
+            self.run_log.write(record)
+            self.window_loss, self.window_tokens = 0.0, 0
+            self.last_loss = record["loss"]
+
+    def evaluate(self, done: int) -> dict[str, float]:
+        """The eval loss every ``eval_every`` steps (the end has its own, fuller evaluation)."""
+        every = self.config.train.eval_every
+        return self._eval_loss(done) if every and done % every == 0 and done != self.total_steps else {}
+
+    def _eval_loss(self, step: int) -> dict[str, float]:
+        if not self.examples.eval:
+            return {}
+        metrics = evaluate_loss(self.model, self.examples.eval, self.examples.collate,
+                                self.config.train.eval_batch_size, self.accelerator.device)
+        self.run_log.write({"step": step, **metrics})
+        return metrics
+
+    def checkpoint(self, done: int) -> None:
+        """A checkpoint every ``save_every`` steps (the end has its own)."""
+        every = self.config.train.save_every
+        if self.main and every and done % every == 0 and done != self.total_steps:
+            self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens]})
+
+    def _save_checkpoint(self, done: int, state: dict[str, Any]) -> None:
+        save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
+                        self.config.train.keep_checkpoints)
+
+    # -- finish ----------------------------------------------------------------------------
+    def finish(self) -> dict[str, Any]:
+        """The final evaluation, the adapter, the last checkpoint and ``summary.json``."""
+        self.bar.close()
+        final = {}
+        if self.examples.eval:
+            final = evaluate(self.config, self.accelerator.unwrap_model(self.model), self.tokenizer, self.split,
+                             self.output_dir if self.main else None, self.examples)
+        self.run_log.write({"step": self.total_steps, **final})
+        self.run_log.close()
+        summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
+                   "train_loss": self.last_loss, **final, "trainable_parameters": self.adapter.num_parameters(),
+                   "seconds": round(time.time() - self.started, 2), "adapter": str(self.output_dir / "adapter")}
+        if self.adapter.spec.schedule != "fixed":  # where the rank budget went
+            summary["final_ranks"] = final_ranks(self.adapter.config())
+        if self.main:
+            self.adapter.save(self.output_dir / "adapter")
+            self._save_checkpoint(self.total_steps, self.state)
+            write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
+        self.accelerator.wait_for_everyone()
+        return summary
 
 
 def _mixed_precision(choice: str) -> str:
@@ -80,8 +292,8 @@ def global_sum(accelerator: Accelerator, value: float | torch.Tensor) -> float:
     return float(value)
 
 
-def _check_distributed(accelerator: Accelerator, spec: Any) -> None:
-    if accelerator.num_processes > 1 and SCHEDULES.get(spec.schedule).resizes:
+def _check_distributed(accelerator: Accelerator, spec: MethodSpec) -> None:
+    if accelerator.num_processes > 1 and parts_of(spec).schedule.resizes:
         raise LorakitError(f"schedule '{spec.schedule}' replaces adapter parameters during training, which "
                            "DistributedDataParallel cannot follow; train it in a single process")
 
@@ -116,155 +328,3 @@ def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
                                "to resume; choose another train.output_dir")
         print(f"lorakit: no checkpoint in {output_dir}; starting a fresh run", file=sys.stderr)
     return checkpoint
-
-
-def train(config: RunConfig, resume: bool = False,
-          callbacks: Sequence[Callable[[StepInfo], None]] = (), progress: bool = True,
-          base: tuple[nn.Module, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune ``config.model`` with ``config.method`` on ``config.data``; return the summary.
-
-    ``base``: an already loaded ``(model, tokenizer)`` for ``config.model`` (a sweep loads it
-    once); the run trains a deep copy and leaves it untouched. A second process training into
-    the same ``output_dir`` at the same time is refused (``lorakit.io.lock``).
-    """
-    output_dir = Path(config.train.output_dir)
-    _make_output_dir(output_dir)
-    first_process = int(os.environ.get("RANK", "0")) == 0  # the other data-parallel processes share the run
-    with folder_lock(output_dir) if first_process else contextlib.nullcontext():
-        return _train(config, resume, callbacks, progress, base, output_dir)
-
-
-def _train(config: RunConfig, resume: bool, callbacks: Sequence[Callable[[StepInfo], None]], progress: bool,
-           base: tuple[nn.Module, Any] | None, output_dir: Path) -> dict[str, Any]:
-    tc = config.train
-    checkpoint = _check_output_dir(output_dir, resume)
-    split = load_split(config)
-    accelerator = _accelerator(tc.mixed_precision)
-    # every record becomes one example, so the step count (and what depends on it) is known
-    # before the model is loaded, and a config error costs no loading time
-    per_epoch = steps_per_epoch(len(split[0]), tc.batch_size, tc.grad_accum, accelerator.num_processes)
-    total_steps = tc.max_steps or per_epoch * tc.epochs
-    spec = config.method_spec()
-    _check_distributed(accelerator, spec)
-    spec = SCHEDULES.get(spec.schedule).complete(spec, total_steps)
-    validate(spec)
-    set_seed(tc.seed)
-    if base is not None:
-        model, tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
-    else:
-        model, tokenizer = prepare_model(config, accelerator.device)
-    train_examples, eval_examples, collate = prepare_data(config, tokenizer, split)
-
-    state: dict[str, Any] = {"config": config.to_dict()}
-    if checkpoint is not None:
-        saved_state, tensors = read_checkpoint(checkpoint)
-        if _comparable(saved_state["config"]) != _comparable(state["config"]):
-            raise LorakitError(f"{checkpoint} was made with a different config; resume with the same config")
-        adapter: Adapter = load(model, checkpoint)
-    else:
-        adapter = attach(model, spec)
-    if tc.gradient_checkpointing:
-        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
-            model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.config.use_cache = False
-
-    optimizer = adapter.optimizer(lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = get_scheduler(tc.scheduler, optimizer, num_warmup_steps=tc.warmup_steps,
-                              num_training_steps=total_steps)
-    start_step = 0
-    if checkpoint is not None:
-        optimizer.load_state_dict(tensors["optimizer"])
-        adapter.load_training_state(tensors.get("training_state", {}))  # exact W (Delta-LoRA), EMAs
-        scheduler.load_state_dict(tensors["scheduler"])
-        set_rng_state(tensors["rng"])
-        start_step = saved_state["step"]
-    model, prepared_optimizer = accelerator.prepare(model, optimizer)
-
-    main = accelerator.is_main_process
-    if main:
-        write_text_atomic(output_dir / "config.yaml", dump_config(config))
-    log = RunLog(output_dir, main, [g["name"] for g in optimizer.param_groups], tc.tensorboard,
-                 resume_step=start_step if checkpoint is not None else None)
-    device = accelerator.device
-
-    def run_eval(step: int) -> dict[str, float]:
-        if not eval_examples:
-            return {}
-        metrics = evaluate_loss(model, eval_examples, collate, tc.eval_batch_size, device)
-        log.write({"step": step, **metrics})
-        return metrics
-
-    if start_step == 0:
-        run_eval(0)
-    model.train()
-    bar = tqdm(total=total_steps, initial=start_step, desc=f"train {config.method_spec().name}",
-               disable=not (progress and main), dynamic_ncols=True)
-    # the loss window of the next log record; a checkpoint keeps it, so a resumed run logs the same
-    window_loss, window_tokens = saved_state.get("log_window", (0.0, 0)) if checkpoint else (0.0, 0)
-    started = time.time()
-    last_loss = float("nan")  # the training loss of the last log window (token-weighted)
-    for step in range(start_step, total_steps):
-        batches = [collate([train_examples[i] for i in idx]) for idx in step_batches(
-            step, len(train_examples), tc.batch_size, tc.grad_accum, tc.seed,
-            accelerator.process_index, accelerator.num_processes)]
-        n_tokens = max(int(global_sum(accelerator, sum(label_tokens(b["labels"]) for b in batches))), 1)
-        step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device
-        for i, batch in enumerate(batches):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            # gradients are all-reduced only on the step's last micro-batch
-            with accelerator.no_sync(model) if i < len(batches) - 1 else contextlib.nullcontext():
-                with accelerator.autocast():
-                    loss_sum = token_loss(model, batch)
-                # DDP averages over processes; × world size makes that the sum over all tokens / n_tokens
-                accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
-            step_loss += loss_sum.detach().double()
-        step_loss = global_sum(accelerator, step_loss)  # the step's one host sync for the loss
-        if not math.isfinite(step_loss):  # refuse to apply (and later checkpoint) a diverged step
-            raise LorakitError(f"the training loss is {step_loss} at step {step + 1}: training diverged (learning "
-                               "rate too high, or a float16 overflow); this step was not applied and the last "
-                               "checkpoint is intact; lower train.lr and resume, or start over")
-        grad_norm = None
-        if tc.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(adapter.parameters(), tc.max_grad_norm))
-        prepared_optimizer.step()
-        scheduler.step()
-        prepared_optimizer.zero_grad(set_to_none=True)
-        window_loss, window_tokens = window_loss + step_loss, window_tokens + n_tokens
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss / n_tokens:.4f}")
-        metrics: dict[str, float] = {}
-        if done % tc.log_every == 0 or done == total_steps:
-            record = {"step": done, "epoch": done / per_epoch, "loss": window_loss / window_tokens,
-                      "lr": [g["lr"] for g in optimizer.param_groups], "grad_norm": grad_norm,
-                      "elapsed_s": round(time.time() - started, 3)}
-            log.write(record)
-            window_loss, window_tokens = 0.0, 0
-            last_loss = record["loss"]
-        if tc.eval_every and done % tc.eval_every == 0 and done != total_steps:
-            metrics = run_eval(done)
-        if main and tc.save_every and done % tc.save_every == 0 and done != total_steps:
-            save_checkpoint(output_dir, done, adapter, optimizer, scheduler,
-                            {**state, "log_window": [window_loss, window_tokens]}, tc.keep_checkpoints)
-        for callback in callbacks:
-            callback(StepInfo(done, total_steps, step_loss / n_tokens, output_dir, metrics))
-    bar.close()
-
-    final = evaluate_run(accelerator.unwrap_model(model), tokenizer, config, split[1], eval_examples, collate,
-                         output_dir if main else None) if eval_examples else {}
-    log.write({"step": total_steps, **final})
-    log.close()
-    summary = {"method": config.method_spec().name, "components": config.method_spec().components(),
-               "steps": total_steps, "train_loss": last_loss, **final,
-               "trainable_parameters": adapter.num_parameters(),
-               "seconds": round(time.time() - started, 2), "adapter": str(output_dir / "adapter")}
-    if adapter.spec.schedule != "fixed":  # where the rank budget went
-        summary["final_ranks"] = final_ranks(adapter.config())
-    if main:
-        adapter.save(output_dir / "adapter")
-        save_checkpoint(output_dir, total_steps, adapter, optimizer, scheduler, state, tc.keep_checkpoints)
-        write_text_atomic(output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-    accelerator.wait_for_everyone()
-    return summary

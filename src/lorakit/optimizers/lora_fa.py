@@ -13,14 +13,19 @@ what ``B`` alone can express. The default is the paper's plain LoRA-FA.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import ClassVar
 
 import torch
 
-from . import RECIPES
+from ..core.options import Option
+from ..core.protocol import AdapterView
+from ..core.spec import MethodSpec
 from .adamw import AdamW
+from .base import OPTIMIZERS
 
 PROJECTION_DELTA = 1e-8
+PROJECTED = Option("lora_fa_projected", bool, False,
+                   "project B's gradient onto what B alone can express (PEFT's create_lorafa_optimizer)")
 
 
 @torch.no_grad()
@@ -37,29 +42,27 @@ def project_gradient(B: torch.nn.Parameter, gram_inverse: torch.Tensor, scale: f
         B.grad.copy_((B.grad.to(torch.float32) @ gram_inverse / scale**2).to(B.grad.dtype))
 
 
+@OPTIMIZERS.register("lora_fa")
 class LoraFA(AdamW):
     """AdamW over every trainable parameter but ``A``, which stays at its init."""
 
-    fixed_pair = "freezes A and trains only B of each layer's pair B A"
+    options = (PROJECTED,)
+    fixed_pair: ClassVar[str | None] = "freezes A and trains only B of each layer's pair B A"
+    summary: ClassVar[str] = "A frozen at its init; only B trains"
 
-    def prepare(self, adapter: Any) -> None:
+    def __init__(self, spec: MethodSpec) -> None:
+        super().__init__(spec)
+        self._inverses: dict[int, tuple[int, torch.Tensor]] = {}  # id(form) → (A's version, (A Aᵀ + δI)⁺)
+
+    def prepare(self, adapter: AdapterView) -> None:
         for form in adapter.forms():
             form.roles()["A"].requires_grad_(False)
 
-    def install_hooks(self, optimizer: torch.optim.Optimizer, adapter: Any) -> None:
-        if not adapter.spec.lora_fa_projected:
+    def before_step(self, adapter: AdapterView) -> None:
+        if not self.spec.lora_fa_projected:
             return
-        forms = adapter.forms()
-        inverses: dict[int, tuple[int, torch.Tensor]] = {}  # id(form) → (A's version, inverse)
-
-        def project(*_: Any) -> None:
-            for form in forms:
-                cached = inverses.get(id(form))
-                if cached is None or cached[0] != form.A._version:  # recomputed only if A was changed
-                    cached = inverses[id(form)] = (form.A._version, gram_pseudo_inverse(form.A))
-                project_gradient(form.B, cached[1], form.scale)
-
-        optimizer.register_step_pre_hook(project)
-
-
-RECIPES.register("lora_fa")(LoraFA())
+        for form in adapter.forms():
+            cached = self._inverses.get(id(form))
+            if cached is None or cached[0] != form.A._version:  # recomputed only if A was changed
+                cached = self._inverses[id(form)] = (form.A._version, gram_pseudo_inverse(form.A))
+            project_gradient(form.B, cached[1], form.scale)

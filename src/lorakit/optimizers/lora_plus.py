@@ -12,14 +12,20 @@ them their own group at ``gate_lr``.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
-from . import RECIPES
-from .base import Recipe, params_by_role
+from ..core.options import Option
+from .base import OPTIMIZERS, OptimizerRecipe, params_by_role
 
-DEFAULT_RATIO = 16.0
+LR_RATIO = Option("lr_ratio", float, 16.0, "λ: B's learning rate over A's (any λ > 0; λ < 1 lets A learn faster)",
+                  minimum=0.0, open_minimum=True, label="lr_ratio (LoRA+ λ)", requirement="a finite number > 0",
+                  hint="use λ<1 to let A learn faster")
+LR_RATIO_MODES = ("b_only", "symmetric")
+DEFAULT_LR_RATIO_MODE = LR_RATIO_MODES[0]
+LR_RATIO_MODE = Option("lr_ratio_mode", str, DEFAULT_LR_RATIO_MODE,
+                       "b_only: η_A = η, η_B = λ·η; symmetric: η_A = η/λ, η_B = λ·η", choices=LR_RATIO_MODES)
 
 
 def lora_plus_rates(lr: float, ratio: float, mode: str) -> tuple[float, float]:
@@ -29,12 +35,15 @@ def lora_plus_rates(lr: float, ratio: float, mode: str) -> tuple[float, float]:
     return lr, lr * ratio
 
 
-class LoraPlus(Recipe):
+@OPTIMIZERS.register("lora_plus")
+class LoraPlus(OptimizerRecipe):
     """Groups ``A`` at ``η_A`` and ``B`` (plus vectors) at ``η_B``."""
 
-    def param_groups(self, forms: list[nn.Module], spec: Any, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        ratio = DEFAULT_RATIO if spec.lr_ratio is None else spec.lr_ratio
-        lr_A, lr_B = lora_plus_rates(lr, ratio, spec.lr_ratio_mode)
+    options = (LR_RATIO, LR_RATIO_MODE)
+    summary: ClassVar[str] = "B learns λ times faster than A"
+
+    def param_groups(self, forms: list[nn.Module], lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        lr_A, lr_B = lora_plus_rates(lr, self.spec.lr_ratio, self.spec.lr_ratio_mode)
         roles = params_by_role(forms)
         groups = [
             {"params": roles["A"], "lr": lr_A, "weight_decay": weight_decay, "name": "A"},
@@ -42,6 +51,3 @@ class LoraPlus(Recipe):
             {"params": roles["other"], "lr": lr_B, "weight_decay": 0.0, "name": "other"},
         ]
         return [g for g in groups if g["params"]]
-
-
-RECIPES.register("lora_plus")(LoraPlus())

@@ -1,0 +1,173 @@
+"""Attaching an adapter to a model, and loading a saved one: ``attach`` and ``load``.
+
+The attach order is code, one step per line in ``_build``: find targets → derive what depends
+on them (``presets.complete``) → check them → fingerprint the base → shared form state (VeRA) →
+wrap → init (which may rewrite ``W``) → form post-init (DoRA's magnitude) → the ``Adapter`` with
+its own recipe and schedule → schedule prepare → freeze → recipe prepare (LoRA-FA freezes ``A``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapter import Adapter, Factors, initial_factors, new_form
+from .core.component import FACTORS, RANK_WITHIN_SHAPE
+from .core.spec import MethodSpec
+from .core.terms import subtract_product
+from .errors import LorakitError
+from .io.adapter_files import read_adapter
+from .io.fingerprint import fingerprint
+from .layer import AdaptedLinear
+from .presets import complete, from_saved, parts_of, resolve
+from .targeting import find_targets, set_submodule
+
+
+def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any) -> Adapter:
+    """Attach the adapter ``method`` (a preset name, with option overrides) to ``model``.
+
+    Right after attaching, the model's outputs equal the base model's for every method.
+    """
+    return _build(model, resolve(method, **overrides), for_training=True)
+
+
+def load(model: nn.Module, path: str | Path) -> Adapter:
+    """Attach the adapter saved at ``path`` to ``model`` (the original, unmodified base)."""
+    config, tensors = read_adapter(path)
+    try:
+        return _load(model, config, tensors, path)
+    except LorakitError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # files that disagree with each other
+        raise LorakitError(f"{path}: the adapter's files do not fit together ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}); re-save the adapter") from None
+
+
+def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
+           expected_fingerprint: str | None = None, only: set[str] | None = None,
+           for_training: bool = False) -> Adapter:
+    _refuse_if_adapted(model)
+    targets = find_targets(model, spec.targets)
+    spec = complete(spec, layers=len(targets))
+    _check_targets(targets, spec, for_training)
+    base_fingerprint = fingerprint(targets)
+    if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
+        half = any(base.weight.dtype == torch.float16 for _, base in targets)
+        raise LorakitError(
+            "this adapter was trained on a different base model (weight fingerprint mismatch); "
+            "load it onto the model it was trained from"
+            + (" (float16 rounds the weights differently: load the base in float32 or bfloat16, "
+               "as in training)" if half else "")
+        )
+    if only is not None:  # loading an adapter from which a schedule removed layers
+        targets = [(name, base) for name, base in targets if name in only]
+    shared = parts_of(spec).form.shared(spec, [base for _, base in targets])
+    layers = {name: _wrap(model, name, base, spec, shared) for name, base in targets}
+    initial = _initialise(layers, spec, loaded)
+    for layer in layers.values():
+        layer.form.post_init(layer.base_layer)
+    adapter = Adapter(model, spec, layers, base_fingerprint, initial)
+    adapter.schedule.prepare(adapter)
+    _freeze(model, layers)
+    adapter.recipe.prepare(adapter)
+    return adapter
+
+
+def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_training: bool) -> None:
+    """Refuse targets the method cannot adapt, before anything is attached."""
+    if any(base.weight.is_meta for _, base in targets):
+        raise LorakitError("the model's weights are on the meta device (not loaded); load real weights first")
+    parts = parts_of(spec)
+    if RANK_WITHIN_SHAPE in parts.form.capabilities:
+        for name, module in targets:
+            out_features, in_features = module.weight.shape
+            if spec.rank > min(out_features, in_features):
+                raise LorakitError(
+                    f"rank {spec.rank} exceeds layer {name!r} of shape ({out_features}, {in_features}); "
+                    f"use rank <= {min(out_features, in_features)} or leave that layer out of targets"
+                )
+    parts.schedule(spec).check_targets(targets)
+    if for_training:  # a loaded adapter is checked when its optimizer is built
+        parts.optimizer(spec).check_targets(targets)
+
+
+def _refuse_if_adapted(model: nn.Module) -> None:
+    if any(isinstance(m, AdaptedLinear) for m in model.modules()):
+        raise LorakitError(
+            "this model already has a lorakit adapter; merge_and_unload() it or start from a fresh model"
+        )
+
+
+def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared: Any) -> AdaptedLinear:
+    layer = AdaptedLinear(base, new_form(spec, base, shared, base.training))
+    layer.train(base.training)  # a model attached in eval mode stays in eval mode (no dropout)
+    set_submodule(model, name, layer)
+    return layer
+
+
+def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Factors | None) -> Factors:
+    """Set every layer's factors (fresh from the init, or ``loaded`` initial ones) and rewrite W."""
+    initial: Factors = {}
+    parts = parts_of(spec)
+    if FACTORS not in parts.form.capabilities:
+        return initial
+    for name, layer in layers.items():
+        weight = layer.base_layer.weight
+        if loaded is None:
+            B, A = initial_factors(layer.form, weight, spec, name)
+            layer.form.set_factors(B, A)
+        if parts.init.rewrites_base:
+            B0, A0 = ((t.to(weight.device) for t in loaded[name]) if loaded is not None
+                      else (B.clone(), A.clone()))
+            subtract_product(weight, B0, A0, layer.form.scale)
+            initial[name] = (B0, A0)
+    return initial
+
+
+def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for layer in layers.values():
+        for param in layer.form.parameters():
+            param.requires_grad_(True)
+
+
+def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Adapter:
+    spec = from_saved(config["method"], config["format_version"])
+    removed = config.get("removed", [])
+    built = [*config["targets"], *removed]
+    initial = {
+        name: (tensors[f"{name}.initial.B"], tensors[f"{name}.initial.A"])
+        for name in built if f"{name}.initial.B" in tensors
+    }
+    adapter = _build(model, spec, loaded=initial if parts_of(spec).init.rewrites_base else {},
+                     expected_fingerprint=config["base_fingerprint"], only=set(built))
+    for name in removed:  # the same arithmetic as during training: bit-identical base weights
+        adapter.remove_layer(name)
+    if set(adapter.layers) != set(config["targets"]):
+        raise LorakitError(f"{path}: the adapter's layers do not match this model's targets; load it onto the "
+                           "model it was trained on")
+    _restore_shapes(adapter, config)
+    for name, owner in config.get("shared", {}).items():
+        adapter.share_form(name, owner)
+    device = next(iter(adapter.layers.values())).base_layer.weight.device
+    adapter.load_state_dict({k: v.to(device) for k, v in tensors.items()})
+    adapter.recipe.on_load(adapter)
+    return adapter
+
+
+def _restore_shapes(adapter: Adapter, config: dict[str, Any]) -> None:
+    """Per-layer ranks, scales and gates as saved (rank schedules change them during training)."""
+    gated = set(config.get("gated", []))
+    for name, layer in adapter.layers.items():
+        form = layer.form
+        rank = config.get("ranks", {}).get(name, form.rank)
+        if rank != form.rank:
+            form.set_rank(rank)
+        if name in config.get("scales", {}):
+            form.scale = config["scales"][name]
+        if adapter.schedule.uses_gates():
+            form.set_gate(0.0 if name in gated else None)

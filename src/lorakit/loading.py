@@ -1,0 +1,75 @@
+"""The one place that loads what a job needs — data, base model, adapter — for ``lorakit train``,
+``eval``, ``merge``, ``export`` and ``compare``.
+
+Data is read and checked before any model is loaded, so a config error costs no loading time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapter import Adapter
+from .api import load
+from .config import RunConfig
+from .data import Collator, encode_all, load_records, split_records
+from .errors import LorakitError
+from .evaluate.suite import evaluate_run
+from .io.adapter_files import read_adapter_config
+from .models import load_model
+
+EMBEDDED_PREFIX = "embedded"
+Split = tuple[list[dict[str, str]], list[dict[str, str]]]
+
+
+@dataclass
+class Examples:
+    """A split's encoded examples (response-only labels) and the batch collator."""
+
+    train: list[dict[str, Any]]
+    eval: list[dict[str, Any]]
+    collate: Callable
+
+
+def load_split(config: RunConfig) -> Split:
+    """The train and eval records (read and checked before any model is loaded)."""
+    d = config.data
+    return split_records(load_records(d.path), d.train_size, d.eval_size, d.offset, d.shuffle_seed)
+
+
+def load_base(config: RunConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
+    """The base model of ``config`` (frozen, on ``device``) and its tokenizer."""
+    return load_model(config.model.path, dtype=config.model.dtype, device=device)
+
+
+def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
+    """The split's records as training examples."""
+    d = config.data
+    return Examples(encode_all(split[0], tokenizer, d.template, d.max_length),
+                    encode_all(split[1], tokenizer, d.template, d.max_length), Collator(tokenizer))
+
+
+def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,
+             examples: Examples | None = None) -> dict[str, float]:
+    """``config.eval``'s metrics of ``model`` on the eval split (generations written to ``out_dir``)."""
+    examples = examples or encode(config, tokenizer, split)
+    return evaluate_run(model, tokenizer, config, split[1], examples.eval, examples.collate, out_dir)
+
+
+def load_adapter_on_base(adapter: str | Path, model: str | None = None, dtype: str = "float32",
+                         ) -> tuple[Adapter, Any]:
+    """The adapter saved at ``adapter`` on its base model (``model``, or the one it records) and
+    the tokenizer."""
+    config = read_adapter_config(adapter)
+    base = model or config.get("base_model")
+    if not base:
+        raise LorakitError(f"{adapter} does not record its base model; pass --model PATH")
+    if str(base).startswith(EMBEDDED_PREFIX):
+        base = EMBEDDED_PREFIX
+    base_model, tokenizer = load_model(base, dtype=dtype)
+    return load(base_model, adapter), tokenizer

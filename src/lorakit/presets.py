@@ -1,0 +1,194 @@
+"""Named methods: presets over the four components (form × init × optimizer recipe × schedule).
+
+Every field of a preset can be overridden, e.g. ``attach(model, "lora", init="olora",
+optimizer="lora_plus")`` is OLoRA+. ``resolve`` builds the ``MethodSpec``: the components, and
+for each option they declare (``Component.options``, plus the adapter's ``targets`` and ``seed``)
+its effective value — given, else the preset's, else the declared default, else derived from the
+other options and the run. ``validate`` then asks each component for its own rules and checks the
+form capabilities the components require.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from .core.component import Parts
+from .core.generators import SEED
+from .core.options import Option, plain
+from .core.spec import COMPONENT_KINDS, MethodSpec
+from .errors import LorakitError, did_you_mean, unknown
+from .forms import FORMS
+from .inits import INITS
+from .optimizers import OPTIMIZERS
+from .schedules import SCHEDULES
+from .targeting import TARGETS
+
+REGISTRIES = {"form": FORMS, "init": INITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
+ADAPTER_OPTIONS = (TARGETS, SEED)
+DEFAULT_COMPONENTS = {"form": "lora", "init": "kaiming", "optimizer": "adamw", "schedule": "fixed"}
+
+# One line per method: the components it changes and the values it sets (the rest are defaults).
+PRESETS: dict[str, dict[str, Any]] = {
+    "lora": {},
+    "lora_plus": {"optimizer": "lora_plus"},
+    "olora": {"init": "olora"},
+    "olora_plus": {"init": "olora", "optimizer": "lora_plus"},
+    "pissa": {"init": "pissa"},
+    "dora": {"form": "dora"},
+    "vera": {"form": "vera", "rank": 256},
+    "lora_fa": {"optimizer": "lora_fa"},
+    "delta_lora": {"optimizer": "delta_lora"},
+    "weight_lora": {"schedule": "weight_lora"},
+    "weight_lora_plus": {"schedule": "weight_lora_plus"},
+    "simplex_lora": {"schedule": "simplex_lora"},
+    "adalora": {"form": "svd", "init": "gaussian", "schedule": "adalora"},
+    "lora_drop": {"schedule": "lora_drop"},
+}
+
+
+def method_names() -> list[str]:
+    """Names of all registered presets."""
+    return list(PRESETS)
+
+
+def parts_of(spec: MethodSpec) -> Parts:
+    """The component classes of ``spec`` (a one-line error for an unknown one)."""
+    return Parts(*(REGISTRIES[kind].get(getattr(spec, kind)) for kind in COMPONENT_KINDS))
+
+
+def declared_options(parts: Parts) -> list[Option]:
+    """The options of a composition, in order: the adapter's, then each component's."""
+    options: dict[str, Option] = {option.name: option for option in ADAPTER_OPTIONS}
+    for part in parts:
+        options.update({option.name: option for option in part.options if option.name not in options})
+    return list(options.values())
+
+
+def registered_options() -> Iterator[tuple[str, str, Option]]:
+    """``(kind, component name, option)`` for every option of every registered component."""
+    for kind, registry in REGISTRIES.items():
+        for name in registry:
+            for option in registry.get(name).options:
+                yield kind, name, option
+
+
+def find_option(name: str) -> Option | None:
+    """The declaration of the method option ``name`` (``None`` if no component declares it)."""
+    known = {option.name: option for option in ADAPTER_OPTIONS}
+    known.update({option.name: option for _, _, option in registered_options() if option.name not in known})
+    return known.get(name)
+
+
+def option_names() -> list[str]:
+    """Every method option any component declares, plus the component keys."""
+    names = [*COMPONENT_KINDS, *(o.name for o in ADAPTER_OPTIONS)]
+    names += [o.name for _, _, o in registered_options() if o.name not in names]
+    return names
+
+
+def resolve(method: str | MethodSpec, run: Mapping[str, int] | None = None, **overrides: Any) -> MethodSpec:
+    """The preset ``method`` (or an existing spec) with ``overrides`` applied, every option at its
+    effective value, validated. ``run``: what derived defaults may use (``layers``, ``total_steps``)."""
+    if isinstance(method, MethodSpec):
+        name, base = method.name, {**{k: getattr(method, k) for k in COMPONENT_KINDS}, **method.options()}
+    elif method in PRESETS:
+        name, base = method, {**DEFAULT_COMPONENTS, **PRESETS[method]}
+    else:
+        raise unknown("method", method, PRESETS)
+    known = option_names()
+    for key in overrides:
+        if key not in known:
+            raise LorakitError(f"unknown method option {key!r}{did_you_mean(key, known)}; "
+                               f"options are: {', '.join(k for k in known)}")
+    given = {key: plain(value) for key, value in overrides.items() if plain(value) is not None or _null_refused(key)}
+    components = {kind: given.pop(kind, base[kind]) for kind in COMPONENT_KINDS}
+    skeleton = MethodSpec(name=name, **components)
+    parts = parts_of(skeleton)
+    declared = {option.name: option for option in declared_options(parts)}
+    checked = {key: (declared.get(key) or find_option(key)).check(value) for key, value in given.items()}
+    for key, value in checked.items():
+        if key not in declared:
+            raise _no_effect(key, value, skeleton, parts)
+    inherited = {k: v for k, v in base.items() if k in declared}  # a preset's or an earlier spec's values
+    spec = _with_values(skeleton, declared.values(), {**inherited, **checked}, run or {})
+    validate(spec, parts)
+    return spec
+
+
+def _null_refused(key: str) -> bool:
+    """Whether a given ``None`` for ``key`` is checked (and refused) rather than meaning the default."""
+    option = find_option(key)
+    return option is not None and not option.null_is_default
+
+
+def complete(spec: MethodSpec, **run: int) -> MethodSpec:
+    """``spec`` with the defaults that depend on the run derived (``layers``: the number of
+    adapted layers; ``total_steps``: the run's optimizer steps), validated again."""
+    return resolve(spec, run=run)
+
+
+def from_saved(method: Mapping[str, Any], format_version: int) -> MethodSpec:
+    """The spec a saved adapter records. Format 2 holds every option's effective value, used as
+    saved; format 1 left unset options null (and listed every component's options): those take
+    the defaults."""
+    components = {kind: method[kind] for kind in COMPONENT_KINDS}
+    skeleton = MethodSpec(name=method["name"], **components)
+    parts = parts_of(skeleton)
+    declared = declared_options(parts)
+    values = {k: v for k, v in method.items() if k not in ("name", *COMPONENT_KINDS)}
+    if format_version == 1:
+        names = {option.name for option in declared}
+        values = {k: v for k, v in values.items() if k in names and v is not None}
+    unknown_saved = sorted(set(values) - {option.name for option in declared})
+    if unknown_saved:
+        raise LorakitError(f"the saved method has option {unknown_saved[0]!r}, which {skeleton.components()} does "
+                           "not declare in this lorakit version; load it with the version that saved it")
+    spec = _with_values(skeleton, declared, {k: declared_value(declared, k, v) for k, v in values.items()}, {})
+    validate(spec, parts)
+    return spec
+
+
+def declared_value(declared: list[Option], key: str, value: Any) -> Any:
+    """``value`` checked by the declaration of ``key`` among ``declared``."""
+    return next(option for option in declared if option.name == key).check(value)
+
+
+def _with_values(skeleton: MethodSpec, declared: Any, given: Mapping[str, Any], run: Mapping[str, int]) -> MethodSpec:
+    """``skeleton`` with every declared option's value: given, else its default, else derived."""
+    values: dict[str, Any] = {}
+    for option in declared:
+        value = given.get(option.name)
+        if value is None:
+            value = option.default
+        if value is None and option.derive is not None:
+            value = option.derive(values, run)
+        values[option.name] = value
+    return skeleton.with_values(**values)
+
+
+def _no_effect(key: str, value: Any, spec: MethodSpec, parts: Parts) -> LorakitError:
+    """The error for an option that none of ``spec``'s components takes."""
+    for part in parts:
+        if key in part.refuses:
+            return LorakitError(part.refuses[key])
+    owners = [(kind, name) for kind, name, option in registered_options() if option.name == key]
+    kind = owners[0][0]
+    if kind == "schedule":  # shared by several schedules (gate_lr): name them all
+        return LorakitError(f"{key} has no effect with schedule {spec.schedule!r}; it belongs to "
+                            f"{', '.join(name for _, name in owners)}")
+    return LorakitError(f"{key}={value!r} has no effect with {kind} {getattr(spec, kind)!r}; "
+                        f"set {kind}={owners[0][1]!r} or drop {key}")
+
+
+def validate(spec: MethodSpec, parts: Parts | None = None) -> None:
+    """Ask each component for its own rules, then check the form capabilities they require."""
+    parts = parts or parts_of(spec)
+    for part in parts:
+        part.validate(spec, parts)
+    for kind, part in zip(COMPONENT_KINDS, parts):
+        missing = part.requires - parts.form.capabilities
+        if missing:
+            able = [name for name in FORMS if part.requires <= FORMS.get(name).capabilities]
+            raise LorakitError(f"{kind} {getattr(spec, kind)!r} {part.needs}; form {spec.form!r} is not supported"
+                               + (f" (use form={able[0]!r})" if able else ""))
