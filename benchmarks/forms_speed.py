@@ -75,7 +75,9 @@ def build_model(name: str, dtype: torch.dtype, device: torch.device) -> LlamaFor
 def lorakit_setup(method: str, rank: int, alpha: float) -> Callable[[Any], tuple[Any, torch.optim.Optimizer]]:
     def setup(model):
         options = {"lora_fa_projected": True} if method == "lora_fa" else {}
-        adapter = lorakit.attach(model, method, rank=rank, alpha=alpha, targets=TARGETS, dropout=0.0, **options)
+        if method != "vera":  # VeRA has no α/r scale (its vectors d, b set the size of ΔW)
+            options["alpha"] = alpha
+        adapter = lorakit.attach(model, method, rank=rank, targets=TARGETS, dropout=0.0, **options)
         return model, adapter.optimizer(lr=1e-4)
     return setup
 

@@ -10,8 +10,9 @@ is timed, including the base-weight rewrite ``W ← W − s·B A`` on both sides
 The copy of ``W`` each call starts from is made outside the timed region. Reported: median
 milliseconds over ``--repeats`` after ``--warmup`` untimed calls, the speed-up, lorakit's
 factors-only time (without the rewrite, for reference), and how far the two results are
-apart (max |Δ| of ``s·B A`` and, where the factors are deterministic, of ``A`` and ``B``). ``pissa_niter`` runs from different random starts (PEFT: the global RNG,
-lorakit: its own generator), so only the quality of the two approximations is comparable:
+apart (max |Δ| of ``s·B A`` and, where the factors are deterministic, of ``A`` and ``B``).
+``pissa_niter`` runs from different random starts (PEFT: the global RNG, lorakit: its own
+generator), so only the quality of the two approximations is comparable:
 the share of the optimal rank-r energy ``‖s·B A‖²_F / Σ_{i≤r} σ_i²`` each one captures.
 
     python benchmarks/init_speed.py --repeats 3
@@ -206,7 +207,8 @@ def markdown(rows: list[Row]) -> str:
         speedup = f"{r.speedup:.1f}×" if r.speedup >= 10 else f"{r.speedup:.2f}×"
         lines.append(
             f"| {r.shape[0]}×{r.shape[1]} | {r.method} | {r.lorakit_ms:.1f} | {r.peft_ms:.1f} "
-            f"| {speedup} | {r.lorakit_factors_ms:.1f} | {r.max_abs_product:.2e} | {r.max_diff_product:.1e} | {factors} "
+            f"| {speedup} | {r.lorakit_factors_ms:.1f} | {r.max_abs_product:.2e} | {r.max_diff_product:.1e} "
+            f"| {factors} "
             f"| {r.max_diff_weight:.1e} | {energies} |"
         )
     return "\n".join(lines)

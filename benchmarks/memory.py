@@ -7,7 +7,8 @@ from collections.abc import Callable, Iterable
 import torch
 
 
-def saved_tensor_bytes(forward: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()) -> tuple[torch.Tensor, int]:
+def saved_tensor_bytes(forward: Callable[[], torch.Tensor], exclude: Iterable[torch.Tensor] = ()
+                       ) -> tuple[torch.Tensor, int]:
     """Run ``forward()`` and return its result and the bytes of the distinct storages autograd
     saved for backward, not counting the storages of ``exclude`` (weights, frozen or not)."""
     skipped = {t.untyped_storage().data_ptr() for t in exclude}

@@ -36,6 +36,7 @@ from peft import AdaLoraConfig, LoraConfig, get_peft_model
 
 import lorakit
 from forms_speed import MODELS, TARGETS, prepare, synchronize
+from lorakit.io.adapter_files import final_ranks
 
 
 @dataclass
@@ -67,7 +68,7 @@ def lorakit_setup(method: str, args: argparse.Namespace) -> Callable[[Any], tupl
         adapter = lorakit.attach(model, method, rank=args.rank, alpha=args.alpha, targets=TARGETS, dropout=0.0,
                                  **options[method])
         optimizer = adapter.optimizer(lr=1e-4)
-        ranks = lambda: sum(lorakit.adapter.final_ranks(adapter.config()).values())  # noqa: E731
+        ranks = lambda: sum(final_ranks(adapter.config()).values())  # noqa: E731
         return model, optimizer, (lambda step: None), ranks
     return setup
 

@@ -12,7 +12,7 @@ from typing import Any
 from .config import SECTIONS
 from .core.options import Option
 from .core.spec import COMPONENT_KINDS
-from .presets import ADAPTER_OPTIONS, DEFAULT_COMPONENTS, PRESETS, parts_of, resolve
+from .presets import ADAPTER_OPTIONS, DEFAULT_COMPONENTS, PRESETS, parts_of, registered_options, resolve
 
 MARKER = re.compile(r"(<!-- BEGIN GENERATED: options (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
 
@@ -99,15 +99,10 @@ def config_markdown() -> str:
 
 
 def _all_options() -> list[tuple[str, Option]]:
-    from .presets import REGISTRIES
-
+    """Every method option once, with the components that declare it."""
     found: dict[str, tuple[list[str], Option]] = {o.name: (["adapter"], o) for o in ADAPTER_OPTIONS}
-    for kind, registry in REGISTRIES.items():
-        for name in registry:
-            for option in registry.get(name).options:
-                owners = found.setdefault(option.name, ([], option))[0]
-                if "adapter" not in owners:
-                    owners.append(f"{kind} {name}")
+    for kind, name, option in registered_options():
+        found.setdefault(option.name, ([], option))[0].append(f"{kind} {name}")
     return [(", ".join(owners), option) for owners, option in found.values()]
 
 

@@ -13,6 +13,8 @@ from typing import Any
 
 import torch
 
+from ..core.protocol import AdapterView
+
 DEFAULT_THRESHOLD = 0.9
 
 
@@ -32,7 +34,7 @@ class ImportanceAccumulator:
         self.mask: torch.Tensor | None = None
         self._handles: list[Any] = []
 
-    def attach(self, adapter: Any) -> None:
+    def attach(self, adapter: AdapterView) -> None:
         """Register the hooks on ``adapter``'s model and layers (replacing any from an earlier
         ``attach``, so attaching twice never records twice)."""
         def keep_mask(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -77,7 +79,7 @@ class ImportanceAccumulator:
 
 
 @torch.no_grad()
-def output_importance(adapter: Any, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
+def output_importance(adapter: AdapterView, batches: Iterable[dict[str, torch.Tensor]]) -> dict[str, float]:
     """``I_i`` (normalised to sum 1) of every layer of ``adapter``, over the model inputs ``batches``
     (keyword arguments of the model's forward, e.g. ``{"input_ids": ...}``)."""
     accumulator = ImportanceAccumulator()

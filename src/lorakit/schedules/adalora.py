@@ -47,8 +47,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..core.component import MASKED
-from ..core.options import Option
+from ..core.component import MASKED, Parts
+from ..core.options import Derive, Option
 from ..core.protocol import AdapterView
 from ..core.spec import MethodSpec
 from ..core.steps import current_step, next_step, start_counter
@@ -59,7 +59,7 @@ STEP_KEY = "adalora.step"
 BETA1 = BETA2 = 0.85
 
 
-def _phase(share: int) -> Any:
+def _phase(share: int) -> Derive:
     """A derived default: ``⌊T/share⌋`` once ``T = adalora_total_steps`` is known."""
     def derive(values: Mapping[str, Any], run: Mapping[str, int]) -> int | None:
         total = values.get("adalora_total_steps")
@@ -211,7 +211,7 @@ class AdaLora(Schedule):
         self.importance = Importance()  # the EMAs Ī, Ū (reset when an optimizer is built)
 
     @classmethod
-    def validate(cls, spec: MethodSpec, parts: Any) -> None:
+    def validate(cls, spec: MethodSpec, parts: Parts) -> None:
         if spec.adalora_target_rank > spec.rank:
             raise LorakitError(f"adalora_target_rank ({spec.adalora_target_rank}) must be <= rank ({spec.rank})")
         steps = spec.adalora_total_steps
