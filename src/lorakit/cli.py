@@ -114,13 +114,13 @@ def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
 
 
 def _cmd_compare(args: argparse.Namespace) -> None:
-    from .config import read_yaml
+    from .io.yaml_files import read_yaml
 
     _compare(read_yaml(Path(args.config)), args.overrides, args.quiet)
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from .config import read_yaml
+    from .io.yaml_files import read_yaml
 
     raw = read_yaml(Path(__file__).parent / "experiments" / "demo.yaml")
     if args.data:  # the path as given, not parsed as YAML like an override value

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..core.component import Component
+from ..core.component import FACTORS, Component
 from ..registry import Registry
 
 
@@ -26,6 +26,14 @@ class Init(Component):
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
                 values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+
+class SpectralInit(Init):
+    """An init that moves ``s·B₀A₀`` out of ``W`` (OLoRA, PiSSA): the initial factors are kept, and
+    it needs a form with a per-layer pair to set."""
+
+    rewrites_base: ClassVar[bool] = True
+    requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
 
 
 INITS: Registry[type[Init]] = Registry("init")

@@ -15,16 +15,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..core.component import FACTORS
-from .base import INITS, Init
+from .base import INITS, SpectralInit
 
 
 @INITS.register("olora")
-class OLoRA(Init):
+class OLoRA(SpectralInit):
     """Orthonormal ``B`` from the QR of ``W``; ``s·B A`` moved out of ``W``."""
 
-    rewrites_base: ClassVar[bool] = True
-    requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
     needs: ClassVar[str] = "sets a per-layer pair from the QR of W"
     summary: ClassVar[str] = "B = Q_r, A = Q_rᵀ W from the thin QR of W; W ← W − s·B A"
 

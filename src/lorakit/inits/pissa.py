@@ -13,21 +13,18 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..core.component import FACTORS
 from ..core.options import Option
-from .base import INITS, Init
+from .base import INITS, SpectralInit
 
 NITER = Option("pissa_niter", int, None, "subspace iterations of a randomised SVD (null: the exact SVD)",
                minimum=0, default_text="null (exact SVD)")
 
 
 @INITS.register("pissa")
-class PiSSA(Init):
+class PiSSA(SpectralInit):
     """The principal singular triplets of ``W`` as the pair; ``s·B A`` moved out of ``W``."""
 
-    rewrites_base: ClassVar[bool] = True
     options = (NITER,)
-    requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
     needs: ClassVar[str] = "sets a per-layer pair from the SVD of W"
     summary: ClassVar[str] = "B = U_r √(S_r/s), A = √(S_r/s) V_rᵀ; W ← W − s·B A"
 

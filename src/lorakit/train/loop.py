@@ -18,7 +18,6 @@ import copy
 import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,14 +42,10 @@ from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
 from ..loading import Split, encode, evaluate, load_base, load_split
 from ..presets import complete, parts_of
-from .checkpoint import latest_checkpoint, read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
+from .output_dir import check_output_dir, comparable, make_output_dir
 from .run_log import RunLog
-
-CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir",
-                              "tensorboard")
-# sections that do not change what is trained, so a resumed run may differ in them
-SECTIONS_FREE_ON_RESUME = ("eval",)
 
 
 @dataclass
@@ -74,7 +69,7 @@ def train(config: RunConfig, resume: bool = False,
     the same ``output_dir`` at the same time is refused (``lorakit.io.lock``).
     """
     output_dir = Path(config.train.output_dir)
-    _make_output_dir(output_dir)
+    make_output_dir(output_dir)
     first_process = int(os.environ.get("RANK", "0")) == 0  # the other data-parallel processes share the run
     with folder_lock(output_dir) if first_process else contextlib.nullcontext():
         run = Run.prepare(config, output_dir, resume, base)
@@ -109,7 +104,7 @@ class Run:
     def prepare(cls, config: RunConfig, output_dir: Path, resume: bool, base: tuple[nn.Module, Any] | None) -> Run:
         """Check everything that needs no model, then load the model, data and adapter."""
         tc = config.train
-        checkpoint = _check_output_dir(output_dir, resume)
+        checkpoint = check_output_dir(output_dir, resume)
         split = load_split(config)
         accelerator = _accelerator(tc.mixed_precision)
         # every record becomes one example, so the step count (and what depends on it) is known
@@ -136,7 +131,7 @@ class Run:
         if self.checkpoint_folder is None:
             return attach(self.model, self.spec)
         self.saved_state, self.tensors = read_checkpoint(self.checkpoint_folder)
-        if _comparable(self.saved_state["config"]) != _comparable(self.state["config"]):
+        if comparable(self.saved_state["config"]) != comparable(self.state["config"]):
             raise LorakitError(f"{self.checkpoint_folder} was made with a different config; resume with the same "
                                "config")
         return load(self.model, self.checkpoint_folder)
@@ -296,35 +291,3 @@ def _check_distributed(accelerator: Accelerator, spec: MethodSpec) -> None:
     if accelerator.num_processes > 1 and parts_of(spec).schedule.resizes:
         raise LorakitError(f"schedule '{spec.schedule}' replaces adapter parameters during training, which "
                            "DistributedDataParallel cannot follow; train it in a single process")
-
-
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples become lists)
-    train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
-    rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
-    return {**rest, "train": train}
-
-
-def _make_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, no permission: said before the model loads
-        raise LorakitError(f"cannot use train.output_dir {output_dir}: {exc.strerror or exc}; "
-                           "choose a writable folder") from None
-
-
-def _check_output_dir(output_dir: Path, resume: bool) -> Path | None:
-    """The checkpoint to resume from; ``None`` starts a fresh run (with ``resume``, only where no
-    run has been saved yet: a finished run without checkpoints is never overwritten)."""
-    if not resume:
-        if (output_dir / "checkpoints").exists() or (output_dir / "adapter").exists():
-            raise LorakitError(f"{output_dir} already holds a run; pass --resume to continue it "
-                               "or choose another train.output_dir")
-        return None
-    checkpoint = latest_checkpoint(output_dir)
-    if checkpoint is None:
-        if (output_dir / "adapter").exists():
-            raise LorakitError(f"{output_dir} holds a finished run without checkpoints, so there is nothing "
-                               "to resume; choose another train.output_dir")
-        print(f"lorakit: no checkpoint in {output_dir}; starting a fresh run", file=sys.stderr)
-    return checkpoint

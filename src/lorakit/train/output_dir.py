@@ -1,0 +1,50 @@
+"""A run's output folder: refusing to train over a finished run, finding the checkpoint to
+resume, and which config changes a resumed run may make."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..errors import LorakitError
+from .checkpoint import latest_checkpoint
+
+CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir",
+                              "tensorboard")
+# sections that do not change what is trained, so a resumed run may differ in them
+SECTIONS_FREE_ON_RESUME = ("eval",)
+
+
+def comparable(config: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's config that a resumed run must share with the checkpoint's."""
+    config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples become lists)
+    train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
+    rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
+    return {**rest, "train": train}
+
+
+def make_output_dir(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file in the way, no permission: said before the model loads
+        raise LorakitError(f"cannot use train.output_dir {output_dir}: {exc.strerror or exc}; "
+                           "choose a writable folder") from None
+
+
+def check_output_dir(output_dir: Path, resume: bool) -> Path | None:
+    """The checkpoint to resume from; ``None`` starts a fresh run (with ``resume``, only where no
+    run has been saved yet: a finished run without checkpoints is never overwritten)."""
+    if not resume:
+        if (output_dir / "checkpoints").exists() or (output_dir / "adapter").exists():
+            raise LorakitError(f"{output_dir} already holds a run; pass --resume to continue it "
+                               "or choose another train.output_dir")
+        return None
+    checkpoint = latest_checkpoint(output_dir)
+    if checkpoint is None:
+        if (output_dir / "adapter").exists():
+            raise LorakitError(f"{output_dir} holds a finished run without checkpoints, so there is nothing "
+                               "to resume; choose another train.output_dir")
+        print(f"lorakit: no checkpoint in {output_dir}; starting a fresh run", file=sys.stderr)
+    return checkpoint
