@@ -17,6 +17,8 @@ from typing import Any
 import yaml
 
 from .core.spec import MethodSpec
+from .data.conversation import LOSS_ON
+from .data.formats import FORMATS
 from .errors import LorakitError, did_you_mean
 from .evaluate.metrics import check_metrics
 from .io.yaml_files import read_yaml
@@ -45,7 +47,13 @@ class DataConfig:
 
     path: str = key("chatterbot", "chatterbot (the built-in chatterbot-corpus pairs) or a JSON, JSONL, CSV or "
                                   "Parquet file of instruction/input/output records")
-    template: str = key("alpaca", "prompt template: alpaca, or chat (the tokenizer's chat template)")
+    format: str = key("auto", "record format: auto (from the first record), alpaca, messages, sharegpt, "
+                              "prompt_completion or text")
+    template: str = key("alpaca", "prompt template of Alpaca records: alpaca, or chat (the tokenizer's chat "
+                                  "template; conversations always use it)")
+    loss_on: str = key("assistant", "conversations: the loss on every assistant turn (assistant), the last one "
+                                    "(last_assistant) or every token (all)")
+    system_prompt: str | None = key(None, "system message put first in conversations that have none")
     max_length: int = key(128, "tokens per example (prompt + response), at least 8")
     train_size: int | None = key(1000, "training records (null: all after the eval split)")
     eval_size: int = key(500, "evaluation records, taken after the training ones")
@@ -252,6 +260,8 @@ def validate_run(config: RunConfig) -> None:
     _require(t.scheduler in SCHEDULERS,
              f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {t.scheduler!r}")
     _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
+    _require(d.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {d.format!r}")
+    _require(d.loss_on in LOSS_ON, f"data.loss_on must be one of {', '.join(LOSS_ON)}, got {d.loss_on!r}")
     _require(d.eval_size >= 0, f"data.eval_size must be >= 0, got {d.eval_size}")
     _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")
     _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")

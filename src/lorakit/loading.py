@@ -18,6 +18,7 @@ from .adapter import Adapter
 from .api import load
 from .config import RunConfig
 from .data import Collator, encode_all, load_records, split_records
+from .data.conversation import warn_if_never_stops
 from .errors import LorakitError
 from .evaluate.suite import evaluate_run
 from .io.adapter_files import read_adapter_config
@@ -39,7 +40,8 @@ class Examples:
 def load_split(config: RunConfig) -> Split:
     """The train and eval records (read and checked before any model is loaded)."""
     d = config.data
-    return split_records(load_records(d.path), d.train_size, d.eval_size, d.offset, d.shuffle_seed)
+    return split_records(load_records(d.path, d.format, d.system_prompt), d.train_size, d.eval_size, d.offset,
+                         d.shuffle_seed)
 
 
 def load_base(config: RunConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
@@ -50,8 +52,10 @@ def load_base(config: RunConfig, device: torch.device | str | None = None) -> tu
 def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
     """The split's records as training examples."""
     d = config.data
-    return Examples(encode_all(split[0], tokenizer, d.template, d.max_length),
-                    encode_all(split[1], tokenizer, d.template, d.max_length), Collator(tokenizer))
+    if any("messages" in record for record in split[0][:1]):
+        warn_if_never_stops(tokenizer)
+    return Examples(encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on),
+                    encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on), Collator(tokenizer))
 
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,

@@ -1,12 +1,16 @@
-"""Training data: loading Alpaca-format records, splitting, prompting and tokenising them."""
+"""Training data: loading records (Alpaca, conversations, prompt/completion, text), splitting,
+prompting and tokenising them."""
 
 from __future__ import annotations
 
+from .conversation import LOSS_ON, encode_conversation
 from .encode import IGNORE_INDEX, Collator, encode, encode_all
+from .formats import FORMATS
 from .prompts import TEMPLATES, format_prompt
-from .records import chatterbot_records, load_records, split_records
+from .records import chatterbot_conversations, chatterbot_records, load_records, split_records
 
 __all__ = [
-    "IGNORE_INDEX", "TEMPLATES", "Collator", "chatterbot_records", "encode", "encode_all",
-    "format_prompt", "load_records", "split_records",
+    "FORMATS", "IGNORE_INDEX", "LOSS_ON", "TEMPLATES", "Collator", "chatterbot_conversations",
+    "chatterbot_records", "encode", "encode_all", "encode_conversation", "format_prompt", "load_records",
+    "split_records",
 ]

@@ -1,4 +1,9 @@
-"""Records → token ids with the loss on the response only, and the batch collator."""
+"""Records → token ids with the loss on what the model should learn to write, and the batch collator.
+
+Alpaca records and prompt/completion pairs: the loss on the response (and eos); conversations: on
+the assistant turns chosen by ``loss_on`` (``conversation.encode_conversation``); plain text: on
+every token.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +13,46 @@ from typing import Any
 import torch
 
 from ..errors import LorakitError
+from .conversation import encode_conversation, render_prompt
+from .formats import sample_kind
 from .prompts import format_prompt
+from .tokens import IGNORE_INDEX, Encoded
 
-IGNORE_INDEX = -100  # the label value torch's cross-entropy (and transformers' loss) skips
-
-Encoded = dict[str, list[int]]
+__all__ = ["IGNORE_INDEX", "Collator", "Encoded", "encode", "encode_all", "encode_prompt", "reference"]
 
 
-def encode_prompt(record: Mapping[str, str], tokenizer: Any, template: str) -> list[int]:
-    """The token ids ``encode`` puts before the response: [bos] + prompt (bos for alpaca only).
+def encode_prompt(record: Mapping[str, Any], tokenizer: Any, template: str) -> list[int]:
+    """The token ids ``encode`` puts before the response: [bos] + prompt (bos for alpaca only); for
+    a conversation, every turn before the last assistant one and the assistant header.
 
     Generation feeds exactly these ids, so the model continues from where training placed
     the response.
     """
-    prompt = format_prompt(record, template, tokenizer)
+    kind = sample_kind(record)
+    if kind == "conversation":
+        return render_prompt(tokenizer, record["messages"])
+    if kind == "text":
+        raise LorakitError("plain-text records have no reference answer to generate and score; "
+                           "drop the generation metrics (bleu, rouge*, tf_*) from eval.metrics")
+    prompt = record["prompt"] if kind == "prompt_completion" else format_prompt(record, template, tokenizer)
     prompt_ids = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
-    if template == "alpaca" and tokenizer.bos_token_id is not None:
+    if (template == "alpaca" or kind == "prompt_completion") and tokenizer.bos_token_id is not None:
         prompt_ids = [tokenizer.bos_token_id, *prompt_ids]
     return prompt_ids
 
 
-def encode(record: Mapping[str, str], tokenizer: Any, template: str, max_length: int) -> Encoded:
-    """``input_ids`` = [bos] + prompt + response + [eos], ``labels`` = -100 over bos and prompt.
+def reference(record: Mapping[str, Any]) -> str:
+    """The answer generation is scored against: the output, the completion, or the last assistant turn."""
+    kind = sample_kind(record)
+    if kind == "conversation":
+        return [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]
+    return record["completion"] if kind == "prompt_completion" else record["output"]
+
+
+def encode(record: Mapping[str, Any], tokenizer: Any, template: str, max_length: int,
+           loss_on: str = "assistant") -> Encoded:
+    """One record as ``input_ids`` and ``labels``; for Alpaca records and prompt/completion pairs
+    ``input_ids`` = [bos] + prompt + response + [eos], ``labels`` = -100 over bos and prompt.
 
     Prompt and response are tokenised separately so the boundary is exact (a joint
     tokenisation could merge tokens across it). bos is added for the alpaca template only: a
@@ -40,18 +63,25 @@ def encode(record: Mapping[str, str], tokenizer: Any, template: str, max_length:
         raise LorakitError(f"max_length must be >= 1 (got {max_length}); pass a positive token count")
     if tokenizer.eos_token_id is None:
         raise LorakitError("the tokenizer has no eos token; set tokenizer.eos_token before encoding")
+    kind = sample_kind(record)
+    if kind == "conversation":
+        return encode_conversation(tokenizer, record["messages"], max_length, loss_on)
+    if kind == "text":
+        ids = [*([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []),
+               *tokenizer(record["text"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+        return {"input_ids": ids[:max_length], "labels": ids[:max_length]}
     prompt_ids = encode_prompt(record, tokenizer, template)
-    response_ids = list(tokenizer(record["output"], add_special_tokens=False)["input_ids"])
+    response_ids = list(tokenizer(reference(record), add_special_tokens=False)["input_ids"])
     answer = [*response_ids, tokenizer.eos_token_id]
     input_ids = prompt_ids + answer
     labels = [IGNORE_INDEX] * len(prompt_ids) + answer
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
 
 
-def encode_all(records: Iterable[Mapping[str, str]], tokenizer: Any, template: str,
-               max_length: int) -> list[Encoded]:
+def encode_all(records: Iterable[Mapping[str, Any]], tokenizer: Any, template: str,
+               max_length: int, loss_on: str = "assistant") -> list[Encoded]:
     """``encode`` every record, in order."""
-    return [encode(record, tokenizer, template, max_length) for record in records]
+    return [encode(record, tokenizer, template, max_length, loss_on) for record in records]
 
 
 class Collator:

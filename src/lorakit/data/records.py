@@ -1,7 +1,9 @@
-"""Alpaca-format records (``instruction``, optional ``input``, ``output``) from files or built-ins.
+"""Records from files or built-ins: Alpaca (``instruction``, optional ``input``, ``output``),
+conversations, prompt/completion pairs or plain text (see ``formats``).
 
-Every reader returns raw rows; ``_validate`` is the single place that decides what a valid record
-is, so the four file formats and the built-in data set fail with the same messages.
+Every reader returns raw rows; one parser per record format decides what a valid record is (for
+Alpaca records ``_validate``), so the four file types and the built-in data set fail with the same
+messages.
 """
 
 from __future__ import annotations
@@ -17,20 +19,27 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorakitError
+from .formats import PARSERS, check_format, detect_format
 
 Record = dict[str, str]
 FIELDS_HINT = "every record needs 'instruction' and 'output' (and optionally 'input')"
 BUILTIN_CHATTERBOT = ("chatterbot", "builtin:chatterbot")
 
 
-def load_records(source: str) -> list[Record]:
+def load_records(source: str, format: str = "auto", system_prompt: str | None = None) -> list[dict[str, Any]]:
     """Records from a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, or ``"chatterbot"``.
 
-    Each record has exactly the keys ``instruction``, ``input`` (``""`` when absent) and
-    ``output``. Record indices in error messages count from 0.
+    ``format``: one of ``formats.FORMATS`` (``auto``: the first record's). An Alpaca record has
+    exactly the keys ``instruction``, ``input`` (``""`` when absent) and ``output``; a
+    conversation ``messages``; the others ``prompt``/``completion`` or ``text``. Record indices
+    in error messages count from 0.
     """
+    check_format(format)
     if source in BUILTIN_CHATTERBOT:
-        return chatterbot_records()
+        if format not in ("messages", "sharegpt"):
+            return chatterbot_records()
+        return [_parse(row, index, source, "messages", system_prompt)
+                for index, row in enumerate(chatterbot_conversations())]
     path = Path(source).expanduser()
     if path.is_dir():
         raise LorakitError(f"data file {source} is a folder; pass a {'/'.join(READERS)} file")
@@ -51,7 +60,30 @@ def load_records(source: str) -> list[Record]:
         raise LorakitError(f"{source}: not UTF-8 text; save the file as UTF-8") from None
     if not rows:
         raise LorakitError(f"{source}: the file holds no records; {FIELDS_HINT}")
-    return [_validate(row, index, source) for index, row in enumerate(rows)]
+    if format == "auto":  # a first record of no known format is read as Alpaca, with Alpaca's errors
+        format = _detected(rows[0], source) or "alpaca"
+    return [_parse(row, index, source, format, system_prompt) for index, row in enumerate(rows)]
+
+
+def _detected(row: Any, source: str) -> str | None:
+    try:
+        return detect_format(row, source)
+    except LorakitError:
+        return None
+
+
+def _parse(row: Any, index: int, source: str, format: str, system_prompt: str | None) -> dict[str, Any]:
+    """One record in ``format``; a record of another format is a one-line error naming both."""
+    try:
+        if format == "alpaca":
+            return _validate(row, index, source)
+        return PARSERS[format](row, f"{source}: record {index}", system_prompt)
+    except LorakitError:
+        other = _detected(row, source)
+        if other is not None and other != format and not (format == "messages" and other == "sharegpt"):
+            raise LorakitError(f"{source}: record {index} is in format {other!r} but the file is read as "
+                               f"{format!r}; one file holds one format (set data.format to choose)") from None
+        raise
 
 
 def split_records(records: Sequence[Record], train_size: int | None, eval_size: int,
@@ -83,8 +115,20 @@ def split_records(records: Sequence[Record], train_size: int | None, eval_size: 
     return train, evaluation
 
 
-def chatterbot_records() -> list[Record]:
-    """The English ``chatterbot_corpus`` conversations as (question → answer) records."""
+def chatterbot_conversations() -> list[dict[str, Any]]:
+    """The English ``chatterbot_corpus`` conversations as multi-turn dialogues (user and assistant
+    alternating, starting with the user); one-line conversations and those with a blank line are
+    left out."""
+    dialogues = []
+    for texts in _chatterbot_texts():
+        if len(texts) >= 2 and all(text.strip() for text in texts):
+            roles = ("user", "assistant")
+            dialogues.append({"messages": [{"role": roles[i % 2], "content": text} for i, text in enumerate(texts)]})
+    return dialogues
+
+
+def _chatterbot_texts() -> list[list[str]]:
+    """Each conversation of the English corpus as its text lines."""
     import yaml
 
     try:
@@ -93,16 +137,19 @@ def chatterbot_records() -> list[Record]:
         raise LorakitError(
             "the built-in 'chatterbot' data set needs chatterbot-corpus; pip install chatterbot-corpus"
         ) from None
-    records = []
+    found = []
     for file in sorted(glob.glob(os.path.join(DATA_DIRECTORY, "english", "*.yml"))):
         with open(file, encoding="utf-8") as handle:
             conversations = (yaml.safe_load(handle) or {}).get("conversations") or []
-        for turns in conversations:
-            # YAML may turn a bare answer like "yes" or "42" into a bool or number: not text, skip it
-            texts = [turn for turn in turns if isinstance(turn, str)]
-            records.extend({"instruction": question, "input": "", "output": answer}
-                           for question, answer in zip(texts, texts[1:]))
-    return records
+        # YAML may turn a bare answer like "yes" or "42" into a bool or number: not text, skip it
+        found.extend([turn for turn in turns if isinstance(turn, str)] for turns in conversations)
+    return found
+
+
+def chatterbot_records() -> list[Record]:
+    """The English ``chatterbot_corpus`` conversations as (question → answer) records."""
+    return [{"instruction": question, "input": "", "output": answer}
+            for texts in _chatterbot_texts() for question, answer in zip(texts, texts[1:])]
 
 
 # -- readers: path → raw rows (anything; _validate checks them) -------------------------------

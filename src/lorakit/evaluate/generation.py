@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..data.encode import encode_prompt
+from ..data.encode import encode_prompt, reference
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
 from .metrics import text_scores
@@ -88,10 +88,12 @@ def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max
 def generation_scores(model: nn.Module, tokenizer: Any, records: Sequence[Mapping[str, str]],
                       template: str, max_length: int, max_new_tokens: int, batch_size: int,
                       out_path: Path | None = None) -> dict[str, float]:
-    """BLEU/ROUGE of greedy responses against ``record["output"]``; optionally a JSONL of them.
+    """BLEU/ROUGE of greedy responses against each record's reference (Alpaca output, completion,
+    or a conversation's last assistant turn given the turns before it); optionally a JSONL of them.
 
     A prompt keeps its first ``max_length`` tokens, as training does. Each JSONL line holds
-    ``instruction``, ``input``, ``reference`` and ``prediction``.
+    ``instruction`` and ``input`` (Alpaca) or ``prompt`` (the decoded prompt), ``reference`` and
+    ``prediction``.
     """
     _check_settings(max_new_tokens, batch_size)
     if max_length < 1:
@@ -100,11 +102,13 @@ def generation_scores(model: nn.Module, tokenizer: Any, records: Sequence[Mappin
         raise LorakitError("no records to generate from; pass at least one evaluation record")
     prompts = [encode_prompt(record, tokenizer, template)[:max_length] for record in records]
     predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
-    references = [record["output"] for record in records]
+    references = [reference(record) for record in records]
     scores = text_scores(predictions, references)
     if out_path is not None:
-        lines = [json.dumps({"instruction": record["instruction"], "input": record.get("input") or "",
-                             "reference": reference, "prediction": prediction}, ensure_ascii=False)
-                 for record, reference, prediction in zip(records, references, predictions)]
+        sources = [{"instruction": record["instruction"], "input": record.get("input") or ""}
+                   if "instruction" in record else {"prompt": tokenizer.decode(prompt)}
+                   for record, prompt in zip(records, prompts)]
+        lines = [json.dumps({**source, "reference": answer, "prediction": prediction}, ensure_ascii=False)
+                 for source, answer, prediction in zip(sources, references, predictions)]
         write_text_atomic(out_path, "".join(line + "\n" for line in lines))
     return scores

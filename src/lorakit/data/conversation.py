@@ -1,0 +1,154 @@
+"""A multi-turn conversation → token ids with the loss on the chosen assistant turns.
+
+``encode_conversation`` renders the conversation with the tokenizer's chat template as growing
+prefixes — ``messages[:1]``, ``messages[:2]``, … — and requires each rendering's tokens to be a
+prefix of the next one's (a template that rewrites earlier turns, or merges tokens across a turn
+boundary, is refused: the masks would be wrong). Assistant turn ``i`` then occupies the tokens
+between the rendering of ``messages[:i]`` *with* the generation prompt (which ends with the
+assistant header) and the rendering of ``messages[:i+1]``; of those, the labels cover the content
+and the template's end-of-turn token (the first special token after the content), never the role
+header or what the template writes after the end-of-turn token (SmolLM2's ``"\\n"``). This needs no
+``{% generation %}`` markers, which most templates (SmolLM2's among them) lack.
+
+``loss_on``: ``assistant`` (every assistant turn), ``last_assistant`` (the last one) or ``all``
+(every token). A message with ``"train": false`` is never trained on.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from ..errors import LorakitError, unknown
+from .tokens import IGNORE_INDEX, Encoded
+
+ROLES = ("system", "user", "assistant")
+LOSS_ON = ("assistant", "last_assistant", "all")
+Message = Mapping[str, Any]
+
+
+def check_messages(messages: Sequence[Message], where: str = "the conversation") -> None:
+    """One-line errors for a conversation that cannot be trained on: not a list of messages, an
+    unknown role, empty content, no assistant turn."""
+    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+        raise LorakitError(f"{where} has no messages; give a non-empty list of {{role, content}} objects")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise LorakitError(f"{where}, message {index} is a {type(message).__name__}, not an object with "
+                               "'role' and 'content'")
+        if message.get("role") not in ROLES:
+            raise LorakitError(f"{where}, message {index} has role {message.get('role')!r}; roles are "
+                               f"{', '.join(ROLES)}")
+        content = message.get("content")
+        if not isinstance(content, str) or not content.strip():
+            raise LorakitError(f"{where}, message {index} has empty or non-text content; every message needs text")
+    if not any(message["role"] == "assistant" for message in messages):
+        raise LorakitError(f"{where} has no assistant turn, so nothing to learn from; add one")
+
+
+def encode_conversation(tokenizer: Any, messages: Sequence[Message], max_length: int,
+                        loss_on: str = "assistant", where: str = "the conversation") -> Encoded:
+    """``input_ids`` and ``labels`` (``-100`` where no loss) of one conversation, rendered with the
+    tokenizer's chat template and cut to ``max_length`` tokens from the right.
+
+    Args:
+        tokenizer: a transformers tokenizer with a ``chat_template``.
+        messages: ``[{"role": "system"|"user"|"assistant", "content": str, "train": bool?}, ...]``.
+        max_length: at most this many tokens are kept (leading turns whole, the end cut).
+        loss_on: ``assistant``, ``last_assistant`` or ``all``.
+        where: names the conversation in error messages (e.g. ``data.json: record 3``).
+    """
+    if loss_on not in LOSS_ON:
+        raise unknown("loss_on", loss_on, LOSS_ON)
+    if not getattr(tokenizer, "chat_template", None):
+        raise LorakitError("conversations need a tokenizer with a chat_template and this one has none; "
+                           "use a chat model, or alpaca-format records")
+    check_messages(messages, where)
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    trained = _trained_turns(messages, loss_on)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for index in range(len(plain)):
+        full = _render(tokenizer, plain[: index + 1], False, where)
+        start = len(input_ids)
+        if index in trained and loss_on != "all":
+            header = _render(tokenizer, plain[:index], True, where)
+            _require_prefix(input_ids, header, index, where)
+            _require_prefix(header, full, index, where)
+            end = _end_of_turn(tokenizer, full, len(header))
+            labels += [IGNORE_INDEX] * (len(header) - start) + full[len(header):end] \
+                + [IGNORE_INDEX] * (len(full) - end)
+        else:
+            _require_prefix(input_ids, full, index, where)
+            labels += full[start:] if index in trained else [IGNORE_INDEX] * (len(full) - start)
+        input_ids = full
+    return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+
+
+def _trained_turns(messages: Sequence[Message], loss_on: str) -> set[int]:
+    """The indices of the messages that carry a loss (with ``all``, every message's whole span)."""
+    if loss_on == "all":
+        return {i for i, m in enumerate(messages) if m.get("train", True) is not False}
+    turns = [i for i, m in enumerate(messages) if m["role"] == "assistant" and m.get("train", True) is not False]
+    if loss_on == "last_assistant":
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return {last} & set(turns)
+    return set(turns)
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, where: str) -> list[int]:
+    if not messages and not generation_prompt:
+        return []
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    except Exception as exc:  # templates raise their own errors (e.g. roles that must alternate)
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LorakitError(f"{where}: the chat template cannot render it ({message}); fix the conversation's "
+                           "roles (e.g. two user turns in a row) or use a model whose template accepts them") from None
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _require_prefix(prefix: list[int], ids: list[int], index: int, where: str) -> None:
+    if ids[: len(prefix)] != prefix:
+        raise LorakitError(f"{where}: the chat template renders message {index} by changing what came before it, "
+                           "so the turns cannot be masked exactly; use a template that renders conversations "
+                           "as growing prefixes")
+
+
+def _end_of_turn(tokenizer: Any, ids: list[int], start: int) -> int:
+    """The index just past the first special token after ``start`` (the end of the assistant turn),
+    or the end of ``ids`` when the template closes turns with no special token."""
+    special = set(tokenizer.all_special_ids)
+    for position in range(start, len(ids)):
+        if ids[position] in special:
+            return position + 1
+    return len(ids)
+
+
+def end_of_turn_token(tokenizer: Any) -> int | None:
+    """The token the chat template closes an assistant turn with (``None`` if it uses none)."""
+    probe = [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]
+    header = _render(tokenizer, probe[:1], True, "the end-of-turn probe")
+    full = _render(tokenizer, probe, False, "the end-of-turn probe")
+    end = _end_of_turn(tokenizer, full, len(header))
+    return full[end - 1] if end <= len(full) and full[end - 1] in set(tokenizer.all_special_ids) else None
+
+
+def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+    """The tokens before the last assistant turn's content: the history and the assistant header
+    (what generation continues from; its reference is that turn's content)."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+    return _render(tokenizer, plain, True, "the conversation")
+
+
+def warn_if_never_stops(tokenizer: Any) -> None:
+    """Warn when the template's end-of-turn token is not the tokenizer's eos: a model trained to end
+    its turns with it would not stop generating at eos."""
+    token = end_of_turn_token(tokenizer)
+    if token is not None and token != tokenizer.eos_token_id:
+        warnings.warn(f"the chat template ends assistant turns with {tokenizer.convert_ids_to_tokens(token)!r}, "
+                      f"but the tokenizer's eos is {tokenizer.eos_token!r}: generation will not stop at the end of "
+                      "a turn; set tokenizer.eos_token (and the model's generation_config.eos_token_id) to it",
+                      stacklevel=2)

