@@ -211,7 +211,7 @@ def _annotation(key: str) -> Any:
         return str
     if option.normalise is not None:  # targets: a string or a list of names
         return str | tuple[str, ...]
-    return option.type | None
+    return option.type | None if option.null_is_default else option.type
 
 
 def build_config(raw: dict[str, Any]) -> RunConfig:

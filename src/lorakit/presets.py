@@ -10,6 +10,7 @@ form capabilities the components require.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -82,16 +83,18 @@ def find_option(name: str) -> Option | None:
 
 def option_names() -> list[str]:
     """Every method option any component declares, plus the component keys."""
-    names = [*COMPONENT_KINDS, *(o.name for o in ADAPTER_OPTIONS)]
-    names += [o.name for _, _, o in registered_options() if o.name not in names]
-    return names
+    names = [*COMPONENT_KINDS, *(o.name for o in ADAPTER_OPTIONS), *(o.name for _, _, o in registered_options())]
+    return list(dict.fromkeys(names))
 
 
 def resolve(method: str | MethodSpec, run: Mapping[str, int] | None = None, **overrides: Any) -> MethodSpec:
     """The preset ``method`` (or an existing spec) with ``overrides`` applied, every option at its
     effective value, validated. ``run``: what derived defaults may use (``layers``, ``total_steps``)."""
-    if isinstance(method, MethodSpec):
-        name, base = method.name, {**{k: getattr(method, k) for k in COMPONENT_KINDS}, **method.options()}
+    if isinstance(method, MethodSpec):  # its derived values are derived again, with the run it knew
+        name = method.name
+        base = {**{k: getattr(method, k) for k in COMPONENT_KINDS},
+                **{k: v for k, v in method.options().items() if k not in method.derived}}
+        run = {**dict(method.run), **(run or {})}
     elif method in PRESETS:
         name, base = method, {**DEFAULT_COMPONENTS, **PRESETS[method]}
     else:
@@ -107,19 +110,31 @@ def resolve(method: str | MethodSpec, run: Mapping[str, int] | None = None, **ov
     parts = parts_of(skeleton)
     declared = {option.name: option for option in declared_options(parts)}
     checked = {key: (declared.get(key) or find_option(key)).check(value) for key, value in given.items()}
-    for key, value in checked.items():
+    for key, value in list(checked.items()):
         if key not in declared:
-            raise _no_effect(key, value, skeleton, parts)
+            if not _always_set(key, value):
+                raise _no_effect(key, value, skeleton, parts)
+            del checked[key]
     inherited = {k: v for k, v in base.items() if k in declared}  # a preset's or an earlier spec's values
     spec = _with_values(skeleton, declared.values(), {**inherited, **checked}, run or {})
     validate(spec, parts)
     return spec
 
 
+def _always_set(key: str, value: Any) -> bool:
+    """Whether ``value`` is the default of an option that always has a value (``rank``, ``alpha``,
+    ``rslora``, ``lr_ratio_mode``, …): it changes nothing, so a method without the option takes it
+    silently (a compare's shared ``alpha: 16`` may hold VeRA runs). The options that only their
+    method's users set (``lr_ratio``, ``delta_ratio``, the schedules' options; null means their
+    default) are refused whenever they are given to another method."""
+    option = find_option(key)
+    return not option.null_is_default and value == option.default
+
+
 def _null_refused(key: str) -> bool:
     """Whether a given ``None`` for ``key`` is checked (and refused) rather than meaning the default."""
     option = find_option(key)
-    return option is not None and not option.null_is_default
+    return key in COMPONENT_KINDS or (option is not None and not option.null_is_default)
 
 
 def complete(spec: MethodSpec, **run: int) -> MethodSpec:
@@ -155,16 +170,19 @@ def declared_value(declared: list[Option], key: str, value: Any) -> Any:
 
 
 def _with_values(skeleton: MethodSpec, declared: Any, given: Mapping[str, Any], run: Mapping[str, int]) -> MethodSpec:
-    """``skeleton`` with every declared option's value: given, else its default, else derived."""
+    """``skeleton`` with every declared option's value: given, else its default, else derived
+    (the spec remembers which values were derived, and from what run)."""
     values: dict[str, Any] = {}
+    derived = []
     for option in declared:
         value = given.get(option.name)
         if value is None:
             value = option.default
         if value is None and option.derive is not None:
             value = option.derive(values, run)
+            derived.append(option.name)
         values[option.name] = value
-    return skeleton.with_values(**values)
+    return dataclasses.replace(skeleton.with_values(**values), derived=tuple(derived), run=tuple(sorted(run.items())))
 
 
 def _no_effect(key: str, value: Any, spec: MethodSpec, parts: Parts) -> LorakitError:

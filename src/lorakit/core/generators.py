@@ -14,7 +14,7 @@ import torch
 from .options import Option
 
 SEED = Option("seed", int, 0, "seeds every random draw of the adapter (init, VeRA's projections, resizing); "
-              "lorakit train sets it to train.seed", minimum=0)
+              "lorakit train sets it to train.seed", minimum=0, null_is_default=False)
 
 
 def layer_generator(seed: int, name: str, device: torch.device | str) -> torch.Generator:

@@ -3,7 +3,7 @@ option they declare (``lorakit.presets.resolve`` builds it; saved adapters recor
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 COMPONENT_KINDS = ("form", "init", "optimizer", "schedule")
@@ -15,15 +15,20 @@ class MethodSpec:
     exactly the options of these components (and the adapter's ``targets`` and ``seed``).
 
     Options read as attributes (``spec.rank``, ``spec.lr_ratio``); an option that the method's
-    components do not declare is an ``AttributeError``.
+    components do not declare is an ``AttributeError``. Build one with ``lorakit.presets.resolve``
+    (or ``attach``), which fills and checks the values.
     """
 
-    name: str
-    form: str
-    init: str
-    optimizer: str
-    schedule: str
+    name: str = "lora"
+    form: str = "lora"
+    init: str = "kaiming"
+    optimizer: str = "adamw"
+    schedule: str = "fixed"
     values: tuple[tuple[str, Any], ...] = ()
+    # which values were derived (not given) and the run they were derived from: resolving the spec
+    # again derives them again; not part of the method's identity
+    derived: tuple[str, ...] = field(default=(), compare=False)
+    run: tuple[tuple[str, int], ...] = field(default=(), compare=False)
 
     def __getattr__(self, key: str) -> Any:
         for name, value in object.__getattribute__(self, "values"):

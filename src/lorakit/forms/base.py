@@ -12,9 +12,10 @@ from ..core.options import Option
 from ..core.spec import MethodSpec
 from ..registry import Registry
 
-RANK = Option("rank", int, 8, "rank r of each layer's adapter (VeRA: of the shared projections)", minimum=1)
+RANK = Option("rank", int, 8, "rank r of each layer's adapter (VeRA: of the shared projections)", minimum=1,
+              null_is_default=False)
 DROPOUT = Option("dropout", float, 0.0, "dropout on the adapter's input", minimum=0.0, maximum=1.0,
-                 open_maximum=True)
+                 open_maximum=True, null_is_default=False)
 
 
 class Form(Component, nn.Module):

@@ -30,8 +30,8 @@ from .base import DROPOUT, FORMS, RANK, Form
 HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 ALPHA = Option("alpha", float, 16.0, "scale numerator: s = α/r (α/√r with rslora)", minimum=0.0,
-               open_minimum=True, requirement="a finite number > 0")
-RSLORA = Option("rslora", bool, False, "rank-stabilised scale s = α/√r (Kalajdzievski 2023)")
+               open_minimum=True, requirement="a finite number > 0", null_is_default=False)
+RSLORA = Option("rslora", bool, False, "rank-stabilised scale s = α/√r (Kalajdzievski 2023)", null_is_default=False)
 
 
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:

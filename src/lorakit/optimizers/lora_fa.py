@@ -25,7 +25,8 @@ from .base import OPTIMIZERS
 
 PROJECTION_DELTA = 1e-8
 PROJECTED = Option("lora_fa_projected", bool, False,
-                   "project B's gradient onto what B alone can express (PEFT's create_lorafa_optimizer)")
+                   "project B's gradient onto what B alone can express (PEFT's create_lorafa_optimizer)",
+                   null_is_default=False)
 
 
 @torch.no_grad()

@@ -25,7 +25,8 @@ LR_RATIO = Option("lr_ratio", float, 16.0, "λ: B's learning rate over A's (any 
 LR_RATIO_MODES = ("b_only", "symmetric")
 DEFAULT_LR_RATIO_MODE = LR_RATIO_MODES[0]
 LR_RATIO_MODE = Option("lr_ratio_mode", str, DEFAULT_LR_RATIO_MODE,
-                       "b_only: η_A = η, η_B = λ·η; symmetric: η_A = η/λ, η_B = λ·η", choices=LR_RATIO_MODES)
+                       "b_only: η_A = η, η_B = λ·η; symmetric: η_A = η/λ, η_B = λ·η", choices=LR_RATIO_MODES,
+                       null_is_default=False)
 
 
 def lora_plus_rates(lr: float, ratio: float, mode: str) -> tuple[float, float]:

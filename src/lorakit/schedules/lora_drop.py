@@ -37,7 +37,7 @@ WARMUP_STEPS = Option("drop_warmup_steps", int, 20, "optimizer steps of LoRA on 
                       minimum=1)
 TOP_N = Option("drop_top_n", int, None, "keep the n most important layers (instead of drop_threshold)", minimum=1)
 THRESHOLD = Option("drop_threshold", float, None, "keep the most important layers up to this share of the importance",
-                   minimum=0.0, maximum=1.0, open_minimum=True,
+                   minimum=0.0, maximum=1.0, open_minimum=True, requirement="a share of the total importance in (0, 1]",
                    derive=lambda values, run: DEFAULT_THRESHOLD if values.get("drop_top_n") is None else None,
                    default_text=f"{DEFAULT_THRESHOLD} (null with drop_top_n)")
 
@@ -55,6 +55,7 @@ class LoraDrop(Schedule):
     def __init__(self, spec: MethodSpec) -> None:
         super().__init__(spec)
         self.accumulator = ImportanceAccumulator(training_only=True)
+        self.selecting = False  # this optimizer started before the selection: it counts the steps
 
     @classmethod
     def validate(cls, spec: MethodSpec, parts: Parts) -> None:
@@ -78,13 +79,15 @@ class LoraDrop(Schedule):
         start_counter(adapter.method_state, STEP_KEY)
 
     def start(self, adapter: AdapterView) -> None:
-        if current_step(adapter.method_state, STEP_KEY) < self.spec.drop_warmup_steps:
-            self.accumulator.attach(adapter)  # a resumed or reloaded adapter past its selection trains plainly
+        # a resumed or reloaded adapter past its selection trains plainly
+        self.selecting = current_step(adapter.method_state, STEP_KEY) < self.spec.drop_warmup_steps
+        if self.selecting:
+            self.accumulator.attach(adapter)
 
     @torch.no_grad()
     def after_step(self, adapter: AdapterView) -> bool:
-        warmup, state = self.spec.drop_warmup_steps, adapter.method_state
-        if current_step(state, STEP_KEY) >= warmup or next_step(state, STEP_KEY) != warmup:
+        warmup = self.spec.drop_warmup_steps
+        if not self.selecting or next_step(adapter.method_state, STEP_KEY) != warmup:
             return False
         self.accumulator.detach()
         if not self.accumulator.tokens:
