@@ -40,7 +40,8 @@ def chat_tokenizer(template: str = CHATML) -> PreTrainedTokenizerFast:
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"]
     model.train_from_iterator([WORDS, "\n"], trainers.WordLevelTrainer(special_tokens=specials))
     tok = PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>", eos_token="<|im_end|>",
-                                  pad_token="<pad>", unk_token="<unk>")
+                                  pad_token="<pad>", unk_token="<unk>",
+                                  additional_special_tokens=["<|im_start|>", "<|im_end|>"])
     tok.chat_template = template
     return tok
 
@@ -145,25 +146,93 @@ def test_the_embedded_smollm2_template_masks_exactly():
     assert "You are a helpful AI assistant" in tok.decode(encoded["input_ids"])
 
 
-def test_training_on_a_conversation_file_end_to_end(tmp_path):
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory):
+    """A tiny random Llama with the ChatML word-level tokenizer, saved as a model folder."""
     from tiny import tiny_llama
 
     tok = chat_tokenizer()
-    folder = tmp_path / "model"
-    model = tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id, pad_token_id=0)
-    model.save_pretrained(folder)
+    folder = tmp_path_factory.mktemp("chat_model")
+    tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id, pad_token_id=0).save_pretrained(
+        folder)
     tok.save_pretrained(folder)
-    (tmp_path / "chat.jsonl").write_text("".join(json.dumps({"messages": CONVERSATION}) + "\n" for _ in range(12)))
-    config = load_config(None, [f"model.path={folder}", f"data.path={tmp_path / 'chat.jsonl'}", "data.train_size=8",
-                                "data.eval_size=4", "data.max_length=64", "method.name=lora", "method.rank=2",
-                                "train.max_steps=3", "train.lr=1e-2", f"train.output_dir={tmp_path / 'run'}",
-                                "eval.max_new_tokens=4"])
-    summary = train(config, progress=False)
+    return folder
+
+
+def chat_file(path, count=12):
+    path.write_text("".join(json.dumps({"messages": CONVERSATION}) + "\n" for _ in range(count)))
+    return path
+
+
+def chat_config(model_dir, data, out, *extra):
+    return load_config(None, [f"model.path={model_dir}", f"data.path={data}", "data.train_size=8",
+                              "data.eval_size=4", "data.max_length=64", "method.name=lora", "method.rank=2",
+                              "train.max_steps=3", "train.lr=1e-2", f"train.output_dir={out}",
+                              "eval.max_new_tokens=4", *extra])
+
+
+def test_training_on_a_conversation_file_end_to_end(chat_model_dir, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    summary = train(chat_config(chat_model_dir, chat_file(tmp_path / "chat.jsonl"), tmp_path / "run"), progress=False)
     assert summary["steps"] == 3 and summary["eval_loss"] > 0 and "bleu" in summary
     generations = [json.loads(line) for line in (tmp_path / "run" / "generations.jsonl").read_text().splitlines()]
     assert generations[0]["reference"] == "fine thanks" and "how are you" in generations[0]["prompt"]
-    assert lorakit.load(tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id,
-                                   pad_token_id=0), tmp_path / "run" / "adapter")
+    assert lorakit.load(AutoModelForCausalLM.from_pretrained(chat_model_dir), tmp_path / "run" / "adapter")
+
+
+def test_a_separate_eval_file_in_training_and_in_lorakit_eval(chat_model_dir, tmp_path, capsys):
+    from lorakit.cli import main
+    from lorakit.loading import load_split
+
+    (tmp_path / "eval.json").write_text(json.dumps([{"prompt": "what is two plus three", "completion": "five"}] * 3))
+    chat = chat_file(tmp_path / "chat.jsonl")
+    config = chat_config(chat_model_dir, chat, tmp_path / "run", f"data.eval_path={tmp_path / 'chat.jsonl'}",
+                         "data.train_size=null")
+    train_split, eval_split = load_split(config)
+    assert len(train_split) == 12 and len(eval_split) == 12  # eval_size is not used with eval_path
+    train(config, progress=False)
+    (tmp_path / "c.yaml").write_text(f"model: {{path: {chat_model_dir}}}\ndata: {{path: {chat}, max_length: 64}}\n"
+                                     "eval: {max_new_tokens: 3}\n")
+    capsys.readouterr()
+    assert main(["eval", str(tmp_path / "c.yaml"), "--adapter", str(tmp_path / "run" / "adapter"),
+                 "--data", str(tmp_path / "eval.json"), "--out", str(tmp_path / "scores")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["eval_tokens"] == 3 * 2  # "five" and eos, three times: the file's records, nothing else
+    lines = (tmp_path / "scores" / "generations.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["reference"] == "five"
+
+
+def test_lorakit_generate_writes_one_line_per_record(chat_model_dir, tmp_path):
+    from lorakit.cli import main
+
+    chat = chat_file(tmp_path / "chat.jsonl", count=5)
+    (tmp_path / "c.yaml").write_text(f"model: {{path: {chat_model_dir}}}\neval: {{max_new_tokens: 3}}\n")
+    assert main(["generate", str(tmp_path / "c.yaml"), "--data", str(chat), "--out", str(tmp_path / "g.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and set(rows[0]) == {"prompt", "reference", "prediction"}
+    assert rows[0]["reference"] == "fine thanks" and rows[0]["prompt"].rstrip().endswith("assistant")
+
+
+def test_lorakit_chat_answers_a_prompt_and_runs_a_session(chat_model_dir, capsys, monkeypatch):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from lorakit import chat
+    from lorakit.cli import main
+
+    assert main(["chat", "--model", str(chat_model_dir), "--prompt", "hi", "--temperature", "0",
+                 "--max-new-tokens", "3"]) == 0
+    model, tok = AutoModelForCausalLM.from_pretrained(chat_model_dir), AutoTokenizer.from_pretrained(chat_model_dir)
+    seen = []
+    monkeypatch.setattr(chat, "reply", lambda m, t, messages, s: seen.append(list(messages)) or "hello")
+    lines = iter(["hi", "", "how are you", "/reset", "hi", "/exit", "never read"])
+    written = []
+    chat.run_chat(model, tok, chat.Sampling(temperature=0.0, max_new_tokens=2), "be kind", read=lambda _: next(lines),
+                  write=written.append)
+    assert [len(messages) for messages in seen] == [2, 4, 2]  # system + user; + reply + user; reset
+    assert seen[1][2] == {"role": "assistant", "content": "hello"} and "(conversation reset)" in written
+    with pytest.raises(lorakit.LorakitError, match="--top-p must be in"):
+        chat.Sampling(top_p=0).check()
 
 
 def test_a_template_whose_turns_do_not_end_with_eos_warns():

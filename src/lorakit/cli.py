@@ -1,4 +1,4 @@
-"""The ``lorakit`` command line: train, eval, merge, export, compare, demo, methods.
+"""The ``lorakit`` command line: train, eval, merge, export, compare, demo, chat, generate, methods.
 
 Bad input prints one line ``lorakit: error: ...`` and exits with code 2, without a traceback.
 """
@@ -26,10 +26,10 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .config import load_config
     from .io.adapter_files import read_adapter_config
     from .io.atomic import write_text_atomic
-    from .loading import evaluate, load_base, load_split
+    from .loading import evaluate, load_base, load_eval_file, load_split
 
     config = load_config(args.config, args.overrides)
-    split = load_split(config)
+    split = ([], load_eval_file(config, args.data, args.format)) if args.data else load_split(config)
     if not split[1]:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
     if args.adapter:
@@ -128,6 +128,46 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     _compare(raw, list(args.overrides), args.quiet)
 
 
+def _cmd_chat(args: argparse.Namespace) -> None:
+    from .chat import Sampling, reply, run_chat
+    from .loading import load_adapter_on_base
+    from .models import load_model
+
+    sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens, args.seed).check()
+    if args.adapter:
+        adapter, tokenizer = load_adapter_on_base(args.adapter, args.model)
+        model = adapter.model
+    else:
+        model, tokenizer = load_model(args.model or "embedded")
+    if args.prompt is None:
+        run_chat(model, tokenizer, sampling, args.system)
+        return
+    messages = [*([{"role": "system", "content": args.system}] if args.system else []),
+                {"role": "user", "content": args.prompt}]
+    reply(model, tokenizer, messages, sampling)
+
+
+def _cmd_generate(args: argparse.Namespace) -> None:
+    from .config import load_config
+    from .evaluate.generation import generate_file
+    from .io.adapter_files import read_adapter_config
+    from .loading import load_base, load_eval_file
+
+    config = load_config(args.config, args.overrides)
+    records = load_eval_file(config, args.data, args.format)
+    if args.adapter:
+        read_adapter_config(args.adapter)  # a bad path fails before the model loads
+    model, tokenizer = load_base(config)
+    if args.adapter:
+        from .api import load
+
+        load(model, args.adapter)
+    e = config.eval
+    generate_file(model, tokenizer, records, config.data.template, config.data.max_length, e.max_new_tokens,
+                  e.generate_batch_size, Path(args.out))
+    print(f"{len(records)} generations written to {args.out}")
+
+
 def _cmd_methods(args: argparse.Namespace) -> None:
     from .describe import method_table, options_text
 
@@ -135,6 +175,7 @@ def _cmd_methods(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .data.formats import FORMATS
     from .version import __version__
 
     parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning of causal LMs.")
@@ -153,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
     p.add_argument("--out", help="folder for metrics.json and generations.jsonl")
+    p.add_argument("--data", help="evaluate on every record of this file instead of the config's eval split")
+    p.add_argument("--format", choices=FORMATS, help="record format of --data (default: the config's data.format)")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("merge", help="fold an adapter into its base model and save the result")
@@ -182,6 +225,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="Alpaca-format data file instead of the built-in chatterbot pairs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("chat", help="talk to a model (with --adapter, the adapted one) in the terminal")
+    p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
+    p.add_argument("--model", help="base model (default: the one the adapter records, else the embedded model)")
+    p.add_argument("--prompt", help="answer this one message and exit (no interactive session)")
+    p.add_argument("--system", help="a system message to start the conversation with")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling threshold")
+    p.add_argument("--max-new-tokens", type=int, default=256, help="tokens per reply at most")
+    p.add_argument("--seed", type=int, help="seed for sampling (reproducible replies)")
+    p.set_defaults(func=_cmd_chat)
+
+    p = sub.add_parser("generate", help="greedy generations for every record of a file, as JSONL")
+    p.add_argument("config", help="YAML config file (model, data settings, eval generation settings)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
+    p.add_argument("--data", required=True, help="the records to answer (any supported format)")
+    p.add_argument("--format", choices=FORMATS, help="record format of --data (default: the config's data.format)")
+    p.add_argument("--out", required=True, help="JSONL file: prompt, reference (when present), prediction")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("methods", help="list the method presets; with NAME, that method's options")
     p.add_argument("name", nargs="?", help="a preset: print its components and every option with its default and help")

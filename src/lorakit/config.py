@@ -54,6 +54,8 @@ class DataConfig:
     loss_on: str = key("assistant", "conversations: the loss on every assistant turn (assistant), the last one "
                                     "(last_assistant) or every token (all)")
     system_prompt: str | None = key(None, "system message put first in conversations that have none")
+    eval_path: str | None = key(None, "a separate evaluation file: all its records evaluate (then data.path only "
+                                      "trains, and eval_size is not used)")
     max_length: int = key(128, "tokens per example (prompt + response), at least 8")
     train_size: int | None = key(1000, "training records (null: all after the eval split)")
     eval_size: int = key(500, "evaluation records, taken after the training ones")
@@ -263,6 +265,7 @@ def validate_run(config: RunConfig) -> None:
     _require(d.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {d.format!r}")
     _require(d.loss_on in LOSS_ON, f"data.loss_on must be one of {', '.join(LOSS_ON)}, got {d.loss_on!r}")
     _require(d.eval_size >= 0, f"data.eval_size must be >= 0, got {d.eval_size}")
+    _require(d.eval_path is None or bool(d.eval_path.strip()), "data.eval_path is empty; give a file or null")
     _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")
     _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
     e = config.eval

@@ -118,8 +118,9 @@ def _require_prefix(prefix: list[int], ids: list[int], index: int, where: str) -
 
 def _end_of_turn(tokenizer: Any, ids: list[int], start: int) -> int:
     """The index just past the first special token after ``start`` (the end of the assistant turn),
-    or the end of ``ids`` when the template closes turns with no special token."""
-    special = set(tokenizer.all_special_ids)
+    or the end of ``ids`` when the template closes turns with no special token. The unknown token
+    is special to the tokenizer but may stand in the content."""
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
     for position in range(start, len(ids)):
         if ids[position] in special:
             return position + 1
@@ -132,7 +133,8 @@ def end_of_turn_token(tokenizer: Any) -> int | None:
     header = _render(tokenizer, probe[:1], True, "the end-of-turn probe")
     full = _render(tokenizer, probe, False, "the end-of-turn probe")
     end = _end_of_turn(tokenizer, full, len(header))
-    return full[end - 1] if end <= len(full) and full[end - 1] in set(tokenizer.all_special_ids) else None
+    special = set(tokenizer.all_special_ids) - {tokenizer.unk_token_id}
+    return full[end - 1] if full[end - 1] in special else None
 
 
 def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..data.encode import encode_prompt, reference
 from ..errors import LorakitError
@@ -56,7 +57,7 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
 
 
 def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max_new_tokens: int,
-             batch_size: int) -> list[str]:
+             batch_size: int, progress: bool = False) -> list[str]:
     """Greedy continuations of each prompt (token ids), decoded and stripped, in input order."""
     _check_settings(max_new_tokens, batch_size)
     if any(len(ids) == 0 for ids in prompts_ids):
@@ -68,7 +69,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(order), batch_size):
+            for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress,
+                              dynamic_ncols=True):
                 chunk = order[start:start + batch_size]
                 input_ids, attention_mask = _left_pad([prompts_ids[i] for i in chunk], pad_id, device)
                 output = model.generate(
@@ -112,3 +114,18 @@ def generation_scores(model: nn.Module, tokenizer: Any, records: Sequence[Mappin
                  for source, answer, prediction in zip(sources, references, predictions)]
         write_text_atomic(out_path, "".join(line + "\n" for line in lines))
     return scores
+
+
+def generate_file(model: nn.Module, tokenizer: Any, records: Sequence[Mapping[str, Any]], template: str,
+                  max_length: int, max_new_tokens: int, batch_size: int, out_path: Path) -> None:
+    """Greedy answers to every record, written as JSONL lines ``prompt``, ``reference`` (when the
+    record has one) and ``prediction``; a text record's prompt is its text (continued)."""
+    _check_settings(max_new_tokens, batch_size)
+    prompts = [(list(tokenizer(record["text"], add_special_tokens=False)["input_ids"]) if "text" in record
+                else encode_prompt(record, tokenizer, template))[:max_length] for record in records]
+    predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
+    lines = [json.dumps({"prompt": tokenizer.decode(prompt), **({} if "text" in record else
+                                                                 {"reference": reference(record)}),
+                         "prediction": prediction}, ensure_ascii=False)
+             for record, prompt, prediction in zip(records, prompts, predictions)]
+    write_text_atomic(out_path, "".join(line + "\n" for line in lines))

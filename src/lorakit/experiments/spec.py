@@ -30,6 +30,7 @@ class CompareSpec:
     baseline: str | None = None
     base_model_row: bool = True
     output_dir: str = "runs/compare"
+    eval_path: str | None = None  # every run (and the base-model row) evaluates on this file
 
 
 @dataclass
@@ -111,6 +112,8 @@ def load_compare_config(raw: dict[str, Any], overrides: list[str] | None = None
     raw = apply_overrides(raw, overrides or [])
     compare_raw = raw.pop("compare", None)
     spec, runs = _parse_spec(compare_raw, check_method(raw.get("method")))
+    if spec.eval_path is not None:  # the same as data.eval_path, for every run
+        raw["data"] = {**(raw.get("data") or {}), "eval_path": spec.eval_path}
     base = build_config({**raw, "method": runs[0].method})
     for run in runs:
         run_config(base, run, spec.seeds[0], Path(spec.output_dir)).method_spec()
