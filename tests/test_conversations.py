@@ -243,3 +243,14 @@ def test_a_template_whose_turns_do_not_end_with_eos_warns():
     tok.eos_token = "</s>"
     with pytest.warns(UserWarning, match="generation will not stop at the end of a turn"):
         warn_if_never_stops(tok)
+
+
+def test_sharegpt_role_names_can_be_added(tmp_path):
+    rows = [{"conversations": [{"from": "customer", "value": "hi"}, {"from": "bot", "value": "hello"}]}]
+    (tmp_path / "s.json").write_text(json.dumps(rows))
+    with pytest.raises(LorakitError, match="message 0 has from='customer'.*or name it in data.roles"):
+        load_records(str(tmp_path / "s.json"))
+    loaded = load_records(str(tmp_path / "s.json"), roles={"customer": "user", "bot": "assistant"})
+    assert [m["role"] for m in loaded[0]["messages"]] == ["user", "assistant"]
+    with pytest.raises(LorakitError, match="data.roles maps 'bot' to 'robot'"):
+        load_config(None, [f"data.path={tmp_path / 's.json'}", "data.roles={bot: robot}"])

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from .core.spec import MethodSpec
-from .data.conversation import LOSS_ON
+from .data.conversation import LOSS_ON, ROLES
 from .data.formats import FORMATS
 from .errors import LorakitError, did_you_mean
 from .evaluate.metrics import check_metrics
@@ -54,6 +54,8 @@ class DataConfig:
     loss_on: str = key("assistant", "conversations: the loss on every assistant turn (assistant), the last one "
                                     "(last_assistant) or every token (all)")
     system_prompt: str | None = key(None, "system message put first in conversations that have none")
+    roles: dict[str, str] = key({}, "sharegpt: more 'from' names and the role each means, e.g. {bot: assistant} "
+                                    "(human, gpt, system, user, assistant are known)")
     eval_path: str | None = key(None, "a separate evaluation file: all its records evaluate (then data.path only "
                                       "trains, and eval_size is not used)")
     max_length: int = key(128, "tokens per example (prompt + response), at least 8")
@@ -146,6 +148,10 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, (list, tuple)):
             item = typing.get_args(annotation)[0]
             return tuple(check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    elif origin is dict:
+        if isinstance(value, dict):
+            item = typing.get_args(annotation)[1]
+            return {str(k): check_type(f"{key}.{k}", v, item) for k, v in value.items()}
     elif annotation is float:
         if isinstance(value, str):  # YAML 1.1 reads "3e-4" (no dot) as a string
             try:
@@ -160,7 +166,7 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
     elif annotation is Any or isinstance(value, annotation):
         return value
     names = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
-             "tuple": "a list, e.g. [a, b]"}
+             "tuple": "a list, e.g. [a, b]", "dict": "a mapping, e.g. {a: b}"}
     expected = getattr(annotation, "__name__", str(annotation))
     raise LorakitError(f"config key {key!r} must be {names.get(expected, expected)}, got {value!r}")
 
@@ -264,6 +270,8 @@ def validate_run(config: RunConfig) -> None:
     _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
     _require(d.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {d.format!r}")
     _require(d.loss_on in LOSS_ON, f"data.loss_on must be one of {', '.join(LOSS_ON)}, got {d.loss_on!r}")
+    for name, role in d.roles.items():
+        _require(role in ROLES, f"data.roles maps {name!r} to {role!r}; roles are {', '.join(ROLES)}")
     _require(d.eval_size >= 0, f"data.eval_size must be >= 0, got {d.eval_size}")
     _require(d.eval_path is None or bool(d.eval_path.strip()), "data.eval_path is empty; give a file or null")
     _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")

@@ -41,7 +41,7 @@ def load_split(config: RunConfig) -> Split:
     """The train and eval records (read and checked before any model is loaded); with
     ``data.eval_path`` every record of that file evaluates and ``data.path`` only trains."""
     d = config.data
-    records = load_records(d.path, d.format, d.system_prompt)
+    records = load_records(d.path, d.format, d.system_prompt, d.roles)
     if d.eval_path is None:
         return split_records(records, d.train_size, d.eval_size, d.offset, d.shuffle_seed)
     train = split_records(records, d.train_size, 0, d.offset, d.shuffle_seed)[0]
@@ -50,7 +50,7 @@ def load_split(config: RunConfig) -> Split:
 
 def load_eval_file(config: RunConfig, path: str, format: str | None = None) -> list[dict[str, Any]]:
     """Every record of ``path`` (in ``format``, default ``data.format``) as an evaluation set."""
-    return load_records(path, format or config.data.format, config.data.system_prompt)
+    return load_records(path, format or config.data.format, config.data.system_prompt, config.data.roles)
 
 
 def load_base(config: RunConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:

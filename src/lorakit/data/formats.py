@@ -3,7 +3,7 @@
 - ``alpaca``: ``instruction``, optional ``input``, ``output`` → ``{"instruction", "input", "output"}``;
 - ``messages``: ``{"messages": [{"role": "system"|"user"|"assistant", "content": ...}, ...]}``;
 - ``sharegpt``: ``{"conversations": [{"from": "human"|"gpt"|"system", "value": ...}, ...]}`` →
-  the same ``{"messages": [...]}`` (``from`` mapped by ``SHAREGPT_ROLES``);
+  the same ``{"messages": [...]}`` (``from`` mapped by ``SHAREGPT_ROLES`` and ``data.roles``);
 - ``prompt_completion``: ``prompt`` and ``completion`` (the loss on the completion);
 - ``text``: ``text`` (plain language modelling, the loss on every token);
 - ``auto``: the format of the first record (every record must then have it).
@@ -54,23 +54,26 @@ def _text_field(row: Mapping[str, Any], field: str, where: str, hint: str) -> st
     return value
 
 
-def parse_messages(row: Mapping[str, Any], where: str, system_prompt: str | None) -> dict[str, Any]:
+def parse_messages(row: Mapping[str, Any], where: str, system_prompt: str | None,
+                   roles: Mapping[str, str] | None = None) -> dict[str, Any]:
     messages = row.get("messages")
     check_messages(messages, where)
     return {"messages": _with_system(list(messages), system_prompt)}
 
 
-def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None) -> dict[str, Any]:
+def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None,
+                   roles: Mapping[str, str] | None = None) -> dict[str, Any]:
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise LorakitError(f"{where} has no conversation turns; 'conversations' must be a list of {{from, value}}")
+    known = {**SHAREGPT_ROLES, **(roles or {})}
     messages = []
     for index, turn in enumerate(turns):
         speaker = turn.get("from") if isinstance(turn, Mapping) else None
-        if speaker not in SHAREGPT_ROLES:
+        if speaker not in known:
             raise LorakitError(f"{where}, message {index} has from={speaker!r}; use one of "
-                               f"{', '.join(SHAREGPT_ROLES)}")
-        message = {"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")}
+                               f"{', '.join(known)}, or name it in data.roles")
+        message = {"role": known[speaker], "content": turn.get("value")}
         if "train" in turn:
             message["train"] = turn["train"]
         messages.append(message)
@@ -84,17 +87,20 @@ def _with_system(messages: list[Any], system_prompt: str | None) -> list[Any]:
     return messages
 
 
-def parse_prompt_completion(row: Mapping[str, Any], where: str, system_prompt: str | None) -> dict[str, str]:
+def parse_prompt_completion(row: Mapping[str, Any], where: str, system_prompt: str | None,
+                            roles: Mapping[str, str] | None = None) -> dict[str, str]:
     hint = "a prompt_completion record needs non-empty 'prompt' and 'completion' strings"
     return {"prompt": _text_field(row, "prompt", where, hint),
             "completion": _text_field(row, "completion", where, hint)}
 
 
-def parse_text(row: Mapping[str, Any], where: str, system_prompt: str | None) -> dict[str, str]:
+def parse_text(row: Mapping[str, Any], where: str, system_prompt: str | None,
+               roles: Mapping[str, str] | None = None) -> dict[str, str]:
     return {"text": _text_field(row, "text", where, "a text record needs a non-empty 'text' string")}
 
 
-PARSERS: dict[str, Callable[[Mapping[str, Any], str, str | None], dict[str, Any]]] = {
+# (row, where, system_prompt, sharegpt roles) → sample
+PARSERS: dict[str, Callable[[Mapping[str, Any], str, str | None, Mapping[str, str] | None], dict[str, Any]]] = {
     "messages": parse_messages, "sharegpt": parse_sharegpt,
     "prompt_completion": parse_prompt_completion, "text": parse_text,
 }
