@@ -266,7 +266,7 @@ def test_svd_form_with_the_fixed_schedule_is_allowed():
 def run_config(model_dir, data, out, *extra):
     return load_config(None, [
         f"model.path={model_dir}", f"data.path={data}", "data.train_size=16", "data.eval_size=0",
-        "data.max_length=32", "method.name=adalora", "method.rank=4", "train.lr=1e-2", "train.batch_size=4",
+        "data.max_length=48", "method.name=adalora", "method.rank=4", "train.lr=1e-2", "train.batch_size=4",
         "train.max_steps=3", "train.eval_every=null", "train.save_every=null", f"train.output_dir={out}", *extra])
 
 

@@ -254,3 +254,19 @@ def test_sharegpt_role_names_can_be_added(tmp_path):
     assert [m["role"] for m in loaded[0]["messages"]] == ["user", "assistant"]
     with pytest.raises(LorakitError, match="data.roles maps 'bot' to 'robot'"):
         load_config(None, [f"data.path={tmp_path / 's.json'}", "data.roles={bot: robot}"])
+
+
+def test_records_with_nothing_to_train_within_max_length_are_skipped_and_counted(chat_model_dir, tmp_path):
+    long = {"messages": [{"role": "user", "content": " ".join(["what is two plus three"] * 20)},
+                         {"role": "assistant", "content": "five"}]}
+    data = tmp_path / "chat.jsonl"
+    data.write_text("".join(json.dumps(long if i % 2 else {"messages": CONVERSATION}) + "\n" for i in range(12)))
+    config = chat_config(chat_model_dir, data, tmp_path / "run", "train.max_steps=null", "train.batch_size=1",
+                         "train.grad_accum=1", "eval.metrics=[eval_loss]")
+    with pytest.warns(UserWarning, match="4 of 8 training records have no trained token within data.max_length=64"):
+        summary = train(config, progress=False)
+    assert summary["skipped_samples"] == 4 and summary["steps"] == 4  # one epoch of the 4 kept, batch 1
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first == {"step": 0, "skipped_samples": 4}
+    with pytest.raises(LorakitError, match="no training record keeps a trained token"):
+        train(chat_config(chat_model_dir, data, tmp_path / "run2", "data.max_length=8"), progress=False)

@@ -6,6 +6,7 @@ Data is read and checked before any model is loaded, so a config error costs no 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,7 @@ from torch import nn
 from .adapter import Adapter
 from .api import load
 from .config import RunConfig
-from .data import Collator, encode_all, load_records, split_records
+from .data import IGNORE_INDEX, Collator, encode_all, load_records, split_records
 from .data.conversation import warn_if_never_stops
 from .errors import LorakitError
 from .evaluate.suite import evaluate_run
@@ -30,11 +31,14 @@ Split = tuple[list[dict[str, str]], list[dict[str, str]]]
 
 @dataclass
 class Examples:
-    """A split's encoded examples (response-only labels) and the batch collator."""
+    """A split's encoded examples (labels where the loss is) and the batch collator; ``skipped``
+    counts the training records left out because nothing of what they train fits in
+    ``data.max_length``."""
 
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     collate: Callable
+    skipped: int = 0
 
 
 def load_split(config: RunConfig) -> Split:
@@ -59,12 +63,22 @@ def load_base(config: RunConfig, device: torch.device | str | None = None) -> tu
 
 
 def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
-    """The split's records as training examples."""
+    """The split's records as examples; a training record with no trained token left after the cut
+    at ``data.max_length`` (a prompt longer than that) is skipped, said once, and counted."""
     d = config.data
     if any("messages" in record for record in split[0][:1]):
         warn_if_never_stops(tokenizer)
-    return Examples(encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on),
-                    encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on), Collator(tokenizer))
+    encoded = encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on)
+    train = [example for example in encoded if any(label != IGNORE_INDEX for label in example["labels"])]
+    if encoded and not train:
+        raise LorakitError(f"no training record keeps a trained token within data.max_length={d.max_length} "
+                           "(every prompt is longer); raise data.max_length")
+    if len(train) < len(encoded):
+        warnings.warn(f"{len(encoded) - len(train)} of {len(encoded)} training records have no trained token "
+                      f"within data.max_length={d.max_length} and are skipped; raise data.max_length to keep them",
+                      stacklevel=2)
+    return Examples(train, encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on),
+                    Collator(tokenizer), skipped=len(encoded) - len(train))
 
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,

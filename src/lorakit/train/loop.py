@@ -122,9 +122,19 @@ class Run:
         else:
             run.model, run.tokenizer = load_base(config, accelerator.device)
         run.examples = encode(config, run.tokenizer, split)
+        if run.examples.skipped:  # fewer examples than records: the step count follows the examples
+            run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
         run._build_optimizer()
         return run
+
+    def _count_steps(self, examples: int) -> None:
+        """Steps per epoch and in all for ``examples`` training examples, and what derives from them."""
+        tc = self.config.train
+        self.per_epoch = steps_per_epoch(examples, tc.batch_size, tc.grad_accum, self.accelerator.num_processes)
+        self.total_steps = tc.max_steps or self.per_epoch * tc.epochs
+        parts_of(self.spec).schedule.check_run(self.spec, self.total_steps)
+        self.spec = complete(self.spec, total_steps=self.total_steps)
 
     def _adapter(self) -> Adapter:
         """The checkpoint's adapter (its config must match), or a fresh one."""
@@ -170,6 +180,8 @@ class Run:
         self.run_log = RunLog(self.output_dir, self.main, [g["name"] for g in self.optimizer.param_groups],
                               self.config.train.tensorboard, resume_step=self.start_step if resumed else None)
         if self.start_step == 0:
+            if self.examples.skipped:
+                self.run_log.write({"step": 0, "skipped_samples": self.examples.skipped})
             self._eval_loss(0)
         self.model.train()
         self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {self.spec.name}",
@@ -257,6 +269,8 @@ class Run:
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
                    "train_loss": self.last_loss, **final, "trainable_parameters": self.adapter.num_parameters(),
                    "seconds": round(time.time() - self.started, 2), "adapter": str(self.output_dir / "adapter")}
+        if self.examples.skipped:
+            summary["skipped_samples"] = self.examples.skipped
         if self.adapter.spec.schedule != "fixed":  # where the rank budget went
             summary["final_ranks"] = final_ranks(self.adapter.config())
         if self.main:

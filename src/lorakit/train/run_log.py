@@ -17,7 +17,7 @@ from typing import Any
 from ..io.atomic import write_text_atomic
 
 JSONL_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
-TRAIN_KEYS = ("loss", "grad_norm", "epoch")
+TRAIN_KEYS = ("loss", "grad_norm", "epoch", "skipped_samples")
 UNLOGGED_KEYS = ("step", "elapsed_s")
 
 
