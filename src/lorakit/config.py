@@ -56,6 +56,10 @@ class DataConfig:
     system_prompt: str | None = key(None, "system message put first in conversations that have none")
     roles: dict[str, str] = key({}, "sharegpt: more 'from' names and the role each means, e.g. {bot: assistant} "
                                     "(human, gpt, system, user, assistant are known)")
+    packing: bool = key(False, "several training examples per row of max_length tokens, no attention across "
+                               "them (exact: the same loss and gradients)")
+    group_by_length: bool = key(False, "micro-batches of examples of similar length (less padding), shuffled "
+                                       "between batches")
     eval_path: str | None = key(None, "a separate evaluation file: all its records evaluate (then data.path only "
                                       "trains, and eval_size is not used)")
     max_length: int = key(128, "tokens per example (prompt + response), at least 8")
@@ -270,6 +274,8 @@ def validate_run(config: RunConfig) -> None:
     _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
     _require(d.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {d.format!r}")
     _require(d.loss_on in LOSS_ON, f"data.loss_on must be one of {', '.join(LOSS_ON)}, got {d.loss_on!r}")
+    _require(not (d.packing and d.group_by_length), "data.packing and data.group_by_length are two ways to "
+             "spend less on padding; set one of them")
     for name, role in d.roles.items():
         _require(role in ROLES, f"data.roles maps {name!r} to {role!r}; roles are {', '.join(ROLES)}")
     _require(d.eval_size >= 0, f"data.eval_size must be >= 0, got {d.eval_size}")

@@ -20,6 +20,7 @@ from .api import load
 from .config import RunConfig
 from .data import IGNORE_INDEX, Collator, encode_all, load_records, split_records
 from .data.conversation import warn_if_never_stops
+from .data.packing import PackedCollator, pack
 from .errors import LorakitError
 from .evaluate.suite import evaluate_run
 from .io.adapter_files import read_adapter_config
@@ -39,6 +40,11 @@ class Examples:
     eval: list[dict[str, Any]]
     collate: Callable
     skipped: int = 0
+    train_collate: Callable | None = None  # packed training rows (eval examples stay unpacked)
+    lengths: list[int] | None = None  # of the training examples, to group batches by length
+
+    def __post_init__(self) -> None:
+        self.train_collate = self.train_collate or self.collate
 
 
 def load_split(config: RunConfig) -> Split:
@@ -77,8 +83,12 @@ def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
         warnings.warn(f"{len(encoded) - len(train)} of {len(encoded)} training records have no trained token "
                       f"within data.max_length={d.max_length} and are skipped; raise data.max_length to keep them",
                       stacklevel=2)
-    return Examples(train, encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on),
-                    Collator(tokenizer), skipped=len(encoded) - len(train))
+    collate = Collator(tokenizer)
+    packed = pack(train, d.max_length) if d.packing else None
+    return Examples(packed or train, encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on),
+                    collate, skipped=len(encoded) - len(train),
+                    train_collate=PackedCollator(collate.pad_id) if d.packing else None,
+                    lengths=[len(example["input_ids"]) for example in train] if d.group_by_length else None)
 
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..data.packing import model_inputs
+
 IGNORE = -100
 
 
@@ -24,8 +26,9 @@ def label_tokens(labels: torch.Tensor) -> int:
 
 
 def token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum of next-token cross-entropy over the batch's response tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    """Sum of next-token cross-entropy over the batch's response tokens (a padded batch, or packed
+    rows with ``position_ids``, see ``lorakit.data.packing``)."""
+    logits = model(**model_inputs(batch)).logits
     shifted = logits[:, :-1].float()
     return F.cross_entropy(
         shifted.reshape(-1, shifted.size(-1)), batch["labels"][:, 1:].reshape(-1),

@@ -122,7 +122,7 @@ class Run:
         else:
             run.model, run.tokenizer = load_base(config, accelerator.device)
         run.examples = encode(config, run.tokenizer, split)
-        if run.examples.skipped:  # fewer examples than records: the step count follows the examples
+        if len(run.examples.train) != len(split[0]):  # skipped or packed: the steps follow the examples
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
         run._build_optimizer()
@@ -192,9 +192,9 @@ class Run:
     def step(self, step: int) -> tuple[float, int, float | None]:
         """One optimizer step (0-based ``step``): ``(summed loss, response tokens, grad norm)``."""
         tc, accelerator, device = self.config.train, self.accelerator, self.accelerator.device
-        batches = [self.examples.collate([self.examples.train[i] for i in idx]) for idx in step_batches(
+        batches = [self.examples.train_collate([self.examples.train[i] for i in idx]) for idx in step_batches(
             step, len(self.examples.train), tc.batch_size, tc.grad_accum, tc.seed,
-            accelerator.process_index, accelerator.num_processes)]
+            accelerator.process_index, accelerator.num_processes, self.examples.lengths)]
         n_tokens = max(int(global_sum(accelerator, sum(label_tokens(b["labels"]) for b in batches))), 1)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device
         for i, batch in enumerate(batches):
