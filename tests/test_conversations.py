@@ -270,3 +270,21 @@ def test_records_with_nothing_to_train_within_max_length_are_skipped_and_counted
     assert first == {"step": 0, "skipped_samples": 4}
     with pytest.raises(LorakitError, match="no training record keeps a trained token"):
         train(chat_config(chat_model_dir, data, tmp_path / "run2", "data.max_length=8"), progress=False)
+
+
+def test_conversations_in_parquet_and_bad_ones_through_the_cli(chat_model_dir, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lorakit.cli import main
+
+    pq.write_table(pa.Table.from_pylist([{"messages": CONVERSATION}] * 3), tmp_path / "c.parquet")
+    assert load_records(str(tmp_path / "c.parquet"))[0] == {"messages": CONVERSATION}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": CONVERSATION}) + "\n" + json.dumps({"messages": [{"role": "user"}]}) + "\n")
+    (tmp_path / "c.yaml").write_text(f"model: {{path: {chat_model_dir}}}\ndata: {{path: {bad}, eval_size: 1, "
+                                     f"train_size: 1}}\ntrain: {{output_dir: {tmp_path / 'run'}}}\n")
+    capsys.readouterr()
+    assert main(["train", str(tmp_path / "c.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "record 1, message 0 has empty or non-text content" in err[0]
