@@ -93,8 +93,9 @@ def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,
              examples: Examples | None = None) -> dict[str, float]:
-    """``config.eval``'s metrics of ``model`` on the eval split (generations written to ``out_dir``)."""
-    examples = examples or encode(config, tokenizer, split)
+    """``config.eval``'s metrics of ``model`` on the eval split (generations written to ``out_dir``);
+    ``examples``: the split already encoded (by a training run), else only the eval split is."""
+    examples = examples or encode(config, tokenizer, ([], split[1]))
     return evaluate_run(model, tokenizer, config, split[1], examples.eval, examples.collate, out_dir)
 
 
