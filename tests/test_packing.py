@@ -116,3 +116,17 @@ def test_length_groups_hold_similar_lengths_and_every_example_once():
     plain = [max(lengths[i] for i in b) - min(lengths[i] for i in b)
              for step in range(8) for b in step_batches(step, 64, 4, 2, seed=3)]
     assert sum(spreads) < sum(plain) / 3
+
+
+def test_packing_is_refused_where_it_would_not_be_exact(monkeypatch):
+    from transformers import masking_utils
+
+    from lorakit.config import load_config
+    from lorakit.errors import LorakitError
+    from lorakit.loading import check_packing
+
+    with pytest.raises(LorakitError, match="lora_drop measures layer importance with the attention mask"):
+        check_packing(load_config(None, ["data.packing=true", "method.name=lora_drop"]))
+    monkeypatch.delattr(masking_utils, "find_packed_sequence_indices")
+    with pytest.raises(LorakitError, match="data.packing needs transformers >= 4.54"):
+        check_packing(load_config(None, ["data.packing=true"]))

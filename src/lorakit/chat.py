@@ -48,6 +48,8 @@ def reply(model: nn.Module, tokenizer: Any, messages: list[dict[str, str]], samp
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     input_ids = tokenizer(text, add_special_tokens=False, return_tensors="pt").input_ids.to(model_device(model))
     stops = sorted({token for token in (tokenizer.eos_token_id, end_of_turn_token(tokenizer)) if token is not None})
+    if not stops:
+        raise LorakitError("the tokenizer has neither an eos nor an end-of-turn token, so a reply would never stop")
     if sampling.seed is not None:
         torch.manual_seed(sampling.seed)
     sample = sampling.temperature > 0
@@ -58,7 +60,8 @@ def reply(model: nn.Module, tokenizer: Any, messages: list[dict[str, str]], samp
     with torch.no_grad():
         output = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                                 max_new_tokens=sampling.max_new_tokens, eos_token_id=stops,
-                                pad_token_id=tokenizer.pad_token_id or stops[0], streamer=streamer, **options)
+                                pad_token_id=stops[0] if tokenizer.pad_token_id is None else tokenizer.pad_token_id,
+                                streamer=streamer, **options)
     return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 

@@ -154,7 +154,7 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from .loading import load_base, load_eval_file
 
     config = load_config(args.config, args.overrides)
-    records = load_eval_file(config, args.data, args.format)
+    records = load_eval_file(config, args.data, args.format, answered=False)
     if args.adapter:
         read_adapter_config(args.adapter)  # a bad path fails before the model loads
     model, tokenizer = load_base(config)

@@ -58,9 +58,12 @@ def load_split(config: RunConfig) -> Split:
     return train, load_eval_file(config, d.eval_path)
 
 
-def load_eval_file(config: RunConfig, path: str, format: str | None = None) -> list[dict[str, Any]]:
-    """Every record of ``path`` (in ``format``, default ``data.format``) as an evaluation set."""
-    return load_records(path, format or config.data.format, config.data.system_prompt, config.data.roles)
+def load_eval_file(config: RunConfig, path: str, format: str | None = None, answered: bool = True
+                   ) -> list[dict[str, Any]]:
+    """Every record of ``path`` (in ``format``, default ``data.format``) as an evaluation set
+    (``answered=False``: conversations may end without an answer, for generation)."""
+    d = config.data
+    return load_records(path, format or d.format, d.system_prompt, d.roles, answered)
 
 
 def load_base(config: RunConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
@@ -77,18 +80,32 @@ def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
     encoded = encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on)
     train = [example for example in encoded if any(label != IGNORE_INDEX for label in example["labels"])]
     if encoded and not train:
-        raise LorakitError(f"no training record keeps a trained token within data.max_length={d.max_length} "
-                           "(every prompt is longer); raise data.max_length")
+        raise LorakitError(f"no training record keeps a trained token (cut by data.max_length={d.max_length}, or "
+                           "every assistant turn train: false); raise data.max_length or train some turns")
     if len(train) < len(encoded):
         warnings.warn(f"{len(encoded) - len(train)} of {len(encoded)} training records have no trained token "
-                      f"within data.max_length={d.max_length} and are skipped; raise data.max_length to keep them",
-                      stacklevel=2)
+                      f"(cut by data.max_length={d.max_length}, or every assistant turn train: false) and are "
+                      "skipped; raise data.max_length to keep the long ones", stacklevel=2)
     collate = Collator(tokenizer)
+    if d.packing:
+        check_packing(config)
     packed = pack(train, d.max_length) if d.packing else None
     return Examples(packed or train, encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on),
                     collate, skipped=len(encoded) - len(train),
                     train_collate=PackedCollator(collate.pad_id) if d.packing else None,
                     lengths=[len(example["input_ids"]) for example in train] if d.group_by_length else None)
+
+
+def check_packing(config: RunConfig) -> None:
+    """Refuse ``data.packing`` where it would not be exact."""
+    from transformers import masking_utils
+
+    if not hasattr(masking_utils, "find_packed_sequence_indices"):  # transformers before 4.54
+        raise LorakitError("data.packing needs transformers >= 4.54 (its block-diagonal attention from position "
+                           "ids); upgrade transformers or use data.group_by_length")
+    if config.method_spec().schedule == "lora_drop":
+        raise LorakitError("lora_drop measures layer importance with the attention mask, which packed rows do not "
+                           "have; use data.group_by_length with lora_drop")
 
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,

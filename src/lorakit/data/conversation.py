@@ -1,13 +1,14 @@
 """A multi-turn conversation → token ids with the loss on the chosen assistant turns.
 
 ``encode_conversation`` renders the conversation with the tokenizer's chat template as growing
-prefixes — ``messages[:1]``, ``messages[:2]``, … — and requires each rendering's tokens to be a
-prefix of the next one's (a template that rewrites earlier turns, or merges tokens across a turn
-boundary, is refused: the masks would be wrong). Assistant turn ``i`` then occupies the tokens
-between the rendering of ``messages[:i]`` *with* the generation prompt (which ends with the
-assistant header) and the rendering of ``messages[:i+1]``; of those, the labels cover the content
-and the template's end-of-turn token (the first special token after the content), never the role
-header or what the template writes after the end-of-turn token (SmolLM2's ``"\\n"``). This needs no
+prefixes — ``messages[:1]``, ``messages[:2]``, … — and requires each rendering to be a text
+prefix of the next one (a template that rewrites earlier turns is refused: the masks would be
+wrong). Each new piece of text is tokenized on its own, as generation sees it: for assistant turn
+``i``, the header (the rendering of ``messages[:i]`` *with* the generation prompt, minus what came
+before), then the content, then the rest of the turn. The labels cover the content and the
+template's end-of-turn token (the first special token after the content), never the role header or
+what the template writes after the end-of-turn token (SmolLM2's ``"\n"``). Special-token strings
+inside a message's content are tokenized as text, never as control tokens. This needs no
 ``{% generation %}`` markers, which most templates (SmolLM2's among them) lack.
 
 ``loss_on``: ``assistant`` (every assistant turn), ``last_assistant`` (the last one) or ``all``
@@ -28,9 +29,9 @@ LOSS_ON = ("assistant", "last_assistant", "all")
 Message = Mapping[str, Any]
 
 
-def check_messages(messages: Sequence[Message], where: str = "the conversation") -> None:
-    """One-line errors for a conversation that cannot be trained on: not a list of messages, an
-    unknown role, empty content, no assistant turn."""
+def check_messages(messages: Sequence[Message], where: str = "the conversation", answered: bool = True) -> None:
+    """One-line errors for a conversation that cannot be used: not a list of messages, an unknown
+    role, empty content, a ``train`` flag that is not true/false, and (``answered``) no assistant turn."""
     if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
         raise LorakitError(f"{where} has no messages; give a non-empty list of {{role, content}} objects")
     for index, message in enumerate(messages):
@@ -43,7 +44,9 @@ def check_messages(messages: Sequence[Message], where: str = "the conversation")
         content = message.get("content")
         if not isinstance(content, str) or not content.strip():
             raise LorakitError(f"{where}, message {index} has empty or non-text content; every message needs text")
-    if not any(message["role"] == "assistant" for message in messages):
+        if not isinstance(message.get("train", True), bool):
+            raise LorakitError(f"{where}, message {index} has train={message['train']!r}; use true or false")
+    if answered and not any(message["role"] == "assistant" for message in messages):
         raise LorakitError(f"{where} has no assistant turn, so nothing to learn from; add one")
 
 
@@ -69,21 +72,43 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], max_length:
     trained = _trained_turns(messages, loss_on)
     input_ids: list[int] = []
     labels: list[int] = []
+    text = ""
     for index in range(len(plain)):
-        full = _render(tokenizer, plain[: index + 1], False, where)
-        start = len(input_ids)
+        full = _render_text(tokenizer, plain[: index + 1], False, where)
         if index in trained and loss_on != "all":
-            header = _render(tokenizer, plain[:index], True, where)
-            _require_prefix(input_ids, header, index, where)
+            header = _render_text(tokenizer, plain[:index], True, where)
+            _require_prefix(text, header, index, where)
             _require_prefix(header, full, index, where)
-            end = _end_of_turn(tokenizer, full, len(header))
-            labels += [IGNORE_INDEX] * (len(header) - start) + full[len(header):end] \
-                + [IGNORE_INDEX] * (len(full) - end)
+            head = _tokens(tokenizer, header[len(text):])
+            answer, rest = _answer_tokens(tokenizer, full[len(header):], plain[index]["content"])
+            input_ids += head + answer + rest
+            labels += [IGNORE_INDEX] * len(head) + answer + [IGNORE_INDEX] * len(rest)
         else:
-            _require_prefix(input_ids, full, index, where)
-            labels += full[start:] if index in trained else [IGNORE_INDEX] * (len(full) - start)
-        input_ids = full
+            _require_prefix(text, full, index, where)
+            piece = _tokens(tokenizer, full[len(text):])
+            input_ids += piece
+            labels += piece if index in trained else [IGNORE_INDEX] * len(piece)
+        text = full
     return {"input_ids": input_ids[:max_length], "labels": labels[:max_length]}
+
+
+def _answer_tokens(tokenizer: Any, turn: str, content: str) -> tuple[list[int], list[int]]:
+    """``turn`` (an assistant turn's text after its header) as ``(trained, rest)``: the content and
+    the end-of-turn token, then whatever the template writes after it."""
+    if turn.startswith(content):  # the usual case: the template writes the content as given
+        body, tail = _tokens(tokenizer, content, literal=True), _tokens(tokenizer, turn[len(content):])
+    else:
+        body, tail = [], _tokens(tokenizer, turn)
+    end = _end_of_turn(tokenizer, tail, 0)
+    return body + tail[:end], tail[end:]
+
+
+def _tokens(tokenizer: Any, text: str, literal: bool = False) -> list[int]:
+    """``text``'s token ids; ``literal``: special-token strings in it are text, not control tokens."""
+    if not text:
+        return []
+    extra = {"split_special_tokens": True} if literal else {}
+    return list(tokenizer(text, add_special_tokens=False, **extra)["input_ids"])
 
 
 def _trained_turns(messages: Sequence[Message], loss_on: str) -> set[int]:
@@ -97,26 +122,29 @@ def _trained_turns(messages: Sequence[Message], loss_on: str) -> set[int]:
     return set(turns)
 
 
-def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, where: str) -> list[int]:
+def _render_text(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, where: str) -> str:
     if not messages and not generation_prompt:
-        return []
+        return ""
     try:
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
     except Exception as exc:  # templates raise their own errors (e.g. roles that must alternate)
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise LorakitError(f"{where}: the chat template cannot render it ({message}); fix the conversation's "
                            "roles (e.g. two user turns in a row) or use a model whose template accepts them") from None
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _require_prefix(prefix: list[int], ids: list[int], index: int, where: str) -> None:
-    if ids[: len(prefix)] != prefix:
+def _render(tokenizer: Any, messages: list[dict[str, str]], generation_prompt: bool, where: str) -> list[int]:
+    return _tokens(tokenizer, _render_text(tokenizer, messages, generation_prompt, where))
+
+
+def _require_prefix(prefix: str, text: str, index: int, where: str) -> None:
+    if not text.startswith(prefix):
         raise LorakitError(f"{where}: the chat template renders message {index} by changing what came before it, "
                            "so the turns cannot be masked exactly; use a template that renders conversations "
                            "as growing prefixes")
 
 
-def _end_of_turn(tokenizer: Any, ids: list[int], start: int) -> int:
+def _end_of_turn(tokenizer: Any, ids: Sequence[int], start: int) -> int:
     """The index just past the first special token after ``start`` (the end of the assistant turn),
     or the end of ``ids`` when the template closes turns with no special token. The unknown token
     is special to the tokenizer but may stand in the content."""
@@ -137,11 +165,18 @@ def end_of_turn_token(tokenizer: Any) -> int | None:
     return full[end - 1] if full[end - 1] in special else None
 
 
-def render_prompt(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
-    """The tokens before the last assistant turn's content: the history and the assistant header
-    (what generation continues from; its reference is that turn's content)."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages[:last]]
+def render_prompt(tokenizer: Any, messages: Sequence[Message], answer_next: bool = False) -> list[int]:
+    """What generation continues from: the history before the last assistant turn (whose content is
+    the reference) and the assistant header; with ``answer_next`` a conversation that ends with
+    another turn is answered after it."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise LorakitError("conversations need a tokenizer with a chat_template and this one has none; "
+                           "use a chat model, or alpaca-format records")
+    if answer_next and messages[-1]["role"] != "assistant":
+        history = messages
+    else:
+        history = messages[:max(i for i, m in enumerate(messages) if m["role"] == "assistant")]
+    plain = [{"role": m["role"], "content": m["content"]} for m in history]
     return _render(tokenizer, plain, True, "the conversation")
 
 

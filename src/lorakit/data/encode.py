@@ -21,16 +21,17 @@ from .tokens import IGNORE_INDEX, Encoded
 __all__ = ["IGNORE_INDEX", "Collator", "Encoded", "encode", "encode_all", "encode_prompt", "reference"]
 
 
-def encode_prompt(record: Mapping[str, Any], tokenizer: Any, template: str) -> list[int]:
+def encode_prompt(record: Mapping[str, Any], tokenizer: Any, template: str, answer_next: bool = False) -> list[int]:
     """The token ids ``encode`` puts before the response: [bos] + prompt (bos for alpaca only); for
-    a conversation, every turn before the last assistant one and the assistant header.
+    a conversation, every turn before the last assistant one and the assistant header (with
+    ``answer_next``, every turn of a conversation that does not end with the assistant).
 
     Generation feeds exactly these ids, so the model continues from where training placed
     the response.
     """
     kind = sample_kind(record)
     if kind == "conversation":
-        return render_prompt(tokenizer, record["messages"])
+        return render_prompt(tokenizer, record["messages"], answer_next)
     if kind == "text":
         raise LorakitError("plain-text records have no reference answer to generate and score; "
                            "drop the generation metrics (bleu, rouge*, tf_*) from eval.metrics")
@@ -41,16 +42,23 @@ def encode_prompt(record: Mapping[str, Any], tokenizer: Any, template: str) -> l
     return prompt_ids
 
 
-def reference(record: Mapping[str, Any]) -> str:
-    """The answer generation is scored against: the output, the completion, or the last assistant turn."""
+def reference(record: Mapping[str, Any], answer_next: bool = False) -> str | None:
+    """The answer generation is scored against: the output, the completion, or a conversation's last
+    assistant turn; with ``answer_next`` a conversation that does not end with the assistant is
+    answered after its last turn and has none (``None``, as for text)."""
     kind = sample_kind(record)
     if kind == "conversation":
-        return [m for m in record["messages"] if m["role"] == "assistant"][-1]["content"]
+        messages = record["messages"]
+        if answer_next and messages[-1]["role"] != "assistant":
+            return None
+        return [m for m in messages if m["role"] == "assistant"][-1]["content"]
+    if kind == "text":
+        return None
     return record["completion"] if kind == "prompt_completion" else record["output"]
 
 
 def encode(record: Mapping[str, Any], tokenizer: Any, template: str, max_length: int,
-           loss_on: str = "assistant") -> Encoded:
+           loss_on: str = "assistant", where: str = "the conversation") -> Encoded:
     """One record as ``input_ids`` and ``labels``; for Alpaca records and prompt/completion pairs
     ``input_ids`` = [bos] + prompt + response + [eos], ``labels`` = -100 over bos and prompt.
 
@@ -65,7 +73,7 @@ def encode(record: Mapping[str, Any], tokenizer: Any, template: str, max_length:
         raise LorakitError("the tokenizer has no eos token; set tokenizer.eos_token before encoding")
     kind = sample_kind(record)
     if kind == "conversation":
-        return encode_conversation(tokenizer, record["messages"], max_length, loss_on)
+        return encode_conversation(tokenizer, record["messages"], max_length, loss_on, where)
     if kind == "text":
         ids = [*([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []),
                *tokenizer(record["text"], add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
@@ -81,7 +89,8 @@ def encode(record: Mapping[str, Any], tokenizer: Any, template: str, max_length:
 def encode_all(records: Iterable[Mapping[str, Any]], tokenizer: Any, template: str,
                max_length: int, loss_on: str = "assistant") -> list[Encoded]:
     """``encode`` every record, in order."""
-    return [encode(record, tokenizer, template, max_length, loss_on) for record in records]
+    return [encode(record, tokenizer, template, max_length, loss_on, f"record {index} of the split")
+            for index, record in enumerate(records)]
 
 
 class Collator:

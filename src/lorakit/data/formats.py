@@ -55,14 +55,14 @@ def _text_field(row: Mapping[str, Any], field: str, where: str, hint: str) -> st
 
 
 def parse_messages(row: Mapping[str, Any], where: str, system_prompt: str | None,
-                   roles: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, Any]:
     messages = row.get("messages")
-    check_messages(messages, where)
+    check_messages(messages, where, answered)
     return {"messages": _with_system(list(messages), system_prompt)}
 
 
 def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None,
-                   roles: Mapping[str, str] | None = None) -> dict[str, Any]:
+                   roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, Any]:
     turns = row.get("conversations")
     if not isinstance(turns, list) or not turns:
         raise LorakitError(f"{where} has no conversation turns; 'conversations' must be a list of {{from, value}}")
@@ -75,9 +75,9 @@ def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None
                                f"{', '.join(known)}, or name it in data.roles")
         message = {"role": known[speaker], "content": turn.get("value")}
         if "train" in turn:
-            message["train"] = turn["train"]
+            message["train"] = turn["train"]  # checked with the rest by check_messages
         messages.append(message)
-    check_messages(messages, where)
+    check_messages(messages, where, answered)
     return {"messages": _with_system(messages, system_prompt)}
 
 
@@ -88,19 +88,19 @@ def _with_system(messages: list[Any], system_prompt: str | None) -> list[Any]:
 
 
 def parse_prompt_completion(row: Mapping[str, Any], where: str, system_prompt: str | None,
-                            roles: Mapping[str, str] | None = None) -> dict[str, str]:
+                            roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, str]:
     hint = "a prompt_completion record needs non-empty 'prompt' and 'completion' strings"
     return {"prompt": _text_field(row, "prompt", where, hint),
             "completion": _text_field(row, "completion", where, hint)}
 
 
 def parse_text(row: Mapping[str, Any], where: str, system_prompt: str | None,
-               roles: Mapping[str, str] | None = None) -> dict[str, str]:
+               roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, str]:
     return {"text": _text_field(row, "text", where, "a text record needs a non-empty 'text' string")}
 
 
-# (row, where, system_prompt, sharegpt roles) → sample
-PARSERS: dict[str, Callable[[Mapping[str, Any], str, str | None, Mapping[str, str] | None], dict[str, Any]]] = {
+# (row, where, system_prompt, sharegpt roles, whether a conversation needs an assistant turn) → sample
+PARSERS: dict[str, Callable[..., dict[str, Any]]] = {
     "messages": parse_messages, "sharegpt": parse_sharegpt,
     "prompt_completion": parse_prompt_completion, "text": parse_text,
 }

@@ -4,8 +4,9 @@ them.
 Rows are filled greedily in order: an example goes into the current row while it fits, else it
 starts the next row (an example is never split; one longer than ``max_length`` was already cut by
 the encoder). Positions restart at 0 for every example (``position_ids``), and the model is called
-without an attention mask, so transformers builds a block-diagonal causal mask from the positions
-(SDPA and eager attention; flash attention reads them as sequence boundaries). The first label of
+without an attention mask, so transformers (4.54 and later) builds a block-diagonal causal mask
+from the positions, with SDPA and eager attention (lorakit's default; ``loading.check_packing``
+refuses older transformers, and LoRA-drop, whose importance needs the attention mask). The first label of
 every example is dropped: unpacked it is never a target either (labels shift by one), packed it
 would be predicted from the previous example's last token. So a packed batch has exactly the loss
 terms, and the gradients, of the same examples unpacked.

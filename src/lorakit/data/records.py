@@ -27,20 +27,21 @@ BUILTIN_CHATTERBOT = ("chatterbot", "builtin:chatterbot")
 
 
 def load_records(source: str, format: str = "auto", system_prompt: str | None = None,
-                 roles: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+                 roles: Mapping[str, str] | None = None, answered: bool = True) -> list[dict[str, Any]]:
     """Records from a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, or ``"chatterbot"``.
 
     ``format``: one of ``formats.FORMATS`` (``auto``: the first record's). An Alpaca record has
     exactly the keys ``instruction``, ``input`` (``""`` when absent) and ``output``; a
     conversation ``messages``; the others ``prompt``/``completion`` or ``text``. Record indices
     in error messages count from 0. ``system_prompt`` and ``roles`` (more ShareGPT ``from`` names)
-    apply to conversations.
+    apply to conversations; ``answered=False`` accepts conversations without an assistant turn
+    (prompts to answer, for ``lorakit generate``).
     """
     check_format(format)
     if source in BUILTIN_CHATTERBOT:
         if format not in ("messages", "sharegpt"):
             return chatterbot_records()
-        return [_parse(row, index, source, "messages", system_prompt, roles)
+        return [_parse(row, index, source, "messages", system_prompt, roles, answered)
                 for index, row in enumerate(chatterbot_conversations())]
     path = Path(source).expanduser()
     if path.is_dir():
@@ -64,7 +65,7 @@ def load_records(source: str, format: str = "auto", system_prompt: str | None = 
         raise LorakitError(f"{source}: the file holds no records; {FIELDS_HINT}")
     if format == "auto":  # a first record of no known format is read as Alpaca, with Alpaca's errors
         format = _detected(rows[0], source) or "alpaca"
-    return [_parse(row, index, source, format, system_prompt, roles) for index, row in enumerate(rows)]
+    return [_parse(row, index, source, format, system_prompt, roles, answered) for index, row in enumerate(rows)]
 
 
 def _detected(row: Any, source: str) -> str | None:
@@ -75,12 +76,12 @@ def _detected(row: Any, source: str) -> str | None:
 
 
 def _parse(row: Any, index: int, source: str, format: str, system_prompt: str | None,
-           roles: Mapping[str, str] | None) -> dict[str, Any]:
+           roles: Mapping[str, str] | None, answered: bool = True) -> dict[str, Any]:
     """One record in ``format``; a record of another format is a one-line error naming both."""
     try:
         if format == "alpaca":
             return _validate(row, index, source)
-        return PARSERS[format](row, f"{source}: record {index}", system_prompt, roles)
+        return PARSERS[format](row, f"{source}: record {index}", system_prompt, roles, answered)
     except LorakitError:
         other = _detected(row, source)
         if other is not None and other != format and not (format == "messages" and other == "sharegpt"):

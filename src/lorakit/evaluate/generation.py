@@ -119,13 +119,18 @@ def generation_scores(model: nn.Module, tokenizer: Any, records: Sequence[Mappin
 def generate_file(model: nn.Module, tokenizer: Any, records: Sequence[Mapping[str, Any]], template: str,
                   max_length: int, max_new_tokens: int, batch_size: int, out_path: Path) -> None:
     """Greedy answers to every record, written as JSONL lines ``prompt``, ``reference`` (when the
-    record has one) and ``prediction``; a text record's prompt is its text (continued)."""
+    record has one) and ``prediction``. A conversation is answered after its last turn (or, ending
+    with the assistant, that turn is the reference); a text record is continued. A prompt keeps its
+    last ``max_length`` tokens (the end, where the answer starts)."""
     _check_settings(max_new_tokens, batch_size)
-    prompts = [(list(tokenizer(record["text"], add_special_tokens=False)["input_ids"]) if "text" in record
-                else encode_prompt(record, tokenizer, template))[:max_length] for record in records]
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompts = [(bos + list(tokenizer(record["text"], add_special_tokens=False)["input_ids"]) if "text" in record
+                else encode_prompt(record, tokenizer, template, answer_next=True))[-max_length:] for record in records]
     predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
-    lines = [json.dumps({"prompt": tokenizer.decode(prompt), **({} if "text" in record else
-                                                                 {"reference": reference(record)}),
-                         "prediction": prediction}, ensure_ascii=False)
-             for record, prompt, prediction in zip(records, prompts, predictions)]
+    lines = []
+    for record, prompt, prediction in zip(records, prompts, predictions):
+        answer = reference(record, answer_next=True)
+        known = {} if answer is None else {"reference": answer}
+        lines.append(json.dumps({"prompt": tokenizer.decode(prompt), **known, "prediction": prediction},
+                                ensure_ascii=False))
     write_text_atomic(out_path, "".join(line + "\n" for line in lines))

@@ -51,10 +51,13 @@ def step_batches(step: int, n_examples: int, batch_size: int, grad_accum: int, s
 def grouped_by_length(order: list[int], lengths: Sequence[int], batch: int, group: int,
                       generator: torch.Generator) -> list[int]:
     """``order`` with every ``group`` consecutive indices sorted by length (longest first), and the
-    micro-batches (of ``batch``) within each group shuffled."""
+    full micro-batches (of ``batch``) within each group shuffled (a last, partial one stays last, so
+    that no other micro-batch is cut across its boundary)."""
     result = []
     for start in range(0, len(order), group):
         ranked = sorted(order[start:start + group], key=lambda i: -lengths[i])
-        micro = [ranked[i:i + batch] for i in range(0, len(ranked), batch)]
-        result += [i for j in torch.randperm(len(micro), generator=generator).tolist() for i in micro[j]]
+        full = len(ranked) // batch
+        micro = [ranked[i * batch:(i + 1) * batch] for i in range(full)]
+        result += [i for j in torch.randperm(full, generator=generator).tolist() for i in micro[j]]
+        result += ranked[full * batch:]
     return result
