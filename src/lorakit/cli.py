@@ -24,23 +24,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .config import load_config
-    from .io.adapter_files import read_adapter_config
     from .io.atomic import write_text_atomic
-    from .loading import evaluate, load_base, load_eval_file, load_split
+    from .loading import evaluate, load_base_and_adapter, load_eval_file, load_split
 
     config = load_config(args.config, args.overrides)
     split = ([], load_eval_file(config, args.data, args.format)) if args.data else load_split(config)
     if not split[1]:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
-    if args.adapter:
-        read_adapter_config(args.adapter)  # a bad path fails before the model loads
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise LorakitError(f"{args.out} is a file; --out takes a folder (for metrics.json and generations.jsonl)")
-    model, tokenizer = load_base(config)
-    if args.adapter:
-        from .api import load
-
-        load(model, args.adapter)
+    model, tokenizer = load_base_and_adapter(config, args.adapter)
     out = Path(args.out) if args.out else None
     metrics = evaluate(config, model, tokenizer, split, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
@@ -150,18 +143,11 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 def _cmd_generate(args: argparse.Namespace) -> None:
     from .config import load_config
     from .evaluate.generation import generate_file
-    from .io.adapter_files import read_adapter_config
-    from .loading import load_base, load_eval_file
+    from .loading import load_base_and_adapter, load_eval_file
 
     config = load_config(args.config, args.overrides)
     records = load_eval_file(config, args.data, args.format, answered=False)
-    if args.adapter:
-        read_adapter_config(args.adapter)  # a bad path fails before the model loads
-    model, tokenizer = load_base(config)
-    if args.adapter:
-        from .api import load
-
-        load(model, args.adapter)
+    model, tokenizer = load_base_and_adapter(config, args.adapter)
     e = config.eval
     generate_file(model, tokenizer, records, config.data.template, config.data.max_length, e.max_new_tokens,
                   e.generate_batch_size, Path(args.out))

@@ -116,6 +116,17 @@ def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, 
     return evaluate_run(model, tokenizer, config, split[1], examples.eval, examples.collate, out_dir)
 
 
+def load_base_and_adapter(config: RunConfig, adapter: str | Path | None) -> tuple[nn.Module, Any]:
+    """The config's base model with the adapter saved at ``adapter`` loaded onto it (none: the base
+    alone), and the tokenizer; a bad adapter path fails before the model loads."""
+    if adapter is not None:
+        read_adapter_config(adapter)
+    model, tokenizer = load_base(config)
+    if adapter is not None:
+        load(model, adapter)
+    return model, tokenizer
+
+
 def load_adapter_on_base(adapter: str | Path, model: str | None = None, dtype: str = "float32",
                          ) -> tuple[Adapter, Any]:
     """The adapter saved at ``adapter`` on its base model (``model``, or the one it records) and

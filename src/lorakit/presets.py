@@ -159,14 +159,10 @@ def from_saved(method: Mapping[str, Any], format_version: int) -> MethodSpec:
     if unknown_saved:
         raise LorakitError(f"the saved method has option {unknown_saved[0]!r}, which {skeleton.components()} does "
                            "not declare in this lorakit version; load it with the version that saved it")
-    spec = _with_values(skeleton, declared, {k: declared_value(declared, k, v) for k, v in values.items()}, {})
+    by_name = {option.name: option for option in declared}
+    spec = _with_values(skeleton, declared, {k: by_name[k].check(v) for k, v in values.items()}, {})
     validate(spec, parts)
     return spec
-
-
-def declared_value(declared: list[Option], key: str, value: Any) -> Any:
-    """``value`` checked by the declaration of ``key`` among ``declared``."""
-    return next(option for option in declared if option.name == key).check(value)
 
 
 def _with_values(skeleton: MethodSpec, declared: Any, given: Mapping[str, Any], run: Mapping[str, int]) -> MethodSpec:
