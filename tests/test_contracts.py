@@ -196,6 +196,25 @@ def test_disabled_context_gives_base_outputs_for_kaiming():
     assert not torch.allclose(logits(model, x), logits(tiny_llama(), x), atol=1e-3)
 
 
+@pytest.mark.parametrize("method", METHODS)
+def test_original_context_is_the_original_model_after_training(method):
+    """``adapter.original()`` computes the model before attach for every preset, after training moved
+    the factors (and, for Delta-LoRA, ``W``); ``disabled()`` differs from it for the spectral inits."""
+    x = batch()
+    model = tiny_llama()
+    adapter = lorakit.attach(model, method, rank=4, **run_options(method, 5))
+    train_steps(model, adapter, x, steps=5)
+    expected = logits(tiny_llama(), x)
+    with adapter.original():
+        torch.testing.assert_close(logits(model, x), expected, atol=1e-5, rtol=1e-5)
+        with adapter.disabled():  # nesting: the inner block's own meaning, then back
+            residual = logits(model, x)
+        torch.testing.assert_close(logits(model, x), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(logits(model, x), expected, atol=1e-4)  # the adapter is back on
+    if adapter.spectral or adapter.recipe.changes_base:
+        assert not torch.allclose(residual, expected, atol=1e-4)
+
+
 @pytest.mark.parametrize("kwargs,needle", [
     ({"method": "qlora"}, "unknown method 'qlora'"),
     ({"method": "lora", "init": "svd"}, "unknown init 'svd'"),

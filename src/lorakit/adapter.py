@@ -39,7 +39,7 @@ from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from .io.atomic import atomic_directory
 from .io.peft_format import export_peft
 from .layer import AdaptedLinear
-from .presets import parts_of
+from .presets import complete, parts_of
 from .schedules.base import gated_forms
 from .targeting import set_submodule
 from .version import __version__
@@ -109,6 +109,15 @@ class Adapter:
         optimizer.register_step_post_hook(lambda opt, *_: self._after_step(opt))
         return optimizer
 
+    def set_total_steps(self, steps: int) -> None:
+        """The run's number of optimizer steps, for the options derived from it (AdaLoRA's ``T`` and
+        its phases, unless given); a run too short for the schedule is refused. A training loop
+        that is not ``lorakit train`` calls this before ``optimizer()`` (the Trainer integration does)."""
+        parts = parts_of(self.spec)
+        parts.schedule.check_run(self.spec, steps)
+        self.spec = complete(self.spec, total_steps=steps)
+        self.recipe.spec = self.schedule.spec = self.spec
+
     def _before_step(self) -> None:
         self.recipe.before_step(self)
         self.schedule.before_step(self)
@@ -134,25 +143,51 @@ class Adapter:
         """Run the model without the adapters (base layers only) inside the block.
 
         For spectral inits the base layers hold the residual ``W − s·B₀A₀``, and after Delta-LoRA
-        training the moved base weights; the block then shows that model, not the original one.
-        Blocks nest: leaving an inner block keeps the adapters off.
+        training the moved base weights; the block then shows that model, not the original one
+        (``original()`` gives the original). Blocks nest: leaving an inner block keeps the adapters off.
         """
         self._check_attached()
-        previous = {name: layer.enabled for name, layer in self.layers.items()}
+        previous = {name: (layer.enabled, layer.corrections) for name, layer in self.layers.items()}
         for layer in self.layers.values():
-            layer.enabled = False
+            layer.enabled, layer.corrections = False, []
         try:
             yield
         finally:
             for name, layer in self.layers.items():
-                layer.enabled = previous[name]
+                layer.enabled, layer.corrections = previous[name]
+
+    @contextlib.contextmanager
+    def original(self) -> Iterator[None]:
+        """Run exactly the original base model inside the block (the reference of preference tuning).
+
+        Every adapted layer computes ``W x + b`` of the model before attach: the adapter is off,
+        and where the base weight was changed, the change is undone on the activations rather
+        than in ``W`` — a spectral init's residual gets ``+ s·B₀(A₀ x)`` back, Delta-LoRA's moved
+        ``W`` gets ``− λ·s·(B(A x) − B_K(A_K x))``. No weight is copied or written, so no second model
+        is held in memory. Equal to the original to float rounding (bit for bit for the methods
+        that never change ``W``). Blocks nest, with each other and with ``disabled()``.
+        """
+        self._check_attached()
+        previous = {name: (layer.enabled, layer.corrections) for name, layer in self.layers.items()}
+        for name, layer in self.layers.items():
+            layer.enabled = False
+            layer.corrections = [(B.detach(), A.detach(), -c) for B, A, c in self.base_changes(name)]
+        try:
+            yield
+        finally:
+            for name, layer in self.layers.items():
+                layer.enabled, layer.corrections = previous[name]
 
     def delta_terms(self, name: str) -> list[Term]:
         """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its original
-        one (DoRA: before the magnitude rescaling): the form's own term, minus a spectral init's
-        ``s·B₀A₀``, plus how the recipe moved ``W`` (Delta-LoRA)."""
+        one (DoRA: before the magnitude rescaling): the form's own term plus ``base_changes``."""
         B, A = self.layers[name].form.factors()
-        terms: list[Term] = [(B, A, 1.0)]
+        return [(B, A, 1.0), *self.base_changes(name)]
+
+    def base_changes(self, name: str) -> list[Term]:
+        """``Σ c·B A`` = layer ``name``'s base weight now minus the original one: a spectral init's
+        ``−s·B₀A₀`` and how the recipe moved ``W`` (Delta-LoRA)."""
+        terms: list[Term] = []
         if name in self.initial:  # only spectral inits keep initial factors
             B0, A0 = self.initial[name]
             terms.append((B0, A0, -initial_scale(self.spec)))

@@ -137,16 +137,24 @@ def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
 
 def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Adapter:
     spec = from_saved(config["method"], config["format_version"])
-    removed = config.get("removed", [])
-    built = [*config["targets"], *removed]
+    built = [*config["targets"], *config.get("removed", [])]
     initial = {
         name: (tensors[f"{name}.initial.B"], tensors[f"{name}.initial.A"])
         for name in built if f"{name}.initial.B" in tensors
     }
     adapter = _build(model, spec, loaded=initial if parts_of(spec).init.rewrites_base else {},
                      expected_fingerprint=config["base_fingerprint"], only=set(built))
-    for name in removed:  # the same arithmetic as during training: bit-identical base weights
-        adapter.remove_layer(name)
+    restore(adapter, config, tensors, path)
+    return adapter
+
+
+def restore(adapter: Adapter, config: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Give ``adapter`` — built for the saved method on the same base — the saved structure (layers
+    a schedule removed, per-layer ranks, shared forms) and tensors; how ``load`` ends, and how a
+    Trainer resumes into the adapter it was given."""
+    for name in config.get("removed", []):  # the same arithmetic as during training: bit-identical base weights
+        if name in adapter.layers:
+            adapter.remove_layer(name)
     if set(adapter.layers) != set(config["targets"]):
         raise LorakitError(f"{path}: the adapter's layers do not match this model's targets; load it onto the "
                            "model it was trained on")
@@ -156,7 +164,6 @@ def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Ten
     device = next(iter(adapter.layers.values())).base_layer.weight.device
     adapter.load_state_dict({k: v.to(device) for k, v in tensors.items()})
     adapter.recipe.on_load(adapter)
-    return adapter
 
 
 def _restore_shapes(adapter: Adapter, config: dict[str, Any]) -> None:

@@ -1,4 +1,4 @@
-"""The ``lorakit`` command line: train, eval, merge, export, compare, demo, chat, generate, methods.
+"""The ``lorakit`` command line: train, eval, merge, export, import, compare, demo, chat, generate, methods.
 
 Bad input prints one line ``lorakit: error: ...`` and exits with code 2, without a traceback.
 """
@@ -95,6 +95,20 @@ def _cmd_export(args: argparse.Namespace) -> None:
           f"serve it with vLLM's --max-lora-rank >= {rank})")
 
 
+def _cmd_import(args: argparse.Namespace) -> None:
+    from .models import EMBEDDED_HUB_ID, load_model
+    from .peft_import import load_peft, read_peft
+
+    config, _ = read_peft(args.peft)  # a bad folder fails before the model loads
+    base = args.model or config.get("base_model_name_or_path")
+    if not base:
+        raise LorakitError(f"{args.peft} does not record its base model; pass --model PATH")
+    model, _ = load_model("embedded" if base == EMBEDDED_HUB_ID else base)
+    adapter = load_peft(model, args.peft, args.method)
+    adapter.save(args.out)
+    print(f"{args.peft} imported as a {adapter.spec.name} adapter ({len(adapter.layers)} layers) in {args.out}")
+
+
 def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
     from .experiments.compare import run_compare
     from .experiments.spec import load_compare_config
@@ -183,7 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="evaluate on every record of this file instead of the config's eval split")
     p.add_argument("--format", choices=FORMATS, help="record format of --data (default: the config's data.format)")
     p.set_defaults(func=_cmd_eval)
+    _adapter_commands(sub)
+    _session_commands(sub, FORMATS)
+    return parser
 
+
+def _adapter_commands(sub: argparse._SubParsersAction) -> None:
+    """merge, export, import: an adapter folder in, another format out."""
     p = sub.add_parser("merge", help="fold an adapter into its base model and save the result")
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("out", help="output folder for the merged transformers model")
@@ -200,6 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="dtype of the written tensors")
     p.set_defaults(func=_cmd_export)
 
+    p = sub.add_parser("import", help="turn a PEFT LoRA adapter into a lorakit adapter that trains further")
+    p.add_argument("peft", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
+    p.add_argument("out", help="output folder for the lorakit adapter")
+    p.add_argument("--model", help="base model (default: the one the PEFT adapter records)")
+    p.add_argument("--method", default="lora", help="preset to continue training with, e.g. lora_plus or delta_lora "
+                                                    "(one of the lora form; dora adapters import as dora)")
+    p.set_defaults(func=_cmd_import)
+
+
+def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> None:
+    """compare, demo, chat, generate, methods."""
     p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
@@ -228,14 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
     p.add_argument("--data", required=True, help="the records to answer (any supported format)")
-    p.add_argument("--format", choices=FORMATS, help="record format of --data (default: the config's data.format)")
+    p.add_argument("--format", choices=formats, help="record format of --data (default: the config's data.format)")
     p.add_argument("--out", required=True, help="JSONL file: prompt, reference (when present), prediction")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("methods", help="list the method presets; with NAME, that method's options")
     p.add_argument("name", nargs="?", help="a preset: print its components and every option with its default and help")
     p.set_defaults(func=_cmd_methods)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

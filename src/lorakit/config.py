@@ -73,6 +73,9 @@ class DataConfig:
 class TrainConfig:
     """The training loop; steps are optimizer steps (``batch_size × grad_accum`` examples)."""
 
+    objective: str = key("sft", "what a step minimises: sft (cross-entropy of the responses) or dpo (preference "
+                                "pairs, against the exact original model)")
+    dpo_beta: float = key(0.1, "DPO's β: how far the policy may move from the original model (objective: dpo)")
     lr: float = key(3e-4, "learning rate η (the optimizer recipe may scale it per group)")
     epochs: int = key(1, "passes over the training records (unless max_steps is set)")
     max_steps: int | None = key(None, "optimizer steps of the run (null: epochs × steps per epoch)")
@@ -86,7 +89,8 @@ class TrainConfig:
     mixed_precision: str = key("no", "no, bf16, fp16 or auto (bf16 where the GPU supports it)")
     gradient_checkpointing: bool = key(False, "recompute activations in backward to save memory")
     log_every: int = key(10, "optimizer steps per training-loss record")
-    tensorboard: bool = key(True, "also write TensorBoard event files to <output_dir>/tensorboard")
+    report_to: tuple[str, ...] = key(("tensorboard",), "trackers that get the metrics and the config besides "
+                                                     "metrics.jsonl: tensorboard, wandb, mlflow, or none")
     eval_every: int | None = key(None, "optimizer steps between eval-loss records (null: at the start and end)")
     save_every: int | None = key(50, "optimizer steps between checkpoints (null: only the final one)")
     keep_checkpoints: int = key(2, "how many checkpoints to keep")
@@ -126,6 +130,8 @@ class RunConfig:
         return dataclasses.asdict(self)
 
 
+OBJECTIVES = ("sft", "dpo")
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -149,6 +155,8 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
                 errors.append(exc)
         raise errors[0]
     if origin is tuple:
+        if isinstance(value, str):  # one name for a list of names
+            value = [value]
         if isinstance(value, (list, tuple)):
             item = typing.get_args(annotation)[0]
             return tuple(check_type(f"{key}[{i}]", v, item) for i, v in enumerate(value))
@@ -235,6 +243,7 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
             f"unknown config section {key!r}{did_you_mean(key, [*SECTIONS, 'method'])}; "
             "sections are: model, method, data, train, eval"
         )
+    raw = _migrated(raw)
     config = RunConfig(
         model=_build_section("model", ModelConfig, raw.get("model")),
         method=check_method(raw.get("method")),
@@ -245,6 +254,17 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
     config.method_spec()  # validates the method composition before any work starts
     validate_run(config)
     return config
+
+
+def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
+    """Keys renamed since they were written: ``train.tensorboard: false`` is ``train.report_to: none``."""
+    train = raw.get("train")
+    if isinstance(train, dict) and "tensorboard" in train:
+        train = dict(train)
+        enabled = train.pop("tensorboard")
+        train.setdefault("report_to", ["tensorboard"] if enabled else ["none"])
+        raw = {**raw, "train": train}
+    return raw
 
 
 def _require(ok: bool, message: str) -> None:
@@ -266,6 +286,15 @@ def validate_run(config: RunConfig) -> None:
     for key in ("max_steps", "eval_every", "save_every"):
         value = getattr(t, key)
         _require(value is None or value >= 1, f"train.{key} must be >= 1 or null, got {value}")
+    for name in t.report_to:
+        _require(name in REPORT_TO, f"train.report_to names {name!r}; trackers are {', '.join(REPORT_TO)}")
+    _require(not ("none" in t.report_to and len(t.report_to) > 1), "train.report_to: none means no tracker; "
+             "list trackers or give none alone")
+    _require(t.objective in OBJECTIVES,
+             f"train.objective must be one of {', '.join(OBJECTIVES)}, got {t.objective!r}")
+    _require(0 < t.dpo_beta < math.inf, f"train.dpo_beta must be a finite number > 0, got {t.dpo_beta}")
+    _require(not (t.objective == "dpo" and d.packing), "train.objective dpo compares two answers per row pair; "
+             "packing is for sft; set data.packing: false (data.group_by_length works)")
     _require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
     _require(t.mixed_precision in MIXED_PRECISION,
              f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}")

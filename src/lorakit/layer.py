@@ -8,8 +8,10 @@ plain ``nn.Linear``.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from .core.terms import Term
 from .forms import Form
 
 
@@ -21,6 +23,8 @@ class AdaptedLinear(nn.Module):
         self.base_layer = base_layer
         self.form = form
         self.enabled = True
+        # with the adapter off, terms added to the base output: ``Σ c·B (A x)`` (``Adapter.original``)
+        self.corrections: list[Term] = []
 
     @property
     def weight(self) -> torch.Tensor:
@@ -42,7 +46,10 @@ class AdaptedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            return self.base_layer(x)
+            y = self.base_layer(x)
+            for B, A, coefficient in self.corrections:
+                y = y + coefficient * F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype))
+            return y
         return self.form(x, self.base_layer)
 
     @torch.no_grad()

@@ -19,8 +19,11 @@ from .adapter import Adapter
 from .api import load
 from .config import RunConfig
 from .data import IGNORE_INDEX, Collator, encode_all, load_records, split_records
+from .data import encode as encode_one
 from .data.conversation import warn_if_never_stops
+from .data.formats import sample_kind
 from .data.packing import PackedCollator, pack
+from .data.preference import SIDES, PairCollator, answered, encode_pair
 from .errors import LorakitError
 from .evaluate.suite import evaluate_run
 from .io.adapter_files import read_adapter_config
@@ -73,19 +76,15 @@ def load_base(config: RunConfig, device: torch.device | str | None = None) -> tu
 
 def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
     """The split's records as examples; a training record with no trained token left after the cut
-    at ``data.max_length`` (a prompt longer than that) is skipped, said once, and counted."""
+    at ``data.max_length`` (a prompt longer than that) is skipped, said once, and counted.
+    Preference pairs (``train.objective: dpo``) become pairs of examples, collated chosen-first."""
     d = config.data
+    if _check_objective(config, split):
+        return _encode_pairs(config, tokenizer, split)
     if any("messages" in record for record in split[0][:1]):
         warn_if_never_stops(tokenizer)
     encoded = encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on)
-    train = [example for example in encoded if any(label != IGNORE_INDEX for label in example["labels"])]
-    if encoded and not train:
-        raise LorakitError(f"no training record keeps a trained token (cut by data.max_length={d.max_length}, or "
-                           "every assistant turn train: false); raise data.max_length or train some turns")
-    if len(train) < len(encoded):
-        warnings.warn(f"{len(encoded) - len(train)} of {len(encoded)} training records have no trained token "
-                      f"(cut by data.max_length={d.max_length}, or every assistant turn train: false) and are "
-                      "skipped; raise data.max_length to keep the long ones", stacklevel=2)
+    train = _kept(encoded, [any(label != IGNORE_INDEX for label in e["labels"]) for e in encoded], d.max_length)
     collate = Collator(tokenizer)
     if d.packing:
         check_packing(config)
@@ -94,6 +93,46 @@ def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
                     collate, skipped=len(encoded) - len(train),
                     train_collate=PackedCollator(collate.pad_id) if d.packing else None,
                     lengths=[len(example["input_ids"]) for example in train] if d.group_by_length else None)
+
+
+def _check_objective(config: RunConfig, split: Split) -> bool:
+    """Whether the split holds preference pairs, which ``train.objective: dpo`` needs and only it uses."""
+    first = next((records[0] for records in split if records), None)
+    pairs = first is not None and sample_kind(first) == "preference"
+    if pairs and config.train.objective != "dpo":
+        raise LorakitError("the data holds preference pairs (chosen/rejected); train on them with "
+                           "train.objective: dpo")
+    if first is not None and not pairs and config.train.objective == "dpo":
+        raise LorakitError("train.objective dpo needs preference records (prompt, chosen, rejected); the data holds "
+                           f"{sample_kind(first)} records")
+    return pairs
+
+
+def _kept(encoded: list[Any], keep: list[bool], max_length: int) -> list[Any]:
+    """The training examples that keep a trained token; a warning counts the others."""
+    train = [example for example, ok in zip(encoded, keep) if ok]
+    if encoded and not train:
+        raise LorakitError(f"no training record keeps a trained token (cut by data.max_length={max_length}, or "
+                           "every assistant turn train: false); raise data.max_length or train some turns")
+    if len(train) < len(encoded):
+        warnings.warn(f"{len(encoded) - len(train)} of {len(encoded)} training records have no trained token "
+                      f"(cut by data.max_length={max_length}, or every assistant turn train: false) and are "
+                      "skipped; raise data.max_length to keep the long ones", stacklevel=3)
+    return train
+
+
+def _encode_pairs(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
+    """Both answers of every pair, labelled on the answer alone (a conversation's last assistant turn)."""
+    d = config.data
+
+    def encode_side(sample: Any) -> Any:
+        return encode_one(sample, tokenizer, d.template, d.max_length, "last_assistant")
+
+    encoded = [encode_pair(pair, encode_side) for pair in split[0]]
+    train = _kept(encoded, [answered(pair) for pair in encoded], d.max_length)
+    lengths = [max(len(pair[side]["input_ids"]) for side in SIDES) for pair in train]
+    return Examples(train, [encode_pair(pair, encode_side) for pair in split[1]], PairCollator(Collator(tokenizer)),
+                    skipped=len(encoded) - len(train), lengths=lengths if d.group_by_length else None)
 
 
 def check_packing(config: RunConfig) -> None:
@@ -111,9 +150,14 @@ def check_packing(config: RunConfig) -> None:
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,
              examples: Examples | None = None) -> dict[str, float]:
     """``config.eval``'s metrics of ``model`` on the eval split (generations written to ``out_dir``);
-    ``examples``: the split already encoded (by a training run), else only the eval split is."""
+    ``examples``: the split already encoded (by a training run), else only the eval split is.
+    For preference pairs the metrics are those of the chosen answers (the preference metrics
+    need the adapter: ``lorakit.train.objectives.Dpo``)."""
     examples = examples or encode(config, tokenizer, ([], split[1]))
-    return evaluate_run(model, tokenizer, config, split[1], examples.eval, examples.collate, out_dir)
+    records, encoded, collate = split[1], examples.eval, examples.collate
+    if isinstance(collate, PairCollator):
+        records, encoded, collate = [p["chosen"] for p in records], [p["chosen"] for p in encoded], collate.collate
+    return evaluate_run(model, tokenizer, config, records, encoded, collate, out_dir)
 
 
 def load_base_and_adapter(config: RunConfig, adapter: str | Path | None) -> tuple[nn.Module, Any]:

@@ -50,6 +50,13 @@ def check_messages(messages: Sequence[Message], where: str = "the conversation",
         raise LorakitError(f"{where} has no assistant turn, so nothing to learn from; add one")
 
 
+def with_system(messages: list[Any], system_prompt: str | None) -> list[Any]:
+    """``messages`` with ``system_prompt`` put first, unless it is empty or they have a system turn."""
+    if system_prompt and messages[0].get("role") != "system":
+        return [{"role": "system", "content": system_prompt}, *messages]
+    return messages
+
+
 def encode_conversation(tokenizer: Any, messages: Sequence[Message], max_length: int,
                         loss_on: str = "assistant", where: str = "the conversation") -> Encoded:
     """``input_ids`` and ``labels`` (``-100`` where no loss) of one conversation, rendered with the

@@ -6,6 +6,8 @@
   the same ``{"messages": [...]}`` (``from`` mapped by ``SHAREGPT_ROLES`` and ``data.roles``);
 - ``prompt_completion``: ``prompt`` and ``completion`` (the loss on the completion);
 - ``text``: ``text`` (plain language modelling, the loss on every token);
+- ``preference``: ``chosen`` and ``rejected`` answers to one prompt (``train.objective: dpo``,
+  see ``preference``);
 - ``auto``: the format of the first record (every record must then have it).
 
 A conversation may carry ``"train": false`` on a message (no loss on it); ``data.system_prompt``
@@ -18,13 +20,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LorakitError, unknown
-from .conversation import check_messages
+from .conversation import check_messages, with_system
+from .preference import parse_preference
 
-FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text")
+FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
 # the key that identifies each format, in the order auto-detection tries them
-SIGNATURES = {"messages": "messages", "sharegpt": "conversations", "alpaca": "instruction",
+SIGNATURES = {"preference": "rejected", "messages": "messages", "sharegpt": "conversations", "alpaca": "instruction",
               "prompt_completion": "completion", "text": "text"}
 
 
@@ -39,7 +42,10 @@ def detect_format(row: Any, where: str) -> str:
 
 
 def sample_kind(sample: Mapping[str, Any]) -> str:
-    """The kind of a parsed sample: ``alpaca``, ``conversation``, ``prompt_completion`` or ``text``."""
+    """The kind of a parsed sample: ``alpaca``, ``conversation``, ``prompt_completion``, ``text`` or
+    ``preference``."""
+    if "rejected" in sample:
+        return "preference"
     if "messages" in sample:
         return "conversation"
     if "instruction" in sample:
@@ -58,7 +64,7 @@ def parse_messages(row: Mapping[str, Any], where: str, system_prompt: str | None
                    roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, Any]:
     messages = row.get("messages")
     check_messages(messages, where, answered)
-    return {"messages": _with_system(list(messages), system_prompt)}
+    return {"messages": with_system(list(messages), system_prompt)}
 
 
 def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None,
@@ -78,13 +84,7 @@ def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None
             message["train"] = turn["train"]  # checked with the rest by check_messages
         messages.append(message)
     check_messages(messages, where, answered)
-    return {"messages": _with_system(messages, system_prompt)}
-
-
-def _with_system(messages: list[Any], system_prompt: str | None) -> list[Any]:
-    if system_prompt and messages[0].get("role") != "system":
-        return [{"role": "system", "content": system_prompt}, *messages]
-    return messages
+    return {"messages": with_system(messages, system_prompt)}
 
 
 def parse_prompt_completion(row: Mapping[str, Any], where: str, system_prompt: str | None,
@@ -102,7 +102,7 @@ def parse_text(row: Mapping[str, Any], where: str, system_prompt: str | None,
 # (row, where, system_prompt, sharegpt roles, whether a conversation needs an assistant turn) → sample
 PARSERS: dict[str, Callable[..., dict[str, Any]]] = {
     "messages": parse_messages, "sharegpt": parse_sharegpt,
-    "prompt_completion": parse_prompt_completion, "text": parse_text,
+    "prompt_completion": parse_prompt_completion, "text": parse_text, "preference": parse_preference,
 }
 
 

@@ -86,8 +86,8 @@ class LoraDrop(Schedule):
 
     @torch.no_grad()
     def after_step(self, adapter: AdapterView) -> bool:
-        warmup = self.spec.drop_warmup_steps
-        if not self.selecting or next_step(adapter.method_state, STEP_KEY) != warmup:
+        warmup, step = self.spec.drop_warmup_steps, next_step(adapter.method_state, STEP_KEY)  # counts every step
+        if not self.selecting or step != warmup:
             return False
         self.accumulator.detach()
         if not self.accumulator.tokens:

@@ -4,9 +4,10 @@
 optimizer), **resume** (optimizer, scheduler, RNG and training state from the checkpoint), then for
 every optimizer step **step** (forward/backward over ``grad_accum`` micro-batches, clip, update),
 **log**, **evaluate** and **checkpoint** when due, and **finish** (final evaluation, adapter,
-summary). The loss of a step is the sum of response-token cross-entropies divided by the number
-of response tokens in the whole step (over all processes), so gradient accumulation and data
-parallelism give the same gradient as one large batch. Metrics go to ``metrics.jsonl`` and
+summary). The loss of a step is the objective's sum over the step's units — response tokens'
+cross-entropies, or DPO's pair losses (``objectives``) — divided by the number of units in the
+whole step (over all processes), so gradient accumulation and data parallelism give the same
+gradient as one large batch. Metrics go to ``metrics.jsonl`` and
 TensorBoard event files (``run_log``); checkpoints every ``save_every`` steps; the final
 adapter to ``<output_dir>/adapter``.
 """
@@ -36,7 +37,6 @@ from ..api import attach, load
 from ..config import RunConfig, dump_config
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
-from ..evaluate.loss import evaluate_loss, label_tokens, token_loss
 from ..io.adapter_files import final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
@@ -44,6 +44,7 @@ from ..loading import Split, encode, evaluate, load_base, load_split
 from ..presets import complete, parts_of
 from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
+from .objectives import objective_for
 from .output_dir import check_output_dir, comparable, make_output_dir
 from .run_log import RunLog
 
@@ -75,14 +76,17 @@ def train(config: RunConfig, resume: bool = False,
         run = Run.prepare(config, output_dir, resume, base)
         run.resume()
         run.start(progress)
-        for step in range(run.start_step, run.total_steps):
-            loss, tokens, grad_norm = run.step(step)
-            run.log(step + 1, loss, tokens, grad_norm)
-            metrics = run.evaluate(step + 1)
-            run.checkpoint(step + 1)
-            for callback in callbacks:
-                callback(StepInfo(step + 1, run.total_steps, loss / tokens, output_dir, metrics))
-        return run.finish()
+        try:
+            for step in range(run.start_step, run.total_steps):
+                loss, tokens, grad_norm = run.step(step)
+                run.log(step + 1, loss, tokens, grad_norm)
+                metrics = run.evaluate(step + 1)
+                run.checkpoint(step + 1)
+                for callback in callbacks:
+                    callback(StepInfo(step + 1, run.total_steps, loss / tokens, output_dir, metrics))
+            return run.finish()
+        finally:
+            run.close()
 
 
 class Run:
@@ -125,6 +129,7 @@ class Run:
         if len(run.examples.train) != len(split[0]):  # skipped or packed: the steps follow the examples
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
+        run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta)
         run._build_optimizer()
         return run
 
@@ -178,7 +183,8 @@ class Run:
             write_text_atomic(self.output_dir / "config.yaml", dump_config(self.config))
         resumed = self.checkpoint_folder is not None
         self.run_log = RunLog(self.output_dir, self.main, [g["name"] for g in self.optimizer.param_groups],
-                              self.config.train.tensorboard, resume_step=self.start_step if resumed else None)
+                              tuple(n for n in self.config.train.report_to if n != "none"),
+                              resume_step=self.start_step if resumed else None, config=self.state["config"])
         if self.start_step == 0:
             if self.examples.skipped:
                 self.run_log.write({"step": 0, "skipped_samples": self.examples.skipped})
@@ -190,19 +196,20 @@ class Run:
 
     # -- step ------------------------------------------------------------------------------
     def step(self, step: int) -> tuple[float, int, float | None]:
-        """One optimizer step (0-based ``step``): ``(summed loss, response tokens, grad norm)``."""
+        """One optimizer step (0-based ``step``): ``(summed loss, units, grad norm)``; the units are
+        what the loss is averaged over (response tokens, or preference pairs)."""
         tc, accelerator, device = self.config.train, self.accelerator, self.accelerator.device
         batches = [self.examples.train_collate([self.examples.train[i] for i in idx]) for idx in step_batches(
             step, len(self.examples.train), tc.batch_size, tc.grad_accum, tc.seed,
             accelerator.process_index, accelerator.num_processes, self.examples.lengths)]
-        n_tokens = max(int(global_sum(accelerator, sum(label_tokens(b["labels"]) for b in batches))), 1)
+        n_tokens = max(int(global_sum(accelerator, sum(self.objective.units(b) for b in batches))), 1)
         step_loss = torch.zeros((), dtype=torch.float64, device=device)  # summed on the device
         for i, batch in enumerate(batches):
             batch = {k: v.to(device) for k, v in batch.items()}
             # gradients are all-reduced only on the step's last micro-batch
             with accelerator.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext():
                 with accelerator.autocast():
-                    loss_sum = token_loss(self.model, batch)
+                    loss_sum = self.objective.loss_sum(self.model, batch)
                 # DDP averages over processes; × world size makes that the sum over all tokens / n_tokens
                 accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
             step_loss += loss_sum.detach().double()
@@ -241,8 +248,8 @@ class Run:
     def _eval_loss(self, step: int) -> dict[str, float]:
         if not self.examples.eval:
             return {}
-        metrics = evaluate_loss(self.model, self.examples.eval, self.examples.collate,
-                                self.config.train.eval_batch_size, self.accelerator.device)
+        metrics = self.objective.evaluate(self.model, self.examples.eval, self.examples.collate,
+                                          self.config.train.eval_batch_size, self.accelerator.device)
         self.run_log.write({"step": step, **metrics})
         return metrics
 
@@ -256,14 +263,23 @@ class Run:
         save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
                         self.config.train.keep_checkpoints)
 
+    def close(self) -> None:
+        """Close the progress bar and the trackers (also when the run stops with an error)."""
+        self.bar.close()
+        self.run_log.close()
+
     # -- finish ----------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
         """The final evaluation, the adapter, the last checkpoint and ``summary.json``."""
         self.bar.close()
         final = {}
         if self.examples.eval:
-            final = evaluate(self.config, self.accelerator.unwrap_model(self.model), self.tokenizer, self.split,
-                             self.output_dir if self.main else None, self.examples)
+            model = self.accelerator.unwrap_model(self.model)
+            final = evaluate(self.config, model, self.tokenizer, self.split, self.output_dir if self.main else None,
+                             self.examples)
+            if self.objective.name != "sft":  # the objective's own metrics next to those of the answers
+                final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
+                                                     self.config.train.eval_batch_size, self.accelerator.device))
         self.run_log.write({"step": self.total_steps, **final})
         self.run_log.close()
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,

@@ -8,11 +8,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..config import RunConfig
 from ..errors import LorakitError
 from .checkpoint import latest_checkpoint
 
 CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir",
-                              "tensorboard")
+                              "report_to", "tensorboard")
 # sections that do not change what is trained, so a resumed run may differ in them
 SECTIONS_FREE_ON_RESUME = ("eval",)
 
@@ -20,6 +21,10 @@ SECTIONS_FREE_ON_RESUME = ("eval",)
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
     """The part of a run's config that a resumed run must share with the checkpoint's."""
     config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples become lists)
+    defaults = json.loads(json.dumps(RunConfig().to_dict()))
+    for section, values in defaults.items():  # a key added since the checkpoint was made counts as its default
+        if isinstance(values, dict) and section != "method" and isinstance(config.get(section), dict):
+            config[section] = {**values, **config[section]}
     train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
     rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
     return {**rest, "train": train}

@@ -1,22 +1,29 @@
-"""A run's metrics log: ``metrics.jsonl`` (one JSON record per line) and, alongside, TensorBoard
-event files in ``<output_dir>/tensorboard`` (``tensorboard --logdir runs/``).
+"""A run's metrics log: ``metrics.jsonl`` (one JSON record per line) and the trackers of
+``train.report_to`` — accelerate's TensorBoard, Weights & Biases and MLflow trackers.
 
 Training records (``loss``, ``lr`` per optimizer group, ``grad_norm``, ``epoch``) appear under
 ``train/…``, evaluation metrics (``eval_loss``, ``bleu``, ``rouge1``, …) under ``eval/…``, all at
-their optimizer step. On resume, records past the checkpoint's step (written by a run killed after
-its last checkpoint) are dropped from the JSONL file and purged from TensorBoard's view
-(``purge_step``), so the log reads like the uninterrupted run's.
+their optimizer step; every tracker gets the same scalars, and the run's config (flattened,
+``train.lr`` …) once, when the run starts. TensorBoard writes to ``<output_dir>/tensorboard``;
+W&B to ``<output_dir>/wandb`` (``WANDB_MODE=offline`` works without a network); MLflow to
+``MLFLOW_TRACKING_URI``, or a file store in ``<output_dir>/mlruns``. A resumed run continues the
+same W&B and MLflow runs (their ids are kept in ``<output_dir>/trackers.json``). On resume,
+records past the checkpoint's step (written by a run killed after its last checkpoint) are dropped
+from the JSONL file and purged from TensorBoard's view (``purge_step``), so the log reads like the
+uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import write_text_atomic
 
-JSONL_FILE, TENSORBOARD_DIR = "metrics.jsonl", "tensorboard"
+JSONL_FILE, TENSORBOARD_DIR, TRACKERS_FILE = "metrics.jsonl", "tensorboard", "trackers.json"
 TRAIN_KEYS = ("loss", "grad_norm", "epoch", "skipped_samples")
 UNLOGGED_KEYS = ("step", "elapsed_s")
 
@@ -29,7 +36,7 @@ def truncate_jsonl(path: Path, step: int) -> None:
 
 
 def scalars(record: dict[str, Any], group_names: list[str]) -> dict[str, float]:
-    """TensorBoard tags and values of one record (``None`` and non-numbers left out)."""
+    """Tracker tags and values of one record (``None`` and non-numbers left out)."""
     tags: dict[str, float] = {}
     for key, value in record.items():
         if key in UNLOGGED_KEYS or value is None:
@@ -41,34 +48,71 @@ def scalars(record: dict[str, Any], group_names: list[str]) -> dict[str, float]:
     return tags
 
 
-class RunLog:
-    """Writes every record to the JSONL file and, with ``tensorboard``, as scalars (main process only)."""
+def flat_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``{"train.lr": 3e-4, ...}``: the config as trackers store hyperparameters (lists as text)."""
+    return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
+            for section, values in config.items() for key, value in values.items()}
 
-    def __init__(self, output_dir: Path, enabled: bool, group_names: list[str], tensorboard: bool,
-                 resume_step: int | None = None) -> None:
+
+def open_trackers(names: tuple[str, ...], output_dir: Path, resume_step: int | None) -> list[Any]:
+    """Started accelerate trackers for ``names`` (``none`` or an empty list: no tracker)."""
+    from accelerate.tracking import MLflowTracker, TensorBoardTracker, WandBTracker
+
+    ids_file = output_dir / TRACKERS_FILE
+    ids = json.loads(ids_file.read_text()) if resume_step is not None and ids_file.is_file() else {}
+    trackers = []
+    if "tensorboard" in names:
+        # the checkpoint's own step was logged before it was saved and is not logged again
+        purge = None if resume_step is None else resume_step + 1
+        trackers.append(TensorBoardTracker(TENSORBOARD_DIR, output_dir, purge_step=purge))
+    if "wandb" in names:
+        ids.setdefault("wandb", uuid.uuid4().hex[:8])  # W&B run ids: short, lowercase letters and digits
+        trackers.append(WandBTracker("lorakit", name=output_dir.name, dir=str(output_dir), id=ids["wandb"],
+                                     resume="allow"))
+    if "mlflow" in names:
+        import mlflow
+
+        if "MLFLOW_TRACKING_URI" not in os.environ:  # a local file store, which MLflow 3 asks to opt into
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            mlflow.set_tracking_uri((output_dir / "mlruns").resolve().as_uri())
+        trackers.append(MLflowTracker("lorakit", run_id=ids.get("mlflow"), run_name=output_dir.name))
+    for tracker in trackers:
+        tracker.start()
+        if tracker.name == "mlflow":
+            ids["mlflow"] = tracker.active_run.info.run_id
+    if ids:
+        write_text_atomic(ids_file, json.dumps(ids, indent=2) + "\n")
+    return trackers
+
+
+class RunLog:
+    """Writes every record to the JSONL file and to the trackers of ``report_to`` (main process only)."""
+
+    def __init__(self, output_dir: Path, enabled: bool, group_names: list[str], report_to: tuple[str, ...],
+                 resume_step: int | None = None, config: dict[str, Any] | None = None) -> None:
         self.path, self.enabled, self.group_names = output_dir / JSONL_FILE, enabled, group_names
-        self.writer = None
+        self.trackers: list[Any] = []
         if not enabled:
             return
         if resume_step is not None:
             truncate_jsonl(self.path, resume_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            # the checkpoint's own step was logged before it was saved and is not logged again
-            purge = None if resume_step is None else resume_step + 1
-            self.writer = SummaryWriter(log_dir=str(output_dir / TENSORBOARD_DIR), purge_step=purge)
+        self.trackers = open_trackers(report_to, output_dir, resume_step)
+        if resume_step is None and config is not None:  # a resumed run keeps the stored config
+            for tracker in self.trackers:
+                tracker.store_init_configuration(flat_config(config))
 
     def write(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for tag, value in scalars(record, self.group_names).items():
-                self.writer.add_scalar(tag, value, global_step=record["step"])
-            self.writer.flush()
+        values = scalars(record, self.group_names)
+        for tracker in self.trackers:
+            tracker.log(values, step=record["step"])
+            if tracker.name == "tensorboard":
+                tracker.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for tracker in self.trackers:
+            tracker.finish()
+        self.trackers = []

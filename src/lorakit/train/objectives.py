@@ -1,0 +1,118 @@
+"""What a training step minimises (``train.objective``): next-token cross-entropy, or DPO.
+
+**sft** — the sum of the response tokens' cross-entropies; a step divides it by the step's number
+of response tokens (its *units*), so accumulation and data parallelism equal one large batch.
+
+**dpo** — Direct Preference Optimization (Rafailov et al. 2023, arXiv 2305.18290). For a pair
+``(x, y_w, y_l)`` with ``log π(y | x)`` the summed log-probability of the answer's tokens,
+
+    ``m = β · [(log π_θ(y_w|x) − log π_ref(y_w|x)) − (log π_θ(y_l|x) − log π_ref(y_l|x))]``,
+    ``L = −log σ(m)``,
+
+summed over pairs and divided by the step's number of pairs. ``π_ref`` is the model before
+training, computed by the same model inside ``adapter.original()`` — exactly the original base
+for every preset (for OLoRA/PiSSA the residual plus ``s·B₀A₀``, for Delta-LoRA with the moved
+``W`` undone), with no second model in memory. At step 0 the policy is the original model, so
+``m = 0`` and ``L = log 2`` for every preset. Reported with it: the reward accuracy (the share of
+pairs with ``m > 0``) and the mean margin ``m``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..adapter import Adapter
+from ..config import OBJECTIVES
+from ..data.packing import model_inputs
+from ..evaluate.loss import IGNORE, evaluate_loss, label_tokens, token_loss
+
+__all__ = ["OBJECTIVES", "Dpo", "NextToken", "Objective", "objective_for", "sequence_logps"]
+
+
+class Objective:
+    """A step's loss as a sum over *units* (tokens, pairs), divided by the step's units."""
+
+    name: ClassVar[str]
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        raise NotImplementedError
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
+                 device: torch.device | str) -> dict[str, float]:
+        raise NotImplementedError
+
+
+class NextToken(Objective):
+    """Cross-entropy of the response tokens (``lorakit.evaluate.loss``)."""
+
+    name = "sft"
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return label_tokens(batch["labels"])
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return token_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
+                 device: torch.device | str) -> dict[str, float]:
+        return evaluate_loss(model, examples, collate, batch_size, device)
+
+
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """``log π(answer | prompt)`` of every row: the labelled tokens' log-probabilities, summed."""
+    logits = model(**model_inputs(batch)).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    token_logps = -F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
+    return (token_logps * (labels != IGNORE)).sum(dim=1)
+
+
+class Dpo(Objective):
+    """DPO against ``adapter.original()`` (see the module docstring); batches are ``PairCollator``'s."""
+
+    name = "dpo"
+
+    def __init__(self, adapter: Adapter, beta: float) -> None:
+        self.adapter, self.beta = adapter, beta
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0] // 2
+
+    def margins(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``m`` of every pair of the batch (the policy's part differentiable)."""
+        with torch.no_grad(), self.adapter.original():
+            reference = sequence_logps(model, batch)
+        policy = sequence_logps(model, batch)
+        chosen, rejected = (policy - reference).chunk(2)
+        return self.beta * (chosen - rejected)
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return -F.logsigmoid(self.margins(model, batch)).sum()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
+                 device: torch.device | str) -> dict[str, float]:
+        """``eval_dpo_loss``, ``eval_reward_accuracy`` and ``eval_reward_margin`` over the pairs."""
+        was_training = model.training
+        model.eval()
+        margins = [self.margins(model, {k: v.to(device) for k, v in collate(examples[i:i + batch_size]).items()})
+                   for i in range(0, len(examples), batch_size)]
+        model.train(was_training)
+        m = torch.cat(margins).double() if margins else torch.zeros(0, dtype=torch.float64)
+        count = max(m.numel(), 1)
+        return {"eval_dpo_loss": float(-F.logsigmoid(m).sum()) / count if m.numel() else math.nan,
+                "eval_reward_accuracy": float((m > 0).sum()) / count,
+                "eval_reward_margin": float(m.sum()) / count}
+
+
+def objective_for(name: str, adapter: Adapter, beta: float) -> Objective:
+    """The objective ``train.objective`` names, for ``adapter``."""
+    return Dpo(adapter, beta) if name == "dpo" else NextToken()

@@ -1,0 +1,79 @@
+"""TRL's SFTTrainer and DPOTrainer with a lorakit adapter (the optional extra lorakit[trl])."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import lorakit
+from lorakit.integrations.transformers import OriginalModel, with_lorakit
+from test_conversations import CONVERSATION, chat_tokenizer
+from tiny import tiny_llama
+
+trl = pytest.importorskip("trl", reason="TRL is the optional extra lorakit[trl]")
+datasets = pytest.importorskip("datasets")
+
+COMMON = dict(per_device_train_batch_size=4, learning_rate=1e-2, report_to="none", use_cpu=True, logging_steps=1,
+              save_strategy="no", seed=0, disable_tqdm=True)
+PROMPT = [{"role": "user", "content": "how are you"}]
+PAIRS = [{"prompt": PROMPT, "chosen": [{"role": "assistant", "content": "fine thanks"}],
+          "rejected": [{"role": "assistant", "content": "bye"}]}] * 16
+
+
+def chat_model(tok):
+    return tiny_llama(vocab_size=len(tok), bos_token_id=1, eos_token_id=tok.eos_token_id, pad_token_id=0).train()
+
+
+def test_sft_trainer_on_conversations(tmp_path):
+    tok = chat_tokenizer()
+    model = chat_model(tok)
+    adapter = lorakit.attach(model, "lora_plus", rank=4)
+    args = trl.SFTConfig(output_dir=str(tmp_path), max_steps=4, max_length=64, **COMMON)
+    trainer = with_lorakit(trl.SFTTrainer)(model=model, adapter=adapter, args=args, processing_class=tok,
+                                            train_dataset=datasets.Dataset.from_list([{"messages": CONVERSATION}] * 16))
+    trainer.train()
+    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+    assert losses[-1] < losses[0]
+    assert [g["name"] for g in trainer.optimizer.param_groups] == ["A", "B"]  # LoRA+'s groups
+    trainer.save_model(str(tmp_path / "final"))
+    assert lorakit.load(chat_model(tok), tmp_path / "final").spec.name == "lora_plus"
+
+
+def dpo_trainer(method, out, steps=6):
+    tok = chat_tokenizer()
+    model = chat_model(tok)
+    adapter = lorakit.attach(model, method, rank=4)
+    args = trl.DPOConfig(output_dir=str(out), max_steps=steps, beta=0.5, **COMMON)
+    return with_lorakit(trl.DPOTrainer)(model=model, adapter=adapter, args=args, processing_class=tok,
+                                         train_dataset=datasets.Dataset.from_list(PAIRS))
+
+
+@pytest.mark.parametrize("method", ["lora", "olora", "pissa", "delta_lora"])
+def test_dpo_trainer_uses_the_exact_original_model_as_reference(method, tmp_path):
+    trainer = dpo_trainer(method, tmp_path)
+    assert isinstance(trainer.ref_model, OriginalModel)
+    trainer.train()
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logs[0]["loss"] == pytest.approx(math.log(2), abs=1e-5)  # the policy starts as the reference
+    assert logs[-1]["rewards/margins"] > logs[1]["rewards/margins"] > 0
+
+
+def test_the_residual_is_not_the_reference_for_spectral_inits(tmp_path):
+    """What a reference of 'adapters disabled' would give for PiSSA: not log 2 at step 0."""
+    trainer = dpo_trainer("pissa", tmp_path, steps=1)
+    trainer.adapter.original = trainer.adapter.disabled
+    trainer.train()
+    first = next(entry for entry in trainer.state.log_history if "loss" in entry)
+    assert abs(first["loss"] - math.log(2)) > 1e-3
+
+
+def test_original_model_holds_no_weights():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "olora", rank=4)
+    reference = OriginalModel(adapter)
+    assert list(reference.parameters()) == [] and reference.config is model.config
+    x = torch.randint(3, 100, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x).logits, tiny_llama()(x).logits, atol=1e-5, rtol=1e-5)
