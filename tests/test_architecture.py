@@ -122,3 +122,18 @@ def test_every_preset_has_a_generated_option_table():
     pages = "".join(path.read_text(encoding="utf-8") for path in (REPO / "docs" / "methods").glob("*.md"))
     for method in lorakit.methods():
         assert f"<!-- BEGIN GENERATED: options {method} -->" in pages, method
+
+
+def test_components_that_act_at_steps_declare_it():
+    """``acts_at_steps`` (what the DeepSpeed guard reads) matches whether a recipe or schedule
+    overrides the step hooks."""
+    from lorakit.optimizers import OPTIMIZERS
+    from lorakit.optimizers.base import OptimizerRecipe
+    from lorakit.schedules import SCHEDULES
+    from lorakit.schedules.base import Schedule
+
+    for registry, base in ((OPTIMIZERS, OptimizerRecipe), (SCHEDULES, Schedule)):
+        for name in registry.names():
+            cls = registry.get(name)
+            overrides = any(getattr(cls, hook) is not getattr(base, hook) for hook in ("before_step", "after_step"))
+            assert cls.acts_at_steps == overrides, name

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import lorakit
-from lorakit.config import load_config
+from lorakit.config import dump_config, load_config
 from lorakit.data import load_records
 from lorakit.data.encode import IGNORE_INDEX
 from lorakit.errors import LorakitError
@@ -131,6 +131,15 @@ def test_dpo_training_starts_at_log_2_and_raises_the_margin(tiny_model_dir, pair
     assert summary["eval_reward_accuracy"] > 0.5 and "eval_loss" in summary  # NLL of the chosen answers
     model = tiny_llama_from(tiny_model_dir)
     assert lorakit.load(model, tmp_path / "run" / "adapter")
+    # lorakit eval of the DPO config: the chosen answers' metrics
+    from lorakit.cli import main
+
+    config = tmp_path / "dpo.yaml"
+    config.write_text(dump_config(dpo_config(tiny_model_dir, pairs_file, tmp_path / "run")))
+    assert main(["eval", str(config), "--adapter", str(tmp_path / "run" / "adapter"), "--out",
+                 str(tmp_path / "eval")]) == 0
+    scores = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert scores["eval_loss"] == pytest.approx(summary["eval_loss"], rel=1e-5)
 
 
 def tiny_llama_from(folder):

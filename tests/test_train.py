@@ -418,6 +418,18 @@ def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300, env=env)
 
 
+def train_one_and_two(model_dir: Path, data: Path, tmp_path: Path, common: tuple[str, ...], *two_only: str) -> Path:
+    """Train ``common`` in one process × batch 4 (``tmp_path/one``) and two processes × batch 2
+    (``tmp_path/two``, plus ``two_only``); the two-process config file."""
+    one = write_config(tmp_path / "one.yaml", model_dir, data, tmp_path / "one", *common, "train.batch_size=4")
+    two = write_config(tmp_path / "two.yaml", model_dir, data, tmp_path / "two", *common, "train.batch_size=2",
+                       *two_only)
+    assert cli("train", str(one), "--quiet").returncode == 0
+    result = torchrun("train", str(two), "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return two
+
+
 def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir, addition_data, tmp_path):
     """Data-parallel: 2 processes × batch 2 see the examples 1 process × batch 4 sees, and the loss
     is normalised by the tokens of all processes, so the adapters agree (to float rounding)."""
@@ -429,13 +441,7 @@ def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir, addition_da
                                 for a in range(8) for b in range(8)]))
     common = ("train.max_steps=3", "method.dropout=0.0", "train.eval_every=null", "train.save_every=2",
               "data.max_length=96")
-    one = write_config(tmp_path / "one.yaml", tiny_model_dir, data, tmp_path / "one", *common,
-                       "train.batch_size=4")
-    two = write_config(tmp_path / "two.yaml", tiny_model_dir, data, tmp_path / "two", *common,
-                       "train.batch_size=2")
-    assert cli("train", str(one), "--quiet").returncode == 0
-    result = torchrun("train", str(two), "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
+    train_one_and_two(tiny_model_dir, data, tmp_path, common)
     a, b = load_file(tmp_path / "one" / ADAPTER), load_file(tmp_path / "two" / ADAPTER)
     assert a.keys() == b.keys()
     for key in a:
@@ -444,19 +450,76 @@ def test_two_processes_train_the_same_adapter_as_one(tiny_model_dir, addition_da
     assert losses(tmp_path / "two") == pytest.approx(losses(tmp_path / "one"), rel=1e-6)
 
 
-def test_resizing_schedules_are_refused_in_several_processes(tiny_model_dir, addition_data, tmp_path):
+@pytest.mark.parametrize("method,options", [
+    ("simplex_lora", ("method.simplex_every=1", "method.simplex_reallocations=2")),
+    ("weight_lora", ("method.selection_steps=2", "method.weight_lora_k=5")),
+    ("lora_drop", ("method.drop_warmup_steps=2", "method.drop_top_n=3")),
+])
+def test_resizing_schedules_in_two_processes_equal_one(method, options, tiny_model_dir, addition_data, tmp_path):
+    """Schedules that replace adapter parameters mid-run: every process makes the same change (LoRA-drop's
+    importance is summed over the processes) and the data-parallel wrapper is rebuilt over the new
+    parameters, so two processes train the adapter one process does."""
+    common = (f"method.name={method}", "method.lr_ratio=null", "method.dropout=0.0", "train.max_steps=4",
+              "train.eval_every=null", "train.save_every=null", *options)
+    train_one_and_two(tiny_model_dir, addition_data, tmp_path, common)
+    config = lambda out: json.loads((out / "adapter" / "lorakit_adapter.json").read_text())  # noqa: E731
+    for key in ("ranks", "removed", "shared"):
+        assert config(tmp_path / "two")[key] == config(tmp_path / "one")[key]
+    changed = config(tmp_path / "one")
+    assert len(set(changed["ranks"].values())) > 1 or changed["removed"] or changed["shared"]  # the schedule acted
+    # the same function; the factors themselves may differ where a resize's SVD meets (nearly) equal
+    # singular values, whose vectors the rounding of a different gradient summation order rotates
+    x = torch.randint(3, 100, (2, 12))
+    outputs = []
+    for out in ("one", "two"):
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+        lorakit.load(model, tmp_path / out / "adapter")
+        with torch.no_grad():
+            outputs.append(model(x).logits)
+    torch.testing.assert_close(outputs[1], outputs[0], atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["lora_plus", "olora", "dora", "vera", "lora_fa", "delta_lora"])
+def test_fsdp_in_two_processes_equals_one_and_resumes_exactly(method, tiny_model_dir, addition_data, tmp_path):
+    """train.fsdp: torch FSDP2 over 2 CPU processes (gloo) trains the adapter one process trains, saves
+    it whole, and a run resumed from a sharded checkpoint ends where the uninterrupted one did."""
+    common = (f"method.name={method}", "method.lr_ratio=null", "method.dropout=0.0", "train.max_steps=4",
+              "train.eval_every=null", "train.save_every=2", "eval.metrics=[eval_loss]")
+    two = train_one_and_two(tiny_model_dir, addition_data, tmp_path, common, "train.fsdp=true")
+    a, b = load_file(tmp_path / "one" / ADAPTER), load_file(tmp_path / "two" / ADAPTER)
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)  # whole, not shards
+    for key in a:  # to float rounding: the two processes sum the gradients in another order
+        torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
+    # resume the sharded run from its step-2 checkpoint, as after a crash there
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    shutil.rmtree(resumed / "adapter")
+    (resumed / "summary.json").unlink()
+    shutil.rmtree(resumed / "checkpoints" / "step-0000004")
+    (resumed / "checkpoints" / "latest").write_text("step-0000002\n")
+    config = yaml.safe_load(two.read_text())
+    config["train"]["output_dir"] = str(resumed)
+    (tmp_path / "resumed.yaml").write_text(yaml.safe_dump(config))
+    result = torchrun("train", str(tmp_path / "resumed.yaml"), "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    c = load_file(resumed / ADAPTER)
+    for key in b:
+        assert torch.equal(c[key], b[key]), key
+
+
+def test_fsdp_refuses_schedules_that_cannot_run_on_shards(tiny_model_dir, addition_data, tmp_path):
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
-                          "method.name=simplex_lora", "method.lr_ratio=null", "train.max_steps=2")
+                          "method.name=adalora", "method.lr_ratio=null", "train.max_steps=4", "train.fsdp=true")
     result = torchrun("train", str(config), "--quiet")
     assert result.returncode != 0
-    # each process exits with lorakit's one-line error (torchrun then reports the failed children)
-    assert "lorakit: error: schedule 'simplex_lora' replaces adapter parameters" in result.stderr
-    assert "lorakit/train/loop.py" not in result.stderr  # no traceback of lorakit's own
+    assert "lorakit: error: schedule 'adalora' does not run on sharded parameters" in result.stderr
 
 
 def test_adalora_phases_are_checked_against_the_step_count_before_the_model_loads(
         tiny_model_dir, addition_data, tmp_path, monkeypatch):
-    import lorakit.train.objectives as loop
+    import lorakit.train.loop as loop
 
     monkeypatch.setattr(loop, "load_base", lambda *a: pytest.fail("the model was loaded"))
     with pytest.raises(lorakit.LorakitError, match=r"adalora_t_init \+ adalora_t_final must be < "
@@ -503,3 +566,19 @@ def test_a_diverged_step_stops_the_run_and_keeps_the_last_checkpoint(tiny_model_
     last = latest_checkpoint(tmp_path / "run")
     assert last.name == "step-0000003"
     assert all(torch.isfinite(t).all() for t in load_file(last / "lorakit_adapter.safetensors").values())
+
+
+def test_deepspeed_refuses_methods_that_act_around_the_step():
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from lorakit.presets import resolve
+    from lorakit.train.loop import _check_deepspeed
+
+    deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
+    _check_deepspeed(deepspeed, resolve("lora_plus"))  # parameter groups only: fine
+    for method, needle in [("lora_fa", "optimizer 'lora_fa' act"), ("weight_lora", "schedule 'weight_lora'")]:
+        with pytest.raises(lorakit.LorakitError, match=needle):
+            _check_deepspeed(deepspeed, resolve(method))
+    _check_deepspeed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), resolve("lora_fa"))

@@ -29,6 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .core.component import FACTORS, GATED, MASKED
+from .core.distributed import copy_full, full
 from .core.generators import layer_generator
 from .core.spec import MethodSpec
 from .core.terms import Term, add_products
@@ -78,6 +79,8 @@ class Adapter:
         self.method_state: dict[str, torch.Tensor] = {}  # saved with the adapter (Delta-LoRA, schedules)
         self.removed: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # by a schedule; (B₀, A₀)
         self.shared: dict[str, str] = {}  # layer → the layer whose form it uses (LoRA-drop)
+        self.structure_version = 0  # counts structural changes (a DDP wrapper must follow each one)
+        self._paused = False  # see steps_paused
         self._attached = True
 
     # -- what the user trains --------------------------------------------------------------
@@ -118,14 +121,30 @@ class Adapter:
         self.spec = complete(self.spec, total_steps=steps)
         self.recipe.spec = self.schedule.spec = self.spec
 
+    @contextlib.contextmanager
+    def steps_paused(self) -> Iterator[None]:
+        """Inside the block, optimizer steps are not training steps: the recipe and schedule hooks
+        do not run (for code that steps the optimizer to create its state, as torch's
+        ``set_optimizer_state_dict`` does with zero gradients)."""
+        self._paused = True
+        try:
+            yield
+        finally:
+            self._paused = False
+
     def _before_step(self) -> None:
+        if self._paused:
+            return
         self.recipe.before_step(self)
         self.schedule.before_step(self)
 
     def _after_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if self._paused:
+            return
         self.recipe.after_step(self)
         if self.schedule.after_step(self):
             self.refresh_optimizer(optimizer)
+            self.structure_version += 1
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """The recipe's groups, plus a ``gate`` group (the schedule's ``ω``, at ``gate_lr``, no weight
@@ -243,19 +262,20 @@ class Adapter:
 
     # -- saving, merging -------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, keyed ``<layer>.<param>``; initial factors under ``<layer>.initial.*``."""
+        """Adapter tensors only, keyed ``<layer>.<param>``; initial factors under ``<layer>.initial.*``.
+        Sharded parameters (FSDP2) are gathered whole: every process must call this together."""
         tensors = {}
         for name, layer in self.layers.items():
             if name in self.shared:  # stored once, under the layer that owns the shared form
                 continue
             for key, value in layer.form.state_dict().items():
-                tensors[f"{name}.{key}"] = value.detach().contiguous()
+                tensors[f"{name}.{key}"] = full(value.detach()).contiguous()
         spectral_removed = {name: f for name, f in self.removed.items() if f is not None}
         for name, (B0, A0) in {**self.initial, **spectral_removed}.items():
             tensors[f"{name}.initial.B"] = B0.contiguous()
             tensors[f"{name}.initial.A"] = A0.contiguous()
-        for key, value in self.method_state.items():
-            tensors[key] = value.detach().contiguous()
+        for key, value in self.method_state.items():  # snapshots of sharded factors are shards too
+            tensors[key] = full(value.detach()).contiguous()
         return tensors
 
     def training_state(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -263,15 +283,15 @@ class Adapter:
         adapted layers' base weights when the recipe changes them (Delta-LoRA), and the
         schedule's own state (AdaLoRA's importance EMAs)."""
         base = {}
-        if self.recipe.changes_base:
-            base = {name: layer.base_layer.weight.detach() for name, layer in self.layers.items()}
+        if self.recipe.changes_base:  # gathered whole when sharded (a collective, like state_dict)
+            base = {name: full(layer.base_layer.weight.detach()) for name, layer in self.layers.items()}
         return {"base_weights": base, "schedule": self.schedule.checkpoint_state()}
 
     @torch.no_grad()
     def load_training_state(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
         """Restore ``training_state`` (after ``optimizer()`` has been called, on resume)."""
         for name, weight in state.get("base_weights", {}).items():
-            self.layers[name].base_layer.weight.copy_(weight)
+            copy_full(self.layers[name].base_layer.weight, weight)
         device = next(iter(self.layers.values())).base_layer.weight.device
         self.schedule.load_checkpoint_state(state.get("schedule", {}), device)
 
@@ -299,10 +319,11 @@ class Adapter:
                          "transformers": transformers.__version__},
         }
 
-    def save(self, path: str | Path) -> Path:
-        """Write the adapter (safetensors + JSON) atomically to the folder ``path``."""
+    def save(self, path: str | Path, tensors: dict[str, torch.Tensor] | None = None) -> Path:
+        """Write the adapter (safetensors + JSON) atomically to the folder ``path`` (``tensors``: see
+        ``write``)."""
         with atomic_directory(path, (WEIGHTS_FILE, CONFIG_FILE)) as tmp:
-            self.write(tmp)
+            self.write(tmp, tensors)
         return Path(path)
 
     def save_peft(self, path: str | Path, base_model: str | None = None,
@@ -312,10 +333,11 @@ class Adapter:
         self._check_attached()
         return export_peft(self, path, base_model, dtype)
 
-    def write(self, folder: Path) -> None:
-        """Write the adapter files into an existing ``folder`` (not atomic; see ``save``)."""
+    def write(self, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
+        """Write the adapter files into an existing ``folder`` (not atomic; see ``save``);
+        ``tensors``: its ``state_dict()`` when the caller already gathered it (FSDP2)."""
         self._check_attached()
-        tensors = {k: v.to("cpu") for k, v in self.state_dict().items()}
+        tensors = {k: v.to("cpu") for k, v in (self.state_dict() if tensors is None else tensors).items()}
         save_file(tensors, str(folder / WEIGHTS_FILE))
         (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
 

@@ -88,6 +88,8 @@ class TrainConfig:
     max_grad_norm: float | None = key(1.0, "gradient clipping norm (null: no clipping)")
     mixed_precision: str = key("no", "no, bf16, fp16 or auto (bf16 where the GPU supports it)")
     gradient_checkpointing: bool = key(False, "recompute activations in backward to save memory")
+    fsdp: bool = key(False, "in several processes: shard weights, gradients and optimizer state over them "
+                            "(torch FSDP2) instead of replicating the model (DDP)")
     log_every: int = key(10, "optimizer steps per training-loss record")
     report_to: tuple[str, ...] = key(("tensorboard",), "trackers that get the metrics and the config besides "
                                                      "metrics.jsonl: tensorboard, wandb, mlflow, or none")
@@ -290,6 +292,8 @@ def validate_run(config: RunConfig) -> None:
         _require(name in REPORT_TO, f"train.report_to names {name!r}; trackers are {', '.join(REPORT_TO)}")
     _require(not ("none" in t.report_to and len(t.report_to) > 1), "train.report_to: none means no tracker; "
              "list trackers or give none alone")
+    _require(not (t.fsdp and t.mixed_precision == "fp16"), "train.fsdp runs without a gradient scaler; use "
+             "train.mixed_precision bf16 (or no) with it")
     _require(t.objective in OBJECTIVES,
              f"train.objective must be one of {', '.join(OBJECTIVES)}, got {t.objective!r}")
     _require(0 < t.dpo_beta < math.inf, f"train.dpo_beta must be a finite number > 0, got {t.dpo_beta}")

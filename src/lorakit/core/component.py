@@ -38,6 +38,9 @@ class Component:
     needs: ClassVar[str] = ""  # why, for the error: "<kind> '<name>' <needs>; form X is not supported"
     refuses: ClassVar[dict[str, str]] = {}  # option → why it has no effect here (a sharper error)
     summary: ClassVar[str] = ""
+    # the component changes tensors around optimizer steps (recipes' and schedules' before_step /
+    # after_step): an optimizer that steps copies of the parameters (DeepSpeed ZeRO) would bypass it
+    acts_at_steps: ClassVar[bool] = False
 
     @classmethod
     def validate(cls, spec: MethodSpec, parts: Parts) -> None:

@@ -35,7 +35,7 @@ from ..adapter import Adapter
 from ..api import restore
 from ..errors import LorakitError
 from ..io.adapter_files import read_adapter
-from ..presets import from_saved
+from ..presets import from_saved, parts_of
 
 TRAINING_STATE_FILE = "lorakit_training_state.pt"
 
@@ -96,21 +96,30 @@ class LorakitTrainerMixin:
         """``adapter.optimizer`` with the TrainingArguments' AdamW settings (once per run)."""
         if self.optimizer is None:
             args = self.args
+            if args.world_size > 1 and parts_of(self.adapter.spec).schedule.resizes:
+                raise LorakitError(f"schedule {self.adapter.spec.schedule!r} replaces adapter parameters mid-run, "
+                                   "which the Trainer's distributed wrapper cannot follow; use lorakit train (it "
+                                   "rebuilds the wrapper) or train in one process")
             self.adapter.set_total_steps(self._lorakit_steps or self.state.max_steps)
             self.optimizer = self.adapter.optimizer(lr=args.learning_rate, weight_decay=args.weight_decay,
                                                     betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
         return self.optimizer
 
     # -- checkpoints -----------------------------------------------------------------------
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """The adapter (see ``_save``), from every process: under FSDP its shards are gathered."""
+        self._save(output_dir)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """The adapter and its training state, not the full model (the Trainer saves the rest)."""
+        tensors, training_state = self.adapter.state_dict(), self.adapter.training_state()  # collectives if sharded
         if not self.args.should_save:
             return
         folder = Path(output_dir if output_dir is not None else self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder, prefix=".lorakit.") as tmp:  # written whole, then moved in
-            self.adapter.write(Path(tmp))
-            torch.save(self.adapter.training_state(), Path(tmp) / TRAINING_STATE_FILE)
+            self.adapter.write(Path(tmp), tensors)
+            torch.save(training_state, Path(tmp) / TRAINING_STATE_FILE)
             for written in sorted(Path(tmp).iterdir()):
                 os.replace(written, folder / written.name)
         if self.processing_class is not None:

@@ -71,6 +71,21 @@ class ImportanceAccumulator:
             self.tokens[name] = self.tokens.get(name, 0.0) + count.double()
         return record
 
+    def all_reduce(self) -> None:
+        """Sum the totals and counts over the data-parallel processes (each saw its own batches), so
+        every process selects the same layers, those one process with all the batches would."""
+        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+            return
+        names = sorted(self.totals)
+        packed = torch.stack([torch.as_tensor(table[name], dtype=torch.float64)
+                              for table in (self.totals, self.tokens) for name in names])
+        if torch.distributed.get_backend() == "nccl":
+            packed = packed.cuda()
+        torch.distributed.all_reduce(packed)
+        values = packed.cpu().tolist()
+        self.totals = {name: torch.tensor(values[i], dtype=torch.float64) for i, name in enumerate(names)}
+        self.tokens = {name: torch.tensor(values[len(names) + i], dtype=torch.float64) for i, name in enumerate(names)}
+
     def importance(self) -> dict[str, float]:
         """``I_i``, normalised to sum 1 (equal shares when every adapter is still zero)."""
         means = {name: float(self.totals[name]) / max(float(self.tokens[name]), 1.0) for name in self.totals}

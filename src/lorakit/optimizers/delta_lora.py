@@ -54,6 +54,8 @@ def refuse_half_precision(weights: list[torch.Tensor]) -> None:
 class DeltaLora(AdamW):
     """AdamW plus the in-place update of each adapted base weight after every step."""
 
+    acts_at_steps: ClassVar[bool] = True
+
     options = (RATIO, START_STEP)
     requires: ClassVar[frozenset[str]] = frozenset({ADDITIVE})
     needs: ClassVar[str] = "updates W from the change of B A"

@@ -47,6 +47,8 @@ def project_gradient(B: torch.nn.Parameter, gram_inverse: torch.Tensor, scale: f
 class LoraFA(AdamW):
     """AdamW over every trainable parameter but ``A``, which stays at its init."""
 
+    acts_at_steps: ClassVar[bool] = True
+
     options = (PROJECTED,)
     fixed_pair: ClassVar[str | None] = "freezes A and trains only B of each layer's pair B A"
     summary: ClassVar[str] = "A frozen at its init; only B trains"

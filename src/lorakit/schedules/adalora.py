@@ -201,10 +201,13 @@ def allocate(forms: dict[str, Any], scores: dict[str, torch.Tensor], kept: int) 
 class AdaLora(Schedule):
     """Importance-scored triplets under a cubic total-rank budget (see the module docstring)."""
 
+    acts_at_steps: ClassVar[bool] = True
+
     options = (TARGET_RANK, TOTAL_STEPS, T_INIT, T_FINAL, DELTA_T, ORTH_REG)
     requires: ClassVar[frozenset[str]] = frozenset({MASKED})
     needs: ClassVar[str] = "masks the triplets of AdaLoRA's SVD form"
     summary: ClassVar[str] = "SVD triplets pruned by importance to a cubic total-rank budget"
+    shardable: ClassVar[bool] = False  # the orthogonal regulariser and the scores use whole P, Q
 
     def __init__(self, spec: MethodSpec) -> None:
         super().__init__(spec)

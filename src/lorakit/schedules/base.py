@@ -30,13 +30,16 @@ class Schedule(Component):
     """Decides which adapters exist and at which rank.
 
     ``resizes``: the schedule replaces adapter parameters during training (grows, shrinks,
-    removes or shares adapters), which DistributedDataParallel cannot follow. A schedule that
-    ``requires`` the ``gated`` capability gives every adapter a trainable scalar ``ω`` (its own
-    optimizer group at ``gate_lr``).
+    removes or shares adapters); a data-parallel wrapper must then be rebuilt (``lorakit train``
+    does). ``shardable``: the schedule runs on FSDP2-sharded parameters (``train.fsdp``); one that
+    resizes or computes on whole factor matrices does not. A schedule that ``requires`` the
+    ``gated`` capability gives every adapter a trainable scalar ``ω`` (its own optimizer group at
+    ``gate_lr``).
     """
 
     kind: ClassVar[str] = "schedule"
     resizes: ClassVar[bool] = False
+    shardable: ClassVar[bool] = True
 
     def __init__(self, spec: MethodSpec) -> None:
         self.spec = spec

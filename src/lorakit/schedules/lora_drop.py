@@ -46,10 +46,13 @@ THRESHOLD = Option("drop_threshold", float, None, "keep the most important layer
 class LoraDrop(Schedule):
     """Importance from the warm-up, then shared adapters for the unimportant layers."""
 
+    acts_at_steps: ClassVar[bool] = True
+
     options = (WARMUP_STEPS, TOP_N, THRESHOLD)
     requires: ClassVar[frozenset[str]] = frozenset({RESIZABLE})
     needs: ClassVar[str] = "replaces and shares low-rank pairs"
     resizes: ClassVar[bool] = True
+    shardable: ClassVar[bool] = False  # it replaces parameters
     summary: ClassVar[str] = "warm-up importance; dropped layers share one adapter per shape"
 
     def __init__(self, spec: MethodSpec) -> None:
@@ -90,6 +93,7 @@ class LoraDrop(Schedule):
         if not self.selecting or step != warmup:
             return False
         self.accumulator.detach()
+        self.accumulator.all_reduce()  # one decision for all data-parallel processes
         if not self.accumulator.tokens:
             raise LorakitError(f"lora_drop's warm-up saw no training forward pass in {warmup} steps, so it "
                                "has no importance to select layers by; run the forwards with gradients")

@@ -45,10 +45,13 @@ def simplex_ranks(weights: dict[str, float], base_rank: int, count: int, limits:
 class SimplexLora(Schedule):
     """Gates on the simplex, a few reallocations of rank, then plain LoRA."""
 
+    acts_at_steps: ClassVar[bool] = True
+
     options = (GATE_LR, EVERY, REALLOCATIONS)
     requires: ClassVar[frozenset[str]] = frozenset({GATED, RESIZABLE})
     needs: ClassVar[str] = "gates and resizes low-rank pairs"
     resizes: ClassVar[bool] = True
+    shardable: ClassVar[bool] = False  # it replaces parameters
     summary: ClassVar[str] = "gates ω on the simplex, ranks ceil(r₀·n·ω)"
 
     @classmethod

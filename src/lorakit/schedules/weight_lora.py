@@ -69,10 +69,13 @@ def keep_top_k(gates: torch.Tensor, k: int) -> torch.Tensor:
 class WeightLora(Schedule):
     """Top-K gate selection, then plain LoRA on the K kept layers."""
 
+    acts_at_steps: ClassVar[bool] = True
+
     options = (GATE_LR, K, SELECTION_STEPS, SELECTION_WARMUP)
     requires: ClassVar[frozenset[str]] = frozenset({GATED, RESIZABLE})
     needs: ClassVar[str] = "gates and removes low-rank pairs"
     resizes: ClassVar[bool] = True
+    shardable: ClassVar[bool] = False  # it replaces parameters
     grow: ClassVar[bool] = False
     summary: ClassVar[str] = "gates ω, top-K selection, then LoRA on K layers"
 

@@ -45,14 +45,18 @@ def checkpoints_dir(output_dir: str | Path) -> Path:
 
 
 def save_checkpoint(output_dir: str | Path, step: int, adapter: Adapter, optimizer: torch.optim.Optimizer,
-                    scheduler: Any, state: dict[str, Any], keep: int) -> Path:
-    """Write the checkpoint of ``step`` atomically, point ``latest`` at it, prune old ones."""
+                    scheduler: Any, state: dict[str, Any], keep: int, snapshot: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint of ``step`` atomically, point ``latest`` at it, prune old ones.
+    ``snapshot``: the adapter tensors, training state and optimizer state, already gathered from
+    the processes (a sharded run, ``train.sharding``)."""
     root = checkpoints_dir(output_dir)
     folder = root / f"step-{step:07d}"
+    snapshot = snapshot or {"adapter": None, "training_state": adapter.training_state(),
+                            "optimizer": optimizer.state_dict()}
     with atomic_directory(folder, (WEIGHTS_FILE, CONFIG_FILE, TENSORS_FILE, STATE_FILE)) as tmp:
-        adapter.write(tmp)
-        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "rng": rng_state(), "training_state": adapter.training_state()}, tmp / TENSORS_FILE)
+        adapter.write(tmp, snapshot["adapter"])
+        torch.save({"optimizer": snapshot["optimizer"], "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(), "training_state": snapshot["training_state"]}, tmp / TENSORS_FILE)
         (tmp / STATE_FILE).write_text(json.dumps({**state, "step": step}, indent=2) + "\n")
     write_text_atomic(root / "latest", folder.name + "\n")
     for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:

@@ -35,6 +35,7 @@ from transformers import get_scheduler, set_seed
 from ..adapter import Adapter
 from ..api import attach, load
 from ..config import RunConfig, dump_config
+from ..core.distributed import full
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from ..io.adapter_files import final_ranks
@@ -47,6 +48,7 @@ from .data_order import step_batches, steps_per_epoch
 from .objectives import objective_for
 from .output_dir import check_output_dir, comparable, make_output_dir
 from .run_log import RunLog
+from .sharding import load_optimizer_state, optimizer_state, shard
 
 
 @dataclass
@@ -100,6 +102,7 @@ class Run:
         self.main = accelerator.is_main_process
         self.state: dict[str, Any] = {"config": config.to_dict()}  # what every checkpoint records
         self.start_step = 0
+        self.sharded = False  # train.fsdp in several processes (set by prepare)
         self.window_loss, self.window_tokens = 0.0, 0  # the loss window of the next log record
         self.last_loss = float("nan")  # the training loss of the last log window (token-weighted)
 
@@ -116,7 +119,6 @@ class Run:
         per_epoch = steps_per_epoch(len(split[0]), tc.batch_size, tc.grad_accum, accelerator.num_processes)
         total_steps = tc.max_steps or per_epoch * tc.epochs
         spec = config.method_spec()
-        _check_distributed(accelerator, spec)
         parts_of(spec).schedule.check_run(spec, total_steps)
         run = cls(config, output_dir, accelerator, complete(spec, total_steps=total_steps), split, total_steps,
                   per_epoch, checkpoint)
@@ -130,6 +132,13 @@ class Run:
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
         run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta)
+        _check_deepspeed(accelerator, spec)
+        run.sharded = tc.fsdp and accelerator.num_processes > 1
+        if run.sharded:  # before the optimizer is built: sharding replaces the parameters
+            if not parts_of(spec).schedule.shardable:
+                raise LorakitError(f"schedule {spec.schedule!r} does not run on sharded parameters (it replaces them "
+                                   "or computes on whole factors); train it without train.fsdp (DDP works)")
+            shard(run.model)
         run._build_optimizer()
         return run
 
@@ -168,14 +177,28 @@ class Run:
         """Restore the optimizer, the adapter's training state, the scheduler, the RNG and the
         position from the checkpoint (nothing for a fresh run)."""
         if self.checkpoint_folder is not None:
-            self.optimizer.load_state_dict(self.tensors["optimizer"])
+            load_optimizer_state(self.adapter, self.optimizer, self.tensors["optimizer"], self.sharded)
             self.adapter.load_training_state(self.tensors.get("training_state", {}))  # exact W (Delta-LoRA), EMAs
             self.scheduler.load_state_dict(self.tensors["scheduler"])
             set_rng_state(self.tensors["rng"])
             self.start_step = self.saved_state["step"]
             # a checkpoint keeps the open loss window, so a resumed run logs what the uninterrupted one did
             self.window_loss, self.window_tokens = self.saved_state.get("log_window", (0.0, 0))
-        self.model, self.prepared_optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        if self.sharded:  # already sharded (prepare); DDP must not wrap it
+            self.prepared_optimizer = self.optimizer
+        else:
+            self.model, self.prepared_optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self.wrapped_version = self.adapter.structure_version
+
+    def _rewrap(self) -> None:
+        """After a schedule replaced adapter parameters (in ``optimizer.step()``): a fresh
+        data-parallel wrapper over the model's current parameters (the optimizer already points at
+        them, ``Adapter.refresh_optimizer``). Every process made the same change — the decisions
+        read all-reduced gradients and statistics, the new factors come from seeded generators — so
+        the processes stay identical; DDP checks the shapes agree when it wraps."""
+        if self.accelerator.num_processes > 1:
+            self.model = self.accelerator.prepare_model(self.accelerator.unwrap_model(self.model))
+        self.wrapped_version = self.adapter.structure_version
 
     def start(self, progress: bool) -> None:
         """Open the log, evaluate the starting point of a fresh run, and start the clock."""
@@ -220,10 +243,12 @@ class Run:
                                "checkpoint is intact; lower train.lr and resume, or start over")
         grad_norm = None
         if tc.max_grad_norm is not None:
-            grad_norm = float(accelerator.clip_grad_norm_(self.adapter.parameters(), tc.max_grad_norm))
+            grad_norm = float(full(accelerator.clip_grad_norm_(self.adapter.parameters(), tc.max_grad_norm)))
         self.prepared_optimizer.step()
         self.scheduler.step()
         self.prepared_optimizer.zero_grad(set_to_none=True)
+        if self.adapter.structure_version != self.wrapped_version:
+            self._rewrap()
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss / n_tokens:.4f}")
         return loss, n_tokens, grad_norm
@@ -256,12 +281,21 @@ class Run:
     def checkpoint(self, done: int) -> None:
         """A checkpoint every ``save_every`` steps (the end has its own)."""
         every = self.config.train.save_every
-        if self.main and every and done % every == 0 and done != self.total_steps:
+        if every and done % every == 0 and done != self.total_steps:
             self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens]})
 
-    def _save_checkpoint(self, done: int, state: dict[str, Any]) -> None:
-        save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
-                        self.config.train.keep_checkpoints)
+    def _save_checkpoint(self, done: int, state: dict[str, Any], adapter_tensors: Any = None) -> None:
+        """Written by the first process; when sharded, every process first gathers the shards."""
+        if not (self.main or self.sharded):
+            return
+        snapshot = None
+        if self.sharded:
+            snapshot = {"adapter": adapter_tensors or self.adapter.state_dict(),
+                        "training_state": self.adapter.training_state(),
+                        "optimizer": optimizer_state(self.model, self.optimizer, sharded=True)}
+        if self.main:
+            save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
+                            self.config.train.keep_checkpoints, snapshot)
 
     def close(self) -> None:
         """Close the progress bar and the trackers (also when the run stops with an error)."""
@@ -289,9 +323,11 @@ class Run:
             summary["skipped_samples"] = self.examples.skipped
         if self.adapter.spec.schedule != "fixed":  # where the rank budget went
             summary["final_ranks"] = final_ranks(self.adapter.config())
+        tensors = self.adapter.state_dict() if self.main or self.sharded else None  # gathered by all when sharded
         if self.main:
-            self.adapter.save(self.output_dir / "adapter")
-            self._save_checkpoint(self.total_steps, self.state)
+            self.adapter.save(self.output_dir / "adapter", tensors)
+        self._save_checkpoint(self.total_steps, self.state, tensors)
+        if self.main:
             write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
         return summary
@@ -317,7 +353,16 @@ def global_sum(accelerator: Accelerator, value: float | torch.Tensor) -> float:
     return float(value)
 
 
-def _check_distributed(accelerator: Accelerator, spec: MethodSpec) -> None:
-    if accelerator.num_processes > 1 and parts_of(spec).schedule.resizes:
-        raise LorakitError(f"schedule '{spec.schedule}' replaces adapter parameters during training, which "
-                           "DistributedDataParallel cannot follow; train it in a single process")
+
+
+def _check_deepspeed(accelerator: Accelerator, spec: MethodSpec) -> None:
+    """DeepSpeed's ZeRO optimizer steps flat fp32 copies of the parameters: recipes and schedules
+    that act around the step (LoRA-FA, Delta-LoRA, the rank schedules) would never see them."""
+    from accelerate.utils import DistributedType
+
+    parts = parts_of(spec)
+    used = ((parts.optimizer, spec.optimizer), (parts.schedule, spec.schedule))
+    acting = [f"{component.kind} {name!r}" for component, name in used if component.acts_at_steps]
+    if accelerator.distributed_type == DistributedType.DEEPSPEED and acting:
+        raise LorakitError(f"{' and '.join(acting)} act(s) on the adapter around each optimizer step, which DeepSpeed's "
+                           "ZeRO optimizer bypasses; use train.fsdp or DDP for this method")
