@@ -48,6 +48,7 @@ def test_threshold_selection_uses_the_warmup_importance():
     for _ in range(2):
         model(x, labels=x).loss.backward()
         if _ == 1:  # just before the selection step: the importance the schedule will use
+            adapter.schedule.accumulator.sync()  # (the step's own sync then finds nothing new)
             importance = adapter.schedule.accumulator.importance()
         optimizer.step()
         optimizer.zero_grad()
@@ -77,7 +78,10 @@ def test_evaluations_during_the_warmup_do_not_count_as_importance():
     model.eval()  # what evaluate_loss does
     with torch.no_grad():
         model(batch(seed=5, size=8, length=24))
-    assert (accumulator.totals, accumulator.tokens) == before
+    assert accumulator.pending == {}  # a counted forward would wait here for the next step's sync
+    model.train()
+    model(x)
+    assert set(accumulator.pending) == set(before[0])  # (the check above can fail)
 
 
 def test_a_warmup_without_training_forwards_is_an_error():
@@ -132,3 +136,29 @@ def test_warm_up_hooks_are_registered_once_and_removed_by_a_merge():
     assert count() == once == 1 + len(adapter.layers)
     merged = adapter.merge_and_unload()
     assert not merged._forward_pre_hooks and not any(m._forward_hooks for m in merged.modules())
+
+
+SYNC_CHECK = """
+import torch, torch.distributed as dist
+from lorakit.ops.layer_importance import ImportanceAccumulator
+dist.init_process_group("gloo")
+rank = dist.get_rank()
+accumulator = ImportanceAccumulator()
+accumulator.pending = {"layer": (torch.tensor(float(rank + 1), dtype=torch.float64), torch.tensor(10.0 * (rank + 1)))}
+accumulator.sync()
+assert accumulator.pending == {}
+assert (float(accumulator.totals["layer"]), float(accumulator.tokens["layer"])) == (3.0, 30.0), rank
+dist.destroy_process_group()
+"""
+
+
+def test_importance_sums_are_synced_over_processes(tmp_path):
+    """Each of two processes (gloo) saw its own batches; after ``sync`` both hold the sums of both."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "sync_check.py"
+    script.write_text(SYNC_CHECK)
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]  # each process asserts it holds 3 and 30

@@ -84,7 +84,8 @@ def test_refusals_are_one_line_errors(tmp_path):
         lorakit.load_peft(tiny_llama(), tmp_path / "peft", "adalora")
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     for change, needle in [({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"bias": "all"}, "trains biases"),
-                           ({"peft_type": "IA3"}, "is a IA3 adapter"), ({"fan_in_fan_out": True}, "Conv1D")]:
+                           ({"peft_type": "IA3"}, "is a IA3 adapter"), ({"fan_in_fan_out": True}, "Conv1D"),
+                           ({"init_lora_weights": "pissa"}, "residual base")]:
         (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(LorakitError, match=needle):
             lorakit.load_peft(tiny_llama(), tmp_path / "peft")

@@ -155,3 +155,14 @@ def test_objective_and_data_must_agree(tiny_model_dir, pairs_file, addition_data
         train(dpo_config(tiny_model_dir, addition_data, tmp_path / "b"), progress=False)
     with pytest.raises(LorakitError, match="packing is for sft"):
         dpo_config(tiny_model_dir, pairs_file, tmp_path / "c", "data.packing=true")
+
+
+def test_generation_answers_a_pairs_prompt_and_scores_against_the_chosen_answer(tiny_model_dir, pairs_file):
+    from transformers import AutoTokenizer
+
+    from lorakit.data.encode import encode_prompt, reference
+
+    pair = load_records(str(pairs_file))[0]
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    assert encode_prompt(pair, tokenizer, "alpaca") == encode_prompt(pair["chosen"], tokenizer, "alpaca")
+    assert reference(pair) == pair["chosen"]["completion"] != pair["rejected"]["completion"]

@@ -76,3 +76,11 @@ def test_report_to_none_and_the_old_tensorboard_key(tiny_model_dir, addition_dat
     assert config(tiny_model_dir, addition_data, tmp_path, "train.report_to=none").train.report_to == ("none",)
     assert config(tiny_model_dir, addition_data, tmp_path, "train.tensorboard=false").train.report_to == ("none",)
     assert config(tiny_model_dir, addition_data, tmp_path, "train.report_to=wandb").train.report_to == ("wandb",)
+
+
+def test_a_tracker_whose_client_is_missing_is_a_one_line_error(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    import lorakit.config
+
+    monkeypatch.setitem(lorakit.config.TRACKER_PACKAGES, "wandb", "no_such_client_package")
+    with pytest.raises(LorakitError, match=r"client is not installed; pip install \"lorakit\[trackers\]\""):
+        config(tiny_model_dir, addition_data, tmp_path, "train.report_to=wandb")

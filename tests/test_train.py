@@ -481,6 +481,41 @@ def test_resizing_schedules_in_two_processes_equal_one(method, options, tiny_mod
     torch.testing.assert_close(outputs[1], outputs[0], atol=2e-5, rtol=1e-5)
 
 
+def resume_two_from(tmp_path: Path, two: Path, step: int) -> Path:
+    """A copy of the two-process run ``tmp_path/two`` cut back to its checkpoint of ``step`` (as if
+    it had crashed right after it), resumed in two processes; the resumed run's folder."""
+    resumed = tmp_path / "resumed"
+    shutil.copytree(tmp_path / "two", resumed)
+    shutil.rmtree(resumed / "adapter")
+    (resumed / "summary.json").unlink()
+    for folder in (resumed / "checkpoints").glob("step-*"):
+        if int(folder.name.removeprefix("step-")) > step:
+            shutil.rmtree(folder)
+    (resumed / "checkpoints" / "latest").write_text(f"step-{step:07d}\n")
+    config = yaml.safe_load(two.read_text())
+    config["train"]["output_dir"] = str(resumed)
+    (tmp_path / "resumed.yaml").write_text(yaml.safe_dump(config))
+    result = torchrun("train", str(tmp_path / "resumed.yaml"), "--resume", "--quiet")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return resumed
+
+
+def test_lora_drop_resumed_in_two_processes_selects_as_the_uninterrupted_run(tiny_model_dir, addition_data,
+                                                                             tmp_path):
+    """The importance sums a checkpoint keeps are those of all processes (synced every step), so a
+    two-process run resumed inside LoRA-drop's warm-up selects the layers the uninterrupted one did."""
+    common = ("method.name=lora_drop", "method.lr_ratio=null", "method.dropout=0.0", "train.max_steps=4",
+              "method.drop_warmup_steps=3", "method.drop_top_n=3", "train.eval_every=null", "train.save_every=1",
+              "train.keep_checkpoints=5", "eval.metrics=[eval_loss]")
+    two = train_one_and_two(tiny_model_dir, addition_data, tmp_path, common)
+    config = lambda out: json.loads((out / "adapter" / "lorakit_adapter.json").read_text())  # noqa: E731
+    resumed = resume_two_from(tmp_path, two, step=1)
+    assert config(resumed)["shared"] == config(tmp_path / "two")["shared"] == config(tmp_path / "one")["shared"]
+    b, c = load_file(tmp_path / "two" / ADAPTER), load_file(resumed / ADAPTER)
+    for key in b:
+        assert torch.equal(c[key], b[key]), key
+
+
 @pytest.mark.parametrize("method", ["lora_plus", "olora", "dora", "vera", "lora_fa", "delta_lora"])
 def test_fsdp_in_two_processes_equals_one_and_resumes_exactly(method, tiny_model_dir, addition_data, tmp_path):
     """train.fsdp: torch FSDP2 over 2 CPU processes (gloo) trains the adapter one process trains, saves
@@ -492,19 +527,7 @@ def test_fsdp_in_two_processes_equals_one_and_resumes_exactly(method, tiny_model
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)  # whole, not shards
     for key in a:  # to float rounding: the two processes sum the gradients in another order
         torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4)
-    # resume the sharded run from its step-2 checkpoint, as after a crash there
-    resumed = tmp_path / "resumed"
-    shutil.copytree(tmp_path / "two", resumed)
-    shutil.rmtree(resumed / "adapter")
-    (resumed / "summary.json").unlink()
-    shutil.rmtree(resumed / "checkpoints" / "step-0000004")
-    (resumed / "checkpoints" / "latest").write_text("step-0000002\n")
-    config = yaml.safe_load(two.read_text())
-    config["train"]["output_dir"] = str(resumed)
-    (tmp_path / "resumed.yaml").write_text(yaml.safe_dump(config))
-    result = torchrun("train", str(tmp_path / "resumed.yaml"), "--resume", "--quiet")
-    assert result.returncode == 0, result.stderr[-3000:]
-    c = load_file(resumed / ADAPTER)
+    c = load_file(resume_two_from(tmp_path, two, step=2) / ADAPTER)  # as after a crash at step 2
     for key in b:
         assert torch.equal(c[key], b[key]), key
 

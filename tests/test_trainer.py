@@ -9,7 +9,7 @@ from transformers import Trainer, TrainingArguments
 
 import lorakit
 from lorakit.errors import LorakitError
-from lorakit.integrations.transformers import LorakitTrainer, with_lorakit
+from lorakit.integrations.transformers import LorakitTrainer, OriginalModel, with_lorakit
 from test_contracts import METHODS
 from tiny import VOCAB, tiny_llama
 
@@ -45,10 +45,11 @@ SHORT = {"weight_lora": {"selection_steps": 4}, "weight_lora_plus": {"selection_
          "lora_drop": {"drop_warmup_steps": 4}, "simplex_lora": {"simplex_every": 3}}
 
 
-def trainer_for(method, out, model=None, **overrides):
+def trainer_for(method, out, model=None, eval_dataset=None, **overrides):
     model = model or tiny_llama().train()
     adapter = lorakit.attach(model, method, rank=4, **SHORT.get(method, {}))
-    return LorakitTrainer(model=model, adapter=adapter, args=arguments(out, **overrides), train_dataset=Patterns())
+    return LorakitTrainer(model=model, adapter=adapter, args=arguments(out, **overrides), train_dataset=Patterns(),
+                          eval_dataset=eval_dataset)
 
 
 def data_loss(model) -> float:
@@ -160,3 +161,32 @@ def test_resuming_with_another_method_is_refused(tmp_path):
     other = trainer_for("lora_plus", tmp_path / "b")
     with pytest.raises(LorakitError, match="other options"):
         other.train(resume_from_checkpoint=str(tmp_path / "a" / "checkpoint-4"))
+
+
+def test_original_model_holds_no_weights():
+    model = tiny_llama()
+    adapter = lorakit.attach(model, "olora", rank=4)
+    reference = OriginalModel(adapter)
+    assert list(reference.parameters()) == [] and reference.config is model.config
+    x = torch.randint(3, 100, (2, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(reference(x).logits, tiny_llama()(x).logits, atol=1e-5, rtol=1e-5)
+    ids = reference.generate(x, max_new_tokens=3, do_sample=False)  # the original model's generation
+    assert torch.equal(ids, tiny_llama().generate(x, max_new_tokens=3, do_sample=False))
+    with pytest.raises(AttributeError):  # half-built: no recursion
+        getattr(OriginalModel.__new__(OriginalModel), "config")  # noqa: B009
+
+
+def test_load_best_model_at_end_restores_the_exact_adapter(tmp_path):
+    """Delta-LoRA's best checkpoint comes back with its exact W (not W moved twice)."""
+    trainer = trainer_for("delta_lora", tmp_path, max_steps=12, save_strategy="steps", save_steps=4,
+                          eval_strategy="steps", eval_steps=4, load_best_model_at_end=True,
+                          metric_for_best_model="loss", eval_dataset=Patterns(count=8))
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    x = Patterns()[0]["input_ids"][None]
+    model = trainer.adapter.model.eval()
+    loaded = tiny_llama()
+    lorakit.load(loaded, best)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x).logits, loaded(x).logits, atol=1e-5, rtol=1e-5)

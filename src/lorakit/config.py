@@ -7,6 +7,7 @@ A config has four sections: ``model``, ``method`` (a preset ``name`` plus any of
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import types
 import typing
@@ -134,6 +135,7 @@ class RunConfig:
 
 OBJECTIVES = ("sft", "dpo")
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
+TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # the optional extra lorakit[trackers]
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -290,6 +292,10 @@ def validate_run(config: RunConfig) -> None:
         _require(value is None or value >= 1, f"train.{key} must be >= 1 or null, got {value}")
     for name in t.report_to:
         _require(name in REPORT_TO, f"train.report_to names {name!r}; trackers are {', '.join(REPORT_TO)}")
+        client = TRACKER_PACKAGES.get(name)
+        _require(client is None or importlib.util.find_spec(client) is not None,
+                 f"train.report_to names {name}, whose client is not installed; pip install \"lorakit[trackers]\" "
+                 f"(or {client})")
     _require(not ("none" in t.report_to and len(t.report_to) > 1), "train.report_to: none means no tracker; "
              "list trackers or give none alone")
     _require(not (t.fsdp and t.mixed_precision == "fp16"), "train.fsdp runs without a gradient scaler; use "

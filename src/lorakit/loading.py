@@ -131,8 +131,13 @@ def _encode_pairs(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
     encoded = [encode_pair(pair, encode_side) for pair in split[0]]
     train = _kept(encoded, [answered(pair) for pair in encoded], d.max_length)
     lengths = [max(len(pair[side]["input_ids"]) for side in SIDES) for pair in train]
-    return Examples(train, [encode_pair(pair, encode_side) for pair in split[1]], PairCollator(Collator(tokenizer)),
-                    skipped=len(encoded) - len(train), lengths=lengths if d.group_by_length else None)
+    evaluated = [encode_pair(pair, encode_side) for pair in split[1]]
+    kept = [pair for pair in evaluated if answered(pair)]  # a cut-away answer would score m = 0
+    if len(kept) < len(evaluated):
+        warnings.warn(f"{len(evaluated) - len(kept)} of {len(evaluated)} evaluation pairs lose an answer to "
+                      f"data.max_length={d.max_length} and are not scored; raise data.max_length", stacklevel=2)
+    return Examples(train, kept, PairCollator(Collator(tokenizer)), skipped=len(encoded) - len(train),
+                    lengths=lengths if d.group_by_length else None)
 
 
 def check_packing(config: RunConfig) -> None:

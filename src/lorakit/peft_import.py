@@ -85,6 +85,11 @@ def check_config(config: dict[str, Any], path: str | Path) -> None:
                            "adapt yet; merge it in PEFT instead")
     if config.get("bias", "none") != "none":
         raise LorakitError(f"{path} trains biases (bias={config['bias']!r}); lorakit adapters hold no biases")
+    init = config.get("init_lora_weights")
+    if isinstance(init, str) and init != "gaussian":  # pissa, olora, corda, loftq, eva: unconverted
+        raise LorakitError(f"{path} was saved with init_lora_weights={init!r}, so it applies to PEFT's residual "
+                           "base, not the original model; save it in PEFT with "
+                           "path_initial_model_for_weight_conversion, then import that")
     if config.get("modules_to_save"):
         raise LorakitError(f"{path} trains whole modules {config['modules_to_save']} (modules_to_save), which a "
                            "lorakit adapter does not hold; merge it in PEFT instead")

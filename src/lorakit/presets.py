@@ -58,6 +58,17 @@ def parts_of(spec: MethodSpec) -> Parts:
     return Parts(*(REGISTRIES[kind].get(getattr(spec, kind)) for kind in COMPONENT_KINDS))
 
 
+def refuse_if_bypassed(spec: MethodSpec, where: str) -> None:
+    """Refuse ``spec`` where the optimizer steps copies of the parameters (DeepSpeed's ZeRO): its
+    recipe or schedule acting around the step (``acts_at_steps``) would never see the adapter."""
+    parts = parts_of(spec)
+    used = ((parts.optimizer, spec.optimizer), (parts.schedule, spec.schedule))
+    acting = [f"{component.kind} {name!r}" for component, name in used if component.acts_at_steps]
+    if acting:
+        raise LorakitError(f"{' and '.join(acting)} act(s) on the adapter around each optimizer step, which "
+                           f"{where} bypasses; use FSDP or DDP for this method")
+
+
 def declared_options(parts: Parts) -> list[Option]:
     """The options of a composition, in order: the adapter's, then each component's."""
     options: dict[str, Option] = {option.name: option for option in ADAPTER_OPTIONS}

@@ -11,8 +11,12 @@ import torch
 
 
 def is_dtensor(tensor: torch.Tensor) -> bool:
-    from torch.distributed.tensor import DTensor
-
+    if not torch.distributed.is_available():
+        return False
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # torch before 2.5: no public DTensor, hence no FSDP2 shards
+        return False
     return isinstance(tensor, DTensor)
 
 

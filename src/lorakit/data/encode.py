@@ -30,6 +30,8 @@ def encode_prompt(record: Mapping[str, Any], tokenizer: Any, template: str, answ
     the response.
     """
     kind = sample_kind(record)
+    if kind == "preference":  # the prompt both answers continue
+        return encode_prompt(record["chosen"], tokenizer, template, answer_next)
     if kind == "conversation":
         return render_prompt(tokenizer, record["messages"], answer_next)
     if kind == "text":
@@ -47,6 +49,8 @@ def reference(record: Mapping[str, Any], answer_next: bool = False) -> str | Non
     assistant turn; with ``answer_next`` a conversation that does not end with the assistant is
     answered after its last turn and has none (``None``, as for text)."""
     kind = sample_kind(record)
+    if kind == "preference":  # scored against the chosen answer
+        return reference(record["chosen"], answer_next)
     if kind == "conversation":
         messages = record["messages"]
         if answer_next and messages[-1]["role"] != "assistant":

@@ -33,9 +33,10 @@ from transformers import Trainer
 
 from ..adapter import Adapter
 from ..api import restore
+from ..core.distributed import is_dtensor
 from ..errors import LorakitError
 from ..io.adapter_files import read_adapter
-from ..presets import from_saved, parts_of
+from ..presets import from_saved, parts_of, refuse_if_bypassed
 
 TRAINING_STATE_FILE = "lorakit_training_state.pt"
 
@@ -58,11 +59,19 @@ class OriginalModel(nn.Module):
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return self._adapter.model(*args, **kwargs)
 
+    def generate(self, *args: Any, **kwargs: Any) -> Any:
+        """The original model's generations."""
+        with self._adapter.original():
+            return self._adapter.model.generate(*args, **kwargs)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self._adapter.model, name)
+            adapter = self.__dict__.get("_adapter")
+            if adapter is None:  # half-built (no __init__): nothing to delegate to
+                raise
+            return getattr(adapter.model, name)
 
 
 class LorakitTrainerMixin:
@@ -100,6 +109,8 @@ class LorakitTrainerMixin:
                 raise LorakitError(f"schedule {self.adapter.spec.schedule!r} replaces adapter parameters mid-run, "
                                    "which the Trainer's distributed wrapper cannot follow; use lorakit train (it "
                                    "rebuilds the wrapper) or train in one process")
+            if self.is_deepspeed_enabled:
+                refuse_if_bypassed(self.adapter.spec, "DeepSpeed's ZeRO optimizer")
             self.adapter.set_total_steps(self._lorakit_steps or self.state.max_steps)
             self.optimizer = self.adapter.optimizer(lr=args.learning_rate, weight_decay=args.weight_decay,
                                                     betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon)
@@ -128,6 +139,9 @@ class LorakitTrainerMixin:
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         """The checkpoint's adapter (structure and tensors) into ``self.adapter``."""
+        if any(is_dtensor(p) for p in self.adapter.parameters()):
+            raise LorakitError("resuming a Trainer run whose adapter is already sharded (FSDP) is not supported; "
+                               "resume it with lorakit train and train.fsdp, or without FSDP")
         config, tensors = read_adapter(resume_from_checkpoint)
         saved = from_saved(config["method"], config["format_version"])
         given = _given_options(self.adapter.spec)
@@ -139,15 +153,23 @@ class LorakitTrainerMixin:
         restore(self.adapter, config, tensors, resume_from_checkpoint)
 
     def _load_optimizer_and_scheduler(self, checkpoint: str | None) -> None:
-        super()._load_optimizer_and_scheduler(checkpoint)
-        state_file = Path(checkpoint) / TRAINING_STATE_FILE if checkpoint else None
-        if state_file is not None and state_file.is_file():  # after the optimizer: its start resets schedule state
+        with self.adapter.steps_paused():  # loading may step the optimizer to create its state
+            super()._load_optimizer_and_scheduler(checkpoint)
+        if checkpoint:  # after the optimizer: its start resets schedule state
+            self._load_training_state(checkpoint)
+
+    def _load_training_state(self, checkpoint: str) -> None:
+        """The exact ``W`` (Delta-LoRA) and the schedule's state the checkpoint keeps."""
+        state_file = Path(checkpoint) / TRAINING_STATE_FILE
+        if state_file.is_file():
             self.adapter.load_training_state(torch.load(state_file, map_location="cpu", weights_only=True))
 
     def _load_best_model(self) -> None:
+        """The best checkpoint's adapter, with its exact training state (``W`` of Delta-LoRA)."""
         best = self.state.best_model_checkpoint
         if best is not None:
             self._load_from_checkpoint(best)
+            self._load_training_state(best)
 
 
 def _given_options(spec: Any) -> dict[str, Any]:

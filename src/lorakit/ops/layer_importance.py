@@ -27,9 +27,12 @@ class ImportanceAccumulator:
     so evaluations that run during the warm-up do not add the eval split to the sample."""
 
     def __init__(self, training_only: bool = False) -> None:
-        # float64 tensors on the layers' device, added without a host sync; read by importance()
+        # float64 tensors on the layers' device, added without a host sync: ``pending`` is this
+        # process's since the last ``sync``, ``totals``/``tokens`` the sums over all processes up
+        # to it (the same on every process; what importance() reads and checkpoints keep)
         self.totals: dict[str, torch.Tensor] = {}
         self.tokens: dict[str, torch.Tensor] = {}
+        self.pending: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.training_only = training_only
         self.mask: torch.Tensor | None = None
         self._handles: list[Any] = []
@@ -67,27 +70,29 @@ class ImportanceAccumulator:
                 total, count = (squares * weights).sum(), weights.sum()
             else:
                 total, count = squares.sum(), squares.new_tensor(squares.numel())
-            self.totals[name] = self.totals.get(name, 0.0) + total.double()
-            self.tokens[name] = self.tokens.get(name, 0.0) + count.double()
+            old_total, old_count = self.pending.get(name, (0.0, 0.0))
+            self.pending[name] = (old_total + total.double(), old_count + count.double())
         return record
 
-    def all_reduce(self) -> None:
-        """Sum the totals and counts over the data-parallel processes (each saw its own batches), so
-        every process selects the same layers, those one process with all the batches would."""
-        if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    def sync(self) -> None:
+        """Add every process's pending sums to the totals (an all-reduce when data-parallel, called by
+        every process at the same point: each saw its own batches), so all processes hold, and
+        select by, the sums one process with all the batches would have."""
+        names = sorted(self.pending)
+        if not names:
             return
-        names = sorted(self.totals)
-        packed = torch.stack([torch.as_tensor(table[name], dtype=torch.float64)
-                              for table in (self.totals, self.tokens) for name in names])
-        if torch.distributed.get_backend() == "nccl":
-            packed = packed.cuda()
-        torch.distributed.all_reduce(packed)
-        values = packed.cpu().tolist()
-        self.totals = {name: torch.tensor(values[i], dtype=torch.float64) for i, name in enumerate(names)}
-        self.tokens = {name: torch.tensor(values[len(names) + i], dtype=torch.float64) for i, name in enumerate(names)}
+        packed = torch.stack([torch.as_tensor(self.pending[name][i], dtype=torch.float64)
+                              for i in (0, 1) for name in names])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(packed)
+        for i, name in enumerate(names):
+            self.totals[name] = self.totals.get(name, 0.0) + packed[i]
+            self.tokens[name] = self.tokens.get(name, 0.0) + packed[len(names) + i]
+        self.pending = {}
 
     def importance(self) -> dict[str, float]:
-        """``I_i``, normalised to sum 1 (equal shares when every adapter is still zero)."""
+        """``I_i`` from the synced sums, normalised to sum 1 (equal shares when every adapter is still
+        zero)."""
         means = {name: float(self.totals[name]) / max(float(self.tokens[name]), 1.0) for name in self.totals}
         norm = sum(means.values())
         return {name: (value / norm if norm > 0 else 1.0 / len(means)) for name, value in means.items()}
@@ -104,6 +109,7 @@ def output_importance(adapter: AdapterView, batches: Iterable[dict[str, torch.Te
             adapter.model(**batch)
     finally:
         accumulator.detach()
+    accumulator.sync()
     return accumulator.importance()
 
 

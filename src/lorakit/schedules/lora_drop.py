@@ -90,10 +90,12 @@ class LoraDrop(Schedule):
     @torch.no_grad()
     def after_step(self, adapter: AdapterView) -> bool:
         warmup, step = self.spec.drop_warmup_steps, next_step(adapter.method_state, STEP_KEY)  # counts every step
-        if not self.selecting or step != warmup:
+        if not self.selecting:
+            return False
+        self.accumulator.sync()  # every step: the sums over all processes, which a checkpoint keeps
+        if step != warmup:
             return False
         self.accumulator.detach()
-        self.accumulator.all_reduce()  # one decision for all data-parallel processes
         if not self.accumulator.tokens:
             raise LorakitError(f"lora_drop's warm-up saw no training forward pass in {warmup} steps, so it "
                                "has no importance to select layers by; run the forwards with gradients")

@@ -42,7 +42,7 @@ from ..io.adapter_files import final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
 from ..loading import Split, encode, evaluate, load_base, load_split
-from ..presets import complete, parts_of
+from ..presets import complete, parts_of, refuse_if_bypassed
 from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .objectives import objective_for
@@ -135,6 +135,9 @@ class Run:
         _check_deepspeed(accelerator, spec)
         run.sharded = tc.fsdp and accelerator.num_processes > 1
         if run.sharded:  # before the optimizer is built: sharding replaces the parameters
+            if tc.objective == "dpo" and parts_of(spec).optimizer.changes_base:
+                raise LorakitError(f"DPO's reference undoes {spec.optimizer}'s moves of W with the whole factors, "
+                                   "which sharded parameters do not hold; train it without train.fsdp")
             if not parts_of(spec).schedule.shardable:
                 raise LorakitError(f"schedule {spec.schedule!r} does not run on sharded parameters (it replaces them "
                                    "or computes on whole factors); train it without train.fsdp (DDP works)")
@@ -177,7 +180,7 @@ class Run:
         """Restore the optimizer, the adapter's training state, the scheduler, the RNG and the
         position from the checkpoint (nothing for a fresh run)."""
         if self.checkpoint_folder is not None:
-            load_optimizer_state(self.adapter, self.optimizer, self.tensors["optimizer"], self.sharded)
+            load_optimizer_state(self.adapter, self.optimizer, self.tensors["optimizer"], self.config.train.fsdp)
             self.adapter.load_training_state(self.tensors.get("training_state", {}))  # exact W (Delta-LoRA), EMAs
             self.scheduler.load_state_dict(self.tensors["scheduler"])
             set_rng_state(self.tensors["rng"])
@@ -197,7 +200,7 @@ class Run:
         read all-reduced gradients and statistics, the new factors come from seeded generators — so
         the processes stay identical; DDP checks the shapes agree when it wraps."""
         if self.accelerator.num_processes > 1:
-            self.model = self.accelerator.prepare_model(self.accelerator.unwrap_model(self.model))
+            self.model = _ddp(self.accelerator, self.accelerator.unwrap_model(self.model))
         self.wrapped_version = self.adapter.structure_version
 
     def start(self, progress: bool) -> None:
@@ -289,10 +292,10 @@ class Run:
         if not (self.main or self.sharded):
             return
         snapshot = None
-        if self.sharded:
+        if self.config.train.fsdp:
             snapshot = {"adapter": adapter_tensors or self.adapter.state_dict(),
                         "training_state": self.adapter.training_state(),
-                        "optimizer": optimizer_state(self.model, self.optimizer, sharded=True)}
+                        "optimizer": optimizer_state(self.model, self.optimizer, named=True)}
         if self.main:
             save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
                             self.config.train.keep_checkpoints, snapshot)
@@ -355,14 +358,15 @@ def global_sum(accelerator: Accelerator, value: float | torch.Tensor) -> float:
 
 
 
+def _ddp(accelerator: Accelerator, model: nn.Module) -> nn.Module:
+    """A DistributedDataParallel wrapper as accelerate builds it, without preparing the model again."""
+    kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
+    device_ids = [accelerator.local_process_index] if accelerator.device.type == "cuda" else None
+    return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+
+
 def _check_deepspeed(accelerator: Accelerator, spec: MethodSpec) -> None:
-    """DeepSpeed's ZeRO optimizer steps flat fp32 copies of the parameters: recipes and schedules
-    that act around the step (LoRA-FA, Delta-LoRA, the rank schedules) would never see them."""
     from accelerate.utils import DistributedType
 
-    parts = parts_of(spec)
-    used = ((parts.optimizer, spec.optimizer), (parts.schedule, spec.schedule))
-    acting = [f"{component.kind} {name!r}" for component, name in used if component.acts_at_steps]
-    if accelerator.distributed_type == DistributedType.DEEPSPEED and acting:
-        raise LorakitError(f"{' and '.join(acting)} act(s) on the adapter around each optimizer step, which DeepSpeed's "
-                           "ZeRO optimizer bypasses; use train.fsdp or DDP for this method")
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        refuse_if_bypassed(spec, "DeepSpeed's ZeRO optimizer")

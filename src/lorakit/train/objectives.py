@@ -12,15 +12,17 @@ of response tokens (its *units*), so accumulation and data parallelism equal one
 summed over pairs and divided by the step's number of pairs. ``π_ref`` is the model before
 training, computed by the same model inside ``adapter.original()`` — exactly the original base
 for every preset (for OLoRA/PiSSA the residual plus ``s·B₀A₀``, for Delta-LoRA with the moved
-``W`` undone), with no second model in memory. At step 0 the policy is the original model, so
-``m = 0`` and ``L = log 2`` for every preset. Reported with it: the reward accuracy (the share of
+``W`` undone), with no second model in memory, and without dropout. At step 0 the policy is the
+original model, so with dropout off (``method.dropout: 0``, or in evaluation) ``m = 0`` and
+``L = log 2`` for every preset. Reported with it: the reward accuracy (the share of
 pairs with ``m > 0``) and the mean margin ``m``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -75,6 +77,16 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return (token_logps * (labels != IGNORE)).sum(dim=1)
 
 
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 class Dpo(Objective):
     """DPO against ``adapter.original()`` (see the module docstring); batches are ``PairCollator``'s."""
 
@@ -88,7 +100,7 @@ class Dpo(Objective):
 
     def margins(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``m`` of every pair of the batch (the policy's part differentiable)."""
-        with torch.no_grad(), self.adapter.original():
+        with torch.no_grad(), self.adapter.original(), _eval_mode(model):  # the reference draws no dropout
             reference = sequence_logps(model, batch)
         policy = sequence_logps(model, batch)
         chosen, rejected = (policy - reference).chunk(2)

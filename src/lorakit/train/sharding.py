@@ -7,9 +7,10 @@ they are sharded with them; its recipes and schedules run on the shards (``DTens
 and what is saved is gathered whole (``Adapter.state_dict``). FSDP averages gradients over the
 processes like DDP, so the loop's loss normalisation (all tokens of the step) is unchanged.
 
-Checkpoints hold the full optimizer state (``get_optimizer_state_dict(full_state_dict=True)``,
-gathered on the first process), so a sharded run resumes on any number of processes, and a
-resumed run loads it back into the shards (``set_optimizer_state_dict``).
+With ``train.fsdp`` checkpoints hold the whole optimizer state keyed by parameter name
+(``get_optimizer_state_dict(full_state_dict=True)``, gathered on the first process), so the run
+resumes on any number of processes, and a resumed run loads it back into the shards
+(``set_optimizer_state_dict``).
 """
 
 from __future__ import annotations
@@ -38,10 +39,11 @@ def shard(model: nn.Module) -> None:
     register_fsdp_forward_method(model, "generate")
 
 
-def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sharded: bool) -> dict[str, Any]:
-    """The optimizer's state as a checkpoint stores it: whole (gathered on the first process when
-    ``sharded``; a collective then, called by every process)."""
-    if not sharded:
+def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, named: bool) -> dict[str, Any]:
+    """The optimizer's state as a checkpoint stores it. ``named`` (``train.fsdp``): whole and keyed
+    by parameter name (``get_optimizer_state_dict``; gathered on the first process, a collective
+    when the model is sharded), so it loads into any number of processes."""
+    if not named:
         return optimizer.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
@@ -50,10 +52,14 @@ def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, sharded:
 
 
 def load_optimizer_state(adapter: Adapter, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-                         sharded: bool) -> None:
+                         named: bool) -> None:
     """Restore ``optimizer_state`` (every process read the same full state). torch creates the
     sharded state with one zero-gradient step, which is no training step for the adapter."""
-    if not sharded:
+    by_name = any(isinstance(key, str) for key in state.get("state", {}))
+    if state.get("state") and by_name != named:
+        raise LorakitError("the checkpoint was written " + ("with" if by_name else "without") + " train.fsdp; "
+                           "resume with train.fsdp set as in the interrupted run")
+    if not named:
         optimizer.load_state_dict(state)
         return
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
