@@ -32,7 +32,7 @@ from .core.component import FACTORS, GATED, MASKED
 from .core.distributed import copy_full, full
 from .core.generators import layer_generator
 from .core.spec import MethodSpec
-from .core.terms import Term, add_products
+from .core.terms import Term
 from .errors import LorakitError
 from .forms import Form
 from .forms.lora import initial_scale
@@ -41,6 +41,7 @@ from .io.atomic import atomic_directory
 from .io.peft_format import export_peft
 from .layer import AdaptedLinear
 from .presets import complete, parts_of
+from .quantized import add_to_base, base_weight, quantization
 from .schedules.base import gated_forms
 from .targeting import set_submodule
 from .version import __version__
@@ -80,6 +81,8 @@ class Adapter:
         self.removed: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # by a schedule; (B₀, A₀)
         self.shared: dict[str, str] = {}  # layer → the layer whose form it uses (LoRA-drop)
         self.structure_version = 0  # counts structural changes (a DDP wrapper must follow each one)
+        # layers whose spectral residual is a frozen path beside an unchanged quantized W
+        self.residual_paths = {name for name, layer in layers.items() if layer.paths}
         self._paused = False  # see steps_paused
         self._attached = True
 
@@ -199,18 +202,22 @@ class Adapter:
 
     def delta_terms(self, name: str) -> list[Term]:
         """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its original
-        one (DoRA: before the magnitude rescaling): the form's own term plus ``base_changes``."""
+        one (DoRA: before the magnitude rescaling): the form's own term, a spectral init's
+        ``−s·B₀A₀`` (in ``W`` or as a path), and how the recipe moved ``W`` (Delta-LoRA)."""
         B, A = self.layers[name].form.factors()
-        return [(B, A, 1.0), *self.base_changes(name)]
+        return [(B, A, 1.0), *self._spectral_terms(name), *self.recipe.base_update_terms(self, name)]
 
     def base_changes(self, name: str) -> list[Term]:
         """``Σ c·B A`` = layer ``name``'s base weight now minus the original one: a spectral init's
-        ``−s·B₀A₀`` and how the recipe moved ``W`` (Delta-LoRA)."""
-        terms: list[Term] = []
-        if name in self.initial:  # only spectral inits keep initial factors
-            B0, A0 = self.initial[name]
-            terms.append((B0, A0, -initial_scale(self.spec)))
-        return terms + self.recipe.base_update_terms(self, name)
+        ``−s·B₀A₀`` (unless it is a path beside a quantized ``W``) and how the recipe moved ``W``."""
+        spectral = [] if name in self.residual_paths else self._spectral_terms(name)
+        return spectral + self.recipe.base_update_terms(self, name)
+
+    def _spectral_terms(self, name: str) -> list[Term]:
+        if name not in self.initial:  # only spectral inits keep initial factors
+            return []
+        B0, A0 = self.initial[name]
+        return [(B0, A0, -initial_scale(self.spec))]
 
     # -- structural changes (rank schedules) -----------------------------------------------
     def resize_layer(self, name: str, rank: int, generator: torch.Generator | None = None) -> None:
@@ -228,8 +235,9 @@ class Adapter:
         original one again."""
         layer = self.layers.pop(name)
         initial = self.initial.pop(name, None)
-        if initial is not None:
-            add_products(layer.base_layer.weight, [(*initial, initial_scale(self.spec))])
+        if initial is not None and name not in self.residual_paths:
+            add_to_base(layer.base_layer, [(*initial, initial_scale(self.spec))])
+        self.residual_paths.discard(name)
         self.removed[name] = initial  # saved, so that loading repeats this arithmetic exactly
         set_submodule(self.model, name, layer.base_layer)
 
@@ -237,7 +245,7 @@ class Adapter:
         """A new form for layer ``name`` with the method's init drawn from ``(seed, key)``."""
         layer = self.layers[name]
         form = new_form(self.spec, layer.base_layer, None, layer.training)
-        form.set_factors(*initial_factors(form, layer.base_layer.weight, self.spec, key))
+        form.set_factors(*initial_factors(form, base_weight(layer.base_layer), self.spec, key))
         return form
 
     def replace_form(self, name: str, form: Form) -> None:
@@ -295,6 +303,16 @@ class Adapter:
         device = next(iter(self.layers.values())).base_layer.weight.device
         self.schedule.load_checkpoint_state(state.get("schedule", {}), device)
 
+    def quantization(self) -> dict[str, Any] | None:
+        """How the adapted base layers are quantized (``lorakit.quantized``) and the dtype the base
+        was loaded in (what quantizing it again needs), or ``None``."""
+        found = next((q for layer in self.layers.values() if (q := quantization(layer.base_layer))), None)
+        if found is None:
+            return None
+        embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None
+        dtype = embeddings.weight.dtype if embeddings is not None else torch.float32
+        return {**found, "dtype": str(dtype).removeprefix("torch.")}
+
     def config(self) -> dict[str, Any]:
         """What ``lorakit_adapter.json`` records: method (every option's value), provenance, shapes."""
         import transformers
@@ -313,6 +331,7 @@ class Adapter:
             "removed": list(self.removed),
             "shared": dict(self.shared),
             "base_update": self.recipe.base_update_note,
+            "quantization": self.quantization(),
             "base_fingerprint": self.base_fingerprint,
             "base_model": getattr(getattr(self.model, "config", None), "_name_or_path", None),
             "versions": {"lorakit": __version__, "torch": torch.__version__,

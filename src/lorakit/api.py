@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from .adapter import Adapter, Factors, initial_factors, new_form
-from .core.component import FACTORS, RANK_WITHIN_SHAPE
+from .core.component import FACTORS, MAGNITUDE, RANK_WITHIN_SHAPE
 from .core.spec import MethodSpec
 from .core.terms import subtract_product
 from .errors import LorakitError
@@ -23,6 +23,7 @@ from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
 from .presets import complete, from_saved, parts_of, resolve
+from .quantized import add_to_base, base_weight, is_quantized, prepare, quantization
 from .targeting import find_targets, set_submodule
 
 
@@ -48,12 +49,14 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
 
 def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
            expected_fingerprint: str | None = None, only: set[str] | None = None,
-           for_training: bool = False) -> Adapter:
+           for_training: bool = False, expected_quantization: Any = False) -> Adapter:
     _refuse_if_adapted(model)
     targets = find_targets(model, spec.targets)
     spec = complete(spec, layers=len(targets))
     _check_targets(targets, spec, for_training)
     base_fingerprint = fingerprint(targets)
+    if expected_quantization is not False:
+        _check_quantization(expected_quantization, targets)
     if expected_fingerprint is not None and base_fingerprint != expected_fingerprint:
         half = any(base.weight.dtype == torch.float16 for _, base in targets)
         raise LorakitError(
@@ -80,10 +83,18 @@ def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_t
     """Refuse targets the method cannot adapt, before anything is attached."""
     if any(base.weight.is_meta for _, base in targets):
         raise LorakitError("the model's weights are on the meta device (not loaded); load real weights first")
+    for name, module in targets:
+        if is_quantized(module):
+            prepare(module, name)
     parts = parts_of(spec)
+    quantized = [name for name, module in targets if is_quantized(module)]
+    if quantized and parts.init.rewrites_base and spec.spectral_residual == "correction" \
+            and MAGNITUDE in parts.form.capabilities:
+        raise LorakitError(f"{spec.form} normalises W + s·B A by rows, which a spectral residual kept as a path "
+                           "beside the quantized W does not give; use spectral_residual: requantize")
     if RANK_WITHIN_SHAPE in parts.form.capabilities:
         for name, module in targets:
-            out_features, in_features = module.weight.shape
+            out_features, in_features = module.out_features, module.in_features
             if spec.rank > min(out_features, in_features):
                 raise LorakitError(
                     f"rank {spec.rank} exceeds layer {name!r} of shape ({out_features}, {in_features}); "
@@ -92,6 +103,19 @@ def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_t
     parts.schedule(spec).check_targets(targets)
     if for_training:  # a loaded adapter is checked when its optimizer is built
         parts.optimizer(spec).check_targets(targets)
+
+
+def _check_quantization(expected: dict[str, Any] | None, targets: list[tuple[str, nn.Linear]]) -> None:
+    """Refuse a base quantized otherwise than the one the adapter was trained on."""
+    found = next((q for _, module in targets if (q := quantization(module))), None)
+    if expected is not None:  # the saved record also names the dtype the base was loaded in
+        expected = {key: expected.get(key) for key in ("type", "blocksize", "compute_dtype")}
+    if found != expected:
+        def said(q: dict[str, Any] | None) -> str:
+            return "a full-precision base" if q is None else f"a {q['type']} base (block size {q['blocksize']}, " \
+                f"compute dtype {q['compute_dtype']})"
+        raise LorakitError(f"this adapter was trained on {said(expected)}, but the model is {said(found)}; load the "
+                           "base as in training (model.quantize)")
 
 
 def _refuse_if_adapted(model: nn.Module) -> None:
@@ -115,14 +139,19 @@ def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Fact
     if FACTORS not in parts.form.capabilities:
         return initial
     for name, layer in layers.items():
-        weight = layer.base_layer.weight
+        base = layer.base_layer
         if loaded is None:
-            B, A = initial_factors(layer.form, weight, spec, name)
+            B, A = initial_factors(layer.form, base_weight(base), spec, name)
             layer.form.set_factors(B, A)
         if parts.init.rewrites_base:
-            B0, A0 = ((t.to(weight.device) for t in loaded[name]) if loaded is not None
+            B0, A0 = ((t.to(base.weight.device) for t in loaded[name]) if loaded is not None
                       else (B.clone(), A.clone()))
-            subtract_product(weight, B0, A0, layer.form.scale)
+            if not is_quantized(base):
+                subtract_product(base.weight, B0, A0, layer.form.scale)
+            elif spec.spectral_residual == "correction":  # W stays; the residual is a frozen path
+                layer.paths = [(B0, A0, -layer.form.scale)]
+            else:
+                add_to_base(base, [(B0, A0, -layer.form.scale)])
             initial[name] = (B0, A0)
     return initial
 
@@ -143,7 +172,8 @@ def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Ten
         for name in built if f"{name}.initial.B" in tensors
     }
     adapter = _build(model, spec, loaded=initial if parts_of(spec).init.rewrites_base else {},
-                     expected_fingerprint=config["base_fingerprint"], only=set(built))
+                     expected_fingerprint=config["base_fingerprint"], only=set(built),
+                     expected_quantization=config.get("quantization"))
     restore(adapter, config, tensors, path)
     return adapter
 

@@ -55,6 +55,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
 
     from .io.atomic import atomic_directory, check_replaceable
     from .loading import load_adapter_on_base
+    from .quantized import dequantize_model
 
     out = Path(args.out)
     owned = _merge_owned(out) if out.is_dir() else None
@@ -64,8 +65,12 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     adapter, tokenizer = load_adapter_on_base(args.adapter, args.model, load_dtype)
     provenance = {"adapter": str(Path(args.adapter).resolve()), "method": adapter.spec.to_dict(),
                   "base_model": adapter.config()["base_model"]}
+    quantized = adapter.quantization()
     merged = adapter.merge_and_unload()
-    if args.dtype != load_dtype:
+    if quantized is not None:  # never back into 4 or 8 bits
+        dequantize_model(merged)
+        print(f"the {quantized['type']} base was dequantized and merged in float32; writing {args.dtype} weights")
+    if args.dtype != load_dtype or quantized is not None:
         merged = merged.to(getattr(torch, args.dtype))
     with atomic_directory(out, owned) as tmp:
         merged.save_pretrained(tmp)

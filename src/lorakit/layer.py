@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .core.terms import Term
+from .core.terms import Term, add_products
 from .forms import Form
+from .quantized import base_weight, is_quantized
 
 
 class AdaptedLinear(nn.Module):
@@ -25,6 +26,9 @@ class AdaptedLinear(nn.Module):
         self.enabled = True
         # with the adapter off, terms added to the base output: ``Σ c·B (A x)`` (``Adapter.original``)
         self.corrections: list[Term] = []
+        # with the adapter on, frozen terms added to the output: a spectral init's ``−s·B₀(A₀ x)`` on a
+        # quantized base kept as it is (``spectral_residual: correction``)
+        self.paths: list[Term] = []
 
     @property
     def weight(self) -> torch.Tensor:
@@ -46,15 +50,28 @@ class AdaptedLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
-            y = self.base_layer(x)
-            for B, A, coefficient in self.corrections:
-                y = y + coefficient * F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype))
-            return y
-        return self.form(x, self.base_layer)
+            return _plus_terms(self.base_layer(x), x, self.corrections)
+        return _plus_terms(self.form(x, self.base_layer), x, self.paths)
 
     @torch.no_grad()
     def merge(self) -> nn.Linear:
-        """Fold ``ΔW`` into the base weight and return the plain base layer."""
-        weight = self.base_layer.weight
-        weight.copy_(self.form.merged_weight(weight).to(weight.dtype))
-        return self.base_layer
+        """Fold ``ΔW`` into the base weight and return the plain base layer; a quantized base is
+        dequantized and comes back as a float32 ``nn.Linear`` (never requantized)."""
+        base = self.base_layer
+        merged = self.form.merged_weight(base_weight(base))
+        add_products(merged, self.paths)
+        if not is_quantized(base):
+            base.weight.copy_(merged.to(base.weight.dtype))
+            return base
+        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device)
+        plain.weight.data = merged
+        if base.bias is not None:
+            plain.bias.data = base.bias.detach().to(torch.float32)
+        return plain.requires_grad_(False)
+
+
+def _plus_terms(y: torch.Tensor, x: torch.Tensor, terms: list[Term]) -> torch.Tensor:
+    """``y + Σ c·B (A x)`` in ``x``'s dtype."""
+    for B, A, coefficient in terms:
+        y = y + coefficient * F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype))
+    return y

@@ -71,7 +71,8 @@ def load_eval_file(config: RunConfig, path: str, format: str | None = None, answ
 
 def load_base(config: RunConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
     """The base model of ``config`` (frozen, on ``device``) and its tokenizer."""
-    return load_model(config.model.path, dtype=config.model.dtype, device=device)
+    m = config.model
+    return load_model(m.path, dtype=m.dtype, device=device, quantize=m.quantize, compute_dtype=m.compute_dtype)
 
 
 def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
@@ -179,12 +180,16 @@ def load_base_and_adapter(config: RunConfig, adapter: str | Path | None) -> tupl
 def load_adapter_on_base(adapter: str | Path, model: str | None = None, dtype: str = "float32",
                          ) -> tuple[Adapter, Any]:
     """The adapter saved at ``adapter`` on its base model (``model``, or the one it records) and
-    the tokenizer."""
+    the tokenizer; a quantized-base adapter gets its base quantized as in training (its recorded
+    type and load dtype; ``dtype`` is then not used)."""
     config = read_adapter_config(adapter)
     base = model or config.get("base_model")
     if not base:
         raise LorakitError(f"{adapter} does not record its base model; pass --model PATH")
     if str(base).startswith(EMBEDDED_PREFIX):
         base = EMBEDDED_PREFIX
-    base_model, tokenizer = load_model(base, dtype=dtype)
+    quantized = config.get("quantization") or {}  # the base quantized as in training, from the same dtype
+    kind = {"nf4": "nf4", "int8": "int8"}.get(quantized.get("type"), "none")
+    base_model, tokenizer = load_model(base, dtype=quantized.get("dtype") or dtype, quantize=kind,
+                                       compute_dtype=quantized.get("compute_dtype"))
     return load(base_model, adapter), tokenizer

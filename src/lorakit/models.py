@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .errors import LorakitError, unknown
+from .quantized import QUANTIZE, bitsandbytes_config, is_quantized, prepare, quantize_model
 
 EMBEDDED = "embedded"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -37,16 +38,23 @@ def embedded_gguf_path() -> Path:
     return path
 
 
-def load_model(path: str = EMBEDDED, dtype: str = "float32",
-               device: str | None = None) -> tuple[Any, Any]:
+def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None = None,
+               quantize: str = "none", compute_dtype: str | None = None) -> tuple[Any, Any]:
     """``(model, tokenizer)`` for ``path``: ``"embedded"``, a ``.gguf`` file, a model folder or a hub id.
 
-    GGUF weights are de-quantized to ``dtype``. The model comes back in eval mode (on
-    ``device`` when given) and the tokenizer always has a pad token (eos when it had none).
+    GGUF weights are de-quantized to ``dtype``. ``quantize`` (``nf4``, ``int8``): every linear
+    layer but the LM head quantized with bitsandbytes — through transformers' ``BitsAndBytesConfig``
+    for folders and hub ids, in place after loading for GGUF files (the same bits) — with
+    ``compute_dtype`` (default ``dtype``) for NF4's matmuls. The model comes back in eval mode
+    (on ``device`` when given) and the tokenizer always has a pad token (eos when it had none).
     """
     if dtype not in DTYPES:
         raise unknown("dtype", dtype, DTYPES)
+    if quantize not in QUANTIZE:
+        raise unknown("quantize", quantize, QUANTIZE)
     torch_dtype = DTYPES[dtype]
+    compute = DTYPES[compute_dtype or dtype]
+    quantization = None if quantize == "none" else bitsandbytes_config(quantize, compute)
     if path == EMBEDDED:
         model, tokenizer = _load_gguf(embedded_gguf_path(), torch_dtype)
         model.config._name_or_path = EMBEDDED_NAME
@@ -64,19 +72,25 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32",
                                    f"pass a Hugging Face model folder, a .gguf file or 'embedded'")
             model, tokenizer = _load_pretrained(str(local), torch_dtype,
                                                 f"model folder {path!r} (it needs config.json, the weights and "
-                                                "the tokenizer files) could not be loaded")
+                                                "the tokenizer files) could not be loaded", quantization, device)
         elif _looks_like_path(path):
             raise LorakitError(f"model path {path!r} does not exist; pass an existing .gguf file "
                                f"or model folder, a hub id, or 'embedded'")
         else:
             model, tokenizer = _load_pretrained(path, torch_dtype, (
-                f"model {path!r} is not a local folder or .gguf file and could not be loaded from the hub"))
+                f"model {path!r} is not a local folder or .gguf file and could not be loaded from the hub"),
+                quantization, device)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     if model.generation_config is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id  # silences generate()'s warning
-    if device is not None:
+    if device is not None and not any(is_quantized(m) for m in model.modules()):
         model.to(device)
+    if quantization is not None and not any(is_quantized(m) for m in model.modules()):
+        quantize_model(model, quantize, compute)  # GGUF: transformers cannot load it quantized
+    for name, module in model.named_modules():
+        if is_quantized(module):
+            prepare(module, name)
     return model.eval(), tokenizer
 
 
@@ -108,13 +122,16 @@ def _load_gguf(file: Path, torch_dtype: torch.dtype) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def _load_pretrained(name: str, torch_dtype: torch.dtype, failure: str) -> tuple[Any, Any]:
+def _load_pretrained(name: str, torch_dtype: torch.dtype, failure: str, quantization: Any = None,
+                     device: str | None = None) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quantized = {} if quantization is None else {"quantization_config": quantization,
+                                                 "device_map": str(device or "cpu")}
     try:
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype)
+            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **quantized)
     except LorakitError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -16,6 +16,7 @@ from torch import nn
 
 from .core.options import Option
 from .errors import LorakitError
+from .quantized import is_quantized
 
 ALL_LINEAR = "all-linear"
 _REGEX_CHARS = set(".*+?[](){}|^$\\")
@@ -62,13 +63,14 @@ def _has_suffix(name: str, suffix: str) -> bool:
 
 
 def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
-    """The ``(name, module)`` pairs of the plain ``nn.Linear`` layers that ``targets`` selects."""
+    """The ``(name, module)`` pairs of the ``nn.Linear`` layers (plain or bitsandbytes-quantized) that
+    ``targets`` selects."""
     matches = _matcher(targets)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     found = [
         (name, module)
         for name, module in model.named_modules()
-        if type(module) is nn.Linear and module is not head and matches(name)
+        if (type(module) is nn.Linear or is_quantized(module)) and module is not head and matches(name)
     ]
     unmatched = [s for s in targets if not any(_has_suffix(n, s) for n, _ in found)] \
         if not isinstance(targets, str) else ([] if found else [targets])

@@ -28,3 +28,4 @@ def subtract_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, sca
     """``W ← W − s·B A``. Attaching and loading both go through this function, so the residual
     base weight is bit-for-bit the same in both."""
     add_products(weight, [(B, A, -scale)])
+

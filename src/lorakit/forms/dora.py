@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core.component import FACTORS, MAGNITUDE, PAIR, RANK_WITHIN_SHAPE
+from ..quantized import base_weight, is_quantized
 from .base import FORMS
 from .lora import PairForm
 
@@ -74,25 +75,29 @@ class DoRA(PairForm):
         M = torch.addmm(WA, B, A @ A.T, beta=2.0, alpha=s)
         return torch.linalg.vecdot(B, M).mul_(s).add_(self._row_sq(weight)).clamp_min_(0).sqrt_()
 
-    def _norm(self, weight: torch.Tensor) -> torch.Tensor:
+    def _norm(self, base: nn.Linear) -> torch.Tensor:
         """``weight_norm`` cached until ``W``, ``A`` or ``B`` change (once per optimizer step in
-        training, once in all for evaluation and generation)."""
+        training, once in all for evaluation and generation); a quantized ``W`` is dequantized."""
+        weight = base.weight
         key = (weight.data_ptr(), weight._version, self.A.data_ptr(), self.A._version, self.B.data_ptr(),
                self.B._version, weight.device, self._count_gradients())
         if self._norm_key != key:
-            self._norm_value = self.weight_norm(weight)
+            self._norm_value = self.weight_norm(base_weight(base))
             self._norm_key = key
         return self._norm_value
 
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
-        y = F.linear(x, base.weight)
+        if is_quantized(base):  # the quantized kernel computes W x (+ b, taken off here)
+            y = base(x) if base.bias is None else base(x) - base.bias
+        else:
+            y = F.linear(x, base.weight)
         directional = y.add_(self.low_rank(x).to(y.dtype))  # linear's backward does not need y
-        out = directional * (self.magnitude / self._norm(base.weight)).to(y.dtype)
+        out = directional * (self.magnitude / self._norm(base)).to(y.dtype)
         return out if base.bias is None else out + base.bias
 
     @torch.no_grad()
     def post_init(self, base: nn.Linear) -> None:
-        self.magnitude.copy_(self.weight_norm(base.weight))
+        self.magnitude.copy_(self.weight_norm(base_weight(base)))
 
     def merged_weight(self, weight: torch.Tensor) -> torch.Tensor:
         return (self.magnitude / self.weight_norm(weight)).unsqueeze(1) * super().merged_weight(weight)

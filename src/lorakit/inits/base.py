@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..core.component import FACTORS, Component
+from ..core.options import Option
 from ..registry import Registry
 
 
@@ -28,10 +29,18 @@ class Init(Component):
         raise NotImplementedError
 
 
+SPECTRAL_RESIDUAL = Option(
+    "spectral_residual", str, "requantize", "on a quantized base: requantize W − s·B₀A₀ (QPiSSA), or keep W and "
+    "add a frozen −s·B₀A₀ path (correction: exact, disabled() is the quantized base)",
+    choices=("requantize", "correction"))
+
+
 class SpectralInit(Init):
     """An init that moves ``s·B₀A₀`` out of ``W`` (OLoRA, PiSSA): the initial factors are kept, and
-    it needs a form with a per-layer pair to set."""
+    it needs a form with a per-layer pair to set. On a quantized base the residual is requantized,
+    or kept as a frozen path (``spectral_residual``, see ``lorakit.quantized``)."""
 
+    options: ClassVar[tuple[Option, ...]] = (SPECTRAL_RESIDUAL,)
     rewrites_base: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
 

@@ -24,7 +24,7 @@ NITER = Option("pissa_niter", int, None, "subspace iterations of a randomised SV
 class PiSSA(SpectralInit):
     """The principal singular triplets of ``W`` as the pair; ``s·B A`` moved out of ``W``."""
 
-    options = (NITER,)
+    options = (*SpectralInit.options, NITER)
     needs: ClassVar[str] = "sets a per-layer pair from the SVD of W"
     summary: ClassVar[str] = "B = U_r √(S_r/s), A = √(S_r/s) V_rᵀ; W ← W − s·B A"
 

@@ -30,6 +30,7 @@ from ..core.spec import MethodSpec
 from ..core.steps import current_step, next_step, start_counter
 from ..core.terms import Term, add_products
 from ..errors import LorakitError
+from ..quantized import is_quantized
 from .adamw import AdamW
 from .base import OPTIMIZERS
 
@@ -80,6 +81,11 @@ class DeltaLora(AdamW):
         super().validate(spec, parts)
 
     def check_targets(self, targets: list[tuple[str, nn.Linear]]) -> None:
+        quantized = [name for name, base in targets if is_quantized(base)]
+        if quantized:
+            raise LorakitError(f"delta_lora writes the base weights after every step, and {quantized[0]!r} is "
+                               "quantized (4/8-bit W cannot take such updates); use another recipe on a quantized "
+                               "base, or load the base unquantized")
         refuse_half_precision([base.weight for _, base in targets])
 
     def prepare(self, adapter: AdapterView) -> None:
