@@ -7,8 +7,8 @@ allocator state does not leak into another's numbers:
 - ``base_mib``: the bytes of the loaded model's parameters and buffers (a 4-bit layer: its packed
   codes plus the absmax statistics), before the adapter is attached;
 - ``step_peak_mib``: the peak resident memory of the process during the timed training steps
-  minus its resident memory just before them (CPU: ``ru_maxrss``; CUDA: ``max_memory_allocated``
-  over the same steps);
+  minus its resident memory just before them (CPU: Linux's ``VmHWM``, reset through
+  ``/proc/self/clear_refs`` right before the steps; CUDA: ``max_memory_allocated`` over them);
 - ``step_ms``: the median time of a training step (forward, backward, optimizer step) after two
   warm-up steps; ``time_ratio`` is that over float32's.
 
@@ -34,6 +34,17 @@ def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         pages = int(f.read().split()[1])
     return pages * resource.getpagesize() / 2**20
+
+
+def _reset_peak() -> None:
+    """Reset the process's peak resident size (``VmHWM``) to its current one (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM"))
 
 
 def measure(variant: str, steps: int) -> dict:
@@ -68,6 +79,7 @@ def measure(variant: str, steps: int) -> dict:
         before = torch.cuda.memory_allocated() / 2**20
     else:
         before = _rss_mib()
+        _reset_peak()
     times = []
     for _ in range(steps):
         start = time.perf_counter()
@@ -75,8 +87,7 @@ def measure(variant: str, steps: int) -> dict:
         if device == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if device == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else _peak_mib()
     return {"variant": variant, "device": device, "base_mib": base_bytes / 2**20,
             "step_peak_mib": max(peak - before, 0.0), "step_ms": 1000 * statistics.median(times)}
 

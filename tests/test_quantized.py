@@ -120,15 +120,19 @@ def test_refusals_are_one_line_errors(tmp_path):
         lorakit.load(quantized_llama("nf4"), tmp_path / "full")
 
 
-@pytest.mark.parametrize("mode,tolerance", [("correction", 1e-4), ("requantize", 0.3)])  # measured: 6e-7, 0.13
-def test_peft_loads_the_export_onto_the_quantized_base(mode, tolerance, tmp_path):
-    """PEFT's LoRA on the same NF4 base computes the adapted model: exactly with the residual kept as a
-    path; with a requantized residual, to the difference of quantizing W and W − s·B₀A₀."""
+@pytest.mark.parametrize("method,mode,tolerance", [
+    ("lora", None, 1e-4), ("dora", None, 1e-4), ("lora_plus", None, 1e-4),
+    ("olora", "correction", 1e-4), ("olora", "requantize", 0.3),  # measured: 6e-7, 0.13
+])
+def test_peft_loads_the_export_onto_the_quantized_base(method, mode, tolerance, tmp_path):
+    """PEFT's LoRA on the same NF4 base computes the adapted model: to float rounding, also with a
+    spectral residual kept as a path; with a requantized residual, to the difference of quantizing
+    W and W − s·B₀A₀."""
     from peft import PeftModel
 
     x = batch(seed=1)
     model = quantized_llama("nf4")
-    adapter = lorakit.attach(model, "olora", rank=4, spectral_residual=mode)
+    adapter = lorakit.attach(model, method, rank=4, **({"spectral_residual": mode} if mode else {}))
     train_steps(model, adapter, batch(), steps=3)
     expected = logits(model, x)
     adapter.save_peft(tmp_path / "peft")

@@ -28,6 +28,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from .conv1d import unwrapped
 from .core.component import FACTORS, GATED, MASKED
 from .core.distributed import copy_full, full
 from .core.generators import layer_generator
@@ -239,7 +240,7 @@ class Adapter:
             add_to_base(layer.base_layer, [(*initial, initial_scale(self.spec))])
         self.residual_paths.discard(name)
         self.removed[name] = initial  # saved, so that loading repeats this arithmetic exactly
-        set_submodule(self.model, name, layer.base_layer)
+        set_submodule(self.model, name, unwrapped(layer.base_layer))
 
     def fresh_form(self, name: str, key: str) -> Form:
         """A new form for layer ``name`` with the method's init drawn from ``(seed, key)``."""

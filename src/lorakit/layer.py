@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv1d import unwrapped
 from .core.terms import Term, add_products
 from .forms import Form
 from .quantized import base_weight, is_quantized
@@ -62,7 +63,7 @@ class AdaptedLinear(nn.Module):
         add_products(merged, self.paths)
         if not is_quantized(base):
             base.weight.copy_(merged.to(base.weight.dtype))
-            return base
+            return unwrapped(base)
         plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device)
         plain.weight.data = merged
         if base.bias is not None:

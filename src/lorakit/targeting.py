@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from .conv1d import Conv1D, Conv1DView
 from .core.options import Option
 from .errors import LorakitError
 from .quantized import is_quantized
@@ -63,20 +64,21 @@ def _has_suffix(name: str, suffix: str) -> bool:
 
 
 def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
-    """The ``(name, module)`` pairs of the ``nn.Linear`` layers (plain or bitsandbytes-quantized) that
-    ``targets`` selects."""
+    """The ``(name, module)`` pairs of the ``nn.Linear`` layers (plain or bitsandbytes-quantized) and
+    GPT-2 ``Conv1D`` layers (as ``Conv1DView``, see ``lorakit.conv1d``) that ``targets`` selects."""
     matches = _matcher(targets)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     found = [
-        (name, module)
+        (name, Conv1DView(module) if isinstance(module, Conv1D) else module)
         for name, module in model.named_modules()
-        if (type(module) is nn.Linear or is_quantized(module)) and module is not head and matches(name)
+        if (type(module) is nn.Linear or is_quantized(module) or isinstance(module, Conv1D))
+        and module is not head and matches(name)
     ]
     unmatched = [s for s in targets if not any(_has_suffix(n, s) for n, _ in found)] \
         if not isinstance(targets, str) else ([] if found else [targets])
     if unmatched:
         linear_names = sorted(
-            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+            {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, (nn.Linear, Conv1D))}
         )
         what = f"targets {targets!r} match" if not found else f"target {unmatched[0]!r} of {targets!r} matches"
         hint = ""

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from ..conv1d import Conv1D, Conv1DView
 from ..core.component import MAGNITUDE
 from ..core.protocol import AdapterView
 from ..layer import AdaptedLinear
@@ -62,7 +63,7 @@ def target_modules(adapter: AdapterView, names: list[str]) -> list[str]:
     else the full names (some matching layers were removed by a schedule or not targeted)."""
     suffixes = sorted({name.rsplit(".", 1)[-1] for name in names})
     matching = {name for name, module in adapter.model.named_modules()
-                if isinstance(module, (nn.Linear, AdaptedLinear)) and name.rsplit(".", 1)[-1] in suffixes}
+                if isinstance(module, (nn.Linear, Conv1D, AdaptedLinear)) and name.rsplit(".", 1)[-1] in suffixes}
     return suffixes if matching == set(names) else sorted(names)
 
 
@@ -79,7 +80,7 @@ def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: s
         "target_modules": target_modules(adapter, names),
         "lora_dropout": 0.0,
         "bias": "none",
-        "fan_in_fan_out": False,
+        "fan_in_fan_out": any(isinstance(layer.base_layer, Conv1DView) for layer in adapter.layers.values()),
         "init_lora_weights": True,
         "modules_to_save": None,
         "rank_pattern": {},
