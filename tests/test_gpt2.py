@@ -68,3 +68,13 @@ def test_a_schedule_removing_a_conv1d_layer_puts_the_conv1d_back():
     assert adapter.removed
     for name in adapter.removed:
         assert isinstance(model.get_submodule(name), Conv1D)
+
+
+def test_an_eval_mode_model_stays_in_eval_mode():
+    """The Conv1D view follows its layer's mode: no adapter dropout in an eval-mode model."""
+    x = batch()
+    model = tiny_gpt2()
+    adapter = lorakit.attach(model, "pissa", targets=TARGETS, rank=4, dropout=0.5)
+    assert not any(layer.training for layer in adapter.layers.values())
+    torch.testing.assert_close(logits(model, x), logits(model, x), atol=0, rtol=0)
+    torch.testing.assert_close(logits(model, x), logits(tiny_gpt2(), x), atol=1e-5, rtol=0)

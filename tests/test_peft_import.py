@@ -84,7 +84,7 @@ def test_refusals_are_one_line_errors(tmp_path):
         lorakit.load_peft(tiny_llama(), tmp_path / "peft", "adalora")
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     for change, needle in [({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"bias": "all"}, "trains biases"),
-                           ({"peft_type": "IA3"}, "is a IA3 adapter"), ({"fan_in_fan_out": True}, "Conv1D"),
+                           ({"peft_type": "IA3"}, "is a IA3 adapter"),
                            ({"init_lora_weights": "pissa"}, "residual base")]:
         (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(LorakitError, match=needle):
@@ -108,3 +108,17 @@ def test_cli_import(tiny_model_dir, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "lorakit", "import", str(tmp_path), str(tmp_path / "x")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "has no adapter_config.json" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_gpt2_export_imports_back(tmp_path):
+    """lorakit's own GPT-2 (Conv1D, fan_in_fan_out) export imports with the same logits."""
+    from test_gpt2 import TARGETS as GPT2_TARGETS
+    from test_gpt2 import tiny_gpt2
+
+    model = tiny_gpt2()
+    adapter = lorakit.attach(model, "olora", rank=4, targets=GPT2_TARGETS)
+    train_steps(model, adapter, batch(), steps=3)
+    adapter.save_peft(tmp_path / "peft")
+    imported = tiny_gpt2()
+    lorakit.load_peft(imported, tmp_path / "peft")
+    torch.testing.assert_close(logits(imported, batch(seed=1)), logits(model, batch(seed=1)), atol=5e-5, rtol=0)

@@ -185,3 +185,33 @@ def test_train_merge_and_export_a_qlora_run(quantizable_model_dir, addition_data
             prepare(module, name)
     peft_model = PeftModel.from_pretrained(base, tmp_path / "peft").eval()
     torch.testing.assert_close(logits(peft_model, x), expected, atol=1e-4, rtol=0)
+
+
+def test_rank_schedules_see_the_layer_shape_not_the_packed_weight():
+    """A 4-bit weight is stored packed ``(out·in/2, 1)``: SimplexLoRA still grows layers past rank 1, and
+    LoRA-drop shares adapters only between layers of one shape (gate/up vs down)."""
+    x = batch(size=4, length=24)
+    model = quantized_llama("nf4")
+    adapter = lorakit.attach(model, "simplex_lora", rank=4, simplex_every=1, simplex_reallocations=2)
+    train_steps(model, adapter, x, steps=3, lr=5e-2)
+    assert max(layer.form.rank for layer in adapter.layers.values()) > 1
+    assert all(min(shape) >= 32 for shape in adapter.config()["targets"].values())  # (out, in), not packed
+    model = quantized_llama("nf4")
+    adapter = lorakit.attach(model, "lora_drop", rank=4, targets="all-linear", drop_warmup_steps=1, drop_top_n=2)
+    train_steps(model, adapter, x, steps=3)  # forwards through shared adapters of the right shape
+
+
+def test_lorakit_trainer_trains_a_bitsandbytes_loaded_base(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.integrations.transformers import LorakitTrainer
+    from test_trainer import Patterns, arguments
+
+    tiny_llama(**SHAPE).save_pretrained(tmp_path / "base")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", device_map="cpu",
+                                                 quantization_config=bitsandbytes_config("nf4", torch.float32))
+    adapter = lorakit.attach(model, "lora_plus", rank=4)
+    trainer = LorakitTrainer(model=model, adapter=adapter, args=arguments(tmp_path / "out", max_steps=3),
+                             train_dataset=Patterns())
+    trainer.train()
+    assert trainer.state.global_step == 3 and not model._hf_peft_config_loaded

@@ -165,9 +165,9 @@ class Adapter:
     def disabled(self) -> Iterator[None]:
         """Run the model without the adapters (base layers only) inside the block.
 
-        For spectral inits the base layers hold the residual ``W − s·B₀A₀``, and after Delta-LoRA
-        training the moved base weights; the block then shows that model, not the original one
-        (``original()`` gives the original). Blocks nest: leaving an inner block keeps the adapters off.
+        For spectral inits the base layers hold the residual ``W − s·B₀A₀`` (on a quantized base with
+        ``spectral_residual: correction``, ``W`` itself), and after Delta-LoRA training the moved base
+        weights; the block then shows that model, not the original one (``original()`` gives the original). Blocks nest: leaving an inner block keeps the adapters off.
         """
         self._check_attached()
         previous = {name: (layer.enabled, layer.corrections) for name, layer in self.layers.items()}
@@ -188,7 +188,9 @@ class Adapter:
         than in ``W`` — a spectral init's residual gets ``+ s·B₀(A₀ x)`` back, Delta-LoRA's moved
         ``W`` gets ``− λ·s·(B(A x) − B_K(A_K x))``. No weight is copied or written, so no second model
         is held in memory. Equal to the original to float rounding (bit for bit for the methods
-        that never change ``W``). Blocks nest, with each other and with ``disabled()``.
+        that never change ``W``); on a quantized base whose spectral residual was requantized, the
+        requantized residual plus ``s·B₀A₀`` (to quantization rounding of the original). Blocks nest,
+        with each other and with ``disabled()``.
         """
         self._check_attached()
         previous = {name: (layer.enabled, layer.corrections) for name, layer in self.layers.items()}
@@ -233,7 +235,7 @@ class Adapter:
     def remove_layer(self, name: str) -> None:
         """Drop layer ``name``'s adapter: the plain base layer goes back into the model. For a spectral
         init the part ``s·B₀A₀`` taken out of ``W`` at attach time is put back, so the layer is the
-        original one again."""
+        original one again (a requantized residual: quantized once more, to quantization rounding)."""
         layer = self.layers.pop(name)
         initial = self.initial.pop(name, None)
         if initial is not None and name not in self.residual_paths:
@@ -323,7 +325,7 @@ class Adapter:
             "format_version": FORMAT_VERSION,
             "method": self.spec.to_dict(),
             "components": self.spec.components(),
-            "targets": {n: list(lay.base_layer.weight.shape) for n, lay in layers},
+            "targets": {n: [lay.base_layer.out_features, lay.base_layer.in_features] for n, lay in layers},
             "ranks": {n: lay.form.rank for n, lay in layers},
             # AdaLoRA's final rank pattern (informational: loading restores it from the masks)
             "kept_ranks": {n: lay.form.kept_rank() for n, lay in layers if MASKED in lay.form.capabilities},
@@ -387,8 +389,10 @@ class Adapter:
         """Fold every adapter into its base weight; return the plain transformers model."""
         self._check_attached()
         self.schedule.release(self)
+        quantized = self.quantization()  # merged quantized layers come back in the dtype the base was loaded in
+        dtype = getattr(torch, quantized["dtype"]) if quantized else None
         for name, layer in self.layers.items():
-            set_submodule(self.model, name, layer.merge())
+            set_submodule(self.model, name, layer.merge(dtype))
         self._attached = False
         return self.model
 

@@ -302,6 +302,8 @@ def validate_run(config: RunConfig) -> None:
                  f"(or {client})")
     _require(not ("none" in t.report_to and len(t.report_to) > 1), "train.report_to: none means no tracker; "
              "list trackers or give none alone")
+    _require(not (t.fsdp and config.model.quantize != "none"), "train.fsdp does not shard quantized bases "
+             "(untested with bitsandbytes' 4/8-bit weights); use DDP or model.quantize: none")
     _require(not (t.fsdp and t.mixed_precision == "fp16"), "train.fsdp runs without a gradient scaler; use "
              "train.mixed_precision bf16 (or no) with it")
     _require(t.objective in OBJECTIVES,

@@ -25,6 +25,7 @@ class Conv1DView(nn.Module):
         super().__init__()
         self.conv = conv
         self.in_features, self.out_features = conv.weight.shape
+        self.train(conv.training)  # a new module starts in training mode; the view follows the layer
 
     @property
     def weight(self) -> torch.Tensor:

@@ -55,24 +55,26 @@ class AdaptedLinear(nn.Module):
         return _plus_terms(self.form(x, self.base_layer), x, self.paths)
 
     @torch.no_grad()
-    def merge(self) -> nn.Linear:
+    def merge(self, dtype: torch.dtype | None = None) -> nn.Linear:
         """Fold ``ΔW`` into the base weight and return the plain base layer; a quantized base is
-        dequantized and comes back as a float32 ``nn.Linear`` (never requantized)."""
+        dequantized and comes back as an ``nn.Linear`` in ``dtype`` (default float32; never requantized)."""
         base = self.base_layer
         merged = self.form.merged_weight(base_weight(base))
         add_products(merged, self.paths)
         if not is_quantized(base):
             base.weight.copy_(merged.to(base.weight.dtype))
             return unwrapped(base)
-        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device)
-        plain.weight.data = merged
+        dtype = dtype or torch.float32
+        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device,
+                          dtype=dtype)
+        plain.weight.data = merged.to(dtype)
         if base.bias is not None:
-            plain.bias.data = base.bias.detach().to(torch.float32)
+            plain.bias.data = base.bias.detach().to(dtype)
         return plain.requires_grad_(False)
 
 
 def _plus_terms(y: torch.Tensor, x: torch.Tensor, terms: list[Term]) -> torch.Tensor:
     """``y + Σ c·B (A x)`` in ``x``'s dtype."""
-    for B, A, coefficient in terms:
-        y = y + coefficient * F.linear(F.linear(x, A.to(x.dtype)), B.to(x.dtype))
+    for B, A, coefficient in terms:  # (moved along: the terms are plain tensors, not the module's buffers)
+        y = y + coefficient * F.linear(F.linear(x, A.to(x.device, x.dtype)), B.to(x.device, x.dtype))
     return y

@@ -52,6 +52,8 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
         raise unknown("dtype", dtype, DTYPES)
     if quantize not in QUANTIZE:
         raise unknown("quantize", quantize, QUANTIZE)
+    if compute_dtype is not None and compute_dtype not in DTYPES:
+        raise unknown("compute_dtype", compute_dtype, DTYPES)
     torch_dtype = DTYPES[dtype]
     compute = DTYPES[compute_dtype or dtype]
     quantization = None if quantize == "none" else bitsandbytes_config(quantize, compute)

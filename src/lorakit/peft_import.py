@@ -11,7 +11,8 @@ The imported adapter trains on with any method of the same form whose init does 
 ``W`` (``method="lora_plus"``, ``"delta_lora"``, ``"lora_fa"``, or a schedule of the ``lora``
 form), and saves, merges and exports like any lorakit adapter.
 
-Refused with a one-line error: another PEFT type, ``fan_in_fan_out`` (GPT-2's ``Conv1D``),
+GPT-2's ``Conv1D`` layers (PEFT's ``fan_in_fan_out``) and quantized bases import too: PEFT's ``A``,
+``B`` are in linear orientation either way. Refused with a one-line error: another PEFT type,
 trained biases (``bias`` other than ``none``), ``modules_to_save`` (fully trained modules, which
 a lorakit adapter does not hold), and an adapter whose layers do not exist in ``model`` with the
 adapter's shapes (one made for another base).
@@ -31,6 +32,7 @@ from torch import nn
 
 from .adapter import Adapter
 from .api import attach
+from .conv1d import Conv1D
 from .errors import LorakitError
 from .forms.lora import lora_scale
 from .io.peft_format import CONFIG_FILE, PREFIX, WEIGHTS_FILE
@@ -80,9 +82,6 @@ def check_config(config: dict[str, Any], path: str | Path) -> None:
     """Refuse what a lorakit adapter cannot represent (see the module docstring)."""
     if config.get("peft_type") != "LORA":
         raise LorakitError(f"{path} is a {config.get('peft_type')} adapter; lorakit imports PEFT LoRA adapters")
-    if config.get("fan_in_fan_out"):
-        raise LorakitError(f"{path} adapts transposed Conv1D weights (fan_in_fan_out), which lorakit does not "
-                           "adapt yet; merge it in PEFT instead")
     if config.get("bias", "none") != "none":
         raise LorakitError(f"{path} trains biases (bias={config['bias']!r}); lorakit adapters hold no biases")
     init = config.get("init_lora_weights")
@@ -139,12 +138,14 @@ def _check_base(model: nn.Module, layers: dict[str, dict[str, torch.Tensor]], co
     for name, roles in layers.items():
         module = modules.get(name)
         expected = (roles["B"].shape[0], roles["A"].shape[1])
-        if not isinstance(module, nn.Linear):
+        if not isinstance(module, (nn.Linear, Conv1D)):
             raise LorakitError(f"{path} adapts {name}, which this model has no linear layer of; the adapter was made "
                                f"for another base model ({config.get('base_model_name_or_path')})")
-        if tuple(module.weight.shape) != expected:
+        shape = (module.weight.shape[1], module.weight.shape[0]) if isinstance(module, Conv1D) \
+            else (module.out_features, module.in_features)  # (a 4-bit weight is stored packed)
+        if shape != expected:
             raise LorakitError(f"{path} adapts {name} as {expected[0]}×{expected[1]}, but this model's layer is "
-                               f"{module.weight.shape[0]}×{module.weight.shape[1]}; the adapter was made for another "
+                               f"{shape[0]}×{shape[1]}; the adapter was made for another "
                                f"base model ({config.get('base_model_name_or_path')})")
     recorded = config.get("base_model_name_or_path")
     own = getattr(getattr(model, "config", None), "_name_or_path", None)

@@ -132,6 +132,7 @@ def quantize_model(model: nn.Module, quantize: str, compute_dtype: torch.dtype) 
     loading does (for models it cannot load quantized, such as GGUF files)."""
     bnb = _bnb()
     head = model.get_output_embeddings()
+    quantized = False
     for name, module in list(model.named_modules()):
         if type(module) is not nn.Linear or module is head:
             continue
@@ -150,6 +151,10 @@ def quantize_model(model: nn.Module, quantize: str, compute_dtype: torch.dtype) 
         new = new.to(module.weight.device)
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, child, new)
+        quantized = True
+    if not quantized:
+        raise LorakitError(f"{type(model).__name__} has no nn.Linear layer to quantize (GPT-2's Conv1D layers are "
+                           "not quantized by lorakit); load it with model.quantize: none")
     return model
 
 
@@ -161,6 +166,7 @@ def dequantize_model(model: nn.Module) -> int:
     for name, module in list(model.named_modules()):
         if not is_quantized(module):
             continue
+        prepare(module, name)  # a layer repacked by an evaluation forward is refused, not misread
         plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
                           device=module.weight.device)
         plain.weight.data = dequantized(module)

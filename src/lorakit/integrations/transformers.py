@@ -94,7 +94,16 @@ class LorakitTrainerMixin:
         self._lorakit_steps: int | None = None
         if _is_dpo_trainer(type(self)) and kwargs.get("ref_model") is None:
             kwargs["ref_model"] = OriginalModel(adapter)
-        super().__init__(*args, **kwargs)
+        # transformers refuses a quantized model without a PEFT adapter as "purely quantized"; this one
+        # has a lorakit adapter, which its check cannot see
+        vouched = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
+        if vouched:
+            model._hf_peft_config_loaded = True
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            if vouched:
+                model._hf_peft_config_loaded = False
 
     # -- optimizer -------------------------------------------------------------------------
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:

@@ -106,4 +106,5 @@ def project_gates(forms: list[Any], projection: Callable[[torch.Tensor], torch.T
 
 def rank_limit(adapter: AdapterView, name: str) -> int:
     """The largest rank layer ``name`` can take: ``min(out, in)``."""
-    return min(adapter.layers[name].base_layer.weight.shape)
+    base = adapter.layers[name].base_layer  # out/in features: a 4-bit weight is stored packed
+    return min(base.out_features, base.in_features)

@@ -112,7 +112,7 @@ class LoraDrop(Schedule):
         for name, layer in list(adapter.layers.items()):
             if name in kept:
                 continue
-            shape = tuple(layer.base_layer.weight.shape)
+            shape = (layer.base_layer.out_features, layer.base_layer.in_features)  # (a 4-bit W is packed)
             if shape in owners:
                 adapter.share_form(name, owners[shape])
             else:  # the first dropped layer of this shape owns the shared adapter (new parameters, fresh state)
