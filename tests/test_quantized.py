@@ -215,3 +215,46 @@ def test_lorakit_trainer_trains_a_bitsandbytes_loaded_base(tmp_path):
                              train_dataset=Patterns())
     trainer.train()
     assert trainer.state.global_step == 3 and not model._hf_peft_config_loaded
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("method", ["lora", "olora", "dora"])
+def test_a_quantized_gpt2(method, kind, tmp_path):
+    """transformers quantizes GPT-2's Conv1D layers as linear ones (``source_cls`` Conv1D): they adapt,
+    reload bit for bit, and merge back into float Conv1D layers, saved as a loadable GPT-2."""
+    from transformers import AutoModelForCausalLM
+
+    from lorakit.conv1d import Conv1D
+    from lorakit.quantized import dequantize_model
+    from test_gpt2 import TARGETS as GPT2_TARGETS
+    from test_gpt2 import tiny_gpt2
+
+    tiny_gpt2().save_pretrained(tmp_path / "base")
+
+    def load():
+        model = AutoModelForCausalLM.from_pretrained(tmp_path / "base", device_map="cpu",
+                                                     quantization_config=bitsandbytes_config(kind, torch.float32))
+        for name, module in model.named_modules():
+            if is_quantized(module):
+                prepare(module, name)
+        return model.eval()
+
+    x = batch()
+    model = load()
+    before = logits(model, x)
+    adapter = lorakit.attach(model, method, targets=GPT2_TARGETS, rank=4, **(
+        {"spectral_residual": "correction"} if method == "olora" else {}))
+    torch.testing.assert_close(logits(model, x), before, atol=1e-4, rtol=0)
+    losses = train_steps(model, adapter, x, steps=3)
+    assert losses[-1] < losses[0]
+    trained = logits(model, x)
+    adapter.save(tmp_path / "adapter")
+    fresh = load()
+    lorakit.load(fresh, tmp_path / "adapter")
+    assert torch.equal(logits(fresh, x), trained)
+    merged = adapter.merge_and_unload()
+    dequantize_model(merged)
+    assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)
+    merged.save_pretrained(tmp_path / "merged")
+    reloaded = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    torch.testing.assert_close(logits(reloaded, x), trained, atol=5e-2 if kind == "int8" else 1e-4, rtol=0)

@@ -167,7 +167,8 @@ class Adapter:
 
         For spectral inits the base layers hold the residual ``W − s·B₀A₀`` (on a quantized base with
         ``spectral_residual: correction``, ``W`` itself), and after Delta-LoRA training the moved base
-        weights; the block then shows that model, not the original one (``original()`` gives the original). Blocks nest: leaving an inner block keeps the adapters off.
+        weights; the block then shows that model, not the original one (``original()`` gives the
+        original). Blocks nest: leaving an inner block keeps the adapters off.
         """
         self._check_attached()
         previous = {name: (layer.enabled, layer.corrections) for name, layer in self.layers.items()}

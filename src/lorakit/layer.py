@@ -14,7 +14,7 @@ from torch import nn
 from .conv1d import unwrapped
 from .core.terms import Term, add_products
 from .forms import Form
-from .quantized import base_weight, is_quantized
+from .quantized import base_weight, is_quantized, plain_layer
 
 
 class AdaptedLinear(nn.Module):
@@ -64,13 +64,7 @@ class AdaptedLinear(nn.Module):
         if not is_quantized(base):
             base.weight.copy_(merged.to(base.weight.dtype))
             return unwrapped(base)
-        dtype = dtype or torch.float32
-        plain = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None, device=merged.device,
-                          dtype=dtype)
-        plain.weight.data = merged.to(dtype)
-        if base.bias is not None:
-            plain.bias.data = base.bias.detach().to(dtype)
-        return plain.requires_grad_(False)
+        return plain_layer(base, merged, dtype or torch.float32)
 
 
 def _plus_terms(y: torch.Tensor, x: torch.Tensor, terms: list[Term]) -> torch.Tensor:

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .conv1d import Conv1D
 from .core.terms import Term, add_products
 from .errors import LorakitError
 
@@ -158,22 +159,34 @@ def quantize_model(model: nn.Module, quantize: str, compute_dtype: torch.dtype) 
     return model
 
 
+def plain_layer(layer: nn.Module, weight: torch.Tensor, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """The unquantized layer for a quantized ``layer`` with the float ``weight`` ``(out, in)``: an
+    ``nn.Linear``, or a ``Conv1D`` (weight stored ``(in, out)``) where transformers quantized one."""
+    bias = None if layer.bias is None else layer.bias.detach().to(dtype)
+    if getattr(layer, "source_cls", None) is Conv1D:
+        plain = Conv1D(layer.out_features, layer.in_features).to(weight.device)
+        plain.weight.data = weight.T.contiguous().to(dtype)
+        plain.bias.data = bias if bias is not None else plain.bias.data.to(dtype).zero_()
+    else:
+        plain = nn.Linear(layer.in_features, layer.out_features, bias=bias is not None, device=weight.device,
+                          dtype=dtype)
+        plain.weight.data = weight.to(dtype)
+        if bias is not None:
+            plain.bias.data = bias
+    return plain.requires_grad_(False)
+
+
 @torch.no_grad()
 def dequantize_model(model: nn.Module) -> int:
-    """Replace every quantized layer left in ``model`` by a float32 ``nn.Linear`` of its dequantized
-    weight (what a merged model is saved as); the number replaced."""
+    """Replace every quantized layer left in ``model`` by a float32 ``nn.Linear`` (or ``Conv1D``) of its
+    dequantized weight (what a merged model is saved as); the number replaced."""
     replaced = 0
     for name, module in list(model.named_modules()):
         if not is_quantized(module):
             continue
         prepare(module, name)  # a layer repacked by an evaluation forward is refused, not misread
-        plain = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                          device=module.weight.device)
-        plain.weight.data = dequantized(module)
-        if module.bias is not None:
-            plain.bias.data = module.bias.detach().to(torch.float32)
         parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent) if parent else model, child, plain.requires_grad_(False))
+        setattr(model.get_submodule(parent) if parent else model, child, plain_layer(module, dequantized(module)))
         replaced += 1
     if getattr(model, "hf_quantizer", None) is not None:  # a model loaded with BitsAndBytesConfig
         model.hf_quantizer.remove_quantization_config(model)

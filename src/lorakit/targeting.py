@@ -74,10 +74,6 @@ def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[s
         if (type(module) is nn.Linear or is_quantized(module) or isinstance(module, Conv1D))
         and module is not head and matches(name)
     ]
-    converted = [name for name, module in found if getattr(module, "source_cls", None) is Conv1D]
-    if converted:
-        raise LorakitError(f"{converted[0]!r} is a quantized Conv1D (GPT-2 family), which lorakit does not adapt yet; "
-                           "load the model unquantized (model.quantize: none)")
     unmatched = [s for s in targets if not any(_has_suffix(n, s) for n, _ in found)] \
         if not isinstance(targets, str) else ([] if found else [targets])
     if unmatched:
