@@ -36,6 +36,17 @@ def train_steps(model, adapter, x, steps=3, lr=1e-2, optimizer=None):
     return losses
 
 
+def train_and_reload(model, adapter, x, fresh, folder, steps=4):
+    """Train ``steps`` steps (the loss must fall), save, and load onto the ``fresh`` base; the trained
+    and the reloaded logits."""
+    losses = train_steps(model, adapter, x, steps=steps)
+    assert losses[-1] < losses[0]
+    trained = logits(model, x)
+    adapter.save(folder)
+    lorakit.load(fresh, folder)
+    return trained, logits(fresh, x)
+
+
 def run_options(method, steps):
     """Options a preset needs before it can train: AdaLoRA's budget schedule needs the run's
     number of optimizer steps (``lorakit train`` fills it in; a hand-written loop passes it)."""

@@ -9,7 +9,7 @@ import torch
 
 import lorakit
 from lorakit.errors import LorakitError
-from test_contracts import METHODS, logits, run_options, train_steps
+from test_contracts import METHODS, logits, run_options, train_and_reload, train_steps
 from tiny import batch, tiny_llama
 
 bnb = pytest.importorskip("bitsandbytes", reason="quantized bases need the optional extra lorakit[qlora]")
@@ -57,13 +57,8 @@ def test_every_preset_on_a_quantized_base(method, kind, tmp_path):
     tolerance = 0.25 if spectral else 1e-5  # measured: at most 0.095 (NF4, OLoRA) on logits of about 0.64
     torch.testing.assert_close(attached, before, atol=tolerance, rtol=0)
     assert adapter.quantization()["type"] == kind
-    losses = train_steps(model, adapter, x, steps=4)
-    assert losses[-1] < losses[0]
-    trained = logits(model, x)
-    adapter.save(tmp_path / "adapter")
-    fresh = quantized_llama(kind)
-    lorakit.load(fresh, tmp_path / "adapter")
-    assert torch.equal(logits(fresh, x), trained)  # exact onto a freshly quantized base
+    trained, reloaded = train_and_reload(model, adapter, x, quantized_llama(kind), tmp_path / "adapter")
+    assert torch.equal(reloaded, trained)  # exact onto a freshly quantized base
     merged = adapter.merge_and_unload()
     assert not any(is_quantized(m) for name, m in merged.named_modules() if name in adapter.layers)
     torch.testing.assert_close(logits(merged, x), trained, atol=5e-2 if kind == "int8" else 1e-4, rtol=0)
@@ -245,13 +240,8 @@ def test_a_quantized_gpt2(method, kind, tmp_path):
     adapter = lorakit.attach(model, method, targets=GPT2_TARGETS, rank=4, **(
         {"spectral_residual": "correction"} if method == "olora" else {}))
     torch.testing.assert_close(logits(model, x), before, atol=1e-4, rtol=0)
-    losses = train_steps(model, adapter, x, steps=3)
-    assert losses[-1] < losses[0]
-    trained = logits(model, x)
-    adapter.save(tmp_path / "adapter")
-    fresh = load()
-    lorakit.load(fresh, tmp_path / "adapter")
-    assert torch.equal(logits(fresh, x), trained)
+    trained, reloaded = train_and_reload(model, adapter, x, load(), tmp_path / "adapter", steps=3)
+    assert torch.equal(reloaded, trained)
     merged = adapter.merge_and_unload()
     dequantize_model(merged)
     assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)
