@@ -48,6 +48,7 @@ from .targeting import set_submodule
 from .version import __version__
 
 Factors = dict[str, tuple[torch.Tensor, torch.Tensor]]
+FULL_PREFIX = "modules."  # saved weights of the train_modules: modules.<name>.<param>
 
 
 def new_form(spec: MethodSpec, base: nn.Linear, shared: Any, training: bool) -> Form:
@@ -81,6 +82,7 @@ class Adapter:
         self.method_state: dict[str, torch.Tensor] = {}  # saved with the adapter (Delta-LoRA, schedules)
         self.removed: dict[str, tuple[torch.Tensor, torch.Tensor] | None] = {}  # by a schedule; (B₀, A₀)
         self.shared: dict[str, str] = {}  # layer → the layer whose form it uses (LoRA-drop)
+        self.full_modules: dict[str, nn.Module] = {}  # trained in full (train_modules, set by attach)
         self.structure_version = 0  # counts structural changes (a DDP wrapper must follow each one)
         # layers whose spectral residual is a frozen path beside an unchanged quantized W
         self.residual_paths = {name for name, layer in layers.items() if layer.paths}
@@ -93,8 +95,12 @@ class Adapter:
         return list({id(layer.form): layer.form for layer in self.layers.values()}.values())
 
     def parameters(self) -> list[nn.Parameter]:
-        """The trainable adapter parameters (and nothing else of the model)."""
-        return [p for form in self.forms() for p in form.parameters() if p.requires_grad]
+        """The trainable adapter parameters and those of the ``train_modules`` (nothing else of the model)."""
+        return [p for form in self.forms() for p in form.parameters() if p.requires_grad] + self._full_parameters()
+
+    def _full_parameters(self) -> list[nn.Parameter]:
+        unique = {id(p): p for module in self.full_modules.values() for p in module.parameters()}  # tied: once
+        return list(unique.values())
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -155,6 +161,9 @@ class Adapter:
         decay) for schedules with gates — present even when empty, so the structure depends on
         the method alone."""
         groups = self.recipe.param_groups(self.forms(), lr, weight_decay)
+        if self.spec.train_modules:
+            groups.append({"params": self._full_parameters(), "lr": lr, "weight_decay": weight_decay,
+                           "name": "modules"})
         if self.schedule.uses_gates():
             gates = [form.gate for form in gated_forms(self)]
             gate_lr = lr if self.spec.gate_lr is None else self.spec.gate_lr
@@ -288,6 +297,9 @@ class Adapter:
             tensors[f"{name}.initial.A"] = A0.contiguous()
         for key, value in self.method_state.items():  # snapshots of sharded factors are shards too
             tensors[key] = full(value.detach()).contiguous()
+        for name, module in self.full_modules.items():
+            for key, value in module.state_dict().items():
+                tensors[f"{FULL_PREFIX}{name}.{key}"] = full(value.detach()).contiguous()
         return tensors
 
     def training_state(self) -> dict[str, dict[str, torch.Tensor]]:
@@ -334,6 +346,7 @@ class Adapter:
             "gated": [n for n, lay in layers if GATED in lay.form.capabilities and lay.form.gate is not None],
             "removed": list(self.removed),
             "shared": dict(self.shared),
+            "train_modules": sorted(self.full_modules),
             "base_update": self.recipe.base_update_note,
             "quantization": self.quantization(),
             "base_fingerprint": self.base_fingerprint,
@@ -354,6 +367,9 @@ class Adapter:
         """Write the adapter in PEFT's LoRA format, against the original base model, for PEFT and
         vLLM (see ``lorakit.io.peft_format``); atomic like ``save``."""
         self._check_attached()
+        if self.full_modules:
+            raise LorakitError(f"this adapter trains whole modules ({', '.join(self.full_modules)}), which the PEFT "
+                               "export does not write yet; merge it (lorakit merge) instead")
         return export_peft(self, path, base_model, dtype)
 
     def write(self, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
@@ -383,6 +399,15 @@ class Adapter:
                                    f"{tuple(own[wrong[0]].shape)}; pass a state_dict of an adapter with the same ranks")
             layer.form.load_state_dict(state)
             used.update(f"{name}.{k}" for k in state)
+        for name, module in self.full_modules.items():
+            keys = [f"{FULL_PREFIX}{name}.{key}" for key in module.state_dict()]
+            if any(key not in tensors for key in keys):
+                raise LorakitError(f"the adapter tensors lack {FULL_PREFIX}{name} (a train_modules module); pass "
+                                   "a state_dict of an adapter with the same train_modules")
+            own = {key.removeprefix(f"{FULL_PREFIX}{name}."): tensors[key] for key in keys}
+            module.load_state_dict(own)
+            used.update(f"{FULL_PREFIX}{name}.{key}" for key in own)
+        used.update(k for k in tensors if k.startswith(FULL_PREFIX))
         self.method_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
 
     @torch.no_grad()

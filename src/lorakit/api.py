@@ -19,6 +19,7 @@ from .core.component import FACTORS, MAGNITUDE, RANK_WITHIN_SHAPE
 from .core.spec import MethodSpec
 from .core.terms import subtract_product
 from .errors import LorakitError
+from .full_modules import find_full_modules
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
@@ -75,6 +76,9 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
     adapter = Adapter(model, spec, layers, base_fingerprint, initial)
     adapter.schedule.prepare(adapter)
     _freeze(model, layers)
+    adapter.full_modules = find_full_modules(model, spec.train_modules, set(layers))
+    for module in adapter.full_modules.values():
+        module.requires_grad_(True)
     adapter.recipe.prepare(adapter)
     return adapter
 

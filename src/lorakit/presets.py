@@ -20,13 +20,14 @@ from .core.options import Option, plain
 from .core.spec import COMPONENT_KINDS, MethodSpec
 from .errors import LorakitError, did_you_mean, unknown
 from .forms import FORMS
+from .full_modules import TRAIN_MODULES
 from .inits import INITS
 from .optimizers import OPTIMIZERS
 from .schedules import SCHEDULES
 from .targeting import TARGETS
 
 REGISTRIES = {"form": FORMS, "init": INITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
-ADAPTER_OPTIONS = (TARGETS, SEED)
+ADAPTER_OPTIONS = (TARGETS, SEED, TRAIN_MODULES)
 DEFAULT_COMPONENTS = {"form": "lora", "init": "kaiming", "optimizer": "adamw", "schedule": "fixed"}
 
 # One line per method: the components it changes and the values it sets (the rest are defaults).
