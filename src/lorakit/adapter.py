@@ -41,8 +41,8 @@ from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from .io.atomic import atomic_directory
 from .io.peft_format import export_peft
 from .layer import AdaptedLinear
-from .presets import complete, parts_of
-from .quantized import add_to_base, base_weight, quantization
+from .presets import complete_for_run, parts_of
+from .quantized import add_to_base, base_weight, first_quantization
 from .schedules.base import gated_forms
 from .targeting import set_submodule
 from .version import __version__
@@ -84,8 +84,6 @@ class Adapter:
         self.shared: dict[str, str] = {}  # layer → the layer whose form it uses (LoRA-drop)
         self.full_modules: dict[str, nn.Module] = {}  # trained in full (train_modules, set by attach)
         self.structure_version = 0  # counts structural changes (a DDP wrapper must follow each one)
-        # layers whose spectral residual is a frozen path beside an unchanged quantized W
-        self.residual_paths = {name for name, layer in layers.items() if layer.paths}
         self._paused = False  # see steps_paused
         self._attached = True
 
@@ -126,9 +124,7 @@ class Adapter:
         """The run's number of optimizer steps, for the options derived from it (AdaLoRA's ``T`` and
         its phases, unless given); a run too short for the schedule is refused. A training loop
         that is not ``lorakit train`` calls this before ``optimizer()`` (the Trainer integration does)."""
-        parts = parts_of(self.spec)
-        parts.schedule.check_run(self.spec, steps)
-        self.spec = complete(self.spec, total_steps=steps)
+        self.spec = complete_for_run(self.spec, steps)
         self.recipe.spec = self.schedule.spec = self.spec
 
     @contextlib.contextmanager
@@ -223,7 +219,7 @@ class Adapter:
     def base_changes(self, name: str) -> list[Term]:
         """``Σ c·B A`` = layer ``name``'s base weight now minus the original one: a spectral init's
         ``−s·B₀A₀`` (unless it is a path beside a quantized ``W``) and how the recipe moved ``W``."""
-        spectral = [] if name in self.residual_paths else self._spectral_terms(name)
+        spectral = [] if self.layers[name].paths else self._spectral_terms(name)  # a path leaves W as it was
         return spectral + self.recipe.base_update_terms(self, name)
 
     def _spectral_terms(self, name: str) -> list[Term]:
@@ -248,9 +244,8 @@ class Adapter:
         original one again (a requantized residual: quantized once more, to quantization rounding)."""
         layer = self.layers.pop(name)
         initial = self.initial.pop(name, None)
-        if initial is not None and name not in self.residual_paths:
+        if initial is not None and not layer.paths:
             add_to_base(layer.base_layer, [(*initial, initial_scale(self.spec))])
-        self.residual_paths.discard(name)
         self.removed[name] = initial  # saved, so that loading repeats this arithmetic exactly
         set_submodule(self.model, name, unwrapped(layer.base_layer))
 
@@ -322,7 +317,7 @@ class Adapter:
     def quantization(self) -> dict[str, Any] | None:
         """How the adapted base layers are quantized (``lorakit.quantized``) and the dtype the base
         was loaded in (what quantizing it again needs), or ``None``."""
-        found = next((q for layer in self.layers.values() if (q := quantization(layer.base_layer))), None)
+        found = first_quantization(layer.base_layer for layer in self.layers.values())
         if found is None:
             return None
         embeddings = self.model.get_input_embeddings() if hasattr(self.model, "get_input_embeddings") else None

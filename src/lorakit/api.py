@@ -17,14 +17,13 @@ from torch import nn
 from .adapter import Adapter, Factors, initial_factors, new_form
 from .core.component import FACTORS, MAGNITUDE, RANK_WITHIN_SHAPE
 from .core.spec import MethodSpec
-from .core.terms import subtract_product
 from .errors import LorakitError
 from .full_modules import find_full_modules
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
 from .presets import complete, from_saved, parts_of, resolve
-from .quantized import add_to_base, base_weight, is_quantized, prepare, quantization
+from .quantized import add_to_base, base_weight, first_quantization, is_quantized, prepare
 from .targeting import find_targets, set_submodule
 
 
@@ -111,7 +110,7 @@ def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_t
 
 def _check_quantization(expected: dict[str, Any] | None, targets: list[tuple[str, nn.Linear]]) -> None:
     """Refuse a base quantized otherwise than the one the adapter was trained on."""
-    found = next((q for _, module in targets if (q := quantization(module))), None)
+    found = first_quantization(module for _, module in targets)
     if expected is not None:  # the saved record also names the dtype the base was loaded in
         expected = {key: expected.get(key) for key in ("type", "blocksize", "compute_dtype")}
     if found != expected:
@@ -150,11 +149,9 @@ def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Fact
         if parts.init.rewrites_base:
             B0, A0 = ((t.to(base.weight.device) for t in loaded[name]) if loaded is not None
                       else (B.clone(), A.clone()))
-            if not is_quantized(base):
-                subtract_product(base.weight, B0, A0, layer.form.scale)
-            elif spec.spectral_residual == "correction":  # W stays; the residual is a frozen path
+            if is_quantized(base) and spec.spectral_residual == "correction":  # W stays; the residual is a path
                 layer.paths = [(B0, A0, -layer.form.scale)]
-            else:
+            else:  # W ← W − s·B₀A₀ (requantized on a quantized base); loading repeats it bit for bit
                 add_to_base(base, [(B0, A0, -layer.form.scale)])
             initial[name] = (B0, A0)
     return initial

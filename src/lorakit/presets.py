@@ -155,6 +155,13 @@ def complete(spec: MethodSpec, **run: int) -> MethodSpec:
     return resolve(spec, run=run)
 
 
+def complete_for_run(spec: MethodSpec, total_steps: int) -> MethodSpec:
+    """``spec`` for a run of ``total_steps`` optimizer steps: a run too short for its schedule is
+    refused, and the defaults derived from the step count (AdaLoRA's ``T``) are filled in."""
+    parts_of(spec).schedule.check_run(spec, total_steps)
+    return complete(spec, total_steps=total_steps)
+
+
 def from_saved(method: Mapping[str, Any], format_version: int) -> MethodSpec:
     """The spec a saved adapter records. Format 2 holds every option's effective value, used as
     saved; format 1 left unset options null (and listed every component's options): those take

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -72,6 +73,11 @@ def quantization(layer: nn.Module) -> dict[str, Any] | None:
         return {"type": state.quant_type, "blocksize": state.blocksize,
                 "compute_dtype": str(compute).removeprefix("torch.")}
     return {"type": "int8", "blocksize": None, "compute_dtype": "float16"}
+
+
+def first_quantization(layers: Iterable[nn.Module]) -> dict[str, Any] | None:
+    """``quantization`` of the first quantized layer of ``layers`` (``None`` if none is)."""
+    return next((found for layer in layers if (found := quantization(layer)) is not None), None)
 
 
 def prepare(layer: nn.Module, name: str) -> None:

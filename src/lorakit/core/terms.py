@@ -25,7 +25,7 @@ def add_products(weight: torch.Tensor, terms: list[Term]) -> None:
 
 
 def subtract_product(weight: torch.Tensor, B: torch.Tensor, A: torch.Tensor, scale: float) -> None:
-    """``W ← W − s·B A``. Attaching and loading both go through this function, so the residual
-    base weight is bit-for-bit the same in both."""
+    """``W ← W − s·B A``: ``add_products`` with ``−s``, the arithmetic a spectral init's attach and
+    loading use (``lorakit.quantized.add_to_base``), so the residual is bit-for-bit the same."""
     add_products(weight, [(B, A, -scale)])
 

@@ -97,7 +97,6 @@ class PairCollator:
 
     def __init__(self, collate: Callable[[Sequence[Encoded]], dict[str, torch.Tensor]]) -> None:
         self.collate = collate
-        self.pad_id = getattr(collate, "pad_id", None)
 
     def __call__(self, pairs: Sequence[Mapping[str, Encoded]]) -> dict[str, torch.Tensor]:
         return self.collate([pair[side] for side in SIDES for pair in pairs])

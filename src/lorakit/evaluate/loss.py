@@ -7,8 +7,9 @@ long response counts by its length, not as one example.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -36,17 +37,26 @@ def token_loss(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor
     )
 
 
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in evaluation mode inside the block (no dropout), its own mode restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
 @torch.no_grad()
 def evaluate_loss(model: nn.Module, examples: Sequence[dict[str, Any]], collate: Callable,
                   batch_size: int, device: torch.device | str) -> dict[str, float]:
     """``eval_loss`` (token-weighted mean CE) and ``eval_ppl = exp(eval_loss)`` over ``examples``."""
-    was_training = model.training
-    model.eval()
     total, tokens = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
-        total += float(token_loss(model, batch))
-        tokens += label_tokens(batch["labels"])
-    model.train(was_training)
+    with eval_mode(model):
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
+            total += float(token_loss(model, batch))
+            tokens += label_tokens(batch["labels"])
     loss = total / max(tokens, 1)
     return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0)), "eval_tokens": tokens}

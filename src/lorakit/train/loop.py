@@ -42,7 +42,7 @@ from ..io.adapter_files import final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
 from ..loading import Split, encode, evaluate, load_base, load_split
-from ..presets import complete, parts_of, refuse_if_bypassed
+from ..presets import complete_for_run, parts_of, refuse_if_bypassed
 from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .objectives import objective_for
@@ -114,14 +114,11 @@ class Run:
         checkpoint = check_output_dir(output_dir, resume)
         split = load_split(config)
         accelerator = _accelerator(tc.mixed_precision)
+        run = cls(config, output_dir, accelerator, config.method_spec(), split, 0, 0, checkpoint)
         # every record becomes one example, so the step count (and what depends on it) is known
         # before the model is loaded, and a config error costs no loading time
-        per_epoch = steps_per_epoch(len(split[0]), tc.batch_size, tc.grad_accum, accelerator.num_processes)
-        total_steps = tc.max_steps or per_epoch * tc.epochs
-        spec = config.method_spec()
-        parts_of(spec).schedule.check_run(spec, total_steps)
-        run = cls(config, output_dir, accelerator, complete(spec, total_steps=total_steps), split, total_steps,
-                  per_epoch, checkpoint)
+        run._count_steps(len(split[0]))
+        spec = run.spec
         set_seed(tc.seed)
         if base is not None:
             run.model, run.tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
@@ -150,8 +147,7 @@ class Run:
         tc = self.config.train
         self.per_epoch = steps_per_epoch(examples, tc.batch_size, tc.grad_accum, self.accelerator.num_processes)
         self.total_steps = tc.max_steps or self.per_epoch * tc.epochs
-        parts_of(self.spec).schedule.check_run(self.spec, self.total_steps)
-        self.spec = complete(self.spec, total_steps=self.total_steps)
+        self.spec = complete_for_run(self.spec, self.total_steps)
 
     def _adapter(self) -> Adapter:
         """The checkpoint's adapter (its config must match), or a fresh one."""
@@ -317,8 +313,7 @@ class Run:
             if self.objective.name != "sft":  # the objective's own metrics next to those of the answers
                 final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
                                                      self.config.train.eval_batch_size, self.accelerator.device))
-        self.run_log.write({"step": self.total_steps, **final})
-        self.run_log.close()
+        self.run_log.write({"step": self.total_steps, **final})  # (train() closes the log)
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
                    "train_loss": self.last_loss, **final, "trainable_parameters": self.adapter.num_parameters(),
                    "seconds": round(time.time() - self.started, 2), "adapter": str(self.output_dir / "adapter")}

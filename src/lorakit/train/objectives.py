@@ -20,9 +20,8 @@ pairs with ``m > 0``) and the mean margin ``m``.
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 from ..adapter import Adapter
 from ..config import OBJECTIVES
 from ..data.packing import model_inputs
-from ..evaluate.loss import IGNORE, evaluate_loss, label_tokens, token_loss
+from ..evaluate.loss import IGNORE, eval_mode, evaluate_loss, label_tokens, token_loss
 
 __all__ = ["OBJECTIVES", "Dpo", "NextToken", "Objective", "objective_for", "sequence_logps"]
 
@@ -77,16 +76,6 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return (token_logps * (labels != IGNORE)).sum(dim=1)
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
 class Dpo(Objective):
     """DPO against ``adapter.original()`` (see the module docstring); batches are ``PairCollator``'s."""
 
@@ -100,7 +89,7 @@ class Dpo(Objective):
 
     def margins(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``m`` of every pair of the batch (the policy's part differentiable)."""
-        with torch.no_grad(), self.adapter.original(), _eval_mode(model):  # the reference draws no dropout
+        with torch.no_grad(), self.adapter.original(), eval_mode(model):  # the reference draws no dropout
             reference = sequence_logps(model, batch)
         policy = sequence_logps(model, batch)
         chosen, rejected = (policy - reference).chunk(2)
@@ -113,11 +102,9 @@ class Dpo(Objective):
     def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
                  device: torch.device | str) -> dict[str, float]:
         """``eval_dpo_loss``, ``eval_reward_accuracy`` and ``eval_reward_margin`` over the pairs."""
-        was_training = model.training
-        model.eval()
-        margins = [self.margins(model, {k: v.to(device) for k, v in collate(examples[i:i + batch_size]).items()})
-                   for i in range(0, len(examples), batch_size)]
-        model.train(was_training)
+        with eval_mode(model):
+            margins = [self.margins(model, {k: v.to(device) for k, v in collate(examples[i:i + batch_size]).items()})
+                       for i in range(0, len(examples), batch_size)]
         m = torch.cat(margins).double() if margins else torch.zeros(0, dtype=torch.float64)
         count = max(m.numel(), 1)
         return {"eval_dpo_loss": float(-F.logsigmoid(m).sum()) / count if m.numel() else math.nan,
