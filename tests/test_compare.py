@@ -124,6 +124,21 @@ def test_demo_config_is_valid():
     assert min(ratios) < 1 < max(ratios)
 
 
+def test_classification_demo_config_is_valid_and_runs(tmp_path):
+    from lorakit.config import read_yaml
+
+    raw = read_yaml(Path(lorakit.__file__).parent / "experiments" / "demo_classification.yaml")
+    base, spec, runs = load_compare_config(raw)
+    assert base.task.type == "classification" and base.model.path == "embedded-encoder" and len(spec.seeds) >= 2
+    assert {"adalora", "simplex_lora", "weight_lora_plus"} <= {r.method["name"] for r in runs}
+    out = tmp_path / "demo"
+    assert main(["demo", "--task", "classification", "--quiet", "compare.runs=[lora]", "compare.seeds=[0]",
+                 "data.train_size=32", "data.eval_size=16", "train.epochs=1", f"compare.output_dir={out}"]) == 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [r["status"] for r in rows] == ["ok", "ok"] and rows[1]["accuracy"] is not None
+    assert "## Resources" in (out / "report.md").read_text()
+
+
 def test_compare_runs_the_other_forms_and_recipes(tiny_model_dir, addition_data, tmp_path):
     raw = compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")
     raw["method"]["dropout"] = 0.0  # Delta-LoRA requires it

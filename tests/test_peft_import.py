@@ -83,7 +83,8 @@ def test_refusals_are_one_line_errors(tmp_path):
     with pytest.raises(LorakitError, match="'lora' form; method 'adalora' uses the 'svd' form"):
         lorakit.load_peft(tiny_llama(), tmp_path / "peft", "adalora")
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    for change, needle in [({"modules_to_save": ["lm_head"]}, "modules_to_save"), ({"bias": "all"}, "trains biases"),
+    for change, needle in [({"modules_to_save": ["lm_head"]}, "holds no weights of them"),
+                           ({"bias": "all"}, "trains biases"),
                            ({"peft_type": "IA3"}, "is a IA3 adapter"),
                            ({"init_lora_weights": "pissa"}, "residual base")]:
         (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({**config, **change}))

@@ -37,6 +37,7 @@ from .core.terms import Term
 from .errors import LorakitError
 from .forms import Form
 from .forms.lora import initial_scale
+from .heads import task_record
 from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from .io.atomic import atomic_directory
 from .io.peft_format import export_peft
@@ -342,6 +343,7 @@ class Adapter:
             "removed": list(self.removed),
             "shared": dict(self.shared),
             "train_modules": sorted(self.full_modules),
+            "task": task_record(self.model) or {"type": "causal_lm"},
             "base_update": self.recipe.base_update_note,
             "quantization": self.quantization(),
             "base_fingerprint": self.base_fingerprint,
@@ -362,9 +364,6 @@ class Adapter:
         """Write the adapter in PEFT's LoRA format, against the original base model, for PEFT and
         vLLM (see ``lorakit.io.peft_format``); atomic like ``save``."""
         self._check_attached()
-        if self.full_modules:
-            raise LorakitError(f"this adapter trains whole modules ({', '.join(self.full_modules)}), which the PEFT "
-                               "export does not write yet; merge it (lorakit merge) instead")
         return export_peft(self, path, base_model, dtype)
 
     def write(self, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:

@@ -19,6 +19,7 @@ from .core.component import FACTORS, MAGNITUDE, RANK_WITHIN_SHAPE
 from .core.spec import MethodSpec
 from .errors import LorakitError
 from .full_modules import find_full_modules
+from .heads import head_modules, task_record
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
@@ -30,7 +31,8 @@ from .targeting import find_targets, set_submodule
 def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any) -> Adapter:
     """Attach the adapter ``method`` (a preset name, with option overrides) to ``model``.
 
-    Right after attaching, the model's outputs equal the base model's for every method.
+    Right after attaching, the model's outputs equal the base model's for every method. On a
+    sequence classifier, ``train_modules`` defaults to its head (``lorakit.heads``).
     """
     return _build(model, resolve(method, **overrides), for_training=True)
 
@@ -51,7 +53,10 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
            expected_fingerprint: str | None = None, only: set[str] | None = None,
            for_training: bool = False, expected_quantization: Any = False) -> Adapter:
     _refuse_if_adapted(model)
-    targets = find_targets(model, spec.targets)
+    head = head_modules(model)  # a sequence classifier's head always trains (a frozen new head is noise)
+    if not set(head) <= set(spec.train_modules):
+        spec = resolve(spec, train_modules=tuple(dict.fromkeys([*spec.train_modules, *head])))
+    targets = find_targets(model, spec.targets, keep_out=spec.train_modules)
     spec = complete(spec, layers=len(targets))
     _check_targets(targets, spec, for_training)
     base_fingerprint = fingerprint(targets)
@@ -121,6 +126,18 @@ def _check_quantization(expected: dict[str, Any] | None, targets: list[tuple[str
                            "base as in training (model.quantize)")
 
 
+def _check_task(saved: dict[str, Any], model: nn.Module, path: str | Path) -> None:
+    """Refuse a model whose head is not the one the adapter was trained with."""
+    own = task_record(model) or {"type": "causal_lm"}
+    if own != saved:
+        def said(record: dict[str, Any]) -> str:
+            return {"causal_lm": "a causal LM", "regression": "a regression head"}.get(
+                record["type"], f"a classifier of {len(record.get('labels', []))} classes "
+                                f"({', '.join(record.get('labels', [])[:6])})")
+        raise LorakitError(f"{path} was trained on {said(saved)}, but the model is {said(own)}; load the base with "
+                           "the adapter's head (lorakit.loading.load_adapter_on_base, or load_model(..., labels=...))")
+
+
 def _refuse_if_adapted(model: nn.Module) -> None:
     if any(isinstance(m, AdaptedLinear) for m in model.modules()):
         raise LorakitError(
@@ -166,6 +183,7 @@ def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
 
 
 def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Tensor], path: str | Path) -> Adapter:
+    _check_task(config.get("task") or {"type": "causal_lm"}, model, path)
     spec = from_saved(config["method"], config["format_version"])
     built = [*config["targets"], *config.get("removed", [])]
     initial = {

@@ -33,7 +33,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise LorakitError(f"{args.out} is a file; --out takes a folder (for metrics.json and generations.jsonl)")
-    model, tokenizer = load_base_and_adapter(config, args.adapter)
+    model, tokenizer = load_base_and_adapter(config, args.adapter, split)
     out = Path(args.out) if args.out else None
     metrics = evaluate(config, model, tokenizer, split, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
@@ -91,8 +91,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     check_replaceable(args.out, OWNED_FILES)  # before the model loads
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
     # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
-    # base is loaded in bf16, at half the memory of float32
-    adapter, _ = load_adapter_on_base(args.adapter, args.model, "bfloat16")
+    # base is loaded in bf16, at half the memory of float32 — unless whole modules of it are written
+    # (train_modules: a classifier head), which a bf16 model would round
+    from .io.adapter_files import read_adapter_config
+
+    whole = bool(read_adapter_config(args.adapter).get("train_modules"))
+    adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32" if whole else "bfloat16")
     path = adapter.save_peft(args.out, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
     written = json.loads((path / "adapter_config.json").read_text())
     rank, base_name = written["r"], written["base_model_name_or_path"]
@@ -101,14 +105,14 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
-    from .models import EMBEDDED_HUB_ID, load_model
-    from .peft_import import load_peft, read_peft
+    from .models import load_model, model_path
+    from .peft_import import head_labels, load_peft, read_peft
 
-    config, _ = read_peft(args.peft)  # a bad folder fails before the model loads
+    config, layers = read_peft(args.peft)  # a bad folder fails before the model loads
     base = args.model or config.get("base_model_name_or_path")
     if not base:
         raise LorakitError(f"{args.peft} does not record its base model; pass --model PATH")
-    model, _ = load_model("embedded" if base == EMBEDDED_HUB_ID else base)
+    model, _ = load_model(model_path(base), labels=head_labels(config, layers, args.peft))
     adapter = load_peft(model, args.peft, args.method)
     adapter.save(args.out)
     print(f"{args.peft} imported as a {adapter.spec.name} adapter ({len(adapter.layers)} layers) in {args.out}")
@@ -134,7 +138,8 @@ def _cmd_compare(args: argparse.Namespace) -> None:
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .io.yaml_files import read_yaml
 
-    raw = read_yaml(Path(__file__).parent / "experiments" / "demo.yaml")
+    name = "demo_classification.yaml" if args.task == "classification" else "demo.yaml"
+    raw = read_yaml(Path(__file__).parent / "experiments" / name)
     if args.data:  # the path as given, not parsed as YAML like an override value
         raw["data"] = {**raw.get("data", {}), "path": args.data}
     _compare(raw, list(args.overrides), args.quiet)
@@ -147,6 +152,13 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 
     sampling = Sampling(args.temperature, args.top_p, args.max_new_tokens, args.seed).check()
     if args.adapter:
+        from .io.adapter_files import read_adapter_config
+        from .loading import recorded_task
+
+        task = recorded_task(read_adapter_config(args.adapter))["type"]
+        if task != "causal_lm":
+            raise LorakitError(f"{args.adapter} is a {task} adapter, which does not write text; score texts with "
+                               "lorakit eval --data FILE --out DIR")
         adapter, tokenizer = load_adapter_on_base(args.adapter, args.model)
         model = adapter.model
     else:
@@ -165,6 +177,9 @@ def _cmd_generate(args: argparse.Namespace) -> None:
     from .loading import load_base_and_adapter, load_eval_file
 
     config = load_config(args.config, args.overrides)
+    if config.task.type != "causal_lm":
+        raise LorakitError(f"lorakit generate writes a causal LM's answers; a {config.task.type} model's predictions "
+                           "come from lorakit eval --data FILE --out DIR (predictions.jsonl)")
     records = load_eval_file(config, args.data, args.format, answered=False)
     model, tokenizer = load_base_and_adapter(config, args.adapter)
     e = config.eval
@@ -183,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     from .data.formats import FORMATS
     from .version import __version__
 
-    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning of causal LMs.")
+    parser = argparse.ArgumentParser(prog="lorakit", description="LoRA-family fine-tuning of causal LMs and "
+                                                                 "sequence classifiers.")
     parser.add_argument("--version", action="version", version=f"lorakit {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -242,9 +258,14 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_compare)
 
-    p = sub.add_parser("demo", help="LoRA vs OLoRA vs OLoRA+ on the embedded model (about 9 minutes on a 2-core CPU)")
+    p = sub.add_parser("demo", help="LoRA vs OLoRA vs OLoRA+ on the embedded model (about 6 minutes on a 2-core "
+                                    "CPU); --task classification: LoRA vs rank allocators on the embedded encoder")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
-    p.add_argument("--data", help="Alpaca-format data file instead of the built-in chatterbot pairs")
+    p.add_argument("--task", choices=["causal_lm", "classification"], default="causal_lm",
+                   help="causal_lm (default): instruction tuning of SmolLM2; classification: topics of the "
+                        "chatterbot-corpus questions with all-MiniLM-L6-v2")
+    p.add_argument("--data", help="a data file instead of the built-in chatterbot data (Alpaca records; with "
+                                  "--task classification, labelled texts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_cmd_demo)
 

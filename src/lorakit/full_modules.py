@@ -13,6 +13,7 @@ from torch import nn
 
 from .core.options import Option
 from .errors import LorakitError
+from .quantized import is_quantized
 
 
 def normalise_names(value: object) -> tuple[str, ...]:
@@ -40,6 +41,10 @@ def find_full_modules(model: nn.Module, suffixes: tuple[str, ...], adapted: set[
             raise LorakitError(f"train_modules entry {suffix!r} matches no module of this model (or only adapted "
                                "layers); give module-name suffixes such as lm_head or score")
         found.update((name, module) for name, module in matches if not _inside(name, set(found)))
+    for name, module in found.items():
+        if any(is_quantized(m) for m in module.modules()):
+            raise LorakitError(f"train_modules entry {name!r} is quantized (4 or 8 bits), which does not train in "
+                               "full; load it unquantized (classifier heads are kept so) or leave it out")
     return found
 
 

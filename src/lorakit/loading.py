@@ -22,14 +22,15 @@ from .data import IGNORE_INDEX, Collator, encode_all, load_records, split_record
 from .data import encode as encode_one
 from .data.conversation import warn_if_never_stops
 from .data.formats import sample_kind
+from .data.labelled import LabelledCollator, Labels, encode_labelled, load_labelled
 from .data.packing import PackedCollator, pack
 from .data.preference import SIDES, PairCollator, answered, encode_pair
 from .errors import LorakitError
 from .evaluate.suite import evaluate_run
+from .heads import task_record
 from .io.adapter_files import read_adapter_config
-from .models import load_model
+from .models import load_model, model_path
 
-EMBEDDED_PREFIX = "embedded"
 Split = tuple[list[dict[str, str]], list[dict[str, str]]]
 
 
@@ -54,7 +55,7 @@ def load_split(config: RunConfig) -> Split:
     """The train and eval records (read and checked before any model is loaded); with
     ``data.eval_path`` every record of that file evaluates and ``data.path`` only trains."""
     d = config.data
-    records = load_records(d.path, d.format, d.system_prompt, d.roles)
+    records = load_eval_file(config, d.path)
     if d.eval_path is None:
         return split_records(records, d.train_size, d.eval_size, d.offset, d.shuffle_seed)
     train = split_records(records, d.train_size, 0, d.offset, d.shuffle_seed)[0]
@@ -64,22 +65,61 @@ def load_split(config: RunConfig) -> Split:
 def load_eval_file(config: RunConfig, path: str, format: str | None = None, answered: bool = True
                    ) -> list[dict[str, Any]]:
     """Every record of ``path`` (in ``format``, default ``data.format``) as an evaluation set
-    (``answered=False``: conversations may end without an answer, for generation)."""
+    (``answered=False``: conversations may end without an answer, for generation); for
+    classification and regression, the labelled texts of ``data``'s columns."""
     d = config.data
+    if config.task.type != "causal_lm":
+        return load_labelled(path, d.text_column, d.text_pair_column, d.label_column)
     return load_records(path, format or d.format, d.system_prompt, d.roles, answered)
 
 
-def load_base(config: RunConfig, device: torch.device | str | None = None) -> tuple[nn.Module, Any]:
-    """The base model of ``config`` (frozen, on ``device``) and its tokenizer."""
+def labels_of(config: RunConfig, split: Split) -> Labels | None:
+    """The classes of a classification config (``task.labels``, else those of the training and
+    eval records together); ``Labels(None)`` for regression; ``None`` for causal LMs. Every
+    record's label is checked here, before any model loads."""
+    task = config.task
+    if task.type == "causal_lm":
+        return None
+    values = [record["label"] for records in split for record in records]
+    labels = Labels.of(task.type, values, task.labels, task.num_labels)
+    for name, records in zip(("training record", "eval record"), split):
+        for index, record in enumerate(records):
+            labels.id(record["label"], f"{name} {index}")
+    check_f1(config, labels)
+    return labels
+
+
+def check_f1(config: RunConfig, labels: Labels) -> None:
+    """Refuse the binary ``f1`` metric for a task of other than 2 classes."""
+    if "f1" in config.eval.metrics and labels.num_labels != 2:
+        raise LorakitError(f"eval.metrics f1 is binary F1, but the task has {labels.num_labels} classes; use f1_macro")
+
+
+def model_labels(model: nn.Module) -> Labels | None:
+    """The classes a sequence classifier was built for (``None``: a causal LM)."""
+    return Labels.from_record(task_record(model) or {"type": "causal_lm"})
+
+
+def load_base(config: RunConfig, device: torch.device | str | None = None,
+              labels: Labels | None = None) -> tuple[nn.Module, Any]:
+    """The base model of ``config`` (frozen, on ``device``; a sequence classifier for ``labels``)
+    and its tokenizer."""
     m = config.model
-    return load_model(m.path, dtype=m.dtype, device=device, quantize=m.quantize, compute_dtype=m.compute_dtype)
+    return load_model(m.path, dtype=m.dtype, device=device, quantize=m.quantize, compute_dtype=m.compute_dtype,
+                      labels=labels)
 
 
-def encode(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
+def encode(config: RunConfig, tokenizer: Any, split: Split, labels: Labels | None = None) -> Examples:
     """The split's records as examples; a training record with no trained token left after the cut
     at ``data.max_length`` (a prompt longer than that) is skipped, said once, and counted.
-    Preference pairs (``train.objective: dpo``) become pairs of examples, collated chosen-first."""
+    Preference pairs (``train.objective: dpo``) become pairs of examples, collated chosen-first;
+    labelled texts (classification, regression: ``labels``) their token ids and class."""
     d = config.data
+    if labels is not None:
+        train = encode_labelled(split[0], tokenizer, labels, d.max_length, "training record")
+        return Examples(train, encode_labelled(split[1], tokenizer, labels, d.max_length, "eval record"),
+                        LabelledCollator(tokenizer),
+                        lengths=[len(e["input_ids"]) for e in train] if d.group_by_length else None)
     if _check_objective(config, split):
         return _encode_pairs(config, tokenizer, split)
     if any("messages" in record for record in split[0][:1]):
@@ -159,19 +199,25 @@ def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, 
     ``examples``: the split already encoded (by a training run), else only the eval split is.
     For preference pairs the metrics are those of the chosen answers (the preference metrics
     need the adapter: ``lorakit.train.objectives.Dpo``)."""
-    examples = examples or encode(config, tokenizer, ([], split[1]))
+    examples = examples or encode(config, tokenizer, ([], split[1]), model_labels(model))
     records, encoded, collate = split[1], examples.eval, examples.collate
     if isinstance(collate, PairCollator):
         records, encoded, collate = [p["chosen"] for p in records], [p["chosen"] for p in encoded], collate.collate
     return evaluate_run(model, tokenizer, config, records, encoded, collate, out_dir)
 
 
-def load_base_and_adapter(config: RunConfig, adapter: str | Path | None) -> tuple[nn.Module, Any]:
+def load_base_and_adapter(config: RunConfig, adapter: str | Path | None, split: Split = ([], [])
+                          ) -> tuple[nn.Module, Any]:
     """The config's base model with the adapter saved at ``adapter`` loaded onto it (none: the base
-    alone), and the tokenizer; a bad adapter path fails before the model loads."""
+    alone), and the tokenizer; a bad adapter path fails before the model loads. A classifier's
+    head has the adapter's classes (without an adapter, those of ``split``: ``labels_of``)."""
     if adapter is not None:
-        read_adapter_config(adapter)
-    model, tokenizer = load_base(config)
+        labels = recorded_labels(read_adapter_config(adapter), adapter, config.task.type)
+        if labels is not None:
+            check_f1(config, labels)
+    else:
+        labels = labels_of(config, split)
+    model, tokenizer = load_base(config, labels=labels)
     if adapter is not None:
         load(model, adapter)
     return model, tokenizer
@@ -186,10 +232,25 @@ def load_adapter_on_base(adapter: str | Path, model: str | None = None, dtype: s
     base = model or config.get("base_model")
     if not base:
         raise LorakitError(f"{adapter} does not record its base model; pass --model PATH")
-    if str(base).startswith(EMBEDDED_PREFIX):
-        base = EMBEDDED_PREFIX
+    base = model_path(base)
     quantized = config.get("quantization") or {}  # the base quantized as in training, from the same dtype
     kind = {"nf4": "nf4", "int8": "int8"}.get(quantized.get("type"), "none")
     base_model, tokenizer = load_model(base, dtype=quantized.get("dtype") or dtype, quantize=kind,
-                                       compute_dtype=quantized.get("compute_dtype"))
+                                       compute_dtype=quantized.get("compute_dtype"),
+                                       labels=Labels.from_record(recorded_task(config)))
     return load(base_model, adapter), tokenizer
+
+
+def recorded_labels(config: dict[str, Any], adapter: str | Path, task: str) -> Labels | None:
+    """The classes an adapter's head was trained for (from its ``task`` record), refusing an
+    adapter of another ``task.type`` than ``task``."""
+    record = recorded_task(config)
+    if record["type"] != task:
+        raise LorakitError(f"{adapter} was trained for task.type {record['type']}, not {task}; set task.type: "
+                           f"{record['type']}")
+    return Labels.from_record(record)
+
+
+def recorded_task(config: dict[str, Any]) -> dict[str, Any]:
+    """An adapter config's ``task`` record (adapters from before classification: a causal LM)."""
+    return config.get("task") or {"type": "causal_lm"}

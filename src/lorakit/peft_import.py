@@ -13,9 +13,9 @@ form), and saves, merges and exports like any lorakit adapter.
 
 GPT-2's ``Conv1D`` layers (PEFT's ``fan_in_fan_out``) and quantized bases import too: PEFT's ``A``,
 ``B`` are in linear orientation either way. Refused with a one-line error: another PEFT type,
-trained biases (``bias`` other than ``none``), ``modules_to_save`` (fully trained modules, which
-a lorakit adapter does not hold), and an adapter whose layers do not exist in ``model`` with the
-adapter's shapes (one made for another base).
+trained biases (``bias`` other than ``none``), and an adapter whose layers do not exist in
+``model`` with the adapter's shapes (one made for another base). ``modules_to_save`` (modules
+trained in full: a classifier head) become the adapter's ``train_modules`` with their weights.
 """
 
 from __future__ import annotations
@@ -33,9 +33,11 @@ from torch import nn
 from .adapter import Adapter
 from .api import attach
 from .conv1d import Conv1D
+from .data.labelled import Labels
 from .errors import LorakitError
 from .forms.lora import lora_scale
 from .io.peft_format import CONFIG_FILE, PREFIX, WEIGHTS_FILE
+from .models import hub_id
 from .presets import resolve
 
 FORMS = {False: "lora", True: "dora"}  # use_dora → the lorakit form
@@ -43,8 +45,13 @@ SUFFIXES = {"lora_A.weight": "A", "lora_B.weight": "B", "lora_magnitude_vector":
             "lora_magnitude_vector.weight": "magnitude"}
 
 
-def read_peft(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]]:
-    """``(adapter_config, {layer name: {"A", "B"[, "magnitude"]}})`` of the PEFT folder ``path``."""
+Layers = dict[str, dict[str, torch.Tensor]]
+
+
+def read_peft(path: str | Path) -> tuple[dict[str, Any], Layers]:
+    """``(adapter_config, {layer name: {"A", "B"[, "magnitude"]}})`` of the PEFT folder ``path``;
+    the weights of ``modules_to_save`` are under their module's name, role ``"saved"``: a mapping
+    ``{param name: tensor}`` (see ``saved_modules``)."""
     folder = Path(path)
     config_path, weights_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
     if not config_path.is_file():
@@ -58,10 +65,32 @@ def read_peft(path: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, tor
     except Exception as exc:  # damaged JSON or safetensors
         raise LorakitError(f"{folder}: the PEFT adapter's files cannot be read ({type(exc).__name__}); "
                            "re-save it") from None
-    return config, _layers(tensors, folder)
+    saved = tuple(config.get("modules_to_save") or ())
+    return config, {**_layers(tensors, folder, saved), **saved_modules(tensors, saved)}
 
 
-def _layers(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, dict[str, torch.Tensor]]:
+def _saved_module(name: str, saved: tuple[str, ...]) -> str | None:
+    """The ``modules_to_save`` module that the tensor ``name`` (no prefix) belongs to, or ``None``."""
+    parts = name.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        module = ".".join(parts[:i])
+        if any(module == s or module.endswith("." + s) for s in saved):
+            return module
+    return None
+
+
+def saved_modules(tensors: dict[str, torch.Tensor], saved: tuple[str, ...]) -> Layers:
+    """``{module name: {"saved": {param: tensor}}}`` for the ``modules_to_save`` weights."""
+    modules: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name = key.removeprefix(PREFIX)
+        module = None if any(name.endswith("." + suffix) for suffix in SUFFIXES) else _saved_module(name, saved)
+        if module is not None:
+            modules.setdefault(module, {})[name[len(module) + 1:]] = tensor
+    return {module: {"saved": params} for module, params in modules.items()}
+
+
+def _layers(tensors: dict[str, torch.Tensor], folder: Path, saved: tuple[str, ...]) -> Layers:
     layers: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name = key.removeprefix(PREFIX)
@@ -70,12 +99,33 @@ def _layers(tensors: dict[str, torch.Tensor], folder: Path) -> dict[str, dict[st
                 layers.setdefault(name[: -len(suffix) - 1], {})[role] = tensor
                 break
         else:
-            raise LorakitError(f"{folder}: tensor {key!r} is not a LoRA weight (a trained bias or a saved module); "
-                               "lorakit imports LoRA adapters with bias 'none' and no modules_to_save")
+            if _saved_module(name, saved) is None:
+                raise LorakitError(f"{folder}: tensor {key!r} is not a LoRA weight or one of modules_to_save (a "
+                                   "trained bias?); lorakit imports LoRA adapters with bias 'none'")
     incomplete = [name for name, roles in layers.items() if not {"A", "B"} <= set(roles)]
     if incomplete:
         raise LorakitError(f"{folder}: layer {incomplete[0]} lacks lora_A or lora_B; the adapter is incomplete")
     return layers
+
+
+OUTPUT_LAYERS = ("classifier.weight", "score.weight", "out_proj.weight")  # a head's last layer, by name
+
+
+def head_labels(config: dict[str, Any], layers: Layers, path: str | Path) -> Labels | None:
+    """The classes of a ``SEQ_CLS`` adapter's head: as many as the rows of its output layer
+    (``classifier.weight``, ``score.weight``, ``classifier.out_proj.weight``), named by their ids
+    (PEFT does not record names); ``None`` for other task types."""
+    if config.get("task_type") != "SEQ_CLS":
+        return None
+    weights = {f"{name}.{key}": tensor for name, roles in layers.items() if "saved" in roles
+               for key, tensor in roles["saved"].items()}
+    outputs = [weights[key] for suffix in OUTPUT_LAYERS for key in sorted(weights)
+               if key == suffix or key.endswith("." + suffix)]
+    if not outputs:
+        raise LorakitError(f"{path} is a SEQ_CLS adapter without its head's output layer ({', '.join(OUTPUT_LAYERS)} "
+                           "in modules_to_save); save it in PEFT with its classifier")
+    count = outputs[0].shape[0]
+    return Labels(None) if count == 1 else Labels(tuple(str(i) for i in range(count)))
 
 
 def check_config(config: dict[str, Any], path: str | Path) -> None:
@@ -89,9 +139,6 @@ def check_config(config: dict[str, Any], path: str | Path) -> None:
         raise LorakitError(f"{path} was saved with init_lora_weights={init!r}, so it applies to PEFT's residual "
                            "base, not the original model; save it in PEFT with "
                            "path_initial_model_for_weight_conversion, then import that")
-    if config.get("modules_to_save"):
-        raise LorakitError(f"{path} trains whole modules {config['modules_to_save']} (modules_to_save), which a "
-                           "lorakit adapter does not hold; merge it in PEFT instead")
 
 
 def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
@@ -106,8 +153,13 @@ def pattern_value(patterns: dict[str, Any], name: str, default: Any) -> Any:
 def load_peft(model: nn.Module, path: str | Path, method: str = "lora", **overrides: Any) -> Adapter:
     """Attach the PEFT LoRA adapter saved at ``path`` to ``model`` as a lorakit adapter of ``method``
     (a preset of the ``lora`` form, ``dora`` for DoRA adapters; extra options in ``overrides``)."""
-    config, layers = read_peft(path)
+    config, read = read_peft(path)
     check_config(config, path)
+    layers = {name: roles for name, roles in read.items() if "saved" not in roles}
+    saved = {name: roles["saved"] for name, roles in read.items() if "saved" in roles}
+    if config.get("modules_to_save") and not saved:
+        raise LorakitError(f"{path} lists modules_to_save {config['modules_to_save']} but holds no weights of them; "
+                           "save the adapter again in PEFT")
     _check_base(model, layers, config, path)
     use_dora, rslora = bool(config.get("use_dora")), bool(config.get("use_rslora"))
     method = "dora" if use_dora and method == "lora" else method
@@ -117,8 +169,13 @@ def load_peft(model: nn.Module, path: str | Path, method: str = "lora", **overri
                            f"{FORMS[use_dora]!r} form; method {method!r} uses the {form!r} form")
     spec = resolve(method, init="kaiming", rank=max(roles["A"].shape[0] for roles in layers.values()),
                    alpha=float(config.get("lora_alpha", 8)), rslora=rslora,
-                   dropout=float(config.get("lora_dropout") or 0.0), targets=sorted(layers), **overrides)
+                   dropout=float(config.get("lora_dropout") or 0.0), targets=sorted(layers),
+                   train_modules=sorted(saved), **overrides)
     adapter = attach(model, spec)
+    for name, params in saved.items():
+        module = adapter.full_modules[name]
+        device = next(module.parameters()).device
+        module.load_state_dict({key: value.to(device) for key, value in params.items()})
     alphas, default_alpha = config.get("alpha_pattern") or {}, float(config.get("lora_alpha", 8))
     for name, roles in layers.items():
         form = adapter.layers[name].form
@@ -149,6 +206,7 @@ def _check_base(model: nn.Module, layers: dict[str, dict[str, torch.Tensor]], co
                                f"base model ({config.get('base_model_name_or_path')})")
     recorded = config.get("base_model_name_or_path")
     own = getattr(getattr(model, "config", None), "_name_or_path", None)
+    own = hub_id(own)  # what export records
     if recorded and own and Path(str(recorded)).name != Path(str(own)).name:
         warnings.warn(f"{path} was made for {recorded}, this model is {own}; the shapes fit, so it is loaded",
                       stacklevel=2)

@@ -134,14 +134,16 @@ def add_to_base(layer: nn.Module, terms: list[Term]) -> None:
     requantize(layer, weight)
 
 
-def quantize_model(model: nn.Module, quantize: str, compute_dtype: torch.dtype) -> nn.Module:
-    """Quantize every linear layer but the LM head in place, as transformers' ``BitsAndBytesConfig``
-    loading does (for models it cannot load quantized, such as GGUF files)."""
+def quantize_model(model: nn.Module, quantize: str, compute_dtype: torch.dtype,
+                   keep: tuple[str, ...] = ()) -> nn.Module:
+    """Quantize every linear layer but the LM head (and the modules named ``keep``: a classifier
+    head) in place, as transformers' ``BitsAndBytesConfig`` loading does (for models it cannot load
+    quantized, such as GGUF files)."""
     bnb = _bnb()
     head = model.get_output_embeddings()
     quantized = False
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or module is head:
+        if type(module) is not nn.Linear or module is head or any(_within(name, k) for k in keep):
             continue
         if quantize == "nf4":
             new = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
@@ -199,11 +201,22 @@ def dequantize_model(model: nn.Module) -> int:
     return replaced
 
 
-def bitsandbytes_config(quantize: str, compute_dtype: torch.dtype) -> Any:
-    """transformers' ``BitsAndBytesConfig`` for ``quantize`` (``nf4`` or ``int8``)."""
+# sequence-classification heads kept in full precision (they train whole): transformers' names
+CLASSIFIER_MODULES = ("classifier", "score", "pre_classifier", "pooler", "lm_head")
+
+
+def _within(name: str, module: str) -> bool:
+    return name == module or name.startswith(module + ".")
+
+
+def bitsandbytes_config(quantize: str, compute_dtype: torch.dtype, classifier: bool = False) -> Any:
+    """transformers' ``BitsAndBytesConfig`` for ``quantize`` (``nf4`` or ``int8``); for a
+    ``classifier``, the head modules (``CLASSIFIER_MODULES``) stay unquantized."""
     _bnb()
     from transformers import BitsAndBytesConfig
 
+    skip = {"llm_int8_skip_modules": list(CLASSIFIER_MODULES)} if classifier else {}
     if quantize == "nf4":
-        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype)
-    return BitsAndBytesConfig(load_in_8bit=True)
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute_dtype,
+                                  **skip)
+    return BitsAndBytesConfig(load_in_8bit=True, **skip)

@@ -22,6 +22,13 @@ from .quantized import is_quantized
 ALL_LINEAR = "all-linear"
 _REGEX_CHARS = set(".*+?[](){}|^$\\")
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# the attention projections under other names (by config.model_type): what DEFAULT_TARGETS means there
+_BERT_ATTENTION = ("query", "key", "value", "attention.output.dense")
+ATTENTION_NAMES = {
+    "bert": _BERT_ATTENTION, "roberta": _BERT_ATTENTION, "xlm-roberta": _BERT_ATTENTION, "electra": _BERT_ATTENTION,
+    "deberta-v2": ("query_proj", "key_proj", "value_proj", "attention.output.dense"),
+    "distilbert": ("q_lin", "k_lin", "v_lin", "out_lin"), "gpt2": ("c_attn", "attn.c_proj"),
+}
 
 
 def normalise_targets(value: object) -> str | tuple[str, ...]:
@@ -35,7 +42,8 @@ def normalise_targets(value: object) -> str | tuple[str, ...]:
 
 
 TARGETS = Option("targets", object, DEFAULT_TARGETS, "module-name suffixes, a regex of whole names, or "
-                 "'all-linear' (every nn.Linear but the LM head)", normalise=normalise_targets,
+                 "'all-linear' (every nn.Linear but the LM head); the default means the attention projections "
+                 "under their names in BERT-style and GPT-2 models too", normalise=normalise_targets,
                  null_is_default=False)
 
 
@@ -63,16 +71,29 @@ def _has_suffix(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("." + suffix)
 
 
-def find_targets(model: nn.Module, targets: str | Sequence[str]) -> list[tuple[str, nn.Linear]]:
+def _inside(name: str, suffixes: Sequence[str]) -> bool:
+    """Whether ``name`` or a module above it ends with one of ``suffixes``."""
+    parts = name.split(".")
+    return any(_has_suffix(".".join(parts[:i]), s) for i in range(1, len(parts) + 1) for s in suffixes)
+
+
+def find_targets(model: nn.Module, targets: str | Sequence[str],
+                 keep_out: Sequence[str] = ()) -> list[tuple[str, nn.Linear]]:
     """The ``(name, module)`` pairs of the ``nn.Linear`` layers (plain or bitsandbytes-quantized) and
-    GPT-2 ``Conv1D`` layers (as ``Conv1DView``, see ``lorakit.conv1d``) that ``targets`` selects."""
+    GPT-2 ``Conv1D`` layers (as ``Conv1DView``, see ``lorakit.conv1d``) that ``targets`` selects,
+    none inside a module named by a suffix in ``keep_out`` (the ``train_modules``, trained whole).
+
+    The default targets (Llama's attention projections) mean the attention projections of the
+    architectures in ``ATTENTION_NAMES`` (BERT's ``query``, ``key``, ...)."""
+    if tuple(targets) == DEFAULT_TARGETS and not isinstance(targets, str):
+        targets = ATTENTION_NAMES.get(getattr(getattr(model, "config", None), "model_type", None), targets)
     matches = _matcher(targets)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     found = [
         (name, Conv1DView(module) if isinstance(module, Conv1D) else module)
         for name, module in model.named_modules()
         if (type(module) is nn.Linear or is_quantized(module) or isinstance(module, Conv1D))
-        and module is not head and matches(name)
+        and module is not head and matches(name) and not _inside(name, keep_out)
     ]
     unmatched = [s for s in targets if not any(_has_suffix(n, s) for n, _ in found)] \
         if not isinstance(targets, str) else ([] if found else [targets])

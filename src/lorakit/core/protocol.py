@@ -32,6 +32,7 @@ class AdapterView(Protocol):
     model: nn.Module
     spec: MethodSpec
     layers: Mapping[str, Any]  # name → LayerView
+    full_modules: Mapping[str, nn.Module]  # trained in full next to the adapter (train_modules)
     method_state: MutableMapping[str, torch.Tensor]  # saved with the adapter
     spectral: bool  # the init moved s·B₀A₀ out of the base weights
 

@@ -43,6 +43,15 @@ def load_records(source: str, format: str = "auto", system_prompt: str | None = 
             return chatterbot_records()
         return [_parse(row, index, source, "messages", system_prompt, roles, answered)
                 for index, row in enumerate(chatterbot_conversations())]
+    rows = read_rows(source, FIELDS_HINT)
+    if format == "auto":  # a first record of no known format is read as Alpaca, with Alpaca's errors
+        format = _detected(rows[0], source) or "alpaca"
+    return [_parse(row, index, source, format, system_prompt, roles, answered) for index, row in enumerate(rows)]
+
+
+def read_rows(source: str, hint: str) -> list[Any]:
+    """The raw rows of the data file ``source`` (one of ``READERS``' suffixes); a missing, empty or
+    unreadable file is a one-line error ending with ``hint`` (what a record needs)."""
     path = Path(source).expanduser()
     if path.is_dir():
         raise LorakitError(f"data file {source} is a folder; pass a {'/'.join(READERS)} file")
@@ -62,10 +71,8 @@ def load_records(source: str, format: str = "auto", system_prompt: str | None = 
     except UnicodeDecodeError:
         raise LorakitError(f"{source}: not UTF-8 text; save the file as UTF-8") from None
     if not rows:
-        raise LorakitError(f"{source}: the file holds no records; {FIELDS_HINT}")
-    if format == "auto":  # a first record of no known format is read as Alpaca, with Alpaca's errors
-        format = _detected(rows[0], source) or "alpaca"
-    return [_parse(row, index, source, format, system_prompt, roles, answered) for index, row in enumerate(rows)]
+        raise LorakitError(f"{source}: the file holds no records; {hint}")
+    return rows
 
 
 def _detected(row: Any, source: str) -> str | None:
@@ -133,6 +140,12 @@ def chatterbot_conversations() -> list[dict[str, Any]]:
 
 def _chatterbot_texts() -> list[list[str]]:
     """Each conversation of the English corpus as its text lines."""
+    return [texts for _, conversations in chatterbot_files() for texts in conversations]
+
+
+def chatterbot_files() -> list[tuple[str, list[list[str]]]]:
+    """Every file of the English corpus as ``(category, conversations)``: the file's first category
+    and each conversation's text lines."""
     import yaml
 
     try:
@@ -144,9 +157,12 @@ def _chatterbot_texts() -> list[list[str]]:
     found = []
     for file in sorted(glob.glob(os.path.join(DATA_DIRECTORY, "english", "*.yml"))):
         with open(file, encoding="utf-8") as handle:
-            conversations = (yaml.safe_load(handle) or {}).get("conversations") or []
+            content = yaml.safe_load(handle) or {}
+        categories = content.get("categories") or [Path(file).stem]
         # YAML may turn a bare answer like "yes" or "42" into a bool or number: not text, skip it
-        found.extend([turn for turn in turns if isinstance(turn, str)] for turns in conversations)
+        conversations = [[turn for turn in turns if isinstance(turn, str)]
+                         for turns in content.get("conversations") or []]
+        found.append((str(categories[0]), conversations))
     return found
 
 
@@ -191,6 +207,12 @@ def _read_csv(path: Path, source: str) -> list[Any]:
         return list(csv.DictReader(handle))
 
 
+def _read_tsv(path: Path, source: str) -> list[Any]:
+    """Tab-separated columns, read without quote processing: GLUE's files hold unbalanced quotes."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:
+        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+
+
 def _read_parquet(path: Path, source: str) -> list[Any]:
     try:
         import pyarrow.parquet as pq
@@ -203,7 +225,7 @@ def _read_parquet(path: Path, source: str) -> list[Any]:
 
 
 READERS: dict[str, Callable[[Path, str], list[Any]]] = {
-    ".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".parquet": _read_parquet,
+    ".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".tsv": _read_tsv, ".parquet": _read_parquet,
 }
 
 

@@ -16,20 +16,35 @@ from ..errors import LorakitError, unknown
 GENERATION_METRICS = ("bleu", "rouge1", "rouge2", "rougeL")
 TEACHER_FORCED_METRICS = ("tf_bleu", "tf_rouge1", "tf_rouge2", "tf_rougeL")
 LOSS_METRICS = ("eval_loss", "eval_ppl")
-METRICS = LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS
+CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "mcc")  # see lorakit.evaluate.classification
+REGRESSION_METRICS = ("pearson", "spearman")
+METRICS = LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS + CLASSIFICATION_METRICS + REGRESSION_METRICS
 LOWER_IS_BETTER = {"eval_loss", "eval_ppl"}
+# the metrics each task.type can report, and those it reports unless eval.metrics says otherwise
+TASK_METRICS = {
+    "causal_lm": LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS,
+    "classification": ("eval_loss", *CLASSIFICATION_METRICS),
+    "regression": ("eval_loss", *REGRESSION_METRICS),
+}
+DEFAULT_TASK_METRICS = {
+    "causal_lm": ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL"),
+    "classification": ("eval_loss", "accuracy", "f1_macro", "mcc"),
+    "regression": ("eval_loss", "pearson", "spearman"),
+}
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
 
 
-def check_metrics(names: Iterable[str]) -> None:
-    """Raise ``LorakitError`` for an empty list or the first name that is not one of ``METRICS``."""
-    names = list(names)
+def check_metrics(names: Iterable[str], task: str = "causal_lm") -> None:
+    """Raise ``LorakitError`` for an empty list or the first name that ``task`` does not report."""
+    names, allowed = list(names), TASK_METRICS[task]
     if not names:
-        raise LorakitError(f"eval.metrics is empty; list at least one of: {', '.join(METRICS)}")
+        raise LorakitError(f"eval.metrics is empty; list at least one of: {', '.join(allowed)}")
     for name in names:
+        if name in METRICS and name not in allowed:
+            raise LorakitError(f"metric {name!r} is not one of task {task}'s: {', '.join(allowed)}; fix eval.metrics")
         if name not in METRICS:
-            raise unknown("metric", name, METRICS)
+            raise unknown("metric", name, allowed)
 
 
 def _check_pairs(predictions: Sequence[str], references: Sequence[str]) -> None:

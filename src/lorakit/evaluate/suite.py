@@ -1,6 +1,7 @@
 """The final evaluation of a run: the metrics its config asks for, in one call.
 
-Loss metrics come from teacher forcing on response tokens; BLEU / ROUGE from greedy
+Classification and regression: scores of the predicted labels (``classification``). Causal LMs:
+loss metrics come from teacher forcing on response tokens; BLEU / ROUGE from greedy
 generations (saved next to the scores as ``generations.jsonl``); the ``tf_*`` metrics from the
 argmax of teacher-forced logits, reported under their own names.
 """
@@ -14,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..config import RunConfig
+from .classification import classification_scores
 from .generation import generation_scores
 from .loss import evaluate_loss
 from .metrics import GENERATION_METRICS, LOSS_METRICS, TEACHER_FORCED_METRICS
@@ -26,6 +28,9 @@ def evaluate_run(model: nn.Module, tokenizer: Any, config: RunConfig, records: S
                  examples: Sequence[dict[str, Any]], collate: Callable,
                  out_dir: Path | None = None) -> dict[str, float]:
     """The metrics of ``config.eval`` on the eval split (``records`` and their encoded ``examples``)."""
+    if config.task.type != "causal_lm":
+        return classification_scores(model, records, examples, collate, config.train.eval_batch_size,
+                                     config.eval.metrics, out_dir)
     wanted = set(config.eval.metrics)
     device = next(model.parameters()).device
     results: dict[str, float] = {}

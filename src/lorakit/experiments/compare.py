@@ -19,16 +19,18 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
-from ..loading import evaluate, load_base, load_split
+from ..loading import evaluate, labels_of, load_base, load_split
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 from ..train import train
 from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
 from .ranks import rank_lines, rank_table
-from .report import write_report, write_results
+from .report import resource_lines, write_report, write_results
 from .spec import CompareSpec, Run, run_config
 from .stats import aggregate, paired_vs_baseline
 
 BASE_ROW = "base model"
+# what each run cost, from its summary: reported in their own table (lorakit.train.loop.Run._resources)
+RESOURCES = ("trainable_parameters", "seconds_per_step", "state_mib", "peak_memory_mib")
 
 
 def _one_line(exc: BaseException) -> str:
@@ -39,7 +41,8 @@ def _one_line(exc: BaseException) -> str:
 def _describe(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"{row['run']} seed {row['seed']}: FAILED ({row['error']})"
-    scores = ", ".join(f"{k}={row[k]:.4g}" for k in ("eval_loss", "bleu", "rougeL") if row.get(k) is not None)
+    scores = ", ".join(f"{k}={row[k]:.4g}" for k in ("eval_loss", "bleu", "rougeL", "accuracy", "pearson")
+                       if row.get(k) is not None)
     return f"{row['run']} seed {row['seed']}: {scores} ({row.get('seconds', 0):.0f} s)"
 
 
@@ -93,8 +96,8 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    load_split(base_config)  # bad data fails before the model is loaded
-    base = load_base(base_config)
+    split = load_split(base_config)  # bad data fails before the model is loaded
+    base = load_base(base_config, labels=labels_of(base_config, split))
     rows: list[dict[str, Any]] = []
     jobs = [(run, seed) for run in runs for seed in spec.seeds]
     bar = tqdm(total=len(jobs), desc="sweep", position=0, disable=not progress, dynamic_ncols=True)
@@ -108,7 +111,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     bar.close()
     metrics = list(base_config.eval.metrics)
     reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
-    aggregates = aggregate(rows, metrics)
+    aggregates = aggregate(rows, metrics + list(RESOURCES))
     write_results(out, reference + rows, aggregates)
     plots = ["loss_curves.png", "metrics.png"]
     plot_loss_curves(_curves(rows), out / "loss_curves.png")
@@ -128,7 +131,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     }
     paired = paired_vs_baseline(rows, spec.baseline, metrics) if spec.baseline else {}
     report = write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta,
-                          sections=rank_lines(ranks))
+                          sections=resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
     if not any(r["status"] == "ok" for r in rows):
         raise LorakitError(f"every run failed; see {report}")
     return report

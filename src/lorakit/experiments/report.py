@@ -208,6 +208,25 @@ def verdict(name: str, baseline: str, metric: str, d: Row) -> str:
             f"({spread}, {_fmt_p(d['p_value'])}).")
 
 
+def resource_lines(aggregates: Sequence[Row], columns: Sequence[str]) -> list[str]:
+    """A Markdown table of what each run cost (mean ± std over its seeds), for the columns that
+    some run reports; ``[]`` when none does."""
+    shown = [c for c in columns if any(a.get(f"{c}_mean") is not None for a in aggregates)]
+    runs = [a for a in aggregates if not is_reference(a) and a["n"]]
+    if not shown or not runs:
+        return []
+    def cell(agg: Row, column: str) -> str:
+        mean, std = agg.get(f"{column}_mean"), agg.get(f"{column}_std")
+        if mean is None:
+            return "—"
+        digits = 0 if column == "trainable_parameters" else 3
+        return f"{mean:,.{digits}f}" + (f" ± {std:,.{digits}f}" if agg["n"] > 1 and std else "")
+    lines = _table(["run", *shown], [[_cell_text(a["run"]), *(cell(a, c) for c in shown)] for a in runs])
+    return ["## Resources", "", "Per run, mean ± std over seeds: trainable parameters, seconds per optimizer step "
+            "(without evaluation), MiB of trained parameters + gradients + optimizer state, and (CUDA) the "
+            "allocator's peak.", "", *lines, ""]
+
+
 def write_report(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row],
                  paired: dict[str, dict[str, Row]] | None, metrics: Sequence[str],
                  baseline: str | None, plots: Sequence[str], meta: dict[str, Any],

@@ -22,6 +22,10 @@ nothing) with ``r = lora_alpha = R``: the scale is 1 and lives in ``B'``. No ``r
 or ``alpha_pattern`` is needed, which vLLM would not honour. DoRA also writes its magnitude
 (``use_dora``; PEFT reads it, vLLM refuses DoRA adapters: merge those instead). Layers a
 schedule removed are not written; LoRA-drop's shared adapter is written for every layer using it.
+
+Modules trained in full (``train_modules``: a classifier head, ``lm_head``) are written whole as
+PEFT's ``modules_to_save`` (``base_model.model.<name>.<param>``); a sequence classifier is
+exported with ``task_type: SEQ_CLS``.
 """
 
 from __future__ import annotations
@@ -38,8 +42,10 @@ from torch import nn
 from ..conv1d import Conv1D, Conv1DView
 from ..core.component import MAGNITUDE
 from ..core.protocol import AdapterView
+from ..errors import LorakitError
+from ..heads import is_sequence_classifier
 from ..layer import AdaptedLinear
-from ..models import EMBEDDED_HUB_ID, EMBEDDED_NAME
+from ..models import hub_id
 from ..ops.resize import compact
 from .atomic import atomic_directory
 
@@ -71,7 +77,7 @@ def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: s
     """PEFT ``LoraConfig`` fields for the exported pairs (rank ``rank``, scale 1)."""
     return {
         "peft_type": "LORA",
-        "task_type": "CAUSAL_LM",
+        "task_type": "SEQ_CLS" if is_sequence_classifier(adapter.model) else "CAUSAL_LM",
         "base_model_name_or_path": base_model,
         "r": rank,
         "lora_alpha": rank,
@@ -82,7 +88,7 @@ def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: s
         "bias": "none",
         "fan_in_fan_out": any(isinstance(layer.base_layer, Conv1DView) for layer in adapter.layers.values()),
         "init_lora_weights": True,
-        "modules_to_save": None,
+        "modules_to_save": sorted(adapter.full_modules) or None,
         "rank_pattern": {},
         "alpha_pattern": {},
         "inference_mode": True,
@@ -101,7 +107,23 @@ def peft_tensors(adapter: AdapterView, dtype: torch.dtype = torch.float32) -> tu
         form = adapter.layers[name].form
         if MAGNITUDE in form.capabilities:
             tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = form.magnitude.detach().cpu().to(dtype).contiguous()
+    for name, module in adapter.full_modules.items():
+        for key, value in module.state_dict().items():
+            tensors[f"{PREFIX}{name}.{key}"] = value.detach().cpu().to(dtype).contiguous()
     return tensors, rank
+
+
+def _refuse_tied(adapter: AdapterView) -> None:
+    """Refuse a whole module whose weights are tied to a module outside it (SmolLM2's ``lm_head``
+    is its ``embed_tokens``): PEFT's ``modules_to_save`` copies would untie and change only one."""
+    for name, module in adapter.full_modules.items():
+        own = {id(p) for p in module.parameters()}
+        tied = [other for other, p in adapter.model.named_parameters(remove_duplicate=False)
+                if id(p) in own and not (other == name or other.startswith(name + "."))]
+        if tied:
+            raise LorakitError(f"train_modules {name!r} shares its weights with {tied[0]} (tied embeddings), which "
+                               "PEFT's modules_to_save would not change with it; merge the adapter instead "
+                               "(lorakit merge)")
 
 
 def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None = None,
@@ -111,10 +133,11 @@ def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None =
     embedded model, the hub id its GGUF was made from)."""
     if not adapter.layers:
         raise ValueError("the adapter has no adapted layers left to export")
+    _refuse_tied(adapter)
     tensors, rank = peft_tensors(adapter, dtype)
     if base_model is None:
         base_model = getattr(getattr(adapter.model, "config", None), "_name_or_path", None) or None
-        base_model = EMBEDDED_HUB_ID if base_model == EMBEDDED_NAME else base_model
+        base_model = hub_id(base_model)
     config = peft_config(adapter, rank, list(adapter.layers), base_model)
     with atomic_directory(path, OWNED_FILES) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})

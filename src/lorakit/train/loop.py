@@ -38,10 +38,11 @@ from ..config import RunConfig, dump_config
 from ..core.distributed import full
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
+from ..heads import reseed_new_modules
 from ..io.adapter_files import final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
-from ..loading import Split, encode, evaluate, load_base, load_split
+from ..loading import Split, encode, evaluate, labels_of, load_base, load_split, model_labels
 from ..presets import complete_for_run, parts_of, refuse_if_bypassed
 from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
@@ -105,6 +106,7 @@ class Run:
         self.sharded = False  # train.fsdp in several processes (set by prepare)
         self.window_loss, self.window_tokens = 0.0, 0  # the loss window of the next log record
         self.last_loss = float("nan")  # the training loss of the last log window (token-weighted)
+        self.step_seconds, self.steps_timed = 0.0, 0  # the optimizer steps alone (no evaluation, no saving)
 
     # -- prepare ---------------------------------------------------------------------------
     @classmethod
@@ -119,16 +121,21 @@ class Run:
         # before the model is loaded, and a config error costs no loading time
         run._count_steps(len(split[0]))
         spec = run.spec
-        set_seed(tc.seed)
+        labels = labels_of(config, split)  # a classifier's classes (None: a causal LM)
         if base is not None:
+            if model_labels(base[0]) != labels:
+                raise LorakitError("the base given to train() has another head than the config's task and data "
+                                   "need; load it with lorakit.loading.load_base(config, labels=labels_of(...))")
             run.model, run.tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
         else:
-            run.model, run.tokenizer = load_base(config, accelerator.device)
-        run.examples = encode(config, run.tokenizer, split)
+            run.model, run.tokenizer = load_base(config, accelerator.device, labels)
+        reseed_new_modules(run.model, tc.seed)  # a new head is the run's own, shared base or not
+        set_seed(tc.seed)  # dropout draws the same with a shared base as after a load (which drew a head)
+        run.examples = encode(config, run.tokenizer, split, labels)
         if len(run.examples.train) != len(split[0]):  # skipped or packed: the steps follow the examples
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
-        run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta)
+        run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta, config.task.type)
         _check_deepspeed(accelerator, spec)
         run.sharded = tc.fsdp and accelerator.num_processes > 1
         if run.sharded:  # before the optimizer is built: sharding replaces the parameters
@@ -215,12 +222,15 @@ class Run:
         self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {self.spec.name}",
                         disable=not (progress and self.main), dynamic_ncols=True)
         self.started = time.time()
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
 
     # -- step ------------------------------------------------------------------------------
     def step(self, step: int) -> tuple[float, int, float | None]:
         """One optimizer step (0-based ``step``): ``(summed loss, units, grad norm)``; the units are
         what the loss is averaged over (response tokens, or preference pairs)."""
         tc, accelerator, device = self.config.train, self.accelerator, self.accelerator.device
+        began = time.perf_counter()
         batches = [self.examples.train_collate([self.examples.train[i] for i in idx]) for idx in step_batches(
             step, len(self.examples.train), tc.batch_size, tc.grad_accum, tc.seed,
             accelerator.process_index, accelerator.num_processes, self.examples.lengths)]
@@ -248,6 +258,8 @@ class Run:
         self.prepared_optimizer.zero_grad(set_to_none=True)
         if self.adapter.structure_version != self.wrapped_version:
             self._rewrap()
+        self.step_seconds += time.perf_counter() - began  # (the loss above synchronised the device)
+        self.steps_timed += 1
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss / n_tokens:.4f}")
         return loss, n_tokens, grad_norm
@@ -310,13 +322,14 @@ class Run:
             model = self.accelerator.unwrap_model(self.model)
             final = evaluate(self.config, model, self.tokenizer, self.split, self.output_dir if self.main else None,
                              self.examples)
-            if self.objective.name != "sft":  # the objective's own metrics next to those of the answers
+            if self.objective.final_metrics:  # the objective's own metrics next to those of the answers
                 final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
                                                      self.config.train.eval_batch_size, self.accelerator.device))
         self.run_log.write({"step": self.total_steps, **final})  # (train() closes the log)
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
                    "train_loss": self.last_loss, **final, "trainable_parameters": self.adapter.num_parameters(),
-                   "seconds": round(time.time() - self.started, 2), "adapter": str(self.output_dir / "adapter")}
+                   "seconds": round(time.time() - self.started, 2), **self._resources(),
+                   "adapter": str(self.output_dir / "adapter")}
         if self.examples.skipped:
             summary["skipped_samples"] = self.examples.skipped
         if self.adapter.spec.schedule != "fixed":  # where the rank budget went
@@ -329,6 +342,21 @@ class Run:
             write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
         self.accelerator.wait_for_everyone()
         return summary
+
+
+    def _resources(self) -> dict[str, float]:
+        """What the run's steps cost: ``seconds_per_step`` (optimizer steps of this invocation,
+        without evaluations and checkpoints), ``state_mib`` (the bytes of the trained parameters,
+        their gradients and the optimizer state: what a method adds to the frozen model, activations
+        aside) and, on CUDA, ``peak_memory_mib`` (the allocator's peak during the run)."""
+        state = 2 * sum(p.numel() * p.element_size() for p in self.adapter.parameters())  # and a gradient each
+        state += sum(v.numel() * v.element_size() for s in self.optimizer.state.values() for v in s.values()
+                     if torch.is_tensor(v))
+        out = {"seconds_per_step": round(self.step_seconds / max(self.steps_timed, 1), 4),
+               "state_mib": round(state / 2**20, 3)}
+        if torch.cuda.is_available():
+            out["peak_memory_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+        return out
 
 
 def _mixed_precision(choice: str) -> str:

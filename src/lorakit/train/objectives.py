@@ -1,4 +1,5 @@
-"""What a training step minimises (``train.objective``): next-token cross-entropy, or DPO.
+"""What a training step minimises (``train.objective``, ``task.type``): next-token cross-entropy,
+DPO, or a label per row.
 
 **sft** — the sum of the response tokens' cross-entropies; a step divides it by the step's number
 of response tokens (its *units*), so accumulation and data parallelism equal one large batch.
@@ -16,6 +17,10 @@ for every preset (for OLoRA/PiSSA the residual plus ``s·B₀A₀``, for Delta-L
 original model, so with dropout off (``method.dropout: 0``, or in evaluation) ``m = 0`` and
 ``L = log 2`` for every preset. Reported with it: the reward accuracy (the share of
 pairs with ``m > 0``) and the mean margin ``m``.
+
+**classification / regression** (``task.type``) — each row's cross-entropy against its class (or
+squared error against its number, ``lorakit.evaluate.classification``), summed over rows and
+divided by the step's number of rows.
 """
 
 from __future__ import annotations
@@ -31,15 +36,17 @@ from torch import nn
 from ..adapter import Adapter
 from ..config import OBJECTIVES
 from ..data.packing import model_inputs
+from ..evaluate import classification
 from ..evaluate.loss import IGNORE, eval_mode, evaluate_loss, label_tokens, token_loss
 
-__all__ = ["OBJECTIVES", "Dpo", "NextToken", "Objective", "objective_for", "sequence_logps"]
+__all__ = ["OBJECTIVES", "Dpo", "Labelled", "NextToken", "Objective", "objective_for", "sequence_logps"]
 
 
 class Objective:
     """A step's loss as a sum over *units* (tokens, pairs), divided by the step's units."""
 
     name: ClassVar[str]
+    final_metrics: ClassVar[bool] = False  # its evaluate adds to the run's final metrics (DPO's preferences)
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         raise NotImplementedError
@@ -80,6 +87,7 @@ class Dpo(Objective):
     """DPO against ``adapter.original()`` (see the module docstring); batches are ``PairCollator``'s."""
 
     name = "dpo"
+    final_metrics = True
 
     def __init__(self, adapter: Adapter, beta: float) -> None:
         self.adapter, self.beta = adapter, beta
@@ -112,6 +120,26 @@ class Dpo(Objective):
                 "eval_reward_margin": float(m.sum()) / count}
 
 
-def objective_for(name: str, adapter: Adapter, beta: float) -> Objective:
-    """The objective ``train.objective`` names, for ``adapter``."""
+class Labelled(Objective):
+    """A label per row: cross-entropy for classes, squared error for regression targets."""
+
+    name = "labelled"
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["labels"].shape[0]
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return classification.batch_loss(model, batch)
+
+    def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
+                 device: torch.device | str) -> dict[str, float]:
+        """``eval_loss`` and ``accuracy`` (classes) or ``pearson`` (regression): the curves' metrics."""
+        logits, labels = classification.predict(model, examples, collate, batch_size, device)
+        return classification.scores(logits, labels, ("pearson",) if labels.is_floating_point() else ("accuracy",))
+
+
+def objective_for(name: str, adapter: Adapter, beta: float, task: str = "causal_lm") -> Objective:
+    """The objective ``train.objective`` names for ``task``, for ``adapter``."""
+    if task != "causal_lm":
+        return Labelled()
     return Dpo(adapter, beta) if name == "dpo" else NextToken()

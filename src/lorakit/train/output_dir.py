@@ -23,8 +23,8 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     config = json.loads(json.dumps(config))  # as the checkpoint stores it (tuples become lists)
     defaults = json.loads(json.dumps(RunConfig().to_dict()))
     for section, values in defaults.items():  # a key added since the checkpoint was made counts as its default
-        if isinstance(values, dict) and section != "method" and isinstance(config.get(section), dict):
-            config[section] = {**values, **config[section]}
+        if isinstance(values, dict) and section != "method":  # (a whole section new since: its defaults)
+            config[section] = {**values, **(config.get(section) or {})}
     train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
     rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
     return {**rest, "train": train}

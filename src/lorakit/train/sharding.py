@@ -36,7 +36,8 @@ def shard(model: nn.Module) -> None:
     for layer in layers:
         fully_shard(layer)
     fully_shard(model)
-    register_fsdp_forward_method(model, "generate")
+    if model.can_generate():  # a sequence classifier has no generate
+        register_fsdp_forward_method(model, "generate")
 
 
 def optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer, named: bool) -> dict[str, Any]:
