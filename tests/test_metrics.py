@@ -15,10 +15,12 @@ from lorakit.data import IGNORE_INDEX, Collator, encode_all
 from lorakit.data.encode import encode, encode_prompt
 from lorakit.errors import LorakitError
 from lorakit.evaluate import (
+    CLASSIFICATION_METRICS,
     GENERATION_METRICS,
     LOSS_METRICS,
     LOWER_IS_BETTER,
     METRICS,
+    REGRESSION_METRICS,
     TEACHER_FORCED_METRICS,
     bleu,
     check_metrics,
@@ -95,9 +97,14 @@ def test_bad_pairs_raise(scorer):
 def test_prefix_and_metric_names():
     assert set(text_scores([CAT], [CAT], prefix="tf_")) == set(TEACHER_FORCED_METRICS)
     assert set(text_scores([CAT], [CAT])) == set(GENERATION_METRICS)
-    assert METRICS == LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS
+    assert METRICS == (LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS + CLASSIFICATION_METRICS
+                       + REGRESSION_METRICS)
     assert LOWER_IS_BETTER == {"eval_loss", "eval_ppl"}
-    check_metrics(METRICS)
+    check_metrics(LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS)
+    check_metrics(("eval_loss", *CLASSIFICATION_METRICS), "classification")
+    check_metrics(("eval_loss", *REGRESSION_METRICS), "regression")
+    with pytest.raises(LorakitError, match="'accuracy' is not one of task causal_lm's"):
+        check_metrics(["eval_loss", "accuracy"])
     with pytest.raises(LorakitError, match=r"unknown metric 'blue' \(did you mean 'bleu'\?\)"):
         check_metrics(["eval_loss", "blue"])
 

@@ -123,7 +123,9 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
         plots.append("ranks.png")
     meta = {
         "model": base_config.model.path, "data": base_config.data.path,
-        "split": f"train {base_config.data.train_size}, eval {base_config.data.eval_size}",
+        "split": f"train {base_config.data.train_size}, eval "
+                 + (f"every record of {base_config.data.eval_path}" if base_config.data.eval_path
+                    else str(base_config.data.eval_size)),
         "seeds": ", ".join(map(str, spec.seeds)), "command": command,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
                    f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
