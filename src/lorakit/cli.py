@@ -259,7 +259,8 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="LoRA vs OLoRA vs OLoRA+ on the embedded model (about 6 minutes on a 2-core "
-                                    "CPU); --task classification: LoRA vs rank allocators on the embedded encoder")
+                                    "CPU); --task classification: LoRA vs rank allocators on the embedded encoder "
+                                    "(about 5 minutes)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides of the demo config")
     p.add_argument("--task", choices=["causal_lm", "classification"], default="causal_lm",
                    help="causal_lm (default): instruction tuning of SmolLM2; classification: topics of the "
