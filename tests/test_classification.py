@@ -18,7 +18,7 @@ from lorakit.errors import LorakitError
 from lorakit.evaluate.classification import scores
 from lorakit.heads import NEW_MODULES, head_modules, reseed_new_modules
 from lorakit.layer import AdaptedLinear
-from test_contracts import METHODS, run_options
+from test_contracts import METHODS, run_options, train_steps
 from tiny import VOCAB, tiny_bert
 
 SELECTION = {"weight_lora": {"selection_steps": 2}, "weight_lora_plus": {"selection_steps": 2},
@@ -43,17 +43,8 @@ def class_logits(model, x):
 
 
 def train_classifier(model, adapter, x, y, steps=6, lr=1e-2):
-    optimizer = adapter.optimizer(lr=lr)
-    model.train()
-    losses = []
-    for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(model(**x).logits, y)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        losses.append(loss.item())
-    model.eval()
-    return losses
+    return train_steps(model, adapter, x, steps, lr,
+                       loss_of=lambda m, batch: torch.nn.functional.cross_entropy(m(**batch).logits, y))
 
 
 def options(method: str, steps: int = 6) -> dict:

@@ -22,12 +22,14 @@ def logits(model, x):
         return model(x).logits
 
 
-def train_steps(model, adapter, x, steps=3, lr=1e-2, optimizer=None):
+def train_steps(model, adapter, x, steps=3, lr=1e-2, optimizer=None, loss_of=None):
+    """``steps`` optimizer steps on the batch ``x``; ``loss_of(model, x)`` (default: the LM loss
+    with ``x`` as labels). The losses, in order."""
     optimizer = optimizer or adapter.optimizer(lr=lr)
     losses = []
     model.train()
     for _ in range(steps):
-        loss = model(x, labels=x).loss
+        loss = loss_of(model, x) if loss_of is not None else model(x, labels=x).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

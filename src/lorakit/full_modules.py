@@ -13,7 +13,7 @@ from torch import nn
 
 from .core.options import Option
 from .errors import LorakitError
-from .quantized import is_quantized
+from .quantized import is_quantized, within
 
 
 def normalise_names(value: object) -> tuple[str, ...]:
@@ -36,17 +36,13 @@ def find_full_modules(model: nn.Module, suffixes: tuple[str, ...], adapted: set[
     found: dict[str, nn.Module] = {}
     for suffix in suffixes:
         matches = [(name, module) for name, module in model.named_modules()
-                   if (name == suffix or name.endswith("." + suffix)) and not _inside(name, adapted)]
+                   if (name == suffix or name.endswith("." + suffix)) and not within(name, adapted)]
         if not matches:
             raise LorakitError(f"train_modules entry {suffix!r} matches no module of this model (or only adapted "
                                "layers); give module-name suffixes such as lm_head or score")
-        found.update((name, module) for name, module in matches if not _inside(name, set(found)))
+        found.update((name, module) for name, module in matches if not within(name, found))
     for name, module in found.items():
         if any(is_quantized(m) for m in module.modules()):
             raise LorakitError(f"train_modules entry {name!r} is quantized (4 or 8 bits), which does not train in "
                                "full; load it unquantized (classifier heads are kept so) or leave it out")
     return found
-
-
-def _inside(name: str, parents: set[str]) -> bool:
-    return any(name == parent or name.startswith(parent + ".") for parent in parents)

@@ -143,7 +143,7 @@ def quantize_model(model: nn.Module, quantize: str, compute_dtype: torch.dtype,
     head = model.get_output_embeddings()
     quantized = False
     for name, module in list(model.named_modules()):
-        if type(module) is not nn.Linear or module is head or any(_within(name, k) for k in keep):
+        if type(module) is not nn.Linear or module is head or within(name, keep):
             continue
         if quantize == "nf4":
             new = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=module.bias is not None,
@@ -205,8 +205,9 @@ def dequantize_model(model: nn.Module) -> int:
 CLASSIFIER_MODULES = ("classifier", "score", "pre_classifier", "pooler", "lm_head")
 
 
-def _within(name: str, module: str) -> bool:
-    return name == module or name.startswith(module + ".")
+def within(name: str, modules: Iterable[str]) -> bool:
+    """Whether the module ``name`` is one of ``modules`` (full names) or inside one."""
+    return any(name == module or name.startswith(module + ".") for module in modules)
 
 
 def bitsandbytes_config(quantize: str, compute_dtype: torch.dtype, classifier: bool = False) -> Any:

@@ -71,7 +71,7 @@ def _has_suffix(name: str, suffix: str) -> bool:
     return name == suffix or name.endswith("." + suffix)
 
 
-def _inside(name: str, suffixes: Sequence[str]) -> bool:
+def _under_suffix(name: str, suffixes: Sequence[str]) -> bool:
     """Whether ``name`` or a module above it ends with one of ``suffixes``."""
     parts = name.split(".")
     return any(_has_suffix(".".join(parts[:i]), s) for i in range(1, len(parts) + 1) for s in suffixes)
@@ -93,7 +93,7 @@ def find_targets(model: nn.Module, targets: str | Sequence[str],
         (name, Conv1DView(module) if isinstance(module, Conv1D) else module)
         for name, module in model.named_modules()
         if (type(module) is nn.Linear or is_quantized(module) or isinstance(module, Conv1D))
-        and module is not head and matches(name) and not _inside(name, keep_out)
+        and module is not head and matches(name) and not _under_suffix(name, keep_out)
     ]
     unmatched = [s for s in targets if not any(_has_suffix(n, s) for n, _ in found)] \
         if not isinstance(targets, str) else ([] if found else [targets])
