@@ -80,3 +80,63 @@ def test_training_with_mixed_precision_on_cuda(precision, tiny_model_dir, additi
     assert summary["eval_loss"] == pytest.approx(losses[-1])
     saved = load_file(out / "adapter" / "lorakit_adapter.safetensors")
     assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in saved.values())
+
+
+# -- speed options on CUDA (the CPU tests in test_speed.py check them in float32) ------------------
+def _bf16_adapted():
+    model = cuda_llama(torch.bfloat16)
+    adapter = lorakit.attach(model, "lora", rank=4, targets=TARGETS, seed=0)
+    with torch.no_grad():
+        for param in adapter.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    return model, adapter
+
+
+def _assert_close_bf16(got, expected):
+    torch.testing.assert_close(got[0], expected[0], rtol=2e-2, atol=2e-2)
+    for a, b in zip(got[1], expected[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=5e-2, atol=5e-3)
+
+
+@pytest.mark.parametrize("option", ["sparse_logits", "fused", "compile", "padding_free_flash"])
+def test_speed_options_on_cuda_in_bf16(option):
+    from lorakit.data import Collator
+    from lorakit.data.packing import FlatCollator
+    from lorakit.evaluate.loss import LossLogits
+    from test_packing import Pad, examples
+    from test_speed import loss_and_grads
+
+    model, adapter = _bf16_adapted()
+    padded = Collator(Pad())(examples())
+    expected = loss_and_grads(model, adapter, padded)
+    logits = LossLogits(model)
+    if option == "sparse_logits":
+        got = loss_and_grads(model, adapter, padded, logits)
+    elif option == "fused":
+        adapter.fuse_shared_inputs()
+        got = loss_and_grads(model, adapter, padded, logits)
+    elif option == "compile":
+        got = loss_and_grads(model, adapter, padded, logits, forward=torch.compile(model, dynamic=True))
+    else:
+        pytest.importorskip("flash_attn", reason="flash-attn is not installed")
+        model.set_attn_implementation("flash_attention_2")
+        got = loss_and_grads(model, adapter, FlatCollator()(examples()), logits)
+    _assert_close_bf16(got, expected)
+
+
+def test_liger_kernels_keep_the_loss(monkeypatch):
+    pytest.importorskip("liger_kernel", reason="liger-kernel is not installed (pip install \"lorakit[kernels]\")")
+    from transformers.models.llama import modeling_llama
+
+    from lorakit.data import Collator
+    from lorakit.integrations.liger import apply_liger
+    from test_packing import Pad, examples
+    from test_speed import loss_and_grads
+
+    for name in ("apply_rotary_pos_emb", "LlamaRMSNorm", "LlamaMLP"):  # liger replaces them process-wide
+        monkeypatch.setattr(modeling_llama, name, getattr(modeling_llama, name))
+    model, adapter = _bf16_adapted()
+    padded = Collator(Pad())(examples())
+    expected = loss_and_grads(model, adapter, padded)
+    apply_liger(model)
+    _assert_close_bf16(loss_and_grads(model, adapter, padded), expected)

@@ -128,5 +128,5 @@ def test_packing_is_refused_where_it_would_not_be_exact(monkeypatch):
     with pytest.raises(LorakitError, match="lora_drop measures layer importance with the attention mask"):
         check_packing(load_config(None, ["data.packing=true", "method.name=lora_drop"]))
     monkeypatch.delattr(masking_utils, "find_packed_sequence_indices")
-    with pytest.raises(LorakitError, match="data.packing needs transformers >= 4.54"):
+    with pytest.raises(LorakitError, match="data.packing and data.padding_free need transformers >= 4.54"):
         check_packing(load_config(None, ["data.packing=true"]))

@@ -579,9 +579,9 @@ def test_a_diverged_step_stops_the_run_and_keeps_the_last_checkpoint(tiny_model_
     calls = []
     real = loop.token_loss
 
-    def diverging(model, batch):
+    def diverging(model, batch, logits=None):
         calls.append(1)
-        loss = real(model, batch)
+        loss = real(model, batch, logits)
         return loss * float("nan") if len(calls) > 8 else loss  # 2 micro-batches a step: step 5 diverges
     monkeypatch.setattr(loop, "token_loss", diverging)
     with pytest.raises(lorakit.LorakitError, match="training loss is nan at step 5: training diverged"):
@@ -600,8 +600,10 @@ def test_deepspeed_refuses_methods_that_act_around_the_step():
     from lorakit.train.loop import _check_deepspeed
 
     deepspeed = SimpleNamespace(distributed_type=DistributedType.DEEPSPEED)
-    _check_deepspeed(deepspeed, resolve("lora_plus"))  # parameter groups only: fine
+    _check_deepspeed(deepspeed, resolve("lora_plus"), fused=False)  # parameter groups only: fine
     for method, needle in [("lora_fa", "optimizer 'lora_fa' act"), ("weight_lora", "schedule 'weight_lora'")]:
         with pytest.raises(lorakit.LorakitError, match=needle):
-            _check_deepspeed(deepspeed, resolve(method))
-    _check_deepspeed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), resolve("lora_fa"))
+            _check_deepspeed(deepspeed, resolve(method), fused=False)
+    _check_deepspeed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), resolve("lora_fa"), fused=True)
+    with pytest.raises(lorakit.LorakitError, match="train.fused_adapters reads sibling layers' factors"):
+        _check_deepspeed(deepspeed, resolve("lora"), fused=True)

@@ -37,6 +37,7 @@ from .core.terms import Term
 from .errors import LorakitError
 from .forms import Form
 from .forms.lora import initial_scale
+from .fused import fuse_shared_inputs
 from .heads import task_record
 from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from .io.atomic import atomic_directory
@@ -103,6 +104,12 @@ class Adapter:
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def fuse_shared_inputs(self) -> int:
+        """Compute ``A x`` of sibling layers that read one input (q/k/v, gate/up) as one matmul
+        (``lorakit.fused``; the same maths, fewer and larger kernels); returns the number of groups
+        formed (none with dropout)."""
+        return fuse_shared_inputs(self.layers, self.spec.options().get("dropout", 0.0))
 
     def optimizer(self, lr: float, weight_decay: float = 0.0,
                   optimizer_cls: type[torch.optim.Optimizer] = torch.optim.AdamW,
@@ -244,6 +251,8 @@ class Adapter:
         init the part ``s·B₀A₀`` taken out of ``W`` at attach time is put back, so the layer is the
         original one again (a requantized residual: quantized once more, to quantization rounding)."""
         layer = self.layers.pop(name)
+        if layer.shared_input is not None:
+            layer.shared_input.drop(layer)
         initial = self.initial.pop(name, None)
         if initial is not None and not layer.paths:
             add_to_base(layer.base_layer, [(*initial, initial_scale(self.spec))])

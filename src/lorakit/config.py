@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from .core.spec import MethodSpec
@@ -61,6 +62,9 @@ class ModelConfig:
     quantize: str = key("none", "none, nf4 or int8: the base's linear layers quantized with bitsandbytes (QLoRA); "
                                 "adapters train in float32 on top")
     compute_dtype: str | None = key(None, "dtype of NF4's matmuls: float32, bfloat16 or float16 (null: model.dtype)")
+    attention: str | None = key(None, "attention kernel: sdpa, eager, flex_attention, or flash_attention_2 (CUDA and "
+                                      "the flash-attn package; variable-length with data.padding_free) (null: the "
+                                      "model's default)")
 
 
 @dataclass
@@ -82,6 +86,9 @@ class DataConfig:
                                "them (exact: the same loss and gradients)")
     group_by_length: bool = key(False, "micro-batches of examples of similar length (less padding), shuffled "
                                        "between batches")
+    padding_free: bool = key(False, "each training micro-batch as one row with no padding: its examples (or packed "
+                                    "rows) joined, no attention across them (exact; fastest with a variable-length "
+                                    "attention kernel, model.attention: flash_attention_2)")
     eval_path: str | None = key(None, "a separate evaluation file: all its records evaluate (then data.path only "
                                       "trains, and eval_size is not used)")
     text_column: str | None = key(None, "classification: the text column (null: sentence1/sentence2, "
@@ -116,6 +123,13 @@ class TrainConfig:
     max_grad_norm: float | None = key(1.0, "gradient clipping norm (null: no clipping)")
     mixed_precision: str = key("no", "no, bf16, fp16 or auto (bf16 where the GPU supports it)")
     gradient_checkpointing: bool = key(False, "recompute activations in backward to save memory")
+    sparse_logits: bool = key(True, "causal LMs: the vocabulary logits at the loss positions only (exact: the same "
+                                    "loss and gradients, less time and memory); false: at every position")
+    fused_adapters: bool = key(False, "one A matmul for the adapted layers that read one input (q/k/v, gate/up; "
+                                      "exact; with method.dropout 0)")
+    compile: bool = key(False, "torch.compile the adapted model (the first steps compile; a C++ compiler on CPU)")
+    kernels: str = key("none", "none, or liger: liger-kernel's fused RMSNorm, RoPE and SwiGLU (CUDA; pip install "
+                               "\"lorakit[kernels]\")")
     fsdp: bool = key(False, "in several processes: shard weights, gradients and optimizer state over them "
                             "(torch FSDP2) instead of replicating the model (DDP)")
     log_every: int = key(10, "optimizer steps per training-loss record")
@@ -162,6 +176,8 @@ class RunConfig:
 
 
 OBJECTIVES = ("sft", "dpo")
+KERNELS = ("none", "liger")
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
 TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # the optional extra lorakit[trackers]
 MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
@@ -370,6 +386,7 @@ def validate_run(config: RunConfig) -> None:
     _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")
     _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
     _validate_task(config)
+    _validate_speed(config)
     e = config.eval
     check_metrics(e.metrics, config.task.type)
     _require(1 <= e.max_new_tokens <= 4096, f"eval.max_new_tokens must be in 1..4096, got {e.max_new_tokens}")
@@ -383,6 +400,26 @@ def validate_run(config: RunConfig) -> None:
     _require(m.quantize in QUANTIZE, f"model.quantize must be one of {', '.join(QUANTIZE)}, got {m.quantize!r}")
     _require(m.quantize == "none" or importlib.util.find_spec("bitsandbytes") is not None,
              f"model.quantize {m.quantize} needs bitsandbytes; pip install \"lorakit[qlora]\"")
+
+
+def _validate_speed(config: RunConfig) -> None:
+    t, d, m = config.train, config.data, config.model
+    _require(m.attention is None or m.attention in ATTENTION,
+             f"model.attention must be one of {', '.join(ATTENTION)} or null, got {m.attention!r}")
+    _require(m.attention != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None,
+             "model.attention flash_attention_2 needs the flash-attn package (CUDA); pip install flash-attn, or use "
+             "sdpa")
+    _require(t.kernels in KERNELS, f"train.kernels must be one of {', '.join(KERNELS)}, got {t.kernels!r}")
+    _require(t.kernels == "none" or importlib.util.find_spec("liger_kernel") is not None,
+             "train.kernels liger needs liger-kernel (CUDA); pip install \"lorakit[kernels]\"")
+    _require(t.kernels == "none" or torch.cuda.is_available(), "train.kernels liger runs Triton kernels on CUDA "
+             "GPUs, and this machine has none; set train.kernels: none")
+    _require(not (d.padding_free and t.objective == "dpo"), "data.padding_free joins the rows of a micro-batch; "
+             "train.objective dpo compares row pairs; set data.padding_free: false")
+    _require(not (d.padding_free and config.task.type != "causal_lm"), "data.padding_free joins token sequences "
+             f"for causal LMs; task.type {config.task.type} has one label per row (use data.group_by_length)")
+    _require(not (t.fused_adapters and t.fsdp), "train.fused_adapters reads sibling layers' factors, which "
+             "train.fsdp shards per layer; use one of them")
 
 
 def _validate_task(config: RunConfig) -> None:

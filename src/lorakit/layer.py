@@ -14,6 +14,7 @@ from torch import nn
 from .conv1d import unwrapped
 from .core.terms import Term, add_products
 from .forms import Form
+from .fused import SharedInput
 from .quantized import base_weight, is_quantized, plain_layer
 
 
@@ -30,6 +31,8 @@ class AdaptedLinear(nn.Module):
         # with the adapter on, frozen terms added to the output: a spectral init's ``−s·B₀(A₀ x)`` on a
         # quantized base kept as it is (``spectral_residual: correction``)
         self.paths: list[Term] = []
+        # siblings reading the same input compute their ``A x`` together (``lorakit.fused``)
+        self.shared_input: SharedInput | None = None
 
     @property
     def weight(self) -> torch.Tensor:
@@ -52,6 +55,9 @@ class AdaptedLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return _plus_terms(self.base_layer(x), x, self.corrections)
+        if self.shared_input is not None:
+            return _plus_terms(self.form(x, self.base_layer, inner=self.shared_input.input_side(self, x)), x,
+                               self.paths)
         return _plus_terms(self.form(x, self.base_layer), x, self.paths)
 
     @torch.no_grad()

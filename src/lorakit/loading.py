@@ -23,7 +23,7 @@ from .data import encode as encode_one
 from .data.conversation import warn_if_never_stops
 from .data.formats import sample_kind
 from .data.labelled import LabelledCollator, Labels, encode_labelled, load_labelled
-from .data.packing import PackedCollator, pack
+from .data.packing import FlatCollator, PackedCollator, pack
 from .data.preference import SIDES, PairCollator, answered, encode_pair
 from .errors import LorakitError
 from .evaluate.suite import evaluate_run
@@ -105,8 +105,24 @@ def load_base(config: RunConfig, device: torch.device | str | None = None,
     """The base model of ``config`` (frozen, on ``device``; a sequence classifier for ``labels``)
     and its tokenizer."""
     m = config.model
-    return load_model(m.path, dtype=m.dtype, device=device, quantize=m.quantize, compute_dtype=m.compute_dtype,
-                      labels=labels)
+    model, tokenizer = load_model(m.path, dtype=m.dtype, device=device, quantize=m.quantize,
+                                  compute_dtype=m.compute_dtype, labels=labels)
+    if m.attention is not None:
+        set_attention(model, m.attention)
+    return model, tokenizer
+
+
+def set_attention(model: nn.Module, attention: str) -> None:
+    """Run ``model``'s attention with the kernel ``attention`` (``model.attention``), or refuse in one line."""
+    try:
+        model.set_attn_implementation(attention)
+    except (ValueError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise LorakitError(f"model.attention {attention} does not run here ({reason}); choose another "
+                           "model.attention or null") from None
+    if model.config._attn_implementation != attention:
+        raise LorakitError(f"{type(model).__name__} cannot switch its attention to {attention}; choose another "
+                           "model.attention or null")
 
 
 def encode(config: RunConfig, tokenizer: Any, split: Split, labels: Labels | None = None) -> Examples:
@@ -127,12 +143,12 @@ def encode(config: RunConfig, tokenizer: Any, split: Split, labels: Labels | Non
     encoded = encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on)
     train = _kept(encoded, [any(label != IGNORE_INDEX for label in e["labels"]) for e in encoded], d.max_length)
     collate = Collator(tokenizer)
-    if d.packing:
+    if d.packing or d.padding_free:
         check_packing(config)
     packed = pack(train, d.max_length) if d.packing else None
+    train_collate = FlatCollator() if d.padding_free else PackedCollator(collate.pad_id) if d.packing else None
     return Examples(packed or train, encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on),
-                    collate, skipped=len(encoded) - len(train),
-                    train_collate=PackedCollator(collate.pad_id) if d.packing else None,
+                    collate, skipped=len(encoded) - len(train), train_collate=train_collate,
                     lengths=[len(example["input_ids"]) for example in train] if d.group_by_length else None)
 
 
@@ -182,15 +198,15 @@ def _encode_pairs(config: RunConfig, tokenizer: Any, split: Split) -> Examples:
 
 
 def check_packing(config: RunConfig) -> None:
-    """Refuse ``data.packing`` where it would not be exact."""
+    """Refuse ``data.packing`` and ``data.padding_free`` where they would not be exact."""
     from transformers import masking_utils
 
     if not hasattr(masking_utils, "find_packed_sequence_indices"):  # transformers before 4.54
-        raise LorakitError("data.packing needs transformers >= 4.54 (its block-diagonal attention from position "
-                           "ids); upgrade transformers or use data.group_by_length")
+        raise LorakitError("data.packing and data.padding_free need transformers >= 4.54 (its block-diagonal "
+                           "attention from position ids); upgrade transformers or use data.group_by_length")
     if config.method_spec().schedule == "lora_drop":
-        raise LorakitError("lora_drop measures layer importance with the attention mask, which packed rows do not "
-                           "have; use data.group_by_length with lora_drop")
+        raise LorakitError("lora_drop measures layer importance with the attention mask, which packed and "
+                           "padding-free rows do not have; use data.group_by_length with lora_drop")
 
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,

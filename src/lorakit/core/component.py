@@ -15,7 +15,10 @@ Form capabilities (declared by each form in ``capabilities``):
 - ``resizable``: can grow, shrink or be removed by a schedule (``resize``);
 - ``masked``: AdaLoRA's triplets under a mask (``mask``, ``kept_rank``);
 - ``magnitude``: a per-row magnitude vector (DoRA's ``m``), exported as PEFT's ``lora_magnitude_vector``;
-- ``rank_within_shape``: the rank may not exceed ``min(out, in)``.
+- ``rank_within_shape``: the rank may not exceed ``min(out, in)``;
+- ``shared_input``: the input side is a plain ``A x`` (``input_side``, before any diagonal), which
+  ``forward`` also takes computed elsewhere (``inner=``): layers reading one input share one matmul
+  (``lorakit.fused``).
 """
 
 from __future__ import annotations
@@ -25,8 +28,8 @@ from typing import Any, ClassVar, NamedTuple
 from .options import Option
 from .spec import MethodSpec
 
-FACTORS, PAIR, ADDITIVE, GATED, RESIZABLE, MASKED, MAGNITUDE, RANK_WITHIN_SHAPE = (
-    "factors", "pair", "additive", "gated", "resizable", "masked", "magnitude", "rank_within_shape")
+FACTORS, PAIR, ADDITIVE, GATED, RESIZABLE, MASKED, MAGNITUDE, RANK_WITHIN_SHAPE, SHARED_INPUT = (
+    "factors", "pair", "additive", "gated", "resizable", "masked", "magnitude", "rank_within_shape", "shared_input")
 
 
 class Component:

@@ -13,6 +13,14 @@ terms, and the gradients, of the same examples unpacked.
 
 The rows of a batch are right-padded to the longest with pad tokens that form a block of their own
 (positions from 0, no labels): no real token attends to them.
+
+**Padding-free batches** (``data.padding_free``, ``FlatCollator``): the micro-batch's examples — or
+its packed rows — joined into one row by the same rule, so a batch holds no padding at all and
+has the same loss terms as the padded batch of the same examples. With a variable-length
+attention kernel (``model.attention: flash_attention_2``, which transformers gives the block
+boundaries from the positions) attention costs what the examples' own blocks cost; the dense
+kernels (sdpa, eager) apply a block-diagonal mask over the whole row instead, exact but
+quadratic in the row's length.
 """
 
 from __future__ import annotations
@@ -27,7 +35,8 @@ from .tokens import IGNORE_INDEX, Encoded
 
 
 def pack(examples: Sequence[Mapping[str, Sequence[int]]], max_length: int) -> list[Encoded]:
-    """The examples packed into rows of at most ``max_length`` tokens (see the module docstring)."""
+    """The examples packed into rows of at most ``max_length`` tokens (see the module docstring);
+    an example that is itself a packed row keeps its ``position_ids``."""
     rows: list[Encoded] = []
     row: Encoded = {"input_ids": [], "labels": [], "position_ids": []}
     for example in examples:
@@ -39,7 +48,7 @@ def pack(examples: Sequence[Mapping[str, Sequence[int]]], max_length: int) -> li
             row = {"input_ids": [], "labels": [], "position_ids": []}
         row["input_ids"] += example["input_ids"]
         row["labels"] += [IGNORE_INDEX, *example["labels"][1:]]
-        row["position_ids"] += range(size)
+        row["position_ids"] += example.get("position_ids", range(size))
     if row["input_ids"]:
         rows.append(row)
     return rows
@@ -63,6 +72,18 @@ class PackedCollator:
             columns["position_ids"].append([*row["position_ids"], *range(pad)])
             columns["labels"].append([*row["labels"], *[IGNORE_INDEX] * pad])
         return {key: torch.tensor(value, dtype=torch.long) for key, value in columns.items()}
+
+
+class FlatCollator:
+    """A micro-batch as one row ``(1, Σ lengths)``: ``input_ids``, ``position_ids`` (restarting at
+    every example, or kept from packed rows) and ``labels`` (each example's first label dropped,
+    as in ``pack``); no padding, no ``attention_mask``."""
+
+    def __call__(self, batch: Sequence[Mapping[str, Sequence[int]]]) -> dict[str, torch.Tensor]:
+        if not batch:
+            raise LorakitError("cannot collate an empty batch; pass at least one example")
+        (row,) = pack(batch, sum(len(example["input_ids"]) for example in batch))
+        return {key: torch.tensor([value], dtype=torch.long) for key, value in row.items()}
 
 
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:

@@ -23,17 +23,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.component import FACTORS, MAGNITUDE, PAIR, RANK_WITHIN_SHAPE
+from ..core.component import FACTORS, MAGNITUDE, PAIR, RANK_WITHIN_SHAPE, SHARED_INPUT
 from ..quantized import base_weight, is_quantized
 from .base import FORMS
-from .lora import PairForm
+from .lora import PairForm, add_low_rank
 
 
 @FORMS.register("dora")
 class DoRA(PairForm):
     """A low-rank pair ``B A`` plus a per-row magnitude ``m``."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR, MAGNITUDE, RANK_WITHIN_SHAPE})
+    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR, MAGNITUDE, RANK_WITHIN_SHAPE, SHARED_INPUT})
     summary: ClassVar[str] = "magnitude per output row: W' = m ⊙ (W + s·B A) / ‖W + s·B A‖_row"
 
     def __init__(self, in_features: int, out_features: int, rank: int, alpha: float,
@@ -86,14 +86,17 @@ class DoRA(PairForm):
             self._norm_key = key
         return self._norm_value
 
-    def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, base: nn.Linear, inner: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])
         if is_quantized(base):  # the quantized kernel computes W x (+ b, taken off here)
-            y = base(x) if base.bias is None else base(x) - base.bias
+            y = base(rows) if base.bias is None else base(rows) - base.bias
         else:
-            y = F.linear(x, base.weight)
-        directional = y.add_(self.low_rank(x).to(y.dtype))  # linear's backward does not need y
+            y = F.linear(rows, base.weight)
+        inner = self.input_side(rows) if inner is None else inner.reshape(-1, inner.shape[-1])
+        directional = add_low_rank(y, inner, self.output_side(inner.dtype))
         out = directional * (self.magnitude / self._norm(base)).to(y.dtype)
-        return out if base.bias is None else out + base.bias
+        out = out if base.bias is None else out + base.bias
+        return out.view(*x.shape[:-1], out.shape[-1])
 
     @torch.no_grad()
     def post_init(self, base: nn.Linear) -> None:

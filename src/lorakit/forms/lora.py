@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.component import ADDITIVE, FACTORS, GATED, PAIR, RANK_WITHIN_SHAPE, RESIZABLE
+from ..core.component import ADDITIVE, FACTORS, GATED, PAIR, RANK_WITHIN_SHAPE, RESIZABLE, SHARED_INPUT
 from ..core.options import Option
 from ..core.spec import MethodSpec
 from ..ops.resize import resize_pair
@@ -39,6 +39,20 @@ def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
     return alpha / math.sqrt(rank) if rslora else alpha / rank
 
 
+def compute_dtype(x: torch.Tensor, factor: torch.Tensor) -> torch.dtype:
+    """The dtype of the adapter's matmuls: the activations' when that is a half type, else the factors'."""
+    return x.dtype if x.dtype in HALF_DTYPES else factor.dtype
+
+
+def add_low_rank(y: torch.Tensor, inner: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``y + inner · weightᵀ`` for 2-D ``y`` (tokens × out): one matmul-accumulate into ``y`` when the
+    dtypes agree — ``y`` is a base layer's fresh output, which no backward reads — so the update
+    costs no ``tokens × out`` temporaries; out of place otherwise."""
+    if y.dtype == inner.dtype and y.is_contiguous():
+        return y.addmm_(inner, weight.t())
+    return y + F.linear(inner, weight).to(y.dtype)
+
+
 def initial_scale(spec: MethodSpec) -> float:
     """The scale ``s`` a spectral init used for ``W ← W − s·B₀A₀`` (a schedule may later change a
     layer's own scale, never this one)."""
@@ -48,7 +62,7 @@ def initial_scale(spec: MethodSpec) -> float:
 class PairForm(Form):
     """A low-rank pair ``B A`` with scale ``s`` and input dropout."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR, ADDITIVE, RANK_WITHIN_SHAPE})
+    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR, ADDITIVE, RANK_WITHIN_SHAPE, SHARED_INPUT})
     options: ClassVar[tuple[Option, ...]] = (RANK, ALPHA, DROPOUT, RSLORA)
 
     def __init__(
@@ -71,26 +85,33 @@ class PairForm(Form):
         for a plain pair."""
         return None
 
-    def low_rank(self, x: torch.Tensor) -> torch.Tensor:
-        """``s · B (A dropout(x))`` (``s · B (d ⊙ A dropout(x))`` with a diagonal ``d``), computed
-        in the activations' dtype when that is a half type."""
+    def input_side(self, x: torch.Tensor) -> torch.Tensor:
+        """``A dropout(x)``, in ``compute_dtype``."""
         h = self.dropout(x)
-        dtype = h.dtype if h.dtype in HALF_DTYPES else self.A.dtype
-        inner = F.linear(h.to(dtype), self.A.to(dtype))
-        diagonal = self.diagonal()
-        if diagonal is not None:
-            inner = inner * diagonal.to(dtype)
-        return F.linear(inner, self.B.to(dtype)) * self.scale
+        dtype = compute_dtype(h, self.A)
+        return F.linear(h.to(dtype), self.A.to(dtype))
 
-    def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
-        y = base(x)
-        return y + self.low_rank(x).to(y.dtype)
+    def output_side(self, dtype: torch.dtype) -> torch.Tensor:
+        """``s · B diag(d)`` in ``dtype``: the scale and a diagonal ``d`` folded into the ``out × r``
+        weight, never applied to the ``tokens × out`` output."""
+        diagonal = self.diagonal()
+        B = self.B if diagonal is None else self.B * diagonal
+        return (self.scale * B).to(dtype)
+
+    def low_rank(self, x: torch.Tensor, inner: torch.Tensor | None = None) -> torch.Tensor:
+        """``s · B diag(d) A dropout(x)``; ``inner``: ``A x`` already computed (``lorakit.fused``)."""
+        inner = self.input_side(x) if inner is None else inner
+        return F.linear(inner, self.output_side(inner.dtype))
+
+    def forward(self, x: torch.Tensor, base: nn.Linear, inner: torch.Tensor | None = None) -> torch.Tensor:
+        rows = x.reshape(-1, x.shape[-1])  # 2-D, so that the update adds into the base output in place
+        inner = self.input_side(rows) if inner is None else inner.reshape(-1, inner.shape[-1])
+        y = add_low_rank(base(rows), inner, self.output_side(inner.dtype))
+        return y.view(*x.shape[:-1], y.shape[-1])
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s · B diag(d), A)``."""
-        diagonal = self.diagonal()
-        B = self.B if diagonal is None else self.B * diagonal
-        return self.scale * B, self.A
+        return self.output_side(self.B.dtype), self.A
 
     def roles(self) -> dict[str, nn.Parameter]:
         return {"A": self.A, "B": self.B}

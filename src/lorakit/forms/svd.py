@@ -25,7 +25,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from ..core.component import ADDITIVE, FACTORS, GATED, MASKED, RANK_WITHIN_SHAPE, RESIZABLE, Parts
+from ..core.component import ADDITIVE, FACTORS, GATED, MASKED, RANK_WITHIN_SHAPE, RESIZABLE, SHARED_INPUT, Parts
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from .base import FORMS
@@ -37,7 +37,7 @@ class SVD(PairForm):
     """``P diag(λ ⊙ mask) Q`` with scale ``s`` and input dropout (roles: ``A`` = ``Q``,
     ``B`` = ``P``, ``other`` = ``λ``)."""
 
-    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, ADDITIVE, MASKED, RANK_WITHIN_SHAPE})
+    capabilities: ClassVar[frozenset[str]] = frozenset({FACTORS, ADDITIVE, MASKED, RANK_WITHIN_SHAPE, SHARED_INPUT})
     summary: ClassVar[str] = "AdaLoRA's triplets: ΔW = s·P diag(λ ⊙ mask) Q"
 
     @classmethod

@@ -27,7 +27,7 @@ from ..core.options import Option
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from .base import DROPOUT, FORMS, RANK, Form
-from .lora import HALF_DTYPES
+from .lora import compute_dtype
 
 D_INITIAL = Option("vera_d_initial", float, 0.1, "initial value of every entry of VeRA's vector d",
                    minimum=0.0, open_minimum=True)
@@ -91,7 +91,7 @@ class VeRA(Form):
     def forward(self, x: torch.Tensor, base: nn.Linear) -> torch.Tensor:
         y = base(x)
         h = self.dropout(x)
-        dtype = h.dtype if h.dtype in HALF_DTYPES else self.d.dtype
+        dtype = compute_dtype(h, self.d)
         h = F.linear(h.to(dtype), self.A_shared.to(dtype)) * self.d.to(dtype)
         return y + (F.linear(h, self.B_shared.to(dtype)) * self.b.to(dtype)).to(y.dtype)
 

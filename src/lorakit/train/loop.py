@@ -20,6 +20,7 @@ import json
 import math
 import os
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from ..core.distributed import full
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from ..heads import reseed_new_modules
+from ..integrations.liger import apply_liger
 from ..io.adapter_files import final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
@@ -135,8 +137,10 @@ class Run:
         if len(run.examples.train) != len(split[0]):  # skipped or packed: the steps follow the examples
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
-        run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta, config.task.type)
-        _check_deepspeed(accelerator, spec)
+        causal_lm = config.task.type == "causal_lm"
+        run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta, config.task.type,
+                                      run.model if tc.sparse_logits and causal_lm else None)
+        _check_deepspeed(accelerator, spec, tc.fused_adapters)
         run.sharded = tc.fsdp and accelerator.num_processes > 1
         if run.sharded:  # before the optimizer is built: sharding replaces the parameters
             if tc.objective == "dpo" and parts_of(spec).optimizer.changes_base:
@@ -146,6 +150,7 @@ class Run:
                 raise LorakitError(f"schedule {spec.schedule!r} does not run on sharded parameters (it replaces them "
                                    "or computes on whole factors); train it without train.fsdp (DDP works)")
             shard(run.model)
+        run._speed_up()
         run._build_optimizer()
         return run
 
@@ -166,14 +171,24 @@ class Run:
                                "config")
         return load(self.model, self.checkpoint_folder)
 
-    def _build_optimizer(self) -> None:
+    def _speed_up(self) -> None:
+        """The speed options, each exact: liger's kernels, fused adapter inputs and gradient
+        checkpointing (torch.compile comes once the model is wrapped, ``_wrapped``)."""
         tc = self.config.train
+        if tc.kernels == "liger":
+            apply_liger(self.model)
+        if tc.fused_adapters and not self.adapter.fuse_shared_inputs():
+            warnings.warn("train.fused_adapters found no adapted layers that read one input (q/k/v, gate/up with "
+                          "method.dropout 0); it changes nothing here", stacklevel=2)
         if tc.gradient_checkpointing:
             if hasattr(self.model, "activation_checkpointing_enable"):  # transformers >= 5.x names it so
                 self.model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
             else:
                 self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
+
+    def _build_optimizer(self) -> None:
+        tc = self.config.train
         self.optimizer = self.adapter.optimizer(lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = get_scheduler(tc.scheduler, self.optimizer, num_warmup_steps=tc.warmup_steps,
                                        num_training_steps=self.total_steps)
@@ -194,6 +209,12 @@ class Run:
             self.prepared_optimizer = self.optimizer
         else:
             self.model, self.prepared_optimizer = self.accelerator.prepare(self.model, self.optimizer)
+        self._wrapped()
+
+    def _wrapped(self) -> None:
+        """The model as the training steps call it: compiled with ``train.compile`` (evaluation and
+        generation call the plain model, whose shapes vary more)."""
+        self.step_model = torch.compile(self.model, dynamic=True) if self.config.train.compile else self.model
         self.wrapped_version = self.adapter.structure_version
 
     def _rewrap(self) -> None:
@@ -204,7 +225,7 @@ class Run:
         the processes stay identical; DDP checks the shapes agree when it wraps."""
         if self.accelerator.num_processes > 1:
             self.model = _ddp(self.accelerator, self.accelerator.unwrap_model(self.model))
-        self.wrapped_version = self.adapter.structure_version
+        self._wrapped()
 
     def start(self, progress: bool) -> None:
         """Open the log, evaluate the starting point of a fresh run, and start the clock."""
@@ -241,7 +262,7 @@ class Run:
             # gradients are all-reduced only on the step's last micro-batch
             with accelerator.no_sync(self.model) if i < len(batches) - 1 else contextlib.nullcontext():
                 with accelerator.autocast():
-                    loss_sum = self.objective.loss_sum(self.model, batch)
+                    loss_sum = self.objective.loss_sum(self.step_model, batch)
                 # DDP averages over processes; × world size makes that the sum over all tokens / n_tokens
                 accelerator.backward(loss_sum / n_tokens * accelerator.num_processes)
             step_loss += loss_sum.detach().double()
@@ -388,8 +409,11 @@ def _ddp(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
 
 
-def _check_deepspeed(accelerator: Accelerator, spec: MethodSpec) -> None:
+def _check_deepspeed(accelerator: Accelerator, spec: MethodSpec, fused: bool) -> None:
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         refuse_if_bypassed(spec, "DeepSpeed's ZeRO optimizer")
+        if fused:
+            raise LorakitError("train.fused_adapters reads sibling layers' factors, which DeepSpeed ZeRO-3 "
+                               "partitions; train without train.fused_adapters under DeepSpeed")

@@ -35,9 +35,8 @@ from torch import nn
 
 from ..adapter import Adapter
 from ..config import OBJECTIVES
-from ..data.packing import model_inputs
 from ..evaluate import classification
-from ..evaluate.loss import IGNORE, eval_mode, evaluate_loss, label_tokens, token_loss
+from ..evaluate.loss import LossLogits, eval_mode, evaluate_loss, label_tokens, loss_scores, token_loss
 
 __all__ = ["OBJECTIVES", "Dpo", "Labelled", "NextToken", "Objective", "objective_for", "sequence_logps"]
 
@@ -64,23 +63,29 @@ class NextToken(Objective):
 
     name = "sft"
 
+    def __init__(self, logits: LossLogits | None = None) -> None:
+        self.logits = logits  # the vocabulary projection at the loss positions alone (train.sparse_logits)
+
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         return label_tokens(batch["labels"])
 
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return token_loss(model, batch)
+        return token_loss(model, batch, self.logits)
 
     def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
                  device: torch.device | str) -> dict[str, float]:
-        return evaluate_loss(model, examples, collate, batch_size, device)
+        return evaluate_loss(model, examples, collate, batch_size, device, self.logits)
 
 
-def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """``log π(answer | prompt)`` of every row: the labelled tokens' log-probabilities, summed."""
-    logits = model(**model_inputs(batch)).logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
-    token_logps = -F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE, reduction="none")
-    return (token_logps * (labels != IGNORE)).sum(dim=1)
+def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor], logits: LossLogits | None = None
+                   ) -> torch.Tensor:
+    """``log π(answer | prompt)`` of every row: the labelled tokens' log-probabilities, summed
+    (``logits``: see ``lorakit.evaluate.loss.loss_scores``)."""
+    scores, keep = loss_scores(model, batch, logits)
+    token_logps = -F.cross_entropy(scores.float(), batch["labels"][:, 1:][keep], reduction="none")
+    per_position = token_logps.new_zeros(keep.shape)
+    per_position[keep] = token_logps  # each position written once: a deterministic sum, also on CUDA
+    return per_position.sum(dim=1)
 
 
 class Dpo(Objective):
@@ -89,8 +94,8 @@ class Dpo(Objective):
     name = "dpo"
     final_metrics = True
 
-    def __init__(self, adapter: Adapter, beta: float) -> None:
-        self.adapter, self.beta = adapter, beta
+    def __init__(self, adapter: Adapter, beta: float, logits: LossLogits | None = None) -> None:
+        self.adapter, self.beta, self.logits = adapter, beta, logits
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         return batch["input_ids"].shape[0] // 2
@@ -98,8 +103,8 @@ class Dpo(Objective):
     def margins(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``m`` of every pair of the batch (the policy's part differentiable)."""
         with torch.no_grad(), self.adapter.original(), eval_mode(model):  # the reference draws no dropout
-            reference = sequence_logps(model, batch)
-        policy = sequence_logps(model, batch)
+            reference = sequence_logps(model, batch, self.logits)
+        policy = sequence_logps(model, batch, self.logits)
         chosen, rejected = (policy - reference).chunk(2)
         return self.beta * (chosen - rejected)
 
@@ -138,8 +143,11 @@ class Labelled(Objective):
         return classification.scores(logits, labels, ("pearson",) if labels.is_floating_point() else ("accuracy",))
 
 
-def objective_for(name: str, adapter: Adapter, beta: float, task: str = "causal_lm") -> Objective:
-    """The objective ``train.objective`` names for ``task``, for ``adapter``."""
+def objective_for(name: str, adapter: Adapter, beta: float, task: str = "causal_lm",
+                  sparse_logits: nn.Module | None = None) -> Objective:
+    """The objective ``train.objective`` names for ``task``, for ``adapter``; with ``sparse_logits``
+    (the model, unwrapped), a causal LM's logits are computed at the loss positions alone (``LossLogits``)."""
     if task != "causal_lm":
         return Labelled()
-    return Dpo(adapter, beta) if name == "dpo" else NextToken()
+    logits = LossLogits(sparse_logits) if sparse_logits is not None else None
+    return Dpo(adapter, beta, logits) if name == "dpo" else NextToken(logits)

@@ -12,8 +12,13 @@ from ..config import RunConfig
 from ..errors import LorakitError
 from .checkpoint import latest_checkpoint
 
-CONFIG_KEYS_FREE_ON_RESUME = ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir",
-                              "report_to", "tensorboard")
+# keys a resumed run may change: logging and saving, and the speed options (exact: the same steps)
+CONFIG_KEYS_FREE_ON_RESUME = {
+    "train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir", "report_to", "tensorboard",
+              "sparse_logits", "fused_adapters", "compile", "kernels", "gradient_checkpointing"),
+    "data": ("padding_free",),
+    "model": ("attention",),
+}
 # sections that do not change what is trained, so a resumed run may differ in them
 SECTIONS_FREE_ON_RESUME = ("eval",)
 
@@ -25,9 +30,9 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     for section, values in defaults.items():  # a key added since the checkpoint was made counts as its default
         if isinstance(values, dict) and section != "method":  # (a whole section new since: its defaults)
             config[section] = {**values, **(config.get(section) or {})}
-    train = {k: v for k, v in config["train"].items() if k not in CONFIG_KEYS_FREE_ON_RESUME}
-    rest = {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
-    return {**rest, "train": train}
+    for section, free in CONFIG_KEYS_FREE_ON_RESUME.items():
+        config[section] = {k: v for k, v in config[section].items() if k not in free}
+    return {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
 
 
 def make_output_dir(output_dir: Path) -> None:
