@@ -289,6 +289,7 @@ def test_speed_options_may_change_when_a_run_resumes():
 
 @pytest.mark.parametrize(("override", "message"), [
     ("model.attention=flash", "model.attention must be one of"),
+    ("model.attention=flash_attention_2", "needs the flash-attn package"),
     ("train.kernels=triton", "train.kernels must be one of"),
     ("train.fused_adapters=true train.fsdp=true", "train.fused_adapters reads sibling"),
     ("data.padding_free=true train.objective=dpo", "data.padding_free joins the rows"),
@@ -297,6 +298,14 @@ def test_speed_options_may_change_when_a_run_resumes():
 def test_speed_options_that_cannot_work_are_refused_in_one_line(override, message):
     with pytest.raises(lorakit.LorakitError, match=message):
         load_config(None, override.split())
+
+
+def test_the_attention_kernel_is_set_on_the_loaded_model():
+    from lorakit.loading import set_attention
+
+    model = tiny_llama()
+    set_attention(model, "eager")
+    assert model.config._attn_implementation == "eager"
 
 
 def test_liger_kernels_are_refused_without_cuda_or_the_package():

@@ -25,7 +25,9 @@ class Form(Component, nn.Module):
     weight that replaces ``W`` when merging (never used on the training path). ``roles()`` names
     each trainable parameter's role for optimizer recipes: ``"A"`` (the input side), ``"B"``
     (the output side), ``"gate"`` (a schedule's ``ω``) or ``"other"`` (vectors such as magnitudes).
-    ``capabilities`` declares what the form supports (see ``lorakit.core.component``).
+    ``capabilities`` declares what the form supports (see ``lorakit.core.component``); a form that
+    declares ``shared_input`` also takes ``forward(x, base, inner=A x)`` with its input side
+    computed elsewhere (``lorakit.fused``).
     """
 
     kind: ClassVar[str] = "form"
