@@ -14,6 +14,7 @@ from torch import nn
 from .conv1d import unwrapped
 from .core.terms import Term, add_products
 from .forms import Form
+from .forms.lora import add_low_rank, compute_dtype
 from .fused import SharedInput
 from .quantized import base_weight, is_quantized, plain_layer
 
@@ -53,8 +54,9 @@ class AdaptedLinear(nn.Module):
         return self.base_layer.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.enabled:
-            return _plus_terms(self.base_layer(x), x, self.corrections)
+        if not self.enabled:  # the base on 2-D rows, as the forms compute it (bit for bit the same W x)
+            return _plus_terms(self.base_layer(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1), x,
+                               self.corrections)
         if self.shared_input is not None:
             return _plus_terms(self.form(x, self.base_layer, inner=self.shared_input.input_side(self, x)), x,
                                self.paths)
@@ -74,7 +76,14 @@ class AdaptedLinear(nn.Module):
 
 
 def _plus_terms(y: torch.Tensor, x: torch.Tensor, terms: list[Term]) -> torch.Tensor:
-    """``y + Σ c·B (A x)`` in ``x``'s dtype."""
+    """``y + Σ c·B (A x)``, computed as a pair form computes its own update (``add_low_rank`` with
+    ``c`` folded into ``B``, in ``compute_dtype``), so a correction that stands for an adapter's
+    initial ``s·B₀A₀`` equals that adapter's output bit for bit (DPO's reference at step 0)."""
+    if not terms:
+        return y
+    rows, out = x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
     for B, A, coefficient in terms:  # (moved along: the terms are plain tensors, not the module's buffers)
-        y = y + coefficient * F.linear(F.linear(x, A.to(x.device, x.dtype)), B.to(x.device, x.dtype))
-    return y
+        dtype = compute_dtype(x, A)
+        inner = F.linear(rows.to(dtype), A.to(x.device, dtype))
+        out = add_low_rank(out, inner, (coefficient * B.to(x.device)).to(inner.dtype))  # (autocast: bf16)
+    return out.view(*y.shape[:-1], out.shape[-1])
