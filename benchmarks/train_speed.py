@@ -125,6 +125,12 @@ def examples(args: argparse.Namespace, vocab: int) -> list[dict[str, list[int]]]
     return out
 
 
+def example_lengths(positions: list[int]) -> list[int]:
+    """The lengths of the examples in a packed row (each starts at position 0)."""
+    starts = [i for i, position in enumerate(positions) if position == 0] + [len(positions)]
+    return [b - a for a, b in zip(starts, starts[1:])]
+
+
 def batches(data: list[dict[str, list[int]]], args: argparse.Namespace, pad_id: int
             ) -> dict[str, list[tuple[dict[str, torch.Tensor], list[int]]]]:
     """Each batching mode's step batches over the same examples in one seeded order, with the
@@ -134,15 +140,8 @@ def batches(data: list[dict[str, list[int]]], args: argparse.Namespace, pad_id: 
     collate = Collator(SimpleNamespace(pad_token_id=pad_id, eos_token_id=pad_id))
     sizes = [[len(e["input_ids"]) for e in group] for group in groups]
     # packed rows of --seq tokens, as many rows per step as hold the padded steps' examples on average
-    kept = [data[i] for i in order[: len(groups) * args.batch]]
-    rows, row_sizes, row = [], [], []
-    for example in kept:
-        if row and sum(row) + len(example["input_ids"]) > args.seq:
-            row_sizes.append(row)
-            row = []
-        row.append(len(example["input_ids"]))
-    row_sizes.append(row)
-    rows = pack(kept, args.seq)
+    rows = pack([data[i] for i in order[: len(groups) * args.batch]], args.seq)
+    row_sizes = [example_lengths(row["position_ids"]) for row in rows]
     per_step = max(1, round(len(rows) / max(len(groups), 1)))
     packed = [(PackedCollator(pad_id)(rows[k:k + per_step]), sum(row_sizes[k:k + per_step], []))
               for k in range(0, len(rows) - per_step + 1, per_step)]
@@ -218,6 +217,17 @@ def _units(batch: dict[str, torch.Tensor]) -> int:
     return max(int((batch["labels"][:, 1:] != IGNORE_INDEX).sum()), 1)
 
 
+def training_step(loss_of: Callable[[dict[str, torch.Tensor]], torch.Tensor], optimizer: Any) -> Step:
+    """One optimizer step on a batch: the mean loss, backward, ``optimizer.step()``, ``zero_grad``."""
+    def step(batch):
+        loss = loss_of(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+    return step
+
+
 def peft_setup(args: argparse.Namespace, autocast_adapter_dtype: bool = True
                ) -> Callable[[Any], tuple[Any, Step, Any]]:
     """PEFT's LoRA; by default (as ``get_peft_model``) its factors are float32 on a bf16 base and
@@ -226,14 +236,7 @@ def peft_setup(args: argparse.Namespace, autocast_adapter_dtype: bool = True
         model = get_peft_model(model, LoraConfig(r=args.rank, lora_alpha=2 * args.rank, target_modules=TARGETS,
                                                  lora_dropout=0.0), autocast_adapter_dtype=autocast_adapter_dtype)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-
-        def step(batch):
-            loss = model(**batch, use_cache=False).loss  # transformers' own loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss
-        return model, step, optimizer
+        return model, training_step(lambda batch: model(**batch, use_cache=False).loss, optimizer), optimizer
     return setup
 
 
@@ -246,13 +249,7 @@ def lorakit_setup(args: argparse.Namespace, sparse: bool = True, fused: bool = F
         logits = LossLogits(model) if sparse else None
         optimizer = adapter.optimizer(lr=1e-4)
         forward = torch.compile(model, dynamic=True) if compile else model  # as train.compile
-
-        def step(batch):
-            loss = token_loss(forward, batch, logits) / _units(batch)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            return loss
+        step = training_step(lambda batch: token_loss(forward, batch, logits) / _units(batch), optimizer)
         return model, step, optimizer
     return setup
 
