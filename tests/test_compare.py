@@ -89,6 +89,12 @@ def test_failed_run_is_a_row_not_a_gap(tiny_model_dir, addition_data, tmp_path, 
     (lambda r: r["compare"].update(runs=[{"method": None}]), "compare.runs[0] must be a method name"),
     (lambda r: r["compare"].update(output_dir=""), "compare.output_dir is empty"),
     (lambda r: r["compare"].__setitem__(7, 1), "unknown config key 'compare.7'"),
+    (lambda r: r["compare"].update(runs=[{"method": "lora", "train": {"lrr": 1e-3}}]),
+     "unknown config key 'compare.runs[0].train.lrr' (did you mean 'lr'?)"),
+    (lambda r: r["compare"].update(runs=["lora", {"method": "lora", "train": {"seed": 3}}]),
+     "compare.runs[1].train.seed cannot differ between runs"),
+    (lambda r: r["compare"].update(runs=[{"method": "lora", "train": {"lr": -1.0}}]), "train.lr must be a finite"),
+    (lambda r: r["compare"].update(runs=[{"method": "lora", "train": "fast"}]), "compare.runs[0].train must be"),
 ])
 def test_bad_compare_config_fails_before_training(edit, needle, tiny_model_dir, addition_data, tmp_path, capsys):
     out = tmp_path / "cmp"
@@ -111,6 +117,25 @@ def test_records_without_output_fail_before_training(tiny_model_dir, tmp_path, c
     assert main(["compare", str(path), "--quiet"]) == 2
     assert "record 0 has no 'output'" in capsys.readouterr().err
     assert not (tmp_path / "cmp" / "runs").exists()
+
+
+def test_a_run_overrides_train_keys_for_itself_alone(tiny_model_dir, addition_data, tmp_path):
+    """Per-run train keys (its own learning rate, warm-up) change that run only; the name says so,
+    and the rows carry each run's learning rate."""
+    raw = compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")
+    raw["eval"] = {"metrics": ["eval_loss"]}
+    raw["compare"].update(runs=["lora", {"method": "lora", "train": {"lr": 5e-4, "warmup_steps": 2}}],
+                          seeds=[0], base_model_row=False)
+    base, spec, runs = load_compare_config(raw)
+    assert [r.name for r in runs] == ["lora", "lora lr=0.0005 warmup_steps=2"]
+    assert runs[1].slug == "lora_lr_0.0005_warmup_steps_2"
+    run_compare(base, spec, runs, progress=False)
+    rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
+    assert [(r["run"], r["lr"], r["status"]) for r in rows] == [("lora", 5e-3, "ok"),
+                                                               ("lora lr=0.0005 warmup_steps=2", 5e-4, "ok")]
+    assert rows[0]["eval_loss"] != rows[1]["eval_loss"]
+    saved = [yaml.safe_load((Path(r["run_dir"]) / "config.yaml").read_text())["train"] for r in rows]
+    assert [(t["lr"], t["warmup_steps"], t["batch_size"]) for t in saved] == [(5e-3, 0, 4), (5e-4, 2, 4)]
 
 
 def test_demo_config_is_valid():

@@ -231,7 +231,8 @@ def check_type(key: str, value: Any, annotation: Any) -> Any:
     raise LorakitError(f"config key {key!r} must be {names.get(expected, expected)}, got {value!r}")
 
 
-def _build_section(name: str, cls: type, values: Any) -> Any:
+def check_section(name: str, cls: type, values: Any) -> dict[str, Any]:
+    """The keys of config section ``name`` (the dataclass ``cls``), each known and of its type."""
     if values is None:
         values = {}
     if not isinstance(values, dict):
@@ -245,7 +246,11 @@ def _build_section(name: str, cls: type, values: Any) -> Any:
                 f"unknown config key '{name}.{key}'{did_you_mean(key, known)}; {name} keys are: {', '.join(known)}"
             )
         kwargs[key] = check_type(f"{name}.{key}", value, hints[key])
-    return cls(**kwargs)
+    return kwargs
+
+
+def _build_section(name: str, cls: type, values: Any) -> Any:
+    return cls(**check_section(name, cls, values))
 
 
 def check_method(values: Any) -> dict[str, Any]:

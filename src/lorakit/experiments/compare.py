@@ -55,17 +55,17 @@ def _row(run: Run, seed: int | None, folder: Path | None, **values: Any) -> dict
 def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
                progress: bool) -> tuple[dict[str, Any], bool]:
     """The run's row, and whether it was finished already (then nothing is trained)."""
-    folder = Path(config.train.output_dir)
+    folder, lr = Path(config.train.output_dir), config.train.lr
     if (folder / "summary.json").is_file():
-        return _row(run, seed, folder, status="ok", **json.loads((folder / "summary.json").read_text())), True
+        return _row(run, seed, folder, lr=lr, status="ok", **json.loads((folder / "summary.json").read_text())), True
     resume = (folder / "checkpoints" / "latest").is_file()
     try:
         summary = train(config, resume=resume, progress=progress, base=base)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a failed run is reported as a row, the sweep goes on
-        return _row(run, seed, folder, status="failed", error=_one_line(exc)), False
-    return _row(run, seed, folder, status="ok", **summary), False
+        return _row(run, seed, folder, lr=lr, status="failed", error=_one_line(exc)), False
+    return _row(run, seed, folder, lr=lr, status="ok", **summary), False
 
 
 def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict[str, Any]:

@@ -1,10 +1,10 @@
 """The compare config: a training config plus a ``compare`` section, checked up front.
 
 A compare config is a training config (``model``, ``method`` defaults shared by every run,
-``data``, ``train``, ``eval``) plus ``compare``: the ``runs`` (each a method with overrides),
-the ``seeds``, the ``baseline`` run for paired differences, whether to score the base model as
-a reference row, and the ``output_dir``. Every method, metric and seed is validated before the
-first run starts.
+``data``, ``train``, ``eval``) plus ``compare``: the ``runs`` (each a method with overrides, and
+optionally ``train`` overrides such as its own learning rate), the ``seeds``, the ``baseline``
+run for paired differences, whether to score the base model as a reference row, and the
+``output_dir``. Every method, metric and seed is validated before the first run starts.
 """
 
 from __future__ import annotations
@@ -12,11 +12,20 @@ from __future__ import annotations
 import dataclasses
 import re
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig, apply_overrides, build_config, check_method, check_type
+from ..config import (
+    RunConfig,
+    TrainConfig,
+    apply_overrides,
+    build_config,
+    check_method,
+    check_section,
+    check_type,
+    validate_run,
+)
 from ..errors import LorakitError, did_you_mean
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 
@@ -33,22 +42,42 @@ class CompareSpec:
     eval_path: str | None = None  # every run (and the base-model row) evaluates on this file
 
 
+# train keys a run may not override: compare sets the first two, the objective decides the data
+TRAIN_KEYS_SHARED = ("seed", "output_dir", "objective")
+
+
 @dataclass
 class Run:
-    """One method of the comparison: its display name and its full method options."""
+    """One method of the comparison: its display name, its full method options and the ``train``
+    keys it overrides (e.g. its own learning rate)."""
 
     name: str
     method: dict[str, Any]
+    train: dict[str, Any] = field(default_factory=dict)
 
     @property
     def slug(self) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "_", self.name.replace("λ=", "lr_ratio_")).strip("_")
 
 
-def _run_name(method: dict[str, Any]) -> str:
+def _run_name(method: dict[str, Any], train: dict[str, Any]) -> str:
     ratio, mode = method.get("lr_ratio"), method.get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE)
     name = f"{method['name']} λ={ratio:g}" if ratio is not None else method["name"]
-    return name if mode == DEFAULT_LR_RATIO_MODE else f"{name} {mode}"
+    name = name if mode == DEFAULT_LR_RATIO_MODE else f"{name} {mode}"
+    shown = (f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in train.items())
+    return " ".join([name, *shown])
+
+
+def _check_train(index: int, values: Any) -> dict[str, Any]:
+    """A run's ``train`` overrides: known keys of their types, none of the shared ones."""
+    where = f"compare.runs[{index}].train"
+    if values is not None and not isinstance(values, dict):
+        raise LorakitError(f"{where} must be a mapping of train keys, e.g. {{lr: 1.0e-4}}, got {values!r}")
+    shared = [k for k in TRAIN_KEYS_SHARED if k in (values or {})]
+    if shared:
+        raise LorakitError(f"{where}.{shared[0]} cannot differ between runs (compare sets seed and output_dir); "
+                           f"set train.{shared[0]} for all runs instead")
+    return check_section(where, TrainConfig, values)
 
 
 def _parse_runs(items: Any, defaults: dict[str, Any]) -> list[Run]:
@@ -58,11 +87,13 @@ def _parse_runs(items: Any, defaults: dict[str, Any]) -> list[Run]:
     for index, item in enumerate(items):
         if isinstance(item, str):
             item = {"method": item}
-        if not isinstance(item, dict) or item.get("method") is None or set(item) - {"name", "method"}:
-            raise LorakitError(f"compare.runs[{index}] must be a method name or a mapping with 'method' (and 'name')")
+        if not isinstance(item, dict) or item.get("method") is None or set(item) - {"name", "method", "train"}:
+            raise LorakitError(f"compare.runs[{index}] must be a method name or a mapping with 'method' "
+                               "(and 'name', 'train')")
         options = {k: v for k, v in defaults.items() if k != "name"}
         options.update(check_method(item["method"]))
-        runs.append(Run(str(item.get("name") or _run_name(options)), options))
+        train = _check_train(index, item.get("train"))
+        runs.append(Run(str(item.get("name") or _run_name(options, train)), options, train))
     names = [r.name for r in runs]
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
@@ -102,7 +133,7 @@ def _parse_spec(raw: Any, defaults: dict[str, Any]) -> tuple[CompareSpec, list[R
 def run_config(base: RunConfig, run: Run, seed: int, output_dir: Path) -> RunConfig:
     """The training config of ``run`` with ``seed``, writing to its own folder."""
     folder = output_dir / "runs" / run.slug / f"seed-{seed}"
-    train = dataclasses.replace(base.train, seed=seed, output_dir=str(folder))
+    train = dataclasses.replace(base.train, **run.train, seed=seed, output_dir=str(folder))
     return dataclasses.replace(base, method=dict(run.method), train=train)
 
 
@@ -116,5 +147,7 @@ def load_compare_config(raw: dict[str, Any], overrides: list[str] | None = None
         raw["data"] = {**(raw.get("data") or {}), "eval_path": spec.eval_path}
     base = build_config({**raw, "method": runs[0].method})
     for run in runs:
-        run_config(base, run, spec.seeds[0], Path(spec.output_dir)).method_spec()
+        config = run_config(base, run, spec.seeds[0], Path(spec.output_dir))
+        config.method_spec()
+        validate_run(config)
     return base, spec, runs

@@ -78,7 +78,7 @@ def aggregate(rows: Sequence[Row], metrics: Sequence[str]) -> list[dict[str, Any
     for name in run_names(rows):
         group = [row for row in rows if row["run"] == name]
         ok = [row for row in group if row.get("status") == "ok"]
-        entry: dict[str, Any] = {"run": name, "method": group[0].get("method"),
+        entry: dict[str, Any] = {"run": name, "method": group[0].get("method"), "lr": group[0].get("lr"),
                                  "lr_ratio": group[0].get("lr_ratio"),
                                  "lr_ratio_mode": group[0].get("lr_ratio_mode", DEFAULT_LR_RATIO_MODE),
                                  "n": len(ok), "failed": len(group) - len(ok)}
