@@ -103,6 +103,37 @@ def test_resume_after_crash_equals_uninterrupted(crash, checkpoint, tiny_model_d
     assert tensorboard_scalars(tmp_path / "cut") == tensorboard_scalars(tmp_path / "full")
 
 
+def test_resumed_tensorboard_file_sorts_after_the_crashed_one_in_the_same_second(tiny_model_dir, addition_data,
+                                                                                  tmp_path, monkeypatch):
+    """Event files are read in name order (second, host, pid, an unpadded counter): with the
+    crashed run's file counted 8 and the resumed one 10 in the same second, "10" < "8" would put
+    the purge before the records it hides, unless the resume waits for the next second."""
+    from tensorboard.summary.writer import event_file_writer
+
+    from lorakit.train import run_log
+
+    class Clock:  # a frozen clock that only sleeping moves
+        now = 1_800_000_000.0
+
+        def time(self):
+            return self.now
+
+        def sleep(self, seconds):
+            self.now += seconds
+
+    clock = Clock()
+    monkeypatch.setattr(event_file_writer, "time", clock)
+    monkeypatch.setattr(run_log, "time", clock)
+    run(tiny_model_dir, addition_data, tmp_path / "full")
+    monkeypatch.setattr(event_file_writer, "_global_uid", event_file_writer.AtomicCounter(8))
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(8)])
+    run(tiny_model_dir, addition_data, tmp_path / "cut", resume=True)
+    files = sorted(p.name for p in (tmp_path / "cut" / "tensorboard").glob("events.out.tfevents.*"))
+    assert [name.split(".")[3] for name in files] == ["1800000000", "1800000001"]
+    assert tensorboard_scalars(tmp_path / "cut") == tensorboard_scalars(tmp_path / "full")
+
+
 def test_delta_lora_resume_equals_uninterrupted(tiny_model_dir, addition_data, tmp_path):
     """Delta-LoRA changes the base weights while training; checkpoints keep them exactly."""
     extra = ("method.name=delta_lora", "method.lr_ratio=null", "method.dropout=0.0",

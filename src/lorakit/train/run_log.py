@@ -10,13 +10,17 @@ W&B to ``<output_dir>/wandb`` (``WANDB_MODE=offline`` works without a network); 
 same W&B and MLflow runs (their ids are kept in ``<output_dir>/trackers.json``). On resume,
 records past the checkpoint's step (written by a run killed after its last checkpoint) are dropped
 from the JSONL file and purged from TensorBoard's view (``purge_step``), so the log reads like the
-uninterrupted run's.
+uninterrupted run's. TensorBoard reads a folder's event files in name order, and a name starts
+with the second it was opened in, then host, process and an unpadded counter; so a resumed run
+opens its file only once the clock is past the seconds of the files before it, or its purge could
+be read before the records it hides.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -48,6 +52,15 @@ def scalars(record: dict[str, Any], group_names: list[str]) -> dict[str, float]:
     return tags
 
 
+def wait_for_next_event_file(folder: Path, longest_s: float = 2.0) -> None:
+    """Sleep until the clock is past the second of every event file in ``folder``, so the next one
+    sorts after them (at most ``longest_s``: a clock set back further is not waited for)."""
+    stamps = [int(part) for part in (p.name.split(".")[3] for p in folder.glob("events.out.tfevents.*"))
+              if part.isdigit()]
+    if stamps:
+        time.sleep(min(longest_s, max(0.0, max(stamps) + 1 - time.time())))
+
+
 def flat_config(config: dict[str, Any]) -> dict[str, Any]:
     """``{"train.lr": 3e-4, ...}``: the config as trackers store hyperparameters (lists as text)."""
     return {f"{section}.{key}": value if isinstance(value, (int, float, str, bool)) else str(value)
@@ -64,6 +77,8 @@ def open_trackers(names: tuple[str, ...], output_dir: Path, resume_step: int | N
     if "tensorboard" in names:
         # the checkpoint's own step was logged before it was saved and is not logged again
         purge = None if resume_step is None else resume_step + 1
+        if resume_step is not None:
+            wait_for_next_event_file(output_dir / TENSORBOARD_DIR)
         trackers.append(TensorBoardTracker(TENSORBOARD_DIR, output_dir, purge_step=purge))
     if "wandb" in names:
         ids.setdefault("wandb", uuid.uuid4().hex[:8])  # W&B run ids: short, lowercase letters and digits
