@@ -228,3 +228,49 @@ def test_curves_align_on_steps_all_seeds_logged():
     steps, values = _aligned(seeds, "loss")
     assert steps.tolist() == [2, 3] and values.tolist() == [[1.0, 1.0], [2.0, 2.0]]
     assert _aligned(seeds, "missing") is None
+
+
+def _convergence_script():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "scripts" / "convergence.py"
+    spec = importlib.util.spec_from_file_location("convergence", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_convergence_steps_interpolate_between_evaluations_and_pair_by_seed(tmp_path, capsys):
+    convergence = _convergence_script()
+    curve = [(0, 2.0), (10, 1.5), (20, 1.0)]
+    assert convergence.steps_to(curve, 1.75) == pytest.approx(5.0)
+    assert convergence.steps_to(curve, 1.5) == 10.0 and convergence.steps_to(curve, 2.5) == 0.0
+    assert convergence.steps_to(curve, 0.9) is None
+    # run folders with metrics.jsonl: "fast" reaches every target earlier on both seeds, "slow" ends above
+    rows = []
+    for run, ends in {"base": (1.0, 1.2), "fast": (0.8, 1.0), "slow": (1.6, 1.7)}.items():
+        for seed, end in enumerate(ends):
+            folder = tmp_path / "runs" / run / f"seed-{seed}"
+            folder.mkdir(parents=True)
+            records = [{"step": 0, "eval_loss": 2.0}, {"step": 5, "loss": 1.9},
+                       {"step": 10, "eval_loss": (2.0 + end) / 2}, {"step": 20, "eval_loss": end}]
+            (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+            rows.append({"run": run, "seed": seed, "status": "ok", "run_dir": str(folder)})
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / "results.json").write_text(json.dumps({"rows": rows, "aggregates": []}))
+    assert convergence.main([str(study), "--baseline", "base", "--fractions", "0.5", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| run | steps to 50% of base's drop | steps to 100% of base's drop |"
+    assert lines[2] == "| base | 10.0 ± 0.0 | 20.0 ± 0.0 |"
+    # fast, seed 0: target 1.5 on 2.0 → 1.4 over steps 0–10 is 8.33; seed 1 (target 1.6, 2.0 → 1.5): 8.0
+    assert lines[3].startswith("| fast | 8.2 ± 0.2 (-1.8, p = ")
+    assert lines[4] == "| slow | not reached (2 of 2 seeds) | not reached (2 of 2 seeds) |"
+    # the curves are kept next to results.json: the table can be made again without the run folders
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs")
+    assert convergence.main([str(study), "--baseline", "base", "--fractions", "0.5", "1"]) == 0
+    assert capsys.readouterr().out.splitlines() == lines
+    assert convergence.main([str(study), "--baseline", "nope"]) == 2
