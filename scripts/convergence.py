@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
 from lorakit.experiments.stats import paired_difference
+from lorakit.io.atomic import write_text_atomic
 
 Curve = list[tuple[int, float]]
 CURVES_FILE = "eval_curves.json"
@@ -41,7 +43,7 @@ def read_curves(study: Path) -> dict[str, dict[str, Curve]]:
         records = [json.loads(line) for line in log.read_text().splitlines() if line]
         points = {r["step"]: r["eval_loss"] for r in records if r.get("eval_loss") is not None}
         curves.setdefault(row["run"], {})[str(row["seed"])] = sorted(points.items())
-    saved.write_text(json.dumps(curves, indent=1) + "\n")
+    write_text_atomic(saved, json.dumps(curves, indent=1) + "\n")
     return curves
 
 
@@ -66,8 +68,8 @@ def table(curves: dict[str, dict[str, Curve]], baseline: str, fractions: list[fl
             pairs = []
             for seed, curve in seeds.items():
                 start, end = base[seed][0][1], base[seed][-1][1]
-                pairs.append((steps_to(curve, start - fraction * (start - end)),
-                              steps_to(base[seed], start - fraction * (start - end))))
+                target = start - fraction * (start - end)
+                pairs.append((steps_to(curve, target), steps_to(base[seed], target)))
             cells.append(_cell(pairs, run == baseline))
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -78,9 +80,8 @@ def _cell(pairs: list[tuple[float | None, float | None]], is_baseline: bool) -> 
     if len(reached) < len(pairs):
         return f"not reached ({len(pairs) - len(reached)} of {len(pairs)} seeds)"
     runs = [r for r, _ in reached]
-    mean = sum(runs) / len(runs)
-    std = (sum((r - mean) ** 2 for r in runs) / max(1, len(runs) - 1)) ** 0.5
-    text = f"{mean:.1f} ± {std:.1f}"
+    std = statistics.stdev(runs) if len(runs) > 1 else 0.0
+    text = f"{statistics.mean(runs):.1f} ± {std:.1f}"
     if is_baseline:
         return text
     diff = paired_difference(runs, [b for _, b in reached])
