@@ -208,9 +208,11 @@ def plot_lambda_sweep(aggregates: Sequence[Row], path: Path, metric: str = "eval
         es = np.array([a.get(f"{metric}_std") or 0.0 for a in mine])
         ax.errorbar(xs, ys, yerr=es, color=_color(index), marker="o", capsize=4, lw=1.6,
                     label=str(method) if mode == DEFAULT_LR_RATIO_MODE else f"{method} ({mode}: η_B/η_A = λ²)")
+        above = index % 2 == 0  # alternate sides, so lines that meet keep readable labels
         for x, y, e in zip(xs, ys, es):
-            ax.annotate(f"{y:.{decimals(metric)}f}", (x, y + e), textcoords="offset points",
-                        xytext=(0, 4), ha="center", fontsize=8)
+            ax.annotate(f"{y:.{decimals(metric)}f}", (x, y + e if above else y - e),
+                        textcoords="offset points", xytext=(0, 4 if above else -4), ha="center",
+                        va="bottom" if above else "top", fontsize=8, color=_color(index))
     base = next((a for a in aggregates if a["run"] == baseline
                  and a.get(f"{metric}_mean") is not None), None)
     if base is not None:
