@@ -23,6 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
+from lorakit.experiments.report import format_p
 from lorakit.experiments.stats import paired_difference
 from lorakit.io.atomic import write_text_atomic
 
@@ -85,8 +86,7 @@ def _cell(pairs: list[tuple[float | None, float | None]], is_baseline: bool) -> 
     if is_baseline:
         return text
     diff = paired_difference(runs, [b for _, b in reached])
-    p = diff["p_value"]
-    return text + f" ({diff['mean_diff']:+.1f}, " + ("p = n/a)" if p is None else f"p = {p:.3f})")
+    return text + f" ({diff['mean_diff']:+.1f}, {format_p(diff['p_value'])})"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,7 +11,7 @@ import pytest
 from scipy import stats as sps
 
 from lorakit.errors import LorakitError
-from lorakit.experiments.plots import _aligned, plot_lambda_sweep, plot_loss_curves, plot_metric_bars
+from lorakit.experiments.plots import _aligned, plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
 from lorakit.experiments.report import write_report, write_results
 from lorakit.experiments.stats import aggregate, paired_difference, paired_vs_baseline
 
@@ -198,6 +198,21 @@ def test_plots_are_written(tmp_path):
     plot_metric_bars(aggs, METRICS, tmp_path / "metrics.png")
     _assert_png(tmp_path / "loss_curves.png")
     _assert_png(tmp_path / "metrics.png")
+
+
+def test_rank_plot_of_a_deep_model_is_a_heatmap_of_readable_size(tmp_path):
+    """120 layers × 5 runs once made a 25,500-pixel-wide bar chart; blocks × kinds heatmaps keep
+    the figure near page width. Names that are not ``<block>.<kind>`` still get bars."""
+    from matplotlib.image import imread
+
+    layers = [f"model.layers.{i}.self_attn.{k}_proj" for i in range(30) for k in "qkvo"]
+    table = {f"run{j}": {name: float((i + j) % 65) for i, name in enumerate(layers)} for j in range(5)}
+    assert plot_ranks(table, tmp_path / "deep.png") is True
+    height, width = imread(tmp_path / "deep.png").shape[:2]
+    assert width < 2500 and height < 2500
+    assert plot_ranks({"run": {"classifier": 4.0, "pooler": 2.0}}, tmp_path / "flat.png") is True
+    _assert_png(tmp_path / "flat.png")
+    assert plot_ranks({}, tmp_path / "none.png") is False and not (tmp_path / "none.png").exists()
 
 
 def test_lambda_sweep_needs_two_lambdas(tmp_path):

@@ -234,24 +234,68 @@ def plot_lambda_sweep(aggregates: Sequence[Row], path: Path, metric: str = "eval
 
 
 def plot_ranks(table: dict[str, dict[str, float]], path: Path) -> bool:
-    """Final rank per layer (mean over seeds), one bar group per layer and one colour per run,
-    for the runs whose schedule changes ranks. Returns False, writing nothing, when there are none."""
+    """Final rank per layer (mean over seeds) for the runs whose schedule changes ranks.
+
+    Layers named ``<block>.<module>`` (every transformer) are drawn as one heatmap per run, blocks
+    across and module kinds down, so 120 layers stay readable; other names as grouped bars.
+    Returns False, writing nothing, when no run changes ranks.
+    """
     from .ranks import short_name
 
     if not table:
         return False
     layers = list(dict.fromkeys(name for ranks in table.values() for name in ranks))
+    grid = _block_grid([short_name(n) for n in layers])
+    if grid is None:
+        _rank_bars(table, layers, [short_name(n) for n in layers], path)
+    else:
+        _rank_heatmaps(table, layers, grid, path)
+    return True
+
+
+def _block_grid(names: Sequence[str]) -> tuple[list[int], list[str]] | None:
+    """(blocks, module kinds) when every short name is ``<block>.<kind>``, else None."""
+    parts = [name.split(".", 1) for name in names]
+    if not all(len(p) == 2 and p[0].isdigit() for p in parts):
+        return None
+    return sorted({int(p[0]) for p in parts}), list(dict.fromkeys(p[1] for p in parts))
+
+
+def _rank_heatmaps(table: dict[str, dict[str, float]], layers: Sequence[str],
+                   grid: tuple[list[int], list[str]], path: Path) -> None:
+    from .ranks import short_name
+
+    blocks, kinds = grid
+    top = max((r for ranks in table.values() for r in ranks.values()), default=1.0) or 1.0
+    fig, axes = plt.subplots(len(table), 1, squeeze=False, layout="constrained",
+                             figsize=(max(7.5, 0.32 * len(blocks) + 2.5), 0.9 + len(table) * (0.3 * len(kinds) + 0.75)))
+    for ax, (run, ranks) in zip(axes[:, 0], table.items()):
+        cells = np.full((len(kinds), len(blocks)), np.nan)
+        for name in layers:
+            block, kind = short_name(name).split(".", 1)
+            cells[kinds.index(kind), blocks.index(int(block))] = ranks.get(name, 0)
+        image = ax.imshow(cells, aspect="auto", cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
+        ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
+        ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
+        ax.set_title(f"{run} (total {np.nansum(cells):g})", fontsize=9.5, loc="left")
+    axes[-1, 0].set_xlabel("block (layer index)")
+    fig.colorbar(image, ax=axes[:, 0].tolist(), label="final rank (0 = removed)", shrink=0.9)
+    fig.suptitle("Final rank per layer (mean over seeds)", fontsize=11)
+    _save(fig, path)
+
+
+def _rank_bars(table: dict[str, dict[str, float]], layers: Sequence[str], labels: Sequence[str],
+               path: Path) -> None:
     width = 0.8 / len(table)
     fig, ax = plt.subplots(figsize=(max(7.5, 0.28 * len(layers) * len(table) + 2), 4.8), layout="constrained")
     positions = np.arange(len(layers))
     for index, (run, ranks) in enumerate(table.items()):
         ax.bar(positions + (index - (len(table) - 1) / 2) * width, [ranks.get(n, 0) for n in layers], width,
                color=_color(index), label=f"{run} (total {sum(ranks.values()):g})")
-    ax.set_xticks(positions, [short_name(n) for n in layers], rotation=90, fontsize=7)
+    ax.set_xticks(positions, labels, rotation=90, fontsize=7)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("final rank (0 = removed)")
     ax.set_title("Final rank per layer (mean over seeds)")
     ax.grid(axis="y", alpha=0.3)
     fig.legend(loc="outside lower center", ncols=min(len(table), 4), fontsize=9)
     _save(fig, path)
-    return True

@@ -73,7 +73,7 @@ def _fmt(metric: str, value: float, sign: bool = False) -> str:
     return f"{value:{'+' if sign else ''}.{decimals(metric)}f}"
 
 
-def _fmt_p(p: float | None) -> str:
+def format_p(p: float | None) -> str:
     if p is None:
         return "p = n/a"
     return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
@@ -179,7 +179,7 @@ def _paired_table(paired: dict[str, dict[str, Row]], metrics: Sequence[str]) -> 
                 cells.append("—")
                 continue
             text = (f"{_fmt(m, d['mean_diff'], sign=True)} ± {_fmt(m, d['std_diff'])} "
-                    f"({_fmt_p(d['p_value'])})")
+                    f"({format_p(d['p_value'])})")
             significant = d["p_value"] is not None and d["p_value"] < SIGNIFICANCE
             cells.append(f"**{text}**" if significant else text)
         n = max((d.get("n", 0) for d in by_metric.values()), default=0)
@@ -203,9 +203,9 @@ def verdict(name: str, baseline: str, metric: str, d: Row) -> str:
     if d["p_value"] < SIGNIFICANCE:
         how = "beats" if better else "is worse than"
         return (f"**{name}** {how} {baseline} on {metric} beyond seed noise "
-                f"({spread}, {_fmt_p(d['p_value'])}).")
+                f"({spread}, {format_p(d['p_value'])}).")
     return (f"**{name}** does not differ from {baseline} on {metric} beyond seed noise "
-            f"({spread}, {_fmt_p(d['p_value'])}).")
+            f"({spread}, {format_p(d['p_value'])}).")
 
 
 def resource_lines(aggregates: Sequence[Row], columns: Sequence[str]) -> list[str]:
