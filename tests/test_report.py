@@ -11,7 +11,15 @@ import pytest
 from scipy import stats as sps
 
 from lorakit.errors import LorakitError
-from lorakit.experiments.plots import _aligned, plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
+from lorakit.experiments.plots import (
+    _aligned,
+    _block_grid,
+    plot_lambda_sweep,
+    plot_loss_curves,
+    plot_metric_bars,
+    plot_ranks,
+)
+from lorakit.experiments.ranks import short_name
 from lorakit.experiments.report import write_report, write_results
 from lorakit.experiments.stats import aggregate, paired_difference, paired_vs_baseline
 
@@ -212,6 +220,8 @@ def test_rank_plot_of_a_deep_model_is_a_heatmap_of_readable_size(tmp_path):
     assert width < 2500 and height < 2500
     assert plot_ranks({"run": {"classifier": 4.0, "pooler": 2.0}}, tmp_path / "flat.png") is True
     _assert_png(tmp_path / "flat.png")
+    two_stacks = {"run": {f"{stack}.block.{i}.q": 8.0 for stack in ("encoder", "decoder") for i in range(2)}}
+    assert _block_grid([short_name(n) for n in two_stacks["run"]]) is None  # "0.q" twice: bars
     assert plot_ranks({}, tmp_path / "none.png") is False and not (tmp_path / "none.png").exists()
 
 

@@ -245,35 +245,35 @@ def plot_ranks(table: dict[str, dict[str, float]], path: Path) -> bool:
     if not table:
         return False
     layers = list(dict.fromkeys(name for ranks in table.values() for name in ranks))
-    grid = _block_grid([short_name(n) for n in layers])
+    names = [short_name(n) for n in layers]
+    grid = _block_grid(names)
     if grid is None:
-        _rank_bars(table, layers, [short_name(n) for n in layers], path)
+        _rank_bars(table, layers, names, path)
     else:
-        _rank_heatmaps(table, layers, grid, path)
+        _rank_heatmaps(table, layers, names, grid, path)
     return True
 
 
 def _block_grid(names: Sequence[str]) -> tuple[list[int], list[str]] | None:
-    """(blocks, module kinds) when every short name is ``<block>.<kind>``, else None."""
+    """(blocks, module kinds) when every short name is a distinct ``<block>.<kind>``, else None
+    (an encoder-decoder's two stacks share short names: their cells would overwrite each other)."""
     parts = [name.split(".", 1) for name in names]
-    if not all(len(p) == 2 and p[0].isdigit() for p in parts):
+    if len(set(names)) < len(names) or not all(len(p) == 2 and p[0].isdigit() for p in parts):
         return None
     return sorted({int(p[0]) for p in parts}), list(dict.fromkeys(p[1] for p in parts))
 
 
-def _rank_heatmaps(table: dict[str, dict[str, float]], layers: Sequence[str],
+def _rank_heatmaps(table: dict[str, dict[str, float]], layers: Sequence[str], names: Sequence[str],
                    grid: tuple[list[int], list[str]], path: Path) -> None:
-    from .ranks import short_name
-
     blocks, kinds = grid
     top = max((r for ranks in table.values() for r in ranks.values()), default=1.0) or 1.0
     fig, axes = plt.subplots(len(table), 1, squeeze=False, layout="constrained",
                              figsize=(max(7.5, 0.32 * len(blocks) + 2.5), 0.9 + len(table) * (0.3 * len(kinds) + 0.75)))
     for ax, (run, ranks) in zip(axes[:, 0], table.items()):
         cells = np.full((len(kinds), len(blocks)), np.nan)
-        for name in layers:
-            block, kind = short_name(name).split(".", 1)
-            cells[kinds.index(kind), blocks.index(int(block))] = ranks.get(name, 0)
+        for layer, name in zip(layers, names):
+            block, kind = name.split(".", 1)
+            cells[kinds.index(kind), blocks.index(int(block))] = ranks.get(layer, 0)
         image = ax.imshow(cells, aspect="auto", cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
         ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
         ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
