@@ -246,34 +246,35 @@ def plot_ranks(table: dict[str, dict[str, float]], path: Path) -> bool:
         return False
     layers = list(dict.fromkeys(name for ranks in table.values() for name in ranks))
     names = [short_name(n) for n in layers]
-    grid = _block_grid(names)
-    if grid is None:
+    cells = _block_grid(names)
+    if cells is None:
         _rank_bars(table, layers, names, path)
     else:
-        _rank_heatmaps(table, layers, names, grid, path)
+        _rank_heatmaps(table, layers, cells, path)
     return True
 
 
-def _block_grid(names: Sequence[str]) -> tuple[list[int], list[str]] | None:
-    """(blocks, module kinds) when every short name is a distinct ``<block>.<kind>``, else None
-    (an encoder-decoder's two stacks share short names: their cells would overwrite each other)."""
+def _block_grid(names: Sequence[str]) -> list[tuple[int, str]] | None:
+    """(block, module kind) of every short name when each is a distinct ``<block>.<kind>``, else
+    None (an encoder-decoder's two stacks share short names: their cells would overwrite each other)."""
     parts = [name.split(".", 1) for name in names]
     if len(set(names)) < len(names) or not all(len(p) == 2 and p[0].isdigit() for p in parts):
         return None
-    return sorted({int(p[0]) for p in parts}), list(dict.fromkeys(p[1] for p in parts))
+    return [(int(block), kind) for block, kind in parts]
 
 
-def _rank_heatmaps(table: dict[str, dict[str, float]], layers: Sequence[str], names: Sequence[str],
-                   grid: tuple[list[int], list[str]], path: Path) -> None:
-    blocks, kinds = grid
+def _rank_heatmaps(table: dict[str, dict[str, float]], layers: Sequence[str],
+                   positions: Sequence[tuple[int, str]], path: Path) -> None:
+    blocks = sorted({block for block, _ in positions})
+    kinds = list(dict.fromkeys(kind for _, kind in positions))
+    rows = [(kinds.index(kind), blocks.index(block)) for block, kind in positions]
     top = max((r for ranks in table.values() for r in ranks.values()), default=1.0) or 1.0
     fig, axes = plt.subplots(len(table), 1, squeeze=False, layout="constrained",
                              figsize=(max(7.5, 0.32 * len(blocks) + 2.5), 0.9 + len(table) * (0.3 * len(kinds) + 0.75)))
     for ax, (run, ranks) in zip(axes[:, 0], table.items()):
         cells = np.full((len(kinds), len(blocks)), np.nan)
-        for layer, name in zip(layers, names):
-            block, kind = name.split(".", 1)
-            cells[kinds.index(kind), blocks.index(int(block))] = ranks.get(layer, 0)
+        for layer, cell in zip(layers, rows):
+            cells[cell] = ranks.get(layer, 0)
         image = ax.imshow(cells, aspect="auto", cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
         ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
         ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
