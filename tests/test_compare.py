@@ -115,7 +115,8 @@ def test_records_without_output_fail_before_training(tiny_model_dir, tmp_path, c
     path = tmp_path / "compare.yaml"
     path.write_text(yaml.safe_dump(raw, allow_unicode=True))
     assert main(["compare", str(path), "--quiet"]) == 2
-    assert "record 0 has no 'output'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "record 0" in err and "has no 'output'" in err, err
     assert not (tmp_path / "cmp" / "runs").exists()
 
 

@@ -16,8 +16,10 @@ from .errors import LorakitError
 def _cmd_train(args: argparse.Namespace) -> None:
     from .config import load_config
     from .train import train
+    from .train.output_dir import make_output_dir
 
     config = load_config(args.config, args.overrides)
+    make_output_dir(Path(config.train.output_dir), config, args.overwrite, inputs=(args.config,))
     summary = train(config, resume=args.resume, progress=not args.quiet)
     print(json.dumps(summary, indent=2))
 
@@ -25,7 +27,9 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from .config import load_config
     from .io.atomic import write_text_atomic
+    from .io.ownership import claim
     from .loading import evaluate, load_base_and_adapter, load_eval_file, load_split
+    from .train.output_dir import run_inputs
 
     config = load_config(args.config, args.overrides)
     split = ([], load_eval_file(config, args.data, args.format)) if args.data else load_split(config)
@@ -33,6 +37,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise LorakitError(f"{args.out} is a file; --out takes a folder (for metrics.json and generations.jsonl)")
+    if args.out:
+        claim(args.out, "eval", EVAL_OUTPUTS, overwrite=args.overwrite,
+              inputs=[args.config, args.data, args.adapter, *run_inputs(config)])
     model, tokenizer = load_base_and_adapter(config, args.adapter, split)
     out = Path(args.out) if args.out else None
     metrics = evaluate(config, model, tokenizer, split, out)
@@ -42,24 +49,29 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
 
 
-MERGE_MARKER = "lorakit_merge.json"  # marks a folder written by ``lorakit merge`` (which may be replaced)
+EVAL_OUTPUTS = ("metrics.json", "generations.jsonl", "predictions.jsonl")
+MERGE_MARKER = "lorakit_merge.json"  # provenance of a folder written by ``lorakit merge``
 
 
-def _merge_owned(out: Path) -> set[str] | None:
-    """What a re-merge into ``out`` may replace: everything, if an earlier merge wrote it."""
-    return {child.name for child in out.iterdir()} if (out / MERGE_MARKER).is_file() else None
+def _merge_legacy():
+    """A merged folder of lorakit before manifests: its marker and what save_pretrained writes."""
+    from .io.ownership import Legacy
+
+    return Legacy(MERGE_MARKER, (MERGE_MARKER, "config.json", "generation_config.json", "*.safetensors",
+                                 "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "vocab*",
+                                 "merges.txt", "added_tokens.json", "chat_template.jinja"))
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
     import torch
 
-    from .io.atomic import atomic_directory, check_replaceable
+    from .io.ownership import check_replace, replace_folder
     from .loading import load_adapter_on_base
     from .quantized import dequantize_model
 
-    out = Path(args.out)
-    owned = _merge_owned(out) if out.is_dir() else None
-    check_replaceable(out, owned)  # before the model loads
+    out, owner = Path(args.out), {"overwrite": args.overwrite, "inputs": [args.adapter, args.model],
+                                  "legacy": _merge_legacy()}
+    check_replace(out, "merge", **owner)  # before the model loads
     # float16 weights fingerprint differently: merge in float32, then cast
     load_dtype = "float32" if args.dtype == "float16" else args.dtype
     adapter, tokenizer = load_adapter_on_base(args.adapter, args.model, load_dtype)
@@ -72,7 +84,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
         print(f"the {quantized['type']} base was dequantized and merged in float32; writing {args.dtype} weights")
     if args.dtype != load_dtype or quantized is not None:
         merged = merged.to(getattr(torch, args.dtype))
-    with atomic_directory(out, owned) as tmp:
+    with replace_folder(out, "merge", **owner) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MERGE_MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
@@ -82,13 +94,13 @@ def _cmd_merge(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     import torch
 
-    from .io.atomic import check_replaceable
-    from .io.peft_format import OWNED_FILES
+    from .io.ownership import check_replace, replace_folder
     from .loading import load_adapter_on_base
 
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
-    check_replaceable(args.out, OWNED_FILES)  # before the model loads
+    owner = {"overwrite": args.overwrite, "inputs": [args.adapter, args.model]}
+    check_replace(args.out, "export", **owner)  # before the model loads
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
     # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
     # base is loaded in bf16, at half the memory of float32 — unless whole modules of it are written
@@ -97,34 +109,41 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     whole = bool(read_adapter_config(args.adapter).get("train_modules"))
     adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32" if whole else "bfloat16")
-    path = adapter.save_peft(args.out, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
-    written = json.loads((path / "adapter_config.json").read_text())
+    with replace_folder(args.out, "export", **owner) as tmp:
+        adapter.save_peft(tmp, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
+        written = json.loads((tmp / "adapter_config.json").read_text())
+    path = Path(args.out)
     rank, base_name = written["r"], written["base_model_name_or_path"]
     print(f"PEFT-format adapter written to {path} (base model: {base_name}; rank {rank}: "
           f"serve it with vLLM's --max-lora-rank >= {rank})")
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
+    from .io.ownership import check_replace, replace_folder
     from .models import load_model, model_path
     from .peft_import import head_labels, load_peft, read_peft
 
+    owner = {"overwrite": args.overwrite, "inputs": [args.peft, args.model]}
+    check_replace(args.out, "import", **owner)
     config, layers = read_peft(args.peft)  # a bad folder fails before the model loads
     base = args.model or config.get("base_model_name_or_path")
     if not base:
         raise LorakitError(f"{args.peft} does not record its base model; pass --model PATH")
     model, _ = load_model(model_path(base), labels=head_labels(config, layers, args.peft))
     adapter = load_peft(model, args.peft, args.method)
-    adapter.save(args.out)
+    with replace_folder(args.out, "import", **owner) as tmp:
+        adapter.save(tmp)
     print(f"{args.peft} imported as a {adapter.spec.name} adapter ({len(adapter.layers)} layers) in {args.out}")
 
 
-def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
+def _compare(raw: dict, overrides: list[str], args: argparse.Namespace, inputs: tuple[str, ...] = ()) -> None:
     from .experiments.compare import run_compare
     from .experiments.spec import load_compare_config
 
     base, spec, runs = load_compare_config(raw, overrides)
     command = "lorakit " + " ".join(sys.argv[1:])
-    report = run_compare(base, spec, runs, command=command, progress=not quiet)
+    report = run_compare(base, spec, runs, command=command, progress=not args.quiet,
+                         rerun_changed=args.rerun_changed, overwrite=args.overwrite, inputs=inputs)
     print(f"report: {report}")
     print(f"run folder: {report.parent}")
 
@@ -132,7 +151,7 @@ def _compare(raw: dict, overrides: list[str], quiet: bool) -> None:
 def _cmd_compare(args: argparse.Namespace) -> None:
     from .io.yaml_files import read_yaml
 
-    _compare(read_yaml(Path(args.config)), args.overrides, args.quiet)
+    _compare(read_yaml(Path(args.config)), args.overrides, args, inputs=(args.config,))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
@@ -142,7 +161,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     raw = read_yaml(Path(__file__).parent / "experiments" / name)
     if args.data:  # the path as given, not parsed as YAML like an override value
         raw["data"] = {**raw.get("data", {}), "path": args.data}
-    _compare(raw, list(args.overrides), args.quiet)
+    _compare(raw, list(args.overrides), args)
 
 
 def _cmd_chat(args: argparse.Namespace) -> None:
@@ -174,12 +193,16 @@ def _cmd_chat(args: argparse.Namespace) -> None:
 def _cmd_generate(args: argparse.Namespace) -> None:
     from .config import load_config
     from .evaluate.generation import generate_file
+    from .io.ownership import check_new_file
     from .loading import load_base_and_adapter, load_eval_file
+    from .train.output_dir import run_inputs
 
     config = load_config(args.config, args.overrides)
     if config.task.type != "causal_lm":
         raise LorakitError(f"lorakit generate writes a causal LM's answers; a {config.task.type} model's predictions "
                            "come from lorakit eval --data FILE --out DIR (predictions.jsonl)")
+    check_new_file(args.out, "generate", "--out", overwrite=args.overwrite,
+                   inputs=[args.data, args.config, args.adapter, *run_inputs(config)])
     records = load_eval_file(config, args.data, args.format, answered=False)
     model, tokenizer = load_base_and_adapter(config, args.adapter)
     e = config.eval
@@ -192,6 +215,18 @@ def _cmd_methods(args: argparse.Namespace) -> None:
     from .describe import method_table, options_text
 
     print(options_text(args.name) if args.name else method_table())
+
+
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an output that holds files this command did not write: entries of the names it "
+                        "writes are replaced, all others kept (never its own inputs)")
+
+
+def _rerun_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--rerun-changed", action="store_true",
+                   help="train again the runs of the output folder whose config differs from this comparison's "
+                        "(default: refuse)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -208,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="the config's eval metrics (loss, BLEU, ROUGE, ...) on its eval split")
@@ -217,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and generations.jsonl")
     p.add_argument("--data", help="evaluate on every record of this file instead of the config's eval split")
     p.add_argument("--format", choices=FORMATS, help="record format of --data (default: the config's data.format)")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_eval)
     _adapter_commands(sub)
     _session_commands(sub, FORMATS)
@@ -230,6 +267,7 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder for the merged transformers model")
     p.add_argument("--model", help="base model (default: the one the adapter records)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_merge)
 
     p = sub.add_parser("export", help="write an adapter in PEFT's LoRA format (for PEFT and vLLM)")
@@ -239,6 +277,7 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model-name", help="base_model_name_or_path to record (default: the base model's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written tensors")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("import", help="turn a PEFT LoRA adapter into a lorakit adapter that trains further")
@@ -247,6 +286,7 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="base model (default: the one the PEFT adapter records)")
     p.add_argument("--method", default="lora", help="preset to continue training with, e.g. lora_plus or delta_lora "
                                                     "(one of the lora form; dora adapters import as dora)")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_import)
 
 
@@ -256,6 +296,8 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _overwrite_flag(p)
+    _rerun_flag(p)
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("demo", help="LoRA vs OLoRA vs OLoRA+ on the embedded model (about 6 minutes on a 2-core "
@@ -268,6 +310,8 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.add_argument("--data", help="a data file instead of the built-in chatterbot data (Alpaca records; with "
                                   "--task classification, labelled texts)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _overwrite_flag(p)
+    _rerun_flag(p)
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("chat", help="talk to a model (with --adapter, the adapted one) in the terminal")
@@ -288,6 +332,7 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.add_argument("--data", required=True, help="the records to answer (any supported format)")
     p.add_argument("--format", choices=formats, help="record format of --data (default: the config's data.format)")
     p.add_argument("--out", required=True, help="JSONL file: prompt, reference (when present), prediction")
+    _overwrite_flag(p)
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("methods", help="list the method presets; with NAME, that method's options")
@@ -310,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a file system refusal that no write site named: still one line, naming the path
+        from .io.atomic import write_error
+
+        print(f"lorakit: error: {write_error(exc.filename or 'a file', exc, verb='use')}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("lorakit: interrupted", file=sys.stderr)

@@ -3,25 +3,40 @@
 The base model is loaded once; each run trains a deep copy of it. Finished runs
 (``summary.json`` present) are skipped on a re-run, interrupted ones resume from their last
 checkpoint, and a run that fails becomes a ``failed`` row with its one-line error.
+
+A run folder is reused only for the run this comparison would train there: before any model loads,
+every folder that already holds a run (finished, or checkpointed) has its recorded config
+(``config.yaml``, else its latest checkpoint's) compared with this invocation's, on the keys that
+change what is trained (``lorakit.train.output_dir.comparable``: logging, speed options and the
+``eval`` section may differ). A difference, or a run without a recorded config, is refused
+(``rerun_changed``: those folders, if lorakit run folders, are removed and trained again). The
+base-model row is cached with the settings it was scored with and scored again when they change,
+so every row, and the report's model and data, describe this invocation's config.
 """
 
 from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from tqdm.auto import tqdm
 
 from ..config import RunConfig
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
+from ..io.lock import folder_lock
+from ..io.ownership import Legacy, claim
 from ..loading import evaluate, labels_of, load_base, load_split
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 from ..train import train
+from ..train.checkpoint import STATE_FILE, latest_checkpoint
+from ..train.output_dir import comparable, run_inputs
 from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
 from .ranks import rank_lines, rank_table
 from .report import resource_lines, write_report, write_results
@@ -29,8 +44,16 @@ from .spec import CompareSpec, Run, run_config
 from .stats import aggregate, paired_vs_baseline
 
 BASE_ROW = "base model"
+# the entries a comparison writes in compare.output_dir (lorakit.io.ownership): one train folder per
+# run and seed under runs/, the base model's evaluation, the report, its tables and plots
+COMPARE_OUTPUTS = ("runs", "base_model", "report.md", "results.json", "results.csv", "summary.csv",
+                   "loss_curves.png", "metrics.png", "lambda_sweep.png", "ranks.png")
 # what each run cost, from its summary: reported in their own table (lorakit.train.loop.Run._resources)
 RESOURCES = ("trainable_parameters", "seconds_per_step", "state_mib", "peak_memory_mib")
+# what the base-model row was scored with, next to its cached metrics.json
+BASE_INPUTS = "computed_with.json"
+UNSET = "(not set)"
+UNKNOWN = "unknown"  # a run's recorded config is missing or unreadable
 
 
 def _one_line(exc: BaseException) -> str:
@@ -68,16 +91,121 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
     return _row(run, seed, folder, lr=lr, status="ok", **summary), False
 
 
+def _base_model_inputs(config: RunConfig) -> dict[str, Any]:
+    """What the base model's scores depend on: the task, the model, the data (its eval split), the
+    ``eval`` settings and the eval batch size."""
+    values = json.loads(json.dumps(config.to_dict()))
+    return {**{k: values[k] for k in ("task", "model", "data", "eval")},
+            "train": {"eval_batch_size": values["train"]["eval_batch_size"]}}
+
+
+def _read_json(path: Path) -> Any:
+    """The JSON in ``path``, or ``None`` where it is missing or unreadable."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict[str, Any]:
+    """The base model's scores: cached in ``base_model/``, scored again when what they depend on changed."""
     folder = out / "base_model"
-    cached = folder / "metrics.json"
-    if cached.is_file():
-        metrics = json.loads(cached.read_text())
-    else:
+    cached, inputs = folder / "metrics.json", _base_model_inputs(config)
+    metrics = _read_json(cached) if _read_json(folder / BASE_INPUTS) == inputs else None
+    if not isinstance(metrics, dict):
+        (folder / BASE_INPUTS).unlink(missing_ok=True)  # first: a crash below leaves no stale pair
         model, tokenizer = base
         metrics = evaluate(config, model, tokenizer, load_split(config), folder)
         write_text_atomic(cached, json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(folder / BASE_INPUTS, json.dumps(inputs, indent=2) + "\n")
     return _row(Run(BASE_ROW, {"name": "none"}), None, folder, status="ok", **metrics)
+
+
+def _holds_run(folder: Path) -> bool:
+    """Whether ``folder`` holds a run: a finished one (``summary.json``) or a checkpointed one."""
+    return (folder / "summary.json").is_file() or (folder / "checkpoints" / "latest").is_file()
+
+
+def _recorded_config(folder: Path) -> dict[str, Any] | None:
+    """The config the run in ``folder`` was trained with: its ``config.yaml``, else its latest
+    checkpoint's (``None``: neither is there and readable)."""
+    try:
+        recorded = yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        try:
+            checkpoint = latest_checkpoint(folder)
+        except LorakitError:  # a pointer to a missing checkpoint
+            checkpoint = None
+        state = _read_json(checkpoint / STATE_FILE) if checkpoint else None
+        recorded = state.get("config") if isinstance(state, dict) else None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _shown(value: Any) -> str:
+    """A config value as a message shows it: a string as it is, anything else as JSON."""
+    return value if isinstance(value, str) and value else json.dumps(value, ensure_ascii=False)
+
+
+def _first_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str | None:
+    """The first key that changes what is trained on which two configs differ, as
+    ``key=recorded value, this comparison asks for wanted value`` (``None``: they agree)."""
+    old, new = comparable(recorded), comparable(wanted)
+    for section in dict.fromkeys([*new, *old]):
+        a, b = old.get(section, UNSET), new.get(section, UNSET)
+        pairs = ([(f"{section}.{k}", a.get(k, UNSET), b.get(k, UNSET)) for k in dict.fromkeys([*b, *a])]
+                 if isinstance(a, dict) and isinstance(b, dict) else [(section, a, b)])
+        for key, before, after in pairs:
+            if before != after:
+                return f"{key}={_shown(before)}, this comparison asks for {_shown(after)}"
+    return None
+
+
+def _changed_run(config: RunConfig) -> str | None:
+    """Why the run already in ``config``'s folder is not the run ``config`` trains (``None``: it is,
+    or the folder holds no run)."""
+    folder = Path(config.train.output_dir)
+    if not _holds_run(folder):
+        return None
+    recorded = _recorded_config(folder)
+    try:
+        difference = _first_difference(recorded, config.to_dict()) if recorded is not None else UNKNOWN
+    except (TypeError, AttributeError, ValueError):  # a config.yaml edited into another shape
+        difference = UNKNOWN
+    if difference is UNKNOWN:
+        return f"{folder} holds a run without a readable config (config.yaml or a checkpoint's), so it cannot be " \
+               "checked against this comparison"
+    return f"{folder} was trained with {difference}" if difference else None
+
+
+def _is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` is what lorakit's training writes (so ``rerun_changed`` may remove it): a
+    real folder with the run's config, checkpoints or adapter."""
+    return not folder.is_symlink() and any(
+        (folder / name).exists() for name in ("config.yaml", "checkpoints/latest", "adapter"))
+
+
+def _check_earlier_runs(configs: list[RunConfig], rerun_changed: bool) -> list[Path]:
+    """The folders of earlier runs that this comparison must train again (with ``rerun_changed``);
+    without it, the first such run is refused."""
+    changed = [(Path(c.train.output_dir), why) for c in configs if (why := _changed_run(c)) is not None]
+    if changed and not rerun_changed:
+        raise LorakitError(f"{changed[0][1]}; pass --rerun-changed to train it again, or choose another "
+                           "compare.output_dir")
+    for folder, _ in changed:
+        if not _is_run_folder(folder):
+            raise LorakitError(f"{folder} is not a lorakit run folder (no config.yaml, checkpoints or adapter), so "
+                               "--rerun-changed does not remove it; remove it yourself or choose another "
+                               "compare.output_dir")
+    return [folder for folder, _ in changed]
+
+
+def _remove_runs(folders: list[Path]) -> None:
+    """Remove earlier runs' folders (refused while another lorakit process trains in one)."""
+    for folder in folders:
+        with folder_lock(folder, "compare.output_dir"):
+            shutil.rmtree(folder)
 
 
 def _curves(rows: list[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]:
@@ -90,27 +218,39 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]
     return curves
 
 
-def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], command: str = "",
-                progress: bool = True) -> Path:
-    """Train every run × seed, then write results, plots and ``report.md``; return the report's path."""
-    out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.time()
-    split = load_split(base_config)  # bad data fails before the model is loaded
-    base = load_base(base_config, labels=labels_of(base_config, split))
+def _train_all(jobs: list[tuple[Run, int, RunConfig]], base: tuple[Any, Any], progress: bool
+               ) -> list[dict[str, Any]]:
+    """Every run × seed's row, trained (or finished earlier), with a progress bar over them."""
     rows: list[dict[str, Any]] = []
-    jobs = [(run, seed) for run in runs for seed in spec.seeds]
     bar = tqdm(total=len(jobs), desc="sweep", position=0, disable=not progress, dynamic_ncols=True)
-    for run, seed in jobs:
+    for run, seed, config in jobs:
         bar.set_postfix_str(f"{run.name} seed {seed}")
-        row, skipped = _train_one(run_config(base_config, run, seed, out), run, seed, base, progress)
+        row, skipped = _train_one(config, run, seed, base, progress)
         rows.append(row)
         bar.update(1)
         if progress:
             tqdm.write(_describe(row) + (" [finished earlier]" if skipped else ""))
     bar.close()
-    metrics = list(base_config.eval.metrics)
-    reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
+    return rows
+
+
+def _meta(config: RunConfig, spec: CompareSpec, command: str, started: float) -> dict[str, str]:
+    """The report's header: the model and data every row was trained and scored with, the machine."""
+    d = config.data
+    return {
+        "model": config.model.path, "data": d.path,
+        "split": f"train {d.train_size}, eval " + (f"every record of {d.eval_path}" if d.eval_path
+                                                    else str(d.eval_size)),
+        "seeds": ", ".join(map(str, spec.seeds)), "command": command,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
+        "duration": f"{time.time() - started:.0f} s (this invocation)",
+    }
+
+
+def _write_outputs(out: Path, spec: CompareSpec, metrics: list[str], rows: list[dict[str, Any]],
+                   reference: list[dict[str, Any]], meta: dict[str, str]) -> Path:
+    """Results, plots and ``report.md`` of the rows; the report's path."""
     aggregates = aggregate(rows, metrics + list(RESOURCES))
     write_results(out, reference + rows, aggregates)
     plots = ["loss_curves.png", "metrics.png"]
@@ -121,19 +261,33 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     ranks = rank_table(rows)
     if plot_ranks(ranks, out / "ranks.png"):
         plots.append("ranks.png")
-    meta = {
-        "model": base_config.model.path, "data": base_config.data.path,
-        "split": f"train {base_config.data.train_size}, eval "
-                 + (f"every record of {base_config.data.eval_path}" if base_config.data.eval_path
-                    else str(base_config.data.eval_size)),
-        "seeds": ", ".join(map(str, spec.seeds)), "command": command,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-                   f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}",
-        "duration": f"{time.time() - started:.0f} s (this invocation)",
-    }
     paired = paired_vs_baseline(rows, spec.baseline, metrics) if spec.baseline else {}
-    report = write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta,
-                          sections=resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
+    return write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta,
+                        sections=resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
+
+
+def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], command: str = "",
+                progress: bool = True, rerun_changed: bool = False, overwrite: bool = False,
+                inputs: tuple[str, ...] = ()) -> Path:
+    """Train every run × seed, then write results, plots and ``report.md``; return the report's path.
+
+    A folder holding a run trained with another config (on the keys that change what is trained)
+    is refused before anything loads; ``rerun_changed``: it is removed and trained again. The
+    output folder is claimed for ``compare`` (``lorakit.io.ownership``; ``overwrite``: write there
+    despite other files, ``inputs``: files the comparison reads besides its data, e.g. its config)."""
+    out = Path(spec.output_dir)
+    jobs = [(run, seed, run_config(base_config, run, seed, out)) for run in runs for seed in spec.seeds]
+    stale = _check_earlier_runs([config for _, _, config in jobs], rerun_changed)
+    claim(out, "compare", COMPARE_OUTPUTS, overwrite=overwrite, inputs=[*inputs, *run_inputs(base_config)],
+          legacy=Legacy("runs", COMPARE_OUTPUTS))
+    started = time.time()
+    split = load_split(base_config)  # bad data fails before the model is loaded
+    base = load_base(base_config, labels=labels_of(base_config, split))
+    _remove_runs(stale)
+    rows = _train_all(jobs, base, progress)
+    reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
+    report = _write_outputs(out, spec, list(base_config.eval.metrics), rows, reference,
+                            _meta(base_config, spec, command, started))
     if not any(r["status"] == "ok" for r in rows):
         raise LorakitError(f"every run failed; see {report}")
     return report

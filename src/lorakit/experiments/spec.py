@@ -4,7 +4,9 @@ A compare config is a training config (``model``, ``method`` defaults shared by 
 ``data``, ``train``, ``eval``) plus ``compare``: the ``runs`` (each a method with overrides, and
 optionally ``train`` overrides such as its own learning rate), the ``seeds``, the ``baseline``
 run for paired differences, whether to score the base model as a reference row, and the
-``output_dir``. Every method, metric and seed is validated before the first run starts.
+``output_dir``. Every method, metric and seed is validated before the first run starts, and every
+run gets a folder of its own: two names that map to one folder (``x y`` and ``x_y``, or names that
+differ only in case, on a case-insensitive file system) are refused.
 """
 
 from __future__ import annotations
@@ -117,6 +119,7 @@ def _parse_spec(raw: Any, defaults: dict[str, Any]) -> tuple[CompareSpec, list[R
         raise LorakitError("compare.output_dir is empty; give a folder for the comparison, e.g. runs/compare")
     if Path(spec.output_dir).exists() and not Path(spec.output_dir).is_dir():
         raise LorakitError(f"compare.output_dir {spec.output_dir} is a file; give a folder")
+    _check_folders(runs, Path(spec.output_dir))
     if not spec.seeds:
         raise LorakitError("compare.seeds is empty; give at least one seed, e.g. compare.seeds=[0,1,2]")
     if len(set(spec.seeds)) != len(spec.seeds):
@@ -128,6 +131,21 @@ def _parse_spec(raw: Any, defaults: dict[str, Any]) -> tuple[CompareSpec, list[R
         raise LorakitError(f"compare.baseline {spec.baseline!r} is not a run{did_you_mean(spec.baseline, names)}; "
                            f"runs: {', '.join(names)}")
     return spec, runs
+
+
+def _check_folders(runs: list[Run], output_dir: Path) -> None:
+    """Every run's folder is its own and inside ``output_dir/runs``: no two names share a slug
+    (compared case-insensitively, for case-insensitive file systems), and no slug is empty or dots."""
+    seen: dict[str, Run] = {}
+    for run in runs:
+        if not run.slug.strip("."):
+            raise LorakitError(f"compare.runs name {run.name!r} leaves no folder name (letters, digits, '.', '_' or "
+                               "'-'); give the run another 'name'")
+        first = seen.setdefault(run.slug.casefold(), run)
+        if first is not run:
+            raise LorakitError(f"compare.runs {first.name!r} and {run.name!r} would share the folder "
+                               f"{output_dir / 'runs' / first.slug}; give them names that differ in more than "
+                               "spaces, punctuation or case")
 
 
 def run_config(base: RunConfig, run: Run, seed: int, output_dir: Path) -> RunConfig:

@@ -1,15 +1,106 @@
-"""Atomic writes: a reader sees the old file or folder, or the new one, never half of one."""
+"""Atomic writes: a reader sees the old file or folder, or the new one, never half of one.
+
+A write goes to a temporary sibling named ``.<name>.<pid>-<random>.tmp`` and is renamed into
+place. A process killed mid-write leaves that sibling behind; the next write of the same name
+removes it once its process is gone (``remove_stale``), and a folder caught between its two
+renames (the old copy moved aside to ``.<name>.old``, the new one not yet in place) is put back.
+Errors of the file system (no space, a file-size limit, no permission) while writing become one
+line naming the path (``write_error``), also when safetensors or ``torch.save`` report them.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from ..errors import LorakitError
+
+BOOKKEEPING_PREFIX = ".lorakit"  # lorakit's own entries in a folder it writes (lock, manifest)
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+\.tmp$")
+_HINTS = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space (quota)",
+          errno.EFBIG: "the file-size limit is too small (ulimit -f)", errno.EACCES: "choose a writable folder",
+          errno.EPERM: "choose a writable folder", errno.EROFS: "choose a writable folder",
+          errno.EISDIR: "a folder is in the way", errno.ENOTDIR: "a file is in the way of a folder"}
+# what safetensors and torch.save say when the file system refuses a write
+_IO_FAILURES = ("IoError", "PytorchStreamWriter", "unexpected pos", "file write failed", "No space left")
+
+
+def write_error(path: str | os.PathLike, exc: BaseException, verb: str = "write") -> LorakitError:
+    """The one-line error for a write to ``path`` (or another ``verb``) that failed with ``exc``."""
+    code = getattr(exc, "errno", None)
+    if code is None:  # safetensors' message carries the OS error: "... File too large (os error 27)"
+        found = re.search(r"(?:code: |os error )(\d+)", str(exc))
+        code = int(found.group(1)) if found else None
+    reason = os.strerror(code) if code else (str(exc).strip().splitlines() or ["unknown error"])[0][:160]
+    hint = _HINTS.get(code, "check the disk and the folder's permissions")
+    return LorakitError(f"cannot {verb} {path}: {reason}; {hint}, then run the command again")
+
+
+def is_write_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file system refusing a write (rather than a bug)."""
+    if isinstance(exc, OSError):
+        return True
+    return type(exc).__name__ == "SafetensorError" or (
+        isinstance(exc, RuntimeError) and any(text in str(exc) for text in _IO_FAILURES))
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is the temporary sibling of an atomic write."""
+    return _TEMPORARY.match(name) is not None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def remove_stale(path: str | os.PathLike) -> None:
+    """Clean up after a killed write of ``path``: remove its temporaries whose process is gone,
+    and put back an old copy that a crash left moved aside (or remove it once the new one is in place)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for sibling in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+        found = _TEMPORARY.match(sibling.name)
+        if found and found["name"] == path.name and not _alive(int(found["pid"])):
+            _remove_path(sibling)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists() and not path.exists():
+        os.replace(old, path)
+    elif old.exists():
+        _remove_path(old)
+
+
+def glob_escape(name: str) -> str:
+    return re.sub(r"([*?\[])", r"[\1]", name)
+
+
+def _remove_path(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink()
+
+
+def fsync_tree(folder: Path) -> None:
+    """Give every file under ``folder`` the usual mode and flush it to disk."""
+    for child in folder.rglob("*"):
+        if child.is_file() and not child.is_symlink():
+            child.chmod(0o666 & ~_umask())
+            with open(child, "rb") as f:
+                os.fsync(f.fileno())
 
 
 def _fsync_dir(path: Path) -> None:
@@ -30,8 +121,12 @@ def _umask() -> int:
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale(path)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
+    except OSError as exc:
+        raise write_error(path, exc) from None
     try:
         os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -39,9 +134,11 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise write_error(path, exc) from None
         raise
     _fsync_dir(path.parent)
 
@@ -55,7 +152,8 @@ def check_replaceable(path: str | os.PathLike, owned: Collection[str] | None) ->
         return
     if not path.is_dir():
         raise LorakitError(f"{path} is a file; give a folder path for the output")
-    others = sorted(child.name for child in path.iterdir() if owned is None or child.name not in owned)
+    others = sorted(child.name for child in path.iterdir()
+                    if not child.name.startswith(BOOKKEEPING_PREFIX) and (owned is None or child.name not in owned))
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise LorakitError(f"{path} already holds other files ({listed}), which writing there would delete; "
@@ -69,23 +167,21 @@ def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = No
     ``path`` must be absent or hold only the names in ``owned`` (see ``check_replaceable``). An
     existing ``path`` is moved aside first and removed only once the new folder is in place, so a
     crash at any moment leaves either the old or the new folder complete. Files get the usual
-    mode (``0666`` less the umask) whatever the writer used.
+    mode (``0666`` less the umask) whatever the writer used. A write the file system refuses is
+    a one-line error (``write_error``).
     """
     path = Path(path)
     check_replaceable(path, owned)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+        remove_stale(path)
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
     except OSError as exc:
-        raise LorakitError(f"cannot write to {path}: {exc.strerror or exc}; choose a writable folder") from None
+        raise write_error(path, exc) from None
     tmp.chmod(0o777 & ~_umask())
     try:
         yield tmp
-        for child in tmp.rglob("*"):
-            if child.is_file():
-                child.chmod(0o666 & ~_umask())
-                with open(child, "rb") as f:
-                    os.fsync(f.fileno())
+        fsync_tree(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old")
@@ -96,6 +192,8 @@ def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = No
         _fsync_dir(path.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if is_write_failure(exc) and not isinstance(exc, LorakitError):
+            raise write_error(path, exc) from None
         raise

@@ -1,4 +1,5 @@
-"""A run's output folder: refusing to train over a finished run, finding the checkpoint to
+"""A run's output folder: claiming it (``lorakit.io.ownership``: train writes only into a new or
+empty folder or one it wrote), refusing to train over a finished run, finding the checkpoint to
 resume, and which config changes a resumed run may make."""
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from typing import Any
 
 from ..config import RunConfig
 from ..errors import LorakitError
+from ..io.ownership import Legacy, claim
 from .checkpoint import latest_checkpoint
+
+# every entry a training run may write in its output folder (trackers' folders included)
+TRAIN_OUTPUTS = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "adapter", "tensorboard",
+                 "trackers.json", "wandb", "mlruns", "generations.jsonl", "predictions.jsonl")
+# a run folder of lorakit before manifests: its checkpoints' pointer proves it
+TRAIN_LEGACY = Legacy("checkpoints/latest", TRAIN_OUTPUTS)
 
 # keys a resumed run may change: logging and saving, and the speed options (exact: the same steps)
 CONFIG_KEYS_FREE_ON_RESUME = {
@@ -35,12 +43,20 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
 
 
-def make_output_dir(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file in the way, no permission: said before the model loads
-        raise LorakitError(f"cannot use train.output_dir {output_dir}: {exc.strerror or exc}; "
-                           "choose a writable folder") from None
+def run_inputs(config: RunConfig) -> list[str]:
+    """The files a run reads, which it must never write over: its data and a local base model."""
+    return [config.data.path, config.data.eval_path, config.model.path]
+
+
+def make_output_dir(output_dir: Path, config: RunConfig | None = None, overwrite: bool = False,
+                    inputs: tuple[str, ...] = ()) -> None:
+    """Claim ``output_dir`` for a training run (``lorakit.io.ownership.claim``), before the model
+    loads: a file in the way, another command's files or a user's, or an input among the run's
+    outputs is a one-line error. ``inputs``: more files the run reads (its config file)."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise LorakitError(f"cannot use train.output_dir {output_dir}: it is a file; choose a folder")
+    claim(output_dir, "train", TRAIN_OUTPUTS, overwrite=overwrite, legacy=TRAIN_LEGACY,
+          inputs=[*inputs, *(run_inputs(config) if config is not None else ())])
 
 
 def check_output_dir(output_dir: Path, resume: bool) -> Path | None:
