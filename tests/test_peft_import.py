@@ -85,7 +85,7 @@ def test_refusals_are_one_line_errors(tmp_path):
     config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
     for change, needle in [({"modules_to_save": ["lm_head"]}, "holds no weights of them"),
                            ({"bias": "all"}, "trains biases"),
-                           ({"peft_type": "IA3"}, "is a IA3 adapter"),
+                           ({"peft_type": "IA3"}, "peft_type is \"IA3\""),
                            ({"init_lora_weights": "pissa"}, "residual base")]:
         (tmp_path / "peft" / "adapter_config.json").write_text(json.dumps({**config, **change}))
         with pytest.raises(LorakitError, match=needle):
