@@ -137,3 +137,27 @@ def test_components_that_act_at_steps_declare_it():
             cls = registry.get(name)
             overrides = any(getattr(cls, hook) is not getattr(base, hook) for hook in ("before_step", "after_step"))
             assert cls.acts_at_steps == overrides, name
+
+
+def _is_json_call(node: ast.AST, name: str) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == name
+            and isinstance(node.func.value, ast.Name) and node.func.value.id == "json")
+
+
+def test_every_json_text_is_strict():
+    """No NaN or Infinity in any JSON lorakit writes: each ``json.dumps`` goes through
+    ``lorakit.io.json_text`` or passes ``allow_nan=False``. Exempt, since they write nothing: a
+    round trip ``json.loads(json.dumps(x))``, and a value shown in a message (the line says
+    ``# shown, not written``)."""
+    loose = []
+    for path in ROOT.rglob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        tree, lines = ast.parse(source), source.splitlines()
+        round_trips = {id(arg) for node in ast.walk(tree) if _is_json_call(node, "loads") for arg in node.args}
+        for node in ast.walk(tree):
+            strict = any(k.arg == "allow_nan" and isinstance(k.value, ast.Constant) and k.value.value is False
+                         for k in getattr(node, "keywords", []))
+            shown = "# shown, not written" in lines[getattr(node, "lineno", 1) - 1]
+            if _is_json_call(node, "dumps") and not (strict or shown) and id(node) not in round_trips:
+                loose.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not loose, f"json.dumps without allow_nan=False (use lorakit.io.json_text): {loose}"

@@ -19,7 +19,6 @@ old factors have no meaningful image under the QR/SVD transform.
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from .fused import fuse_shared_inputs
 from .heads import task_record
 from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from .io.atomic import atomic_directory
+from .io.json_text import json_text
 from .io.peft_format import export_peft
 from .layer import AdaptedLinear
 from .presets import complete_for_run, parts_of
@@ -381,7 +381,7 @@ class Adapter:
         self._check_attached()
         tensors = {k: v.to("cpu") for k, v in (self.state_dict() if tensors is None else tensors).items()}
         save_file(tensors, str(folder / WEIGHTS_FILE))
-        (folder / CONFIG_FILE).write_text(json.dumps(self.config(), indent=2) + "\n")
+        (folder / CONFIG_FILE).write_text(json_text(self.config(), indent=2) + "\n")
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor]) -> None:
         """Copy adapter tensors (as produced by ``state_dict``) into the layers."""

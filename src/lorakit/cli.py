@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from .errors import LorakitError
+from .io.json_text import json_text
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
@@ -21,7 +22,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     make_output_dir(Path(config.train.output_dir), config, args.overwrite, inputs=(args.config,))
     summary = train(config, resume=args.resume, progress=not args.quiet)
-    print(json.dumps(summary, indent=2))
+    print(json_text(summary, indent=2))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -44,9 +45,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else None
     metrics = evaluate(config, model, tokenizer, split, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
-    print(json.dumps(result, indent=2))
+    print(json_text(result, indent=2))
     if out is not None:
-        write_text_atomic(out / "metrics.json", json.dumps(result, indent=2) + "\n")
+        write_text_atomic(out / "metrics.json", json_text(result, indent=2) + "\n")
 
 
 EVAL_OUTPUTS = ("metrics.json", "generations.jsonl", "predictions.jsonl")
@@ -87,7 +88,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     with replace_folder(out, "merge", **owner) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        (tmp / MERGE_MARKER).write_text(json.dumps(provenance, indent=2) + "\n")
+        (tmp / MERGE_MARKER).write_text(json_text(provenance, indent=2) + "\n")
     print(f"merged model written to {out}")
 
 

@@ -19,7 +19,6 @@ and (classes) the predicted probabilities.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from torch import nn
 
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
+from ..io.json_text import json_text
 from .loss import eval_mode
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -101,7 +101,7 @@ def write_predictions(path: Path, records: Sequence[dict[str, Any]], logits: tor
             probabilities = row.softmax(-1)
             line["prediction"] = label_names[int(probabilities.argmax())]
             line["probabilities"] = {name: round(float(p), 6) for name, p in zip(label_names, probabilities)}
-        lines.append(json.dumps(line, ensure_ascii=False))
+        lines.append(json_text(line, ensure_ascii=False))
     write_text_atomic(path, "\n".join(lines) + "\n")
 
 

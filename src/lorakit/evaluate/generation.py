@@ -8,7 +8,6 @@ new tokens start together; prompts are sorted by length first so a batch wastes 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from tqdm.auto import tqdm
 from ..data.encode import encode_prompt, reference
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
+from ..io.json_text import json_text
 from .metrics import text_scores
 
 MAX_NEW_TOKENS = 4096
@@ -110,7 +110,7 @@ def generation_scores(model: nn.Module, tokenizer: Any, records: Sequence[Mappin
         sources = [{"instruction": record["instruction"], "input": record.get("input") or ""}
                    if "instruction" in record else {"prompt": tokenizer.decode(prompt)}
                    for record, prompt in zip(records, prompts)]
-        lines = [json.dumps({**source, "reference": answer, "prediction": prediction}, ensure_ascii=False)
+        lines = [json_text({**source, "reference": answer, "prediction": prediction}, ensure_ascii=False)
                  for source, answer, prediction in zip(sources, references, predictions)]
         write_text_atomic(out_path, "".join(line + "\n" for line in lines))
     return scores
@@ -131,6 +131,6 @@ def generate_file(model: nn.Module, tokenizer: Any, records: Sequence[Mapping[st
     for record, prompt, prediction in zip(records, prompts, predictions):
         answer = reference(record, answer_next=True)
         known = {} if answer is None else {"reference": answer}
-        lines.append(json.dumps({"prompt": tokenizer.decode(prompt), **known, "prediction": prediction},
+        lines.append(json_text({"prompt": tokenizer.decode(prompt), **known, "prediction": prediction},
                                 ensure_ascii=False))
     write_text_atomic(out_path, "".join(line + "\n" for line in lines))

@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
+from ..io.json_text import json_text
 from ..io.lock import folder_lock
 from ..io.ownership import Legacy, claim
 from ..loading import evaluate, labels_of, load_base, load_split
@@ -116,8 +117,8 @@ def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict
         (folder / BASE_INPUTS).unlink(missing_ok=True)  # first: a crash below leaves no stale pair
         model, tokenizer = base
         metrics = evaluate(config, model, tokenizer, load_split(config), folder)
-        write_text_atomic(cached, json.dumps(metrics, indent=2) + "\n")
-        write_text_atomic(folder / BASE_INPUTS, json.dumps(inputs, indent=2) + "\n")
+        write_text_atomic(cached, json_text(metrics, indent=2) + "\n")
+        write_text_atomic(folder / BASE_INPUTS, json_text(inputs, indent=2) + "\n")
     return _row(Run(BASE_ROW, {"name": "none"}), None, folder, status="ok", **metrics)
 
 
@@ -145,7 +146,7 @@ def _recorded_config(folder: Path) -> dict[str, Any] | None:
 
 def _shown(value: Any) -> str:
     """A config value as a message shows it: a string as it is, anything else as JSON."""
-    return value if isinstance(value, str) and value else json.dumps(value, ensure_ascii=False)
+    return value if isinstance(value, str) and value else json.dumps(value, ensure_ascii=False)  # shown, not written
 
 
 def _first_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str | None:

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ..io.atomic import write_text_atomic
+from ..io.json_text import json_text
 from .stats import KNOWN_METRICS, aggregate, decimals, is_reference, lower_is_better
 
 LEADING_COLUMNS = ("run", "method", "seed", "status")
@@ -24,17 +23,6 @@ Row = dict[str, Any]
 
 
 # -- machine-readable results --------------------------------------------------------------
-def _finite(value: Any) -> Any:
-    """``value`` with NaN and ±inf replaced by None: strict JSON has no spelling for them."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _columns(records: Sequence[Row], leading: Sequence[str]) -> list[str]:
     keys = list(dict.fromkeys(k for record in records for k in record))
     first = [k for k in leading if k in keys]
@@ -50,7 +38,7 @@ def _csv_text(records: Sequence[Row], columns: Sequence[str]) -> str:
         for column in columns:
             value = record.get(column)
             if isinstance(value, (dict, list, tuple)):
-                value = json.dumps(value)
+                value = json_text(value)
             cells.append("" if value is None else value)
         writer.writerow(cells)
     return buffer.getvalue()
@@ -60,9 +48,8 @@ def write_results(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row])
     """Write ``results.json`` (rows and aggregates), ``results.csv`` (one line per run × seed)
     and ``summary.csv`` (one line per run)."""
     out_dir = Path(out_dir)
-    payload = _finite({"rows": list(rows), "aggregates": list(aggregates)})
-    write_text_atomic(out_dir / "results.json",
-                      json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
+    payload = {"rows": list(rows), "aggregates": list(aggregates)}
+    write_text_atomic(out_dir / "results.json", json_text(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     columns = _columns(rows, LEADING_COLUMNS + KNOWN_METRICS)
     write_text_atomic(out_dir / "results.csv", _csv_text(rows, columns))
     write_text_atomic(out_dir / "summary.csv", _csv_text(aggregates, _columns(aggregates, ())))

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from ..errors import LorakitError
 from .atomic import atomic_directory, fsync_tree, is_temporary, remove_stale, write_error, write_text_atomic
+from .json_text import json_text
 from .lock import LOCK_FILE
 
 MANIFEST = ".lorakit-files.json"
@@ -85,7 +86,7 @@ class Manifest:
 
     def write(self, folder: Path) -> None:
         payload = {"files": dict(sorted(self.files.items())), "kept": sorted(self.kept)}
-        write_text_atomic(folder / MANIFEST, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+        write_text_atomic(folder / MANIFEST, json_text(payload, indent=2) + "\n")
 
     def owned_by(self, command: str) -> set[str]:
         return {name for name, writer in self.files.items() if writer == command}

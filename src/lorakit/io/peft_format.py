@@ -30,7 +30,6 @@ exported with ``task_type: SEQ_CLS``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from ..layer import AdaptedLinear
 from ..models import hub_id
 from ..ops.resize import compact
 from .atomic import atomic_directory
+from .json_text import json_text
 
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what an export may replace in an existing folder
@@ -141,5 +141,5 @@ def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None =
     config = peft_config(adapter, rank, list(adapter.layers), base_model)
     with atomic_directory(path, OWNED_FILES) as tmp:
         save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+        (tmp / CONFIG_FILE).write_text(json_text(config, indent=2) + "\n")
     return Path(path)
