@@ -22,7 +22,7 @@ from .data import IGNORE_INDEX, Collator, encode_all, load_records, split_record
 from .data import encode as encode_one
 from .data.conversation import warn_if_never_stops
 from .data.formats import sample_kind
-from .data.labelled import LabelledCollator, Labels, encode_labelled, load_labelled
+from .data.labelled import LabelledCollator, Labels, check_labels, encode_labelled, load_labelled
 from .data.packing import FlatCollator, PackedCollator, pack
 from .data.preference import SIDES, PairCollator, answered, encode_pair
 from .errors import LorakitError
@@ -67,24 +67,23 @@ def load_eval_file(config: RunConfig, path: str, format: str | None = None, answ
     """Every record of ``path`` (in ``format``, default ``data.format``) as an evaluation set
     (``answered=False``: conversations may end without an answer, for generation); for
     classification and regression, the labelled texts of ``data``'s columns."""
-    d = config.data
-    if config.task.type != "causal_lm":
-        return load_labelled(path, d.text_column, d.text_pair_column, d.label_column)
-    return load_records(path, format or d.format, d.system_prompt, d.roles, answered)
+    d, task = config.data, config.task
+    if task.type != "causal_lm":
+        return load_labelled(path, d.text_column, d.text_pair_column, d.label_column, task.type, task.labels)
+    return load_records(path, format or d.format, d.system_prompt, d.roles, answered, d.loss_on)
 
 
 def labels_of(config: RunConfig, split: Split) -> Labels | None:
     """The classes of a classification config (``task.labels``, else those of the training and
     eval records together); ``Labels(None)`` for regression; ``None`` for causal LMs. Every
-    record's label is checked here, before any model loads."""
+    record's label is checked against them here, before any model loads (each value itself was
+    checked when its file was read)."""
     task = config.task
     if task.type == "causal_lm":
         return None
     values = [record["label"] for records in split for record in records]
     labels = Labels.of(task.type, values, task.labels, task.num_labels)
-    for name, records in zip(("training record", "eval record"), split):
-        for index, record in enumerate(records):
-            labels.id(record["label"], f"{name} {index}")
+    check_labels(labels, split)
     check_f1(config, labels)
     return labels
 
@@ -225,11 +224,13 @@ def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, 
 def load_base_and_adapter(config: RunConfig, adapter: str | Path | None, split: Split = ([], [])
                           ) -> tuple[nn.Module, Any]:
     """The config's base model with the adapter saved at ``adapter`` loaded onto it (none: the base
-    alone), and the tokenizer; a bad adapter path fails before the model loads. A classifier's
-    head has the adapter's classes (without an adapter, those of ``split``: ``labels_of``)."""
+    alone), and the tokenizer; a bad adapter path, or a label of ``split`` outside the adapter's
+    classes, fails before the model loads. A classifier's head has the adapter's classes (without an
+    adapter, those of ``split``: ``labels_of``)."""
     if adapter is not None:
         labels = recorded_labels(read_adapter_config(adapter), adapter, config.task.type)
         if labels is not None:
+            check_labels(labels, split)
             check_f1(config, labels)
     else:
         labels = labels_of(config, split)

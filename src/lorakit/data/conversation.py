@@ -13,12 +13,19 @@ inside a message's content are tokenized as text, never as control tokens. This 
 
 ``loss_on``: ``assistant`` (every assistant turn), ``last_assistant`` (the last one) or ``all``
 (every token). A message with ``"train": false`` is never trained on.
+
+``check_messages`` refuses, when the data is read and before any tokenizer loads, what this
+encoding cannot do with any template: a learned assistant turn as the first message (its header
+would be the rendering of no messages, which transformers refuses). Any other role order (two user
+turns in a row, a system message later on) is the template's to judge: SmolLM2's renders it, a
+template that insists on alternating roles refuses it when the record is encoded.
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import LorakitError, unknown
@@ -27,17 +34,72 @@ from .tokens import IGNORE_INDEX, Encoded
 ROLES = ("system", "user", "assistant")
 LOSS_ON = ("assistant", "last_assistant", "all")
 Message = Mapping[str, Any]
+TURNS_HINT = "give a non-empty list of {role, content} objects"
 
 
-def check_messages(messages: Sequence[Message], where: str = "the conversation", answered: bool = True) -> None:
-    """One-line errors for a conversation that cannot be used: not a list of messages, an unknown
-    role, empty content, a ``train`` flag that is not true/false, and (``answered``) no assistant turn."""
-    if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
-        raise LorakitError(f"{where} has no messages; give a non-empty list of {{role, content}} objects")
+@dataclass(frozen=True)
+class Reading:
+    """How the conversations of a data file are read: ``system_prompt`` is put first where there is no
+    system message, ``roles`` are more ShareGPT ``from`` names, ``answered=False`` accepts conversations
+    without an assistant turn (prompts for ``lorakit generate``), and ``loss_on`` names the assistant
+    turns that are learned (whose prompt, the turns before them, must not be empty)."""
+
+    system_prompt: str | None = None
+    roles: Mapping[str, str] | None = None
+    answered: bool = True
+    loss_on: str = "assistant"
+
+
+def described(value: Any) -> str:
+    """What ``value`` is, in JSON's words with an article (``a list``, ``a string``, ``null``), for messages."""
+    if value is None:
+        return "null"
+    kinds = ((bool, "a boolean"), (int, "a number"), (float, "a number"), (str, "a string"),
+             (Mapping, "an object"), (list, "a list"), (tuple, "a list"))
+    return next((kind for types, kind in kinds if isinstance(value, types)), f"a {type(value).__name__}")
+
+
+def check_object(value: Any, where: str, hint: str) -> Mapping[str, Any]:
+    """``value`` if it is an object (a mapping), else a one-line error naming ``where`` and ending with
+    ``hint``; every record parser and reader checks its rows with it."""
+    if not isinstance(value, Mapping):
+        raise LorakitError(f"{where} is {described(value)}, not an object; {hint}")
+    return value
+
+
+def read_conversation(messages: Any, where: str, reading: Reading) -> list[Any]:
+    """The checked messages of one record (error indices as in the file) with ``reading.system_prompt``
+    put first; ``check_messages`` judges the conversation as it will be encoded."""
+    check_turns(messages, where)
+    conversation = with_system(list(messages), reading.system_prompt)
+    check_messages(conversation, where, reading.answered, reading.loss_on)
+    return conversation
+
+
+def check_messages(messages: Sequence[Message], where: str = "the conversation", answered: bool = True,
+                   loss_on: str = "assistant") -> None:
+    """One-line errors for a conversation that cannot be used: bad messages (``check_turns``) and, when
+    ``answered``, no assistant turn or an opening assistant turn that ``loss_on`` learns: the turns
+    before a learned assistant turn are rendered as its prompt, and transformers renders no empty one."""
+    check_turns(messages, where)
+    if not answered:
+        return
+    if not any(message["role"] == "assistant" for message in messages):
+        raise LorakitError(f"{where} has no assistant turn, so nothing to learn from; add one")
+    if loss_on != "all" and 0 in _trained_turns(messages, loss_on):
+        raise LorakitError(f"{where} starts with an assistant turn; a conversation starts with a system or user "
+                           "message (the turns before an assistant turn are its prompt): add one, set "
+                           "data.system_prompt, or mark that turn train: false")
+
+
+def check_turns(messages: Any, where: str) -> None:
+    """One-line errors for messages that are not a non-empty list of objects with a known role, text
+    content and a true/false ``train`` flag (if any)."""
+    if not isinstance(messages, (list, tuple)) or not messages:
+        shown = "an empty list" if isinstance(messages, (list, tuple)) else described(messages)
+        raise LorakitError(f"{where} has no messages ({shown}); {TURNS_HINT}")
     for index, message in enumerate(messages):
-        if not isinstance(message, Mapping):
-            raise LorakitError(f"{where}, message {index} is a {type(message).__name__}, not an object with "
-                               "'role' and 'content'")
+        check_object(message, f"{where}, message {index}", "every message has a 'role' and a 'content'")
         if message.get("role") not in ROLES:
             raise LorakitError(f"{where}, message {index} has role {message.get('role')!r}; roles are "
                                f"{', '.join(ROLES)}")
@@ -46,8 +108,6 @@ def check_messages(messages: Sequence[Message], where: str = "the conversation",
             raise LorakitError(f"{where}, message {index} has empty or non-text content; every message needs text")
         if not isinstance(message.get("train", True), bool):
             raise LorakitError(f"{where}, message {index} has train={message['train']!r}; use true or false")
-    if answered and not any(message["role"] == "assistant" for message in messages):
-        raise LorakitError(f"{where} has no assistant turn, so nothing to learn from; add one")
 
 
 def with_system(messages: list[Any], system_prompt: str | None) -> list[Any]:
@@ -74,7 +134,7 @@ def encode_conversation(tokenizer: Any, messages: Sequence[Message], max_length:
     if not getattr(tokenizer, "chat_template", None):
         raise LorakitError("conversations need a tokenizer with a chat_template and this one has none; "
                            "use a chat model, or alpaca-format records")
-    check_messages(messages, where)
+    check_messages(messages, where, loss_on=loss_on)
     plain = [{"role": m["role"], "content": m["content"]} for m in messages]
     trained = _trained_turns(messages, loss_on)
     input_ids: list[int] = []

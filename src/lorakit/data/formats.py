@@ -20,8 +20,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LorakitError, unknown
-from .conversation import check_messages, with_system
-from .preference import parse_preference
+from .conversation import Reading, check_object, described, read_conversation
+from .preference import PREFERENCE_HINT, parse_preference
 
 FORMATS = ("auto", "alpaca", "messages", "sharegpt", "prompt_completion", "text", "preference")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -53,6 +53,17 @@ def sample_kind(sample: Mapping[str, Any]) -> str:
     return "prompt_completion" if "completion" in sample else "text"
 
 
+# what a record of each format needs, ending the one-line errors of a record that lacks it
+HINTS = {
+    "alpaca": "every record needs 'instruction' and 'output' (and optionally 'input')",
+    "messages": "a messages record needs 'messages': a non-empty list of {role, content} objects",
+    "sharegpt": "a sharegpt record needs 'conversations': a non-empty list of {from, value} objects",
+    "prompt_completion": "a prompt_completion record needs non-empty 'prompt' and 'completion' strings",
+    "text": "a text record needs a non-empty 'text' string",
+    "preference": PREFERENCE_HINT,
+}
+
+
 def _text_field(row: Mapping[str, Any], field: str, where: str, hint: str) -> str:
     value = row.get(field)
     if not isinstance(value, str) or not value.strip():
@@ -60,47 +71,51 @@ def _text_field(row: Mapping[str, Any], field: str, where: str, hint: str) -> st
     return value
 
 
-def parse_messages(row: Mapping[str, Any], where: str, system_prompt: str | None,
-                   roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, Any]:
-    messages = row.get("messages")
-    check_messages(messages, where, answered)
-    return {"messages": with_system(list(messages), system_prompt)}
+def parse_messages(row: Any, where: str, reading: Reading) -> dict[str, Any]:
+    """A ``messages`` record: its conversation, checked (``conversation.read_conversation``)."""
+    row = check_object(row, where, HINTS["messages"])
+    return {"messages": read_conversation(row.get("messages"), where, reading)}
 
 
-def parse_sharegpt(row: Mapping[str, Any], where: str, system_prompt: str | None,
-                   roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, Any]:
-    turns = row.get("conversations")
+def parse_sharegpt(row: Any, where: str, reading: Reading) -> dict[str, Any]:
+    """A ShareGPT record: its ``conversations`` as messages (``from`` mapped to roles), checked."""
+    turns = check_object(row, where, HINTS["sharegpt"]).get("conversations")
     if not isinstance(turns, list) or not turns:
-        raise LorakitError(f"{where} has no conversation turns; 'conversations' must be a list of {{from, value}}")
-    known = {**SHAREGPT_ROLES, **(roles or {})}
-    messages = []
-    for index, turn in enumerate(turns):
-        speaker = turn.get("from") if isinstance(turn, Mapping) else None
-        if speaker not in known:
-            raise LorakitError(f"{where}, message {index} has from={speaker!r}; use one of "
-                               f"{', '.join(known)}, or name it in data.roles")
-        message = {"role": known[speaker], "content": turn.get("value")}
-        if "train" in turn:
-            message["train"] = turn["train"]  # checked with the rest by check_messages
-        messages.append(message)
-    check_messages(messages, where, answered)
-    return {"messages": with_system(messages, system_prompt)}
+        shown = "an empty list" if isinstance(turns, list) else described(turns)
+        raise LorakitError(f"{where} has no conversation turns ({shown}); {HINTS['sharegpt']}")
+    known = {**SHAREGPT_ROLES, **(reading.roles or {})}
+    return {"messages": read_conversation([_sharegpt_message(turn, index, where, known)
+                                           for index, turn in enumerate(turns)], where, reading)}
 
 
-def parse_prompt_completion(row: Mapping[str, Any], where: str, system_prompt: str | None,
-                            roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, str]:
-    hint = "a prompt_completion record needs non-empty 'prompt' and 'completion' strings"
-    return {"prompt": _text_field(row, "prompt", where, hint),
-            "completion": _text_field(row, "completion", where, hint)}
+def _sharegpt_message(turn: Any, index: int, where: str, known: Mapping[str, str]) -> dict[str, Any]:
+    """One ShareGPT turn as a message (its ``train`` flag is checked with the rest by ``check_messages``)."""
+    turn = check_object(turn, f"{where}, message {index}", "every turn has a 'from' and a 'value'")
+    speaker = turn.get("from")
+    if speaker not in known:
+        raise LorakitError(f"{where}, message {index} has from={speaker!r}; use one of "
+                           f"{', '.join(known)}, or name it in data.roles")
+    message = {"role": known[speaker], "content": turn.get("value")}
+    if "train" in turn:
+        message["train"] = turn["train"]
+    return message
 
 
-def parse_text(row: Mapping[str, Any], where: str, system_prompt: str | None,
-               roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, str]:
-    return {"text": _text_field(row, "text", where, "a text record needs a non-empty 'text' string")}
+def parse_prompt_completion(row: Any, where: str, reading: Reading) -> dict[str, str]:
+    """A prompt/completion record: both texts."""
+    hint = HINTS["prompt_completion"]
+    row = check_object(row, where, hint)
+    return {field: _text_field(row, field, where, hint) for field in ("prompt", "completion")}
 
 
-# (row, where, system_prompt, sharegpt roles, whether a conversation needs an assistant turn) → sample
-PARSERS: dict[str, Callable[..., dict[str, Any]]] = {
+def parse_text(row: Any, where: str, reading: Reading) -> dict[str, str]:
+    """A plain-text record: its text."""
+    row = check_object(row, where, HINTS["text"])
+    return {"text": _text_field(row, "text", where, HINTS["text"])}
+
+
+# (raw row, where it is in its file, how conversations are read) → sample; alpaca's is records._validate
+PARSERS: dict[str, Callable[[Any, str, Reading], dict[str, Any]]] = {
     "messages": parse_messages, "sharegpt": parse_sharegpt,
     "prompt_completion": parse_prompt_completion, "text": parse_text, "preference": parse_preference,
 }

@@ -23,19 +23,22 @@ from typing import Any
 import torch
 
 from ..errors import LorakitError
-from .conversation import check_messages, with_system
+from .conversation import Reading, check_messages, check_object, check_turns, read_conversation, with_system
 from .tokens import IGNORE_INDEX, Encoded
 
 SIDES = ("chosen", "rejected")
+PREFERENCE_HINT = ("a preference record needs 'chosen' and 'rejected' (and a 'prompt' unless both are whole "
+                   "conversations)")
+# a pair is encoded with the loss on the answer, the last assistant turn (``loading._encode_pairs``)
+ANSWER = "last_assistant"
 
 
-def parse_preference(row: Mapping[str, Any], where: str, system_prompt: str | None = None,
-                     roles: Mapping[str, str] | None = None, answered: bool = True) -> dict[str, Any]:
+def parse_preference(row: Any, where: str, reading: Reading) -> dict[str, Any]:
     """``{"chosen": sample, "rejected": sample}`` of one record (see the module docstring)."""
+    row = check_object(row, where, PREFERENCE_HINT)
     missing = [side for side in SIDES if side not in row]
     if missing:
-        raise LorakitError(f"{where} has no {missing[0]!r} answer; a preference record needs 'chosen' and "
-                           "'rejected' (and a 'prompt' unless both are whole conversations)")
+        raise LorakitError(f"{where} has no {missing[0]!r} answer; {PREFERENCE_HINT}")
     prompt = row.get("prompt")
     if all(isinstance(row[side], str) for side in SIDES):
         if not isinstance(prompt, str) or not prompt.strip():
@@ -45,8 +48,8 @@ def parse_preference(row: Mapping[str, Any], where: str, system_prompt: str | No
                 raise LorakitError(f"{where} has an empty {side!r} answer")
         return {side: {"prompt": prompt, "completion": row[side]} for side in SIDES}
     if prompt is None:
-        return _implicit_prompt(row, where, system_prompt)
-    return _explicit_prompt(prompt, row, where, system_prompt)
+        return _implicit_prompt(row, where, reading.system_prompt)
+    return _explicit_prompt(prompt, row, where, reading.system_prompt)
 
 
 def _explicit_prompt(prompt: Any, row: Mapping[str, Any], where: str, system_prompt: str | None) -> dict[str, Any]:
@@ -58,7 +61,7 @@ def _explicit_prompt(prompt: Any, row: Mapping[str, Any], where: str, system_pro
         answer = row[side]
         if isinstance(answer, str):
             answer = [{"role": "assistant", "content": answer}]
-        check_messages(answer, f"{where}, {side}")
+        check_turns(answer, f"{where}, {side}")
         if any(message["role"] != "assistant" for message in answer):
             raise LorakitError(f"{where}, {side}: the answer holds a non-assistant turn; put every turn before the "
                                "answer in 'prompt'")
@@ -67,15 +70,15 @@ def _explicit_prompt(prompt: Any, row: Mapping[str, Any], where: str, system_pro
 
 
 def _implicit_prompt(row: Mapping[str, Any], where: str, system_prompt: str | None) -> dict[str, Any]:
+    reading = Reading(system_prompt, loss_on=ANSWER)
+    pair = {side: {"messages": read_conversation(row[side], f"{where}, {side}", reading)} for side in SIDES}
     for side in SIDES:
-        check_messages(row[side], f"{where}, {side}")
         if row[side][-1]["role"] != "assistant":
             raise LorakitError(f"{where}, {side} does not end with an assistant turn (the answer being compared)")
-    chosen, rejected = row["chosen"], row["rejected"]
-    if _turns(chosen[:-1]) != _turns(rejected[:-1]):
+    if _turns(row["chosen"][:-1]) != _turns(row["rejected"][:-1]):
         raise LorakitError(f"{where}: 'chosen' and 'rejected' differ before their last assistant turn; two "
                            "answers to one prompt are compared (give a 'prompt' with the shared turns)")
-    return {side: {"messages": with_system(list(row[side]), system_prompt)} for side in SIDES}
+    return pair
 
 
 def _turns(messages: Sequence[Mapping[str, Any]]) -> list[tuple[str, str]]:

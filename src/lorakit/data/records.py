@@ -1,9 +1,11 @@
 """Records from files or built-ins: Alpaca (``instruction``, optional ``input``, ``output``),
 conversations, prompt/completion pairs or plain text (see ``formats``).
 
-Every reader returns raw rows; one parser per record format decides what a valid record is (for
-Alpaca records ``_validate``), so the four file types and the built-in data set fail with the same
-messages.
+Every reader returns raw rows, each with where it is in its file (``data.jsonl: line 5, record 3``:
+the line in JSONL, CSV and TSV files, and the record's place counted from 0), which every error
+message names; a CSV or TSV row must hold one value per header column, and the header must not
+name a column twice. One parser per record format decides what a valid record is (for Alpaca
+records ``_validate``), so the file types and the built-in data set fail with the same messages.
 """
 
 from __future__ import annotations
@@ -14,44 +16,51 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..errors import LorakitError
-from .formats import PARSERS, check_format, detect_format
+from .conversation import Reading, check_object
+from .formats import HINTS, PARSERS, check_format, detect_format
 
 Record = dict[str, str]
-FIELDS_HINT = "every record needs 'instruction' and 'output' (and optionally 'input')"
+FIELDS_HINT = HINTS["alpaca"]
 BUILTIN_CHATTERBOT = ("chatterbot", "builtin:chatterbot")
+# a raw row and where it is in its file: "data.json: record 3", "data.jsonl: line 5, record 3"
+Located = tuple[str, Any]
 
 
 def load_records(source: str, format: str = "auto", system_prompt: str | None = None,
-                 roles: Mapping[str, str] | None = None, answered: bool = True) -> list[dict[str, Any]]:
-    """Records from a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, or ``"chatterbot"``.
+                 roles: Mapping[str, str] | None = None, answered: bool = True,
+                 loss_on: str = "assistant") -> list[dict[str, Any]]:
+    """Records from a ``.json``/``.jsonl``/``.csv``/``.tsv``/``.parquet`` file, or ``"chatterbot"``.
 
     ``format``: one of ``formats.FORMATS`` (``auto``: the first record's). An Alpaca record has
     exactly the keys ``instruction``, ``input`` (``""`` when absent) and ``output``; a
-    conversation ``messages``; the others ``prompt``/``completion`` or ``text``. Record indices
-    in error messages count from 0. ``system_prompt`` and ``roles`` (more ShareGPT ``from`` names)
-    apply to conversations; ``answered=False`` accepts conversations without an assistant turn
-    (prompts to answer, for ``lorakit generate``).
+    conversation ``messages``; the others ``prompt``/``completion`` or ``text``. Error messages
+    name a record by its place in the file (counted from 0), after its line in JSONL, CSV and TSV.
+    ``system_prompt`` and ``roles`` (more ShareGPT ``from`` names) apply to conversations;
+    ``answered=False`` accepts conversations without an assistant turn (prompts to answer, for
+    ``lorakit generate``); ``loss_on`` (``data.loss_on``) names the assistant turns that are learned.
     """
     check_format(format)
+    reading = Reading(system_prompt, roles, answered, loss_on)
     if source in BUILTIN_CHATTERBOT:
         if format not in ("messages", "sharegpt"):
             return chatterbot_records()
-        return [_parse(row, index, source, "messages", system_prompt, roles, answered)
+        return [_parse(row, f"{source}: record {index}", "messages", reading)
                 for index, row in enumerate(chatterbot_conversations())]
     rows = read_rows(source, FIELDS_HINT)
     if format == "auto":  # a first record of no known format is read as Alpaca, with Alpaca's errors
-        format = _detected(rows[0], source) or "alpaca"
-    return [_parse(row, index, source, format, system_prompt, roles, answered) for index, row in enumerate(rows)]
+        format = _detected(rows[0][1], source) or "alpaca"
+    return [_parse(row, where, format, reading) for where, row in rows]
 
 
-def read_rows(source: str, hint: str) -> list[Any]:
-    """The raw rows of the data file ``source`` (one of ``READERS``' suffixes); a missing, empty or
-    unreadable file is a one-line error ending with ``hint`` (what a record needs)."""
+def read_rows(source: str, hint: str) -> list[Located]:
+    """The raw rows of the data file ``source`` (one of ``READERS``' suffixes), each with where it is
+    in the file; a missing, empty or unreadable file is a one-line error ending with ``hint`` (what a
+    record needs)."""
     path = Path(source).expanduser()
     if path.is_dir():
         raise LorakitError(f"data file {source} is a folder; pass a {'/'.join(READERS)} file")
@@ -72,7 +81,12 @@ def read_rows(source: str, hint: str) -> list[Any]:
         raise LorakitError(f"{source}: not UTF-8 text; save the file as UTF-8") from None
     if not rows:
         raise LorakitError(f"{source}: the file holds no records; {hint}")
-    return rows
+    return [(_where(source, index, line), row) for index, (line, row) in enumerate(rows)]
+
+
+def _where(source: str, index: int, line: int | None) -> str:
+    """How error messages name record ``index`` of ``source`` (and its first line, where known)."""
+    return f"{source}: record {index}" if line is None else f"{source}: line {line}, record {index}"
 
 
 def _detected(row: Any, source: str) -> str | None:
@@ -82,18 +96,17 @@ def _detected(row: Any, source: str) -> str | None:
         return None
 
 
-def _parse(row: Any, index: int, source: str, format: str, system_prompt: str | None,
-           roles: Mapping[str, str] | None, answered: bool = True) -> dict[str, Any]:
+def _parse(row: Any, where: str, format: str, reading: Reading) -> dict[str, Any]:
     """One record in ``format``; a record of another format is a one-line error naming both."""
     try:
         if format == "alpaca":
-            return _validate(row, index, source)
-        return PARSERS[format](row, f"{source}: record {index}", system_prompt, roles, answered)
+            return _validate(row, where)
+        return PARSERS[format](row, where, reading)
     except LorakitError:
-        other = _detected(row, source)
+        other = _detected(row, where)
         if other is not None and other != format and not (format == "messages" and other == "sharegpt"):
-            raise LorakitError(f"{source}: record {index} is in format {other!r} but the file is read as "
-                               f"{format!r}; one file holds one format (set data.format to choose)") from None
+            raise LorakitError(f"{where} is in format {other!r} but the file is read as {format!r}; one file holds "
+                               "one format (set data.format to choose)") from None
         raise
 
 
@@ -172,8 +185,11 @@ def chatterbot_records() -> list[Record]:
             for texts in _chatterbot_texts() for question, answer in zip(texts, texts[1:])]
 
 
-# -- readers: path → raw rows (anything; _validate checks them) -------------------------------
-def _read_json(path: Path, source: str) -> list[Any]:
+# -- readers: path → raw rows (anything; the parsers check them), each with its first line (None: unknown) ----
+Numbered = tuple[int | None, Any]
+
+
+def _read_json(path: Path, source: str) -> list[Numbered]:
     text = path.read_text(encoding="utf-8-sig")
     if not text.strip():
         return []
@@ -185,69 +201,113 @@ def _read_json(path: Path, source: str) -> list[Any]:
     if not isinstance(data, list):
         raise LorakitError(f"{source}: top-level JSON is a {type(data).__name__}, not a list; "
                            f"write a JSON list of record objects (or use .jsonl)")
-    return data
+    return [(None, row) for row in data]
 
 
-def _read_jsonl(path: Path, source: str) -> list[Any]:
+def _read_jsonl(path: Path, source: str) -> list[Numbered]:
     rows = []
     with open(path, encoding="utf-8-sig") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append((line_number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise LorakitError(f"{source}: invalid JSON on line {line_number}: {exc.msg}; "
                                    f"each line must be one JSON object") from None
     return rows
 
 
-def _read_csv(path: Path, source: str) -> list[Any]:
-    with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: a byte-order mark is not a column name
-        return list(csv.DictReader(handle))
+def _read_csv(path: Path, source: str) -> list[Numbered]:
+    fix = "quote a field that holds a comma, and give every row one value per column"
+    return _read_table(path, source, fix, delimiter=",")
 
 
-def _read_tsv(path: Path, source: str) -> list[Any]:
+def _read_tsv(path: Path, source: str) -> list[Numbered]:
     """Tab-separated columns, read without quote processing: GLUE's files hold unbalanced quotes."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        return list(csv.DictReader(handle, delimiter="\t", quoting=csv.QUOTE_NONE))
+    fix = "a tab inside a value splits it (the file is read without quoting): remove it, and give every row one " \
+          "value per column"
+    return _read_table(path, source, fix, delimiter="\t", quoting=csv.QUOTE_NONE)
 
 
-def _read_parquet(path: Path, source: str) -> list[Any]:
+def _read_table(path: Path, source: str, fix: str, **dialect: Any) -> list[Numbered]:
+    """The rows of a CSV or TSV file as objects keyed by the header's column names; a row with more or
+    fewer values than the header has columns is an error naming its line and ending with ``fix``."""
+    with open(path, encoding="utf-8-sig", newline="") as handle:  # -sig: a byte-order mark is not a column name
+        rows = _numbered_rows(csv.reader(handle, **dialect))
+        header_line, header = next(rows, (1, None))
+        if header is None:
+            return []
+        _check_header(header, header_line, source)
+        return [(line, _by_column(header, values, _where(source, index, line), fix))
+                for index, (line, values) in enumerate(rows)]
+
+
+def _numbered_rows(reader: Any) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank rows of a ``csv.reader``, each with the line it starts on (a quoted value may span lines)."""
+    start = 1
+    for values in reader:
+        if values:
+            yield start, values
+        start = reader.line_num + 1
+
+
+def _check_header(header: list[str], line: int, source: str) -> None:
+    """Refuse a header that names a column twice (only the last would be read)."""
+    for position, name in enumerate(header):
+        if name in header[:position]:
+            raise LorakitError(f"{source}: the header (line {line}) names the column {name!r} twice (columns "
+                               f"{header.index(name) + 1} and {position + 1}); rename or remove one")
+
+
+def _by_column(header: list[str], values: list[str], where: str, fix: str) -> dict[str, str]:
+    """One row's values keyed by the header's column names; every column needs exactly one value."""
+    if len(values) != len(header):
+        raise LorakitError(f"{where} has {_count(len(values), 'value')} but the header has "
+                           f"{_count(len(header), 'column')} ({', '.join(header)}); {fix}")
+    return dict(zip(header, values))
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _read_parquet(path: Path, source: str) -> list[Numbered]:
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise LorakitError(f"{source}: reading .parquet needs pyarrow; pip install pyarrow") from None
     try:
-        return pq.read_table(path).to_pylist()
+        rows = pq.read_table(path).to_pylist()
     except Exception as exc:  # pyarrow raises its own exception types for corrupt files
         raise LorakitError(f"{source}: not a readable parquet file ({exc}); fix or re-export it") from None
+    return [(None, row) for row in rows]
 
 
-READERS: dict[str, Callable[[Path, str], list[Any]]] = {
+READERS: dict[str, Callable[[Path, str], list[Numbered]]] = {
     ".json": _read_json, ".jsonl": _read_jsonl, ".csv": _read_csv, ".tsv": _read_tsv, ".parquet": _read_parquet,
 }
 
 
 def _missing(value: Any) -> bool:
-    # CSV gives None for short rows; parquet/pandas exports give None or NaN for empty cells
+    # parquet/pandas exports give None or NaN for empty cells
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _validate(row: Any, index: int, source: str) -> Record:
-    if not isinstance(row, dict):
-        raise LorakitError(f"{source}: record {index} is a {type(row).__name__}, not an object; {FIELDS_HINT}")
+def _validate(row: Any, where: str) -> Record:
+    """An Alpaca record: ``instruction``, ``input`` (``""`` when absent or empty) and ``output``, all strings."""
+    row = check_object(row, where, FIELDS_HINT)
     record = {}
     for field in ("instruction", "input", "output"):
         value = row.get(field)
         if field == "input" and _missing(value):
             value = ""
         elif field not in row:
-            raise LorakitError(f"{source}: record {index} has no {field!r} field; {FIELDS_HINT}")
+            raise LorakitError(f"{where} has no {field!r} field; {FIELDS_HINT}")
         elif _missing(value) or (field != "input" and isinstance(value, str) and not value.strip()):
-            raise LorakitError(f"{source}: record {index} has an empty {field!r} field; {FIELDS_HINT}")
+            raise LorakitError(f"{where} has an empty {field!r} field; {FIELDS_HINT}")
         if not isinstance(value, str):
-            raise LorakitError(f"{source}: record {index} field {field!r} is a {type(value).__name__}, "
-                               f"not a string; {FIELDS_HINT}, all strings")
+            raise LorakitError(f"{where} field {field!r} is a {type(value).__name__}, not a string; {FIELDS_HINT}, "
+                               "all strings")
         record[field] = value
     return record
