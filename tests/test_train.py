@@ -42,6 +42,17 @@ def metrics(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+def same_run_outputs(full: Path, cut: Path) -> None:
+    """``cut`` (a resumed run) logged and summarised what ``full`` (uninterrupted) did, less what
+    each invocation measures anew (times, memory) and the output folder's own path."""
+    anew = ("seconds", "seconds_per_step", "peak_memory_mib", "adapter")
+    summary = lambda out: {k: v for k, v in json.loads((out / "summary.json").read_text()).items()  # noqa: E731
+                           if k not in anew}
+    assert summary(cut) == summary(full)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
+    assert strip(metrics(cut)) == strip(metrics(full))
+
+
 def tensorboard_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
     """What TensorBoard itself reads from the run's event files: tag → [(step, value)]."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -97,8 +108,7 @@ def test_resume_after_crash_equals_uninterrupted(crash, checkpoint, tiny_model_d
     assert full.keys() == cut.keys()
     for key in full:
         assert torch.equal(full[key], cut[key]), key
-    strip = lambda rs: [{k: v for k, v in r.items() if k != "elapsed_s"} for r in rs]  # noqa: E731
-    assert strip(metrics(tmp_path / "cut")) == strip(metrics(tmp_path / "full"))
+    same_run_outputs(tmp_path / "full", tmp_path / "cut")
     # TensorBoard hides what the crashed run logged past its checkpoint, and only that
     assert tensorboard_scalars(tmp_path / "cut") == tensorboard_scalars(tmp_path / "full")
 
@@ -263,6 +273,7 @@ def test_cli_kill_and_resume_equals_uninterrupted(tiny_model_dir, addition_data,
     assert resumed.returncode == 0, resumed.stderr
     a, b = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
     assert all(torch.equal(a[k], b[k]) for k in a)
+    same_run_outputs(tmp_path / "full", tmp_path / "cut")
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -363,8 +374,8 @@ def test_cli_outputs_never_delete_a_users_files(tiny_model_dir, addition_data, t
     (busy / "notes.txt").write_text("mine")
     (tmp_path / "afile").write_text("mine")
     for command in ("merge", "export"):
-        for out, needle in ((busy, "already holds other files (notes.txt)"), (tmp_path / "afile", "is a file"),
-                            (adapter, "already holds other files")):
+        for out, needle in ((busy, f"notes.txt was not written by lorakit {command}"),
+                            (tmp_path / "afile", "is a file"), (adapter, "is an input of lorakit")):
             capsys.readouterr()
             assert main([command, str(adapter), str(out)]) == 2
             assert needle in capsys.readouterr().err

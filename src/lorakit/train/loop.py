@@ -3,13 +3,21 @@
 ``train`` runs a ``Run`` through its phases: **prepare** (data, model, adapter or checkpoint,
 optimizer), **resume** (optimizer, scheduler, RNG and training state from the checkpoint), then for
 every optimizer step **step** (forward/backward over ``grad_accum`` micro-batches, clip, update),
-**log**, **evaluate** and **checkpoint** when due, and **finish** (final evaluation, adapter,
-summary). The loss of a step is the objective's sum over the step's units — response tokens'
-cross-entropies, or DPO's pair losses (``objectives``) — divided by the number of units in the
-whole step (over all processes), so gradient accumulation and data parallelism give the same
-gradient as one large batch. Metrics go to ``metrics.jsonl`` and
+**log**, **evaluate** and **checkpoint** when due, and **finish** (final evaluation and summary,
+sealed into the final checkpoint, then **publish**: the final log record, the adapter and
+``summary.json``, written from that checkpoint). The loss of a step is the objective's sum over
+the step's units — response tokens' cross-entropies, or DPO's pair losses (``objectives``) —
+divided by the number of units in the whole step (over all processes), so gradient accumulation
+and data parallelism give the same gradient as one large batch. Metrics go to ``metrics.jsonl`` and
 TensorBoard event files (``run_log``); checkpoints every ``save_every`` steps; the final
 adapter to ``<output_dir>/adapter``.
+
+Resuming (``--resume``) verifies the checkpoint's checksums first (``checkpoint``). Every kill
+point resumes to the uninterrupted run's outputs: a kill before the final checkpoint resumes from
+the checkpoint before it and trains the same steps again; a kill after it is completed from what
+it recorded (``complete_finished_run``: the same record, adapter bytes and summary, timings
+included, that the uninterrupted run wrote). A finished run, resumed, is left as it is: one line
+on stderr says so, and its summary is returned.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import copy
 import json
 import math
 import os
+import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -41,17 +50,20 @@ from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from ..heads import reseed_new_modules
 from ..integrations.liger import apply_liger
-from ..io.adapter_files import final_ranks
+from ..io.adapter_files import CONFIG_FILE, WEIGHTS_FILE, final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.lock import folder_lock
 from ..loading import Split, encode, evaluate, labels_of, load_base, load_split, model_labels
 from ..presets import complete_for_run, parts_of, refuse_if_bypassed
-from .checkpoint import read_checkpoint, save_checkpoint, set_rng_state
+from .checkpoint import copy_adapter, has_checksums, read_checkpoint, read_trainer_state, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .objectives import objective_for
 from .output_dir import check_output_dir, comparable, make_output_dir
-from .run_log import RunLog
+from .run_log import JSONL_FILE, RunLog, finite, json_text, log_ends_with
 from .sharding import load_optimizer_state, optimizer_state, shard
+
+ADAPTER_DIR, SUMMARY_FILE = "adapter", "summary.json"
+FINAL_RECORD = f"final {JSONL_FILE} record"  # how complete_finished_run names a missing final log record
 
 
 @dataclass
@@ -72,13 +84,18 @@ def train(config: RunConfig, resume: bool = False,
 
     ``base``: an already loaded ``(model, tokenizer)`` for ``config.model`` (a sweep loads it
     once); the run trains a deep copy and leaves it untouched. A second process training into
-    the same ``output_dir`` at the same time is refused (``lorakit.io.lock``).
+    the same ``output_dir`` at the same time is refused (``lorakit.io.lock``). ``resume`` where
+    the run has finished loads no model: see ``complete_finished_run``.
     """
     output_dir = Path(config.train.output_dir)
-    make_output_dir(output_dir)
+    make_output_dir(output_dir, config)
     first_process = int(os.environ.get("RANK", "0")) == 0  # the other data-parallel processes share the run
     with folder_lock(output_dir) if first_process else contextlib.nullcontext():
-        run = Run.prepare(config, output_dir, resume, base)
+        checkpoint = check_output_dir(output_dir, resume)  # verified against its checksums
+        final = finished_run(config, output_dir, checkpoint) if checkpoint is not None else None
+        if final is not None:
+            return complete_finished_run(config, output_dir, checkpoint, final, first_process)
+        run = Run.prepare(config, output_dir, checkpoint, base)
         run.resume()
         run.start(progress)
         try:
@@ -102,6 +119,9 @@ class Run:
         self.config, self.output_dir, self.accelerator = config, output_dir, accelerator
         self.spec, self.split, self.total_steps, self.per_epoch = spec, split, total_steps, per_epoch
         self.checkpoint_folder = checkpoint
+        # (name, intact) of the checkpoint that holds the run so far: one resumed from is intact when
+        # its checksums verified (check_output_dir), one this run wrote always is
+        self.last_checkpoint = (checkpoint.name, has_checksums(checkpoint)) if checkpoint else (None, True)
         self.main = accelerator.is_main_process
         self.state: dict[str, Any] = {"config": config.to_dict()}  # what every checkpoint records
         self.start_step = 0
@@ -112,10 +132,11 @@ class Run:
 
     # -- prepare ---------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, config: RunConfig, output_dir: Path, resume: bool, base: tuple[nn.Module, Any] | None) -> Run:
-        """Check everything that needs no model, then load the model, data and adapter."""
+    def prepare(cls, config: RunConfig, output_dir: Path, checkpoint: Path | None,
+                base: tuple[nn.Module, Any] | None) -> Run:
+        """Check everything that needs no model, then load the model, data and adapter (from
+        ``checkpoint``, a verified one, when resuming)."""
         tc = config.train
-        checkpoint = check_output_dir(output_dir, resume)
         split = load_split(config)
         accelerator = _accelerator(tc.mixed_precision)
         run = cls(config, output_dir, accelerator, config.method_spec(), split, 0, 0, checkpoint)
@@ -166,9 +187,10 @@ class Run:
         if self.checkpoint_folder is None:
             return attach(self.model, self.spec)
         self.saved_state, self.tensors = read_checkpoint(self.checkpoint_folder)
-        if comparable(self.saved_state["config"]) != comparable(self.state["config"]):
-            raise LorakitError(f"{self.checkpoint_folder} was made with a different config; resume with the same "
-                               "config")
+        check_same_config(self.checkpoint_folder, self.saved_state["config"], self.config)
+        if self.main and not has_checksums(self.checkpoint_folder):
+            print(f"lorakit: note: {self.checkpoint_folder} has no checksums (an older lorakit wrote it); resuming it "
+                  "unverified", file=sys.stderr)
         return load(self.model, self.checkpoint_folder)
 
     def _speed_up(self) -> None:
@@ -233,8 +255,8 @@ class Run:
             write_text_atomic(self.output_dir / "config.yaml", dump_config(self.config))
         resumed = self.checkpoint_folder is not None
         self.run_log = RunLog(self.output_dir, self.main, [g["name"] for g in self.optimizer.param_groups],
-                              tuple(n for n in self.config.train.report_to if n != "none"),
-                              resume_step=self.start_step if resumed else None, config=self.state["config"])
+                              trackers_of(self.config), resume_step=self.start_step if resumed else None,
+                              config=self.state["config"])
         if self.start_step == 0:
             if self.examples.skipped:
                 self.run_log.write({"step": 0, "skipped_samples": self.examples.skipped})
@@ -268,9 +290,7 @@ class Run:
             step_loss += loss_sum.detach().double()
         loss = global_sum(accelerator, step_loss)  # the step's one host sync for the loss
         if not math.isfinite(loss):  # refuse to apply (and later checkpoint) a diverged step
-            raise LorakitError(f"the training loss is {loss} at step {step + 1}: training diverged (learning "
-                               "rate too high, or a float16 overflow); this step was not applied and the last "
-                               "checkpoint is intact; lower train.lr and resume, or start over")
+            raise self._diverged(loss, step + 1)
         grad_norm = None
         if tc.max_grad_norm is not None:
             grad_norm = float(full(accelerator.clip_grad_norm_(self.adapter.parameters(), tc.max_grad_norm)))
@@ -284,6 +304,22 @@ class Run:
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss / n_tokens:.4f}")
         return loss, n_tokens, grad_norm
+
+    def _diverged(self, loss: float, step: int) -> LorakitError:
+        """The error of a non-finite loss at ``step``; it calls the last checkpoint intact only
+        where that is known (written by this run, or verified when the run resumed from it)."""
+        name, intact = self.last_checkpoint
+        if name is None:
+            held = "no checkpoint was written yet"
+        elif intact:
+            held = f"the last checkpoint, {name}, is intact"
+        else:
+            held = (f"{name}, the checkpoint this run resumed from, has no checksums to verify it, and a damaged "
+                    "file there would also do this")
+        return LorakitError(f"the training loss is {loss} at step {step}: training diverged (learning rate too high, "
+                            f"or a float16 overflow); this step was not applied and {held}; lower train.lr and "
+                            "start over in a new train.output_dir (a resumed run keeps the config, so it would "
+                            "diverge here again)")
 
     # -- log, evaluate, checkpoint ---------------------------------------------------------
     def log(self, done: int, loss: float, tokens: int, grad_norm: float | None) -> None:
@@ -316,18 +352,21 @@ class Run:
         if every and done % every == 0 and done != self.total_steps:
             self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens]})
 
-    def _save_checkpoint(self, done: int, state: dict[str, Any], adapter_tensors: Any = None) -> None:
-        """Written by the first process; when sharded, every process first gathers the shards."""
+    def _save_checkpoint(self, done: int, state: dict[str, Any]) -> Path | None:
+        """Written by the first process, which gets its folder (None elsewhere); when sharded,
+        every process first gathers the shards."""
         if not (self.main or self.sharded):
-            return
+            return None
         snapshot = None
         if self.config.train.fsdp:
-            snapshot = {"adapter": adapter_tensors or self.adapter.state_dict(),
-                        "training_state": self.adapter.training_state(),
+            snapshot = {"adapter": self.adapter.state_dict(), "training_state": self.adapter.training_state(),
                         "optimizer": optimizer_state(self.model, self.optimizer, named=True)}
-        if self.main:
-            save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
-                            self.config.train.keep_checkpoints, snapshot)
+        if not self.main:
+            return None
+        folder = save_checkpoint(self.output_dir, done, self.adapter, self.optimizer, self.scheduler, state,
+                                 self.config.train.keep_checkpoints, snapshot)
+        self.last_checkpoint = (folder.name, True)
+        return folder
 
     def close(self) -> None:
         """Close the progress bar and the trackers (also when the run stops with an error)."""
@@ -336,34 +375,43 @@ class Run:
 
     # -- finish ----------------------------------------------------------------------------
     def finish(self) -> dict[str, Any]:
-        """The final evaluation, the adapter, the last checkpoint and ``summary.json``."""
+        """The final evaluation and the summary, sealed into the final checkpoint before any
+        output is written, then the outputs written from that checkpoint (``publish``): a kill
+        before the checkpoint resumes from the one before it, a kill after it is completed from it
+        (``complete_finished_run``). Returns the summary (non-finite values as None)."""
         self.bar.close()
-        final = {}
-        if self.examples.eval:
-            model = self.accelerator.unwrap_model(self.model)
-            final = evaluate(self.config, model, self.tokenizer, self.split, self.output_dir if self.main else None,
-                             self.examples)
-            if self.objective.final_metrics:  # the objective's own metrics next to those of the answers
-                final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
-                                                     self.config.train.eval_batch_size, self.accelerator.device))
-        self.run_log.write({"step": self.total_steps, **final})  # (train() closes the log)
+        metrics = self._final_metrics()
+        final = {"record": {"step": self.total_steps, **metrics}, "summary": finite(self._summary(metrics))}
+        folder = self._save_checkpoint(self.total_steps, {**self.state, "final": final})
+        if self.main:
+            publish(self.output_dir, folder, final, self.run_log)
+        self.accelerator.wait_for_everyone()
+        return final["summary"]
+
+    def _final_metrics(self) -> dict[str, float]:
+        """``eval``'s metrics of the trained model, and the objective's own next to them."""
+        if not self.examples.eval:
+            return {}
+        model = self.accelerator.unwrap_model(self.model)
+        final = evaluate(self.config, model, self.tokenizer, self.split, self.output_dir if self.main else None,
+                         self.examples)
+        if self.objective.final_metrics:  # the objective's own metrics next to those of the answers
+            final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
+                                                 self.config.train.eval_batch_size, self.accelerator.device))
+        return final
+
+    def _summary(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """What ``summary.json`` holds: the method, the final metrics, the adapter's size and where
+        the run's time and memory went."""
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
-                   "train_loss": self.last_loss, **final, "trainable_parameters": self.adapter.num_parameters(),
+                   "train_loss": self.last_loss, **metrics, "trainable_parameters": self.adapter.num_parameters(),
                    "seconds": round(time.time() - self.started, 2), **self._resources(),
-                   "adapter": str(self.output_dir / "adapter")}
+                   "adapter": str(self.output_dir / ADAPTER_DIR)}
         if self.examples.skipped:
             summary["skipped_samples"] = self.examples.skipped
         if self.adapter.spec.schedule != "fixed":  # where the rank budget went
             summary["final_ranks"] = final_ranks(self.adapter.config())
-        tensors = self.adapter.state_dict() if self.main or self.sharded else None  # gathered by all when sharded
-        if self.main:
-            self.adapter.save(self.output_dir / "adapter", tensors)
-        self._save_checkpoint(self.total_steps, self.state, tensors)
-        if self.main:
-            write_text_atomic(self.output_dir / "summary.json", json.dumps(summary, indent=2) + "\n")
-        self.accelerator.wait_for_everyone()
         return summary
-
 
     def _resources(self) -> dict[str, float]:
         """What the run's steps cost: ``seconds_per_step`` (optimizer steps of this invocation,
@@ -400,6 +448,71 @@ def global_sum(accelerator: Accelerator, value: float | torch.Tensor) -> float:
     return float(value)
 
 
+def trackers_of(config: RunConfig) -> tuple[str, ...]:
+    return tuple(name for name in config.train.report_to if name != "none")
+
+
+def check_same_config(checkpoint: Path, saved: dict[str, Any], config: RunConfig) -> None:
+    """Refuse to resume ``checkpoint`` (whose config is ``saved``) with another config (the keys
+    a resume may change aside, ``output_dir.comparable``); compared as the checkpoint wrote it."""
+    if comparable(saved) != comparable(finite(config.to_dict())):
+        raise LorakitError(f"{checkpoint} was made with a different config; resume with the same config")
+
+
+# -- a finished run ---------------------------------------------------------------------------
+def publish(output_dir: Path, checkpoint: Path, final: dict[str, Any], run_log: RunLog) -> None:
+    """A finished run's outputs, from its final ``checkpoint``: the final log record (once),
+    ``adapter/`` (the checkpoint's adapter files) and ``summary.json``, in this order. Each write
+    is atomic and may be done again, so a kill anywhere in here is completed by a resume."""
+    run_log.write_final(final["record"])
+    copy_adapter(checkpoint, output_dir / ADAPTER_DIR)
+    write_text_atomic(output_dir / SUMMARY_FILE, json_text(final["summary"], indent=2) + "\n")
+
+
+def finished_run(config: RunConfig, output_dir: Path, checkpoint: Path) -> dict[str, Any] | None:
+    """``{"record", "summary"}`` that ``checkpoint`` recorded when it is a finished run's final
+    one, else None. A final checkpoint from before lorakit recorded them counts as finished where
+    ``summary.json`` reports its step (``record`` None: there is nothing to rewrite from)."""
+    state = read_trainer_state(checkpoint)
+    check_same_config(checkpoint, state["config"], config)
+    if "final" in state:
+        return state["final"]
+    with contextlib.suppress(OSError, ValueError):  # absent or unreadable: not known to be finished
+        summary = json.loads((output_dir / SUMMARY_FILE).read_text(encoding="utf-8"))
+        if isinstance(summary, dict) and summary.get("steps") == state["step"]:
+            return {"record": None, "summary": summary}
+    return None
+
+
+def unwritten(output_dir: Path, record: dict[str, Any] | None) -> list[str]:
+    """The outputs of a finished run that are not (all) there: what a kill after the final
+    checkpoint left unwritten, or a user removed."""
+    if record is None:  # a finished run from before final checkpoints recorded its outputs
+        return []
+    missing = [] if log_ends_with(output_dir / JSONL_FILE, record) else [FINAL_RECORD]
+    if not all((output_dir / ADAPTER_DIR / name).is_file() for name in (WEIGHTS_FILE, CONFIG_FILE)):
+        missing.append(f"{ADAPTER_DIR}/")
+    return missing + ([] if (output_dir / SUMMARY_FILE).is_file() else [SUMMARY_FILE])
+
+
+def complete_finished_run(config: RunConfig, output_dir: Path, checkpoint: Path, final: dict[str, Any],
+                          main: bool) -> dict[str, Any]:
+    """A finished run, resumed: its summary. Where all its outputs are there, nothing is written;
+    else (a kill after the final checkpoint) the missing ones are written from what that
+    checkpoint recorded, the bytes the uninterrupted run wrote. One line on stderr says which."""
+    steps, missing = final["summary"].get("steps"), unwritten(output_dir, final["record"])
+    if not main:
+        return final["summary"]
+    said = f"lorakit: {output_dir} holds a finished run (step {steps} of {steps})"
+    print(f"{said}; writing its {', '.join(missing)} from the final checkpoint" if missing
+          else f"{said}; nothing to resume", file=sys.stderr)
+    if missing:  # the trackers open only where the final record is still to be logged
+        run_log = RunLog(output_dir, FINAL_RECORD in missing, [], trackers_of(config), resume_step=steps)
+        try:
+            publish(output_dir, checkpoint, final, run_log)
+        finally:
+            run_log.close()
+    return final["summary"]
 
 
 def _ddp(accelerator: Accelerator, model: nn.Module) -> nn.Module:

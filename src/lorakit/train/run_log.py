@@ -14,11 +14,22 @@ uninterrupted run's. TensorBoard reads a folder's event files in name order, and
 with the second it was opened in, then host, process and an unpadded counter; so a resumed run
 opens its file only once the clock is past the seconds of the files before it, or its purge could
 be read before the records it hides.
+
+The JSON that training writes (``metrics.jsonl``, ``summary.json``, the checkpoints'
+``trainer_state.json`` and ``checksums.json``, ``trackers.json``) is strict JSON: ``json_text``
+writes every float that is not finite as ``null``, never ``NaN`` or ``Infinity``, which most JSON
+readers refuse. Per field: ``loss`` (training) is always finite, since a non-finite loss stops the
+run before it is logged; ``grad_norm`` is ``null`` without clipping and where the norm overflowed;
+an evaluation metric (``eval_loss``, ``bleu``, …, in the log and in the summary) is ``null`` where
+it came out NaN or infinite (a float16 overflow, a metric undefined on the eval split); a config
+value in a checkpoint is ``null`` where it is infinite, and a resume compares configs as written.
+The trackers get the values themselves (they plot NaN as such).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import uuid
@@ -32,11 +43,44 @@ TRAIN_KEYS = ("loss", "grad_norm", "epoch", "skipped_samples")
 UNLOGGED_KEYS = ("step", "elapsed_s")
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every float that is not finite (NaN, ±inf) replaced by ``None``, through
+    nested dicts, lists and tuples (tuples become lists, as JSON writes them anyway)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    return value
+
+
+def json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as strict JSON (non-finite floats as ``null``, see the module docstring)."""
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
+
+
+def jsonl_lines(path: Path) -> list[str]:
+    """The records of a JSONL log, less a last line a kill cut short in its write."""
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line] if path.is_file() else []
+    if lines:
+        try:
+            json.loads(lines[-1])
+        except json.JSONDecodeError:
+            lines.pop()
+    return lines
+
+
 def truncate_jsonl(path: Path, step: int) -> None:
     """Drop the records of ``path`` past ``step``."""
     if path.is_file():
-        kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        kept = [line for line in jsonl_lines(path) if json.loads(line)["step"] <= step]
         write_text_atomic(path, "".join(line + "\n" for line in kept))
+
+
+def log_ends_with(path: Path, record: dict[str, Any]) -> bool:
+    """Whether the JSONL log ``path`` already ends with ``record`` (as ``RunLog.write`` wrote it)."""
+    return jsonl_lines(path)[-1:] == [json_text(record)]
 
 
 def scalars(record: dict[str, Any], group_names: list[str]) -> dict[str, float]:
@@ -96,7 +140,7 @@ def open_trackers(names: tuple[str, ...], output_dir: Path, resume_step: int | N
         if tracker.name == "mlflow":
             ids["mlflow"] = tracker.active_run.info.run_id
     if ids:
-        write_text_atomic(ids_file, json.dumps(ids, indent=2) + "\n")
+        write_text_atomic(ids_file, json_text(ids, indent=2) + "\n")
     return trackers
 
 
@@ -120,12 +164,18 @@ class RunLog:
         if not self.enabled:
             return
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_text(record) + "\n")
         values = scalars(record, self.group_names)
         for tracker in self.trackers:
             tracker.log(values, step=record["step"])
             if tracker.name == "tensorboard":
                 tracker.writer.flush()
+
+    def write_final(self, record: dict[str, Any]) -> None:
+        """Write the run's final record unless the log already ends with it: a finished run's
+        outputs are rewritten after a kill that may have come before or after this record."""
+        if self.enabled and not log_ends_with(self.path, record):
+            self.write(record)
 
     def close(self) -> None:
         for tracker in self.trackers:
