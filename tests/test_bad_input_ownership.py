@@ -105,13 +105,13 @@ def test_a_killed_write_leaves_no_temporary_for_long(tmp_path):
     out = tmp_path / "m"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    stale = tmp_path / f".m.{dead}-abc.tmp"
+    stale = tmp_path / f".m.lorakit-{dead}-abc.tmp"
     stale.mkdir()
     (stale / "model.safetensors").write_bytes(b"x" * 1000)
     with replace_folder(out, "merge") as tmp:
         (tmp / "config.json").write_text("{}")
     assert not stale.exists() and sorted(os.listdir(tmp_path)) == ["m"]
-    alive = tmp_path / f".m.{os.getpid()}-abc.tmp"  # a write in progress is left alone
+    alive = tmp_path / f".m.lorakit-{os.getpid()}-abc.tmp"  # a write in progress is left alone
     alive.mkdir()
     with replace_folder(out, "merge") as tmp:
         (tmp / "config.json").write_text("{}")
@@ -255,3 +255,162 @@ def test_a_file_size_limit_during_training_is_one_line(tiny_model_dir, addition_
     assert lines[0].startswith("lorakit: error: cannot write") and str(out) in lines[0], lines[0]
     assert not [p for p in (out / "checkpoints").iterdir() if p.name.endswith(".tmp")]
     shutil.rmtree(out)
+
+
+# -- what a review of the rule found -----------------------------------------------------------
+@pytest.mark.parametrize("name", ["/tmp", "..", "../x", "a/b", ""])
+def test_a_manifest_naming_a_path_outside_its_folder_is_damaged(tmp_path, name):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("mine")
+    out = tmp_path / "shared"
+    out.mkdir()
+    (out / MANIFEST).write_text(json.dumps({"files": {name or "": "merge", str(victim): "merge"}, "kept": []}))
+    with pytest.raises(LorakitError, match="is damaged"):
+        with replace_folder(out, "merge"):
+            pass
+    assert (victim / "keep.txt").read_text() == "mine"
+
+
+def test_merge_never_writes_over_the_base_model_it_reads(trained, tmp_path, capsys):
+    """The adapter records its base: merging into that folder is writing onto an input."""
+    base = Path(json.loads((trained / "adapter" / "lorakit_adapter.json").read_text())["base_model"])
+    before = snapshot(base)
+    for extra in ([], ["--overwrite"]):
+        refused(capsys, ["merge", str(trained / "adapter"), str(base), *extra], "is an input of lorakit merge")
+        refused(capsys, ["export", str(trained / "adapter"), str(base), *extra], "is an input of lorakit export")
+    assert snapshot(base) == before
+
+
+def test_a_runs_folder_alone_does_not_make_a_comparison(tmp_path):
+    """TensorBoard and Trainer write ``runs/`` too: only a lorakit run folder proves a comparison."""
+    from lorakit.experiments.compare import COMPARE_LEGACY, COMPARE_OUTPUTS
+
+    (tmp_path / "runs" / "Dec06_12-00-00_host").mkdir(parents=True)
+    (tmp_path / "report.md").write_text("my report")
+    with pytest.raises(LorakitError, match="report.md was not written by lorakit compare"):
+        claim(tmp_path, "compare", COMPARE_OUTPUTS, legacy=COMPARE_LEGACY)
+    shutil.rmtree(tmp_path / "runs" / "Dec06_12-00-00_host")
+    (tmp_path / "report.md").unlink()
+    (tmp_path / "runs" / "lora" / "seed-0").mkdir(parents=True)
+    (tmp_path / "runs" / "lora" / "seed-0" / "config.yaml").write_text("train: {}\n")
+    (tmp_path / "report.md").write_text("written by an older lorakit")
+    claim(tmp_path, "compare", COMPARE_OUTPUTS, legacy=COMPARE_LEGACY)
+    assert Manifest.read(tmp_path).owned_by("compare") >= {"runs", "report.md"}
+
+
+def test_a_legacy_merge_adopts_exact_names_only(tmp_path):
+    from lorakit.cli import _merge_legacy
+
+    out = tmp_path / "m"
+    out.mkdir()
+    for name in ("lorakit_merge.json", "model.safetensors", "model-before-my-edit.safetensors",
+                 "tokenizer_NOTES.txt"):
+        (out / name).write_text(name)
+    with pytest.raises(LorakitError, match="model-before-my-edit.safetensors was not written by lorakit merge"):
+        with replace_folder(out, "merge", legacy=_merge_legacy()):
+            pass
+
+
+def test_a_kept_file_is_replaced_only_under_overwrite(tmp_path):
+    """``--overwrite`` once keeps a user's file; a later command that would write that name still
+    needs ``--overwrite``."""
+    (tmp_path / "config.yaml").write_text("mine")
+    claim(tmp_path, "eval", ["metrics.json"], overwrite=True)
+    assert Manifest.read(tmp_path).kept == {"config.yaml"}
+    with pytest.raises(LorakitError, match="config.yaml was not written by lorakit train"):
+        claim(tmp_path, "train", ["config.yaml", "metrics.json"])
+    out = tmp_path / "m"
+    with replace_folder(out, "merge") as tmp:
+        (tmp / "config.json").write_text("1")
+    (out / "README.md").write_text("mine")
+    with replace_folder(out, "merge", overwrite=True) as tmp:
+        (tmp / "config.json").write_text("2")
+    with pytest.raises(LorakitError, match="README.md was not written by lorakit merge"):
+        with replace_folder(out, "merge") as tmp:
+            (tmp / "README.md").write_text("generated")
+    assert (out / "README.md").read_text() == "mine"
+
+
+def test_a_users_old_copies_are_not_lorakits(tmp_path):
+    """Only temporaries of lorakit's own form are cleaned up: a user's ``.name.old`` beside an
+    output or a ``.x.old`` inside one stays."""
+    (tmp_path / ".merged.old").mkdir()
+    (tmp_path / ".merged.old" / "README.md").write_text("my backup")
+    (tmp_path / ".merged.123-mine.tmp").write_text("mine too")
+    with replace_folder(tmp_path / "merged", "merge") as tmp:
+        (tmp / "config.json").write_text("{}")
+    with replace_folder(tmp_path / "merged", "merge") as tmp:
+        (tmp / "config.json").write_text("{}")
+    assert (tmp_path / ".merged.old" / "README.md").read_text() == "my backup"
+    assert (tmp_path / ".merged.123-mine.tmp").read_text() == "mine too"
+
+
+def test_a_move_aside_caught_by_a_kill_is_put_back(tmp_path):
+    """Killed between moving the old folder aside and renaming the new one in: the next write of
+    that name restores the old folder first."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    old = tmp_path / f".m.lorakit-{dead}-abcd.old"
+    old.mkdir()
+    (old / "config.json").write_text("the previous merge")
+    (old / MANIFEST).write_text(json.dumps({"files": {"config.json": "merge"}, "kept": []}))
+    with replace_folder(tmp_path / "m", "merge") as tmp:  # restored first, then replaced as its own
+        assert (tmp_path / "m" / "config.json").read_text() == "the previous merge" and not old.exists()
+        (tmp / "config.json").write_text("this merge")
+    assert (tmp_path / "m" / "config.json").read_text() == "this merge"
+
+
+def test_no_output_inside_an_input_folder(trained, tmp_path, capsys):
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"prompt": "Add 1 and 2."}) + "\n")
+    weights = trained / "adapter" / "lorakit_adapter.safetensors"
+    before = weights.read_bytes()
+    refused(capsys, ["generate", str(trained / "config.yaml"), "--adapter", str(trained / "adapter"), "--data",
+                     str(questions), "--out", str(weights), "--overwrite"], "an input of lorakit generate")
+    assert weights.read_bytes() == before
+    refused(capsys, ["merge", str(trained / "adapter"), str(trained / "adapter" / "merged")],
+            "an input of lorakit merge, which never writes into its inputs")
+    refused(capsys, ["merge", str(trained / "adapter"), str(questions / "x")], "is a file, so lorakit merge")
+
+
+def test_overwrite_replaces_a_users_log_and_never_follows_a_link(tiny_model_dir, addition_data, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("do not touch\n")
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "metrics.jsonl").symlink_to(victim)
+    (out / "notes.txt").write_text("mine")
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, out, "train.max_steps=2",
+                          "train.eval_every=null", "eval.metrics=[eval_loss]")
+    assert main(["train", str(config), "--quiet", "--overwrite"]) == 0
+    assert victim.read_text() == "do not touch\n" and (out / "notes.txt").read_text() == "mine"
+    assert not (out / "metrics.jsonl").is_symlink()
+    assert all("step" in json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines())
+
+
+def test_checkpoint_pruning_keeps_a_users_step_folder(tiny_model_dir, addition_data, tmp_path):
+    from lorakit.train.checkpoint import latest_checkpoint
+
+    out = tmp_path / "run"
+    (out / "checkpoints" / "step-backup").mkdir(parents=True)
+    (out / "checkpoints" / "step-backup" / "notes.txt").write_text("mine")
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, out, "train.max_steps=3",
+                          "train.save_every=1", "train.keep_checkpoints=1", "train.eval_every=null",
+                          "eval.metrics=[eval_loss]")
+    assert main(["train", str(config), "--quiet", "--overwrite", "--resume"]) == 0  # (no run to resume yet)
+    assert (out / "checkpoints" / "step-backup" / "notes.txt").read_text() == "mine"
+    assert latest_checkpoint(out).name == "step-0000003"
+
+
+def test_merge_into_dot_and_through_a_link(trained, tmp_path, capsys, monkeypatch):
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert main(["merge", str(trained / "adapter"), "."]) == 0
+    assert (here / "config.json").is_file() and Manifest.read(here).owned_by("merge")
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "link").symlink_to(real)
+    assert main(["merge", str(trained / "adapter"), str(tmp_path / "link")]) == 0
+    assert (tmp_path / "link").is_symlink() and (real / "config.json").is_file()

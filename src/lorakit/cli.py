@@ -58,9 +58,18 @@ def _merge_legacy():
     """A merged folder of lorakit before manifests: its marker and what save_pretrained writes."""
     from .io.ownership import Legacy
 
-    return Legacy(MERGE_MARKER, (MERGE_MARKER, "config.json", "generation_config.json", "*.safetensors",
-                                 "model.safetensors.index.json", "tokenizer*", "special_tokens_map.json", "vocab*",
-                                 "merges.txt", "added_tokens.json", "chat_template.jinja"))
+    return Legacy(MERGE_MARKER, (MERGE_MARKER, "config.json", "generation_config.json", "model.safetensors",
+                                 "model-[0-9][0-9][0-9][0-9][0-9]-of-[0-9][0-9][0-9][0-9][0-9].safetensors",
+                                 "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+                                 "tokenizer.model", "special_tokens_map.json", "vocab.json", "vocab.txt", "merges.txt",
+                                 "added_tokens.json", "chat_template.jinja"))
+
+
+def _adapter_inputs(args: argparse.Namespace) -> list[str | None]:
+    """What merge and export read: the adapter and its base model (given, or the one it records)."""
+    from .io.adapter_files import read_adapter_config
+
+    return [args.adapter, args.model or read_adapter_config(args.adapter).get("base_model")]
 
 
 def _cmd_merge(args: argparse.Namespace) -> None:
@@ -70,7 +79,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     from .loading import load_adapter_on_base
     from .quantized import dequantize_model
 
-    out, owner = Path(args.out), {"overwrite": args.overwrite, "inputs": [args.adapter, args.model],
+    out, owner = Path(args.out), {"overwrite": args.overwrite, "inputs": _adapter_inputs(args),
                                   "legacy": _merge_legacy()}
     check_replace(out, "merge", **owner)  # before the model loads
     # float16 weights fingerprint differently: merge in float32, then cast
@@ -100,7 +109,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
-    owner = {"overwrite": args.overwrite, "inputs": [args.adapter, args.model]}
+    owner = {"overwrite": args.overwrite, "inputs": _adapter_inputs(args)}
     check_replace(args.out, "export", **owner)  # before the model loads
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
     # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
@@ -124,10 +133,10 @@ def _cmd_import(args: argparse.Namespace) -> None:
     from .models import load_model, model_path
     from .peft_import import head_labels, load_peft, read_peft
 
-    owner = {"overwrite": args.overwrite, "inputs": [args.peft, args.model]}
-    check_replace(args.out, "import", **owner)
     config, layers = read_peft(args.peft)  # a bad folder fails before the model loads
     base = args.model or config.get("base_model_name_or_path")
+    owner = {"overwrite": args.overwrite, "inputs": [args.peft, base]}
+    check_replace(args.out, "import", **owner)
     if not base:
         raise LorakitError(f"{args.peft} does not record its base model; pass --model PATH")
     model, _ = load_model(model_path(base), labels=head_labels(config, layers, args.peft))

@@ -49,6 +49,8 @@ BASE_ROW = "base model"
 # run and seed under runs/, the base model's evaluation, the report, its tables and plots
 COMPARE_OUTPUTS = ("runs", "base_model", "report.md", "results.json", "results.csv", "summary.csv",
                    "loss_curves.png", "metrics.png", "lambda_sweep.png", "ranks.png")
+# a comparison of lorakit before manifests: a run folder of its layout proves it
+COMPARE_LEGACY = Legacy("runs/*/seed-*/config.yaml", COMPARE_OUTPUTS)
 # what each run cost, from its summary: reported in their own table (lorakit.train.loop.Run._resources)
 RESOURCES = ("trainable_parameters", "seconds_per_step", "state_mib", "peak_memory_mib")
 # what the base-model row was scored with, next to its cached metrics.json
@@ -280,7 +282,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     jobs = [(run, seed, run_config(base_config, run, seed, out)) for run in runs for seed in spec.seeds]
     stale = _check_earlier_runs([config for _, _, config in jobs], rerun_changed)
     claim(out, "compare", COMPARE_OUTPUTS, overwrite=overwrite, inputs=[*inputs, *run_inputs(base_config)],
-          legacy=Legacy("runs", COMPARE_OUTPUTS))
+          legacy=COMPARE_LEGACY)
     started = time.time()
     split = load_split(base_config)  # bad data fails before the model is loaded
     base = load_base(base_config, labels=labels_of(base_config, split))

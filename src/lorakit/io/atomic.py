@@ -1,9 +1,10 @@
 """Atomic writes: a reader sees the old file or folder, or the new one, never half of one.
 
-A write goes to a temporary sibling named ``.<name>.<pid>-<random>.tmp`` and is renamed into
-place. A process killed mid-write leaves that sibling behind; the next write of the same name
-removes it once its process is gone (``remove_stale``), and a folder caught between its two
-renames (the old copy moved aside to ``.<name>.old``, the new one not yet in place) is put back.
+A write goes to a temporary sibling named ``.<name>.lorakit-<pid>-<random>.tmp`` and is renamed
+into place; a folder being replaced is first moved aside to ``.<name>.lorakit-<pid>-<random>.old``.
+A process killed mid-write leaves such a sibling behind; the next write of the same name removes
+it once its process is gone (``remove_stale``), and puts back an old copy whose replacement never
+arrived. Only names of this form are touched: a user's ``.<name>.old`` is not lorakit's.
 Errors of the file system (no space, a file-size limit, no permission) while writing become one
 line naming the path (``write_error``), also when safetensors or ``torch.save`` report them.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 from ..errors import LorakitError
 
 BOOKKEEPING_PREFIX = ".lorakit"  # lorakit's own entries in a folder it writes (lock, manifest)
-_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.(?P<pid>\d+)-[^.]+\.tmp$")
+_TEMPORARY = re.compile(r"^\.(?P<name>.+)\.lorakit-(?P<pid>\d+)-[^.]+\.(?P<kind>tmp|old)$")
 _HINTS = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space (quota)",
           errno.EFBIG: "the file-size limit is too small (ulimit -f)", errno.EACCES: "choose a writable folder",
           errno.EPERM: "choose a writable folder", errno.EROFS: "choose a writable folder",
@@ -51,7 +52,7 @@ def is_write_failure(exc: BaseException) -> bool:
 
 
 def is_temporary(name: str) -> bool:
-    """Whether ``name`` is the temporary sibling of an atomic write."""
+    """Whether ``name`` is the temporary sibling (or moved-aside old copy) of an atomic write."""
     return _TEMPORARY.match(name) is not None
 
 
@@ -71,15 +72,19 @@ def remove_stale(path: str | os.PathLike) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
-    for sibling in path.parent.glob(f".{glob_escape(path.name)}.*.tmp"):
+    for sibling in sorted(path.parent.glob(f".{glob_escape(path.name)}.lorakit-*")):
         found = _TEMPORARY.match(sibling.name)
-        if found and found["name"] == path.name and not _alive(int(found["pid"])):
+        if not found or found["name"] != path.name or _alive(int(found["pid"])):
+            continue
+        if found["kind"] == "old" and not path.exists():
+            os.replace(sibling, path)
+        else:
             _remove_path(sibling)
-    old = path.with_name(f".{path.name}.old")
-    if old.exists() and not path.exists():
-        os.replace(old, path)
-    elif old.exists():
-        _remove_path(old)
+
+
+def temporary_prefix(path: Path) -> str:
+    """The start of the name of a temporary sibling of ``path`` (``tempfile`` adds the random part)."""
+    return f".{path.name}.lorakit-{os.getpid()}-"
 
 
 def glob_escape(name: str) -> str:
@@ -124,7 +129,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         remove_stale(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp")
     except OSError as exc:
         raise write_error(path, exc) from None
     try:
@@ -170,12 +175,12 @@ def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = No
     mode (``0666`` less the umask) whatever the writer used. A write the file system refuses is
     a one-line error (``write_error``).
     """
-    path = Path(path)
+    path = Path(path).resolve()  # "." has no name to put a sibling beside; a link: write where it points
+    remove_stale(path)  # first: an old copy put back is checked like any folder
     check_replaceable(path, owned)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        remove_stale(path)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}-", suffix=".tmp"))
+        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=temporary_prefix(path), suffix=".tmp"))
     except OSError as exc:
         raise write_error(path, exc) from None
     tmp.chmod(0o777 & ~_umask())
@@ -184,9 +189,7 @@ def atomic_directory(path: str | os.PathLike, owned: Collection[str] | None = No
         fsync_tree(tmp)
         old = None
         if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
+            old = tmp.with_name(tmp.name.removesuffix(".tmp") + ".old")
             os.replace(path, old)
         os.replace(tmp, path)
         _fsync_dir(path.parent)

@@ -37,7 +37,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import LorakitError
-from .atomic import atomic_directory, fsync_tree, is_temporary, remove_stale, write_error, write_text_atomic
+from .atomic import (
+    atomic_directory,
+    fsync_tree,
+    is_temporary,
+    remove_stale,
+    temporary_prefix,
+    write_error,
+    write_text_atomic,
+)
 from .json_text import json_text
 from .lock import LOCK_FILE
 
@@ -50,12 +58,12 @@ class Legacy:
     """A folder that lorakit wrote before manifests: ``marker`` (a path inside it that only this
     command writes) must exist, and every entry must match one of the ``names`` patterns."""
 
-    marker: str
+    marker: str  # a glob pattern relative to the folder, e.g. "runs/*/seed-*/config.yaml"
     names: tuple[str, ...]
 
     def adopted(self, folder: Path, entries: list[str]) -> set[str]:
         """The entries this command wrote, if the folder is its legacy output (else none)."""
-        if not (folder / self.marker).exists():
+        if next(iter(folder.glob(self.marker)), None) is None:
             return set()
         return {e for e in entries if any(fnmatch.fnmatchcase(e, pattern) for pattern in self.names)}
 
@@ -77,7 +85,7 @@ class Manifest:
             raw = json.loads(path.read_text(encoding="utf-8"))
             files, kept = raw["files"], raw.get("kept", [])
             if not (isinstance(files, dict) and all(isinstance(v, str) for v in files.values())
-                    and isinstance(kept, list)):
+                    and isinstance(kept, list) and all(_plain(name) for name in [*files, *kept])):
                 raise ValueError("unexpected contents")
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             raise LorakitError(f"{path} is damaged (it records what lorakit wrote in {folder}); remove it and "
@@ -92,13 +100,20 @@ class Manifest:
         return {name for name, writer in self.files.items() if writer == command}
 
 
+def _plain(name: object) -> bool:
+    """Whether ``name`` names an entry of the folder itself (no path that leads elsewhere)."""
+    return (isinstance(name, str) and name not in ("", ".", "..") and "/" not in name and "\\" not in name
+            and "\0" not in name)
+
+
 def entries(folder: Path) -> list[str]:
     """The folder's entries, less lorakit's bookkeeping and the temporary files of atomic writes."""
     return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not is_temporary(p.name))
 
 
 def refuse_inputs(targets: Iterable[Path], inputs: Iterable[str | os.PathLike | None], command: str) -> None:
-    """Refuse when an input of the command is one of the ``targets`` it writes, or inside one."""
+    """Refuse when an input of the command is one of the ``targets`` it writes, lies inside one,
+    or holds one (a file written into an input folder changes that input)."""
     resolved = [Path(t).resolve() for t in targets]
     for given in inputs:
         if given is None or not str(given) or not Path(given).exists():
@@ -108,6 +123,19 @@ def refuse_inputs(targets: Iterable[Path], inputs: Iterable[str | os.PathLike | 
             if source == target or target in source.parents:
                 raise LorakitError(f"{given} is an input of lorakit {command}, which would write over it at "
                                    f"{target}; choose another output path")
+            if source in target.parents:
+                raise LorakitError(f"{target} is inside {given}, an input of lorakit {command}, which never writes "
+                                   "into its inputs; choose an output path outside it")
+
+
+def _refuse_file_parents(path: Path, command: str) -> None:
+    """A file where the output's folder (or one above it) should be is said before any work."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise LorakitError(f"{parent} is a file, so lorakit {command} cannot write {path} inside it; "
+                                   "choose an output path in a folder")
+            return
 
 
 def _foreign(folder: Path, command: str, manifest: Manifest, names: list[str]) -> None:
@@ -120,9 +148,12 @@ def _foreign(folder: Path, command: str, manifest: Manifest, names: list[str]) -
                            "anyway (entries it writes are replaced, all others kept)")
 
 
-def _check(folder: Path, command: str, overwrite: bool, legacy: Legacy | None) -> tuple[Manifest, set[str], list[str]]:
-    """``(manifest, owned, others)`` of an existing output folder; refuses ``others`` unless
-    ``overwrite``."""
+def _check(folder: Path, command: str, overwrite: bool, legacy: Legacy | None,
+           writes: Collection[str] = ()) -> tuple[Manifest, set[str], list[str]]:
+    """``(manifest, owned, others)`` of an output folder: ``others`` are the entries ``command``
+    did not write, less those kept under an earlier ``--overwrite`` that it does not mean to write
+    (``writes``); refused unless ``overwrite``."""
+    _refuse_file_parents(folder, command)
     if folder.exists() and not folder.is_dir():
         raise LorakitError(f"{folder} is a file; lorakit {command} writes a folder there: give a folder path")
     if not folder.is_dir():
@@ -131,7 +162,8 @@ def _check(folder: Path, command: str, overwrite: bool, legacy: Legacy | None) -
     owned = manifest.owned_by(command)
     if not manifest.files and legacy is not None:
         owned = legacy.adopted(folder, present)
-    others = [name for name in present if name not in owned and name not in manifest.kept]
+    tolerated = manifest.kept - set(writes)
+    others = [name for name in present if name not in owned and name not in tolerated]
     if others and not overwrite:
         _foreign(folder, command, manifest, others)
     return manifest, owned, others
@@ -147,9 +179,9 @@ def claim(folder: str | os.PathLike, command: str, outputs: Collection[str], *, 
     """
     folder = Path(folder)
     refuse_inputs([folder / name for name in outputs], inputs, command)
-    manifest, owned, others = _check(folder, command, overwrite, legacy)
+    manifest, owned, others = _check(folder, command, overwrite, legacy, outputs)
     wanted = {name: command for name in outputs}
-    kept = manifest.kept | {name for name in others if name not in wanted}
+    kept = (manifest.kept | set(others)) - set(wanted)
     if folder.is_dir() and manifest.files.items() >= wanted.items() and kept == manifest.kept:
         return folder
     try:
@@ -163,8 +195,9 @@ def claim(folder: str | os.PathLike, command: str, outputs: Collection[str], *, 
 def check_replace(folder: str | os.PathLike, command: str, *, overwrite: bool = False,
                   inputs: Iterable[str | os.PathLike | None] = (), legacy: Legacy | None = None) -> None:
     """What ``replace_folder`` checks first, for a command to say before it does any work."""
-    refuse_inputs([Path(folder)], inputs, command)
-    _check(Path(folder), command, overwrite, legacy)
+    folder = Path(folder).resolve()
+    refuse_inputs([folder], inputs, command)
+    _check(folder, command, overwrite, legacy)
 
 
 @contextlib.contextmanager
@@ -178,10 +211,11 @@ def replace_folder(folder: str | os.PathLike, command: str, *, overwrite: bool =
     rename (``atomic_directory``). Under ``overwrite`` with other entries present, the new entries
     are moved in one by one instead, replacing those of the same names and keeping the rest.
     """
-    folder = Path(folder)
+    folder = Path(folder).resolve()  # "." has no name to put a sibling beside; a link: write where it points
     refuse_inputs([folder], inputs, command)
-    manifest, owned, others = _check(folder, command, overwrite, legacy)
-    keep = set(others) | (manifest.kept & set(entries(folder))) if folder.is_dir() else set()
+    remove_stale(folder)  # first: an old copy put back is checked like any folder
+    manifest, owned, _ = _check(folder, command, overwrite, legacy)
+    keep = set(entries(folder)) - owned if folder.is_dir() else set()  # not this command's: never removed
     if not keep:
         with atomic_directory(folder, owned) as tmp:
             yield tmp
@@ -189,22 +223,31 @@ def replace_folder(folder: str | os.PathLike, command: str, *, overwrite: bool =
         return
     with _staging(folder) as tmp:
         yield tmp
-        written = entries(tmp)
-        fsync_tree(tmp)
-        for name in written:
-            _move_into(tmp / name, folder / name)
-        for name in owned - set(written) - keep:  # what an earlier write left and this one did not write
-            _remove(folder / name)
-        kept = keep - set(written)
-        Manifest({**{k: v for k, v in manifest.files.items() if k in kept or k in entries(folder)},
-                  **dict.fromkeys(written, command)}, kept).write(folder)
+        _publish(tmp, folder, command, manifest, owned, keep, overwrite)
+
+
+def _publish(tmp: Path, folder: Path, command: str, manifest: Manifest, owned: set[str], keep: set[str],
+             overwrite: bool) -> None:
+    """Move the entries of ``tmp`` into ``folder`` one by one: replace the command's own entries
+    (removing those it no longer writes), keep every other entry, and record both in the manifest.
+    An entry kept earlier that would now be replaced needs ``overwrite``."""
+    written = set(entries(tmp))
+    if not overwrite and written & keep:
+        _foreign(folder, command, manifest, sorted(written & keep))
+    fsync_tree(tmp)
+    for name in sorted(written):
+        _move_into(tmp / name, folder / name)
+    for name in owned - written:  # what an earlier write of this command left and this one did not write
+        _remove(folder / name)
+    others = {k: v for k, v in manifest.files.items() if k in keep - written}
+    Manifest({**others, **dict.fromkeys(written, command)}, (keep - written) - set(others)).write(folder)
 
 
 @contextlib.contextmanager
 def _staging(folder: Path) -> Iterator[Path]:
     """A temporary folder beside ``folder`` (removed afterwards, whatever happens)."""
     remove_stale(folder)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.{os.getpid()}-", suffix=".tmp"))
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=temporary_prefix(folder), suffix=".tmp"))
     try:
         yield tmp
     except OSError as exc:
@@ -233,6 +276,7 @@ def check_new_file(path: str | os.PathLike, command: str, flag: str, *, overwrit
     ``overwrite``) an existing file: with no folder of its own there is no manifest to prove that
     lorakit wrote it."""
     path = Path(path)
+    _refuse_file_parents(path, command)
     if path.is_dir():
         raise LorakitError(f"{flag} {path} is a folder; give the path of a file to write")
     refuse_inputs([path], inputs, command)

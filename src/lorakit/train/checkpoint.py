@@ -85,7 +85,7 @@ def save_checkpoint(output_dir: str | Path, step: int, adapter: Adapter, optimiz
         (tmp / STATE_FILE).write_text(json_text({**state, "step": step}, indent=2) + "\n")
         write_checksums(tmp)
     write_text_atomic(root / "latest", folder.name + "\n")
-    for old in sorted(p for p in root.glob("step-*") if p.is_dir())[:-keep]:
+    for old in step_folders(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
 
@@ -131,12 +131,18 @@ def damage(folder: Path) -> str | None:
     return None
 
 
+def step_folders(root: Path) -> list[Path]:
+    """The checkpoint folders under ``root``, oldest first (only names lorakit gives them: a
+    user's ``step-backup`` is neither pruned nor offered)."""
+    found = [p for p in root.glob("step-*") if FOLDER_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
+    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+
 def fallback(root: Path, before: str | None = None) -> str:
     """What to do instead of resuming: the newest checkpoint under ``root`` (earlier than the
     folder named ``before``) whose files verify (one from before checksums: that has its state),
     or starting over where none is left."""
-    folders = sorted((p for p in root.glob("step-*") if p.is_dir() and (before is None or p.name < before)),
-                     reverse=True)
+    folders = [p for p in reversed(step_folders(root)) if before is None or p.name < before]
     good = next((p for p in folders if (p / STATE_FILE).is_file() and damage(p) is None), None)
     if good is None:
         return f"no {'earlier ' if before else ''}checkpoint is left to resume, so {START_OVER}"

@@ -155,6 +155,8 @@ class RunLog:
             return
         if resume_step is not None:
             truncate_jsonl(self.path, resume_step)
+        else:  # a fresh run's log starts empty: a new file, never appended to one that was there
+            write_text_atomic(self.path, "")
         self.trackers = open_trackers(report_to, output_dir, resume_step)
         if resume_step is None and config is not None:  # a resumed run keeps the stored config
             for tracker in self.trackers:
