@@ -143,7 +143,8 @@ def test_rerun_changed_removes_only_lorakit_run_folders(tiny_model_dir, addition
     (out / SEED_0).mkdir(parents=True)
     (out / SEED_0 / "summary.json").write_text("{}\n")  # something else's folder
     before = snapshot(out)
-    with pytest.raises(LorakitError, match=f"^{out / SEED_0} is not a lorakit run folder"):
+    with pytest.raises(LorakitError, match=f"^{out / SEED_0 / 'summary.json'} was not written by lorakit train, "
+                                           "so --rerun-changed does not remove"):
         run_compare(*load_compare_config(small_raw(tiny_model_dir, addition_data, out)), progress=False,
                     rerun_changed=True)
     assert snapshot(out) == before
@@ -199,3 +200,33 @@ def test_runs_sharing_a_folder_are_refused_when_the_config_is_read(names, needle
     assert compare_cli(tmp_path, raw) == 2
     assert needle.format(out=out) in one_error_line(capsys)
     assert not out.exists()
+
+
+def test_rerun_changed_never_removes_a_file_a_user_put_in_a_run_folder(earlier, tiny_model_dir, addition_data,
+                                                                       nothing_loads):
+    (earlier / SEED_0 / "analysis.ipynb").write_text("my notes")
+    raw = small_raw(tiny_model_dir, addition_data, earlier)
+    raw["train"]["lr"] = 1e-3
+    before = snapshot(earlier / "runs")
+    with pytest.raises(LorakitError, match="analysis.ipynb was not written by lorakit train, so --rerun-changed"):
+        run_compare(*load_compare_config(raw), progress=False, rerun_changed=True)
+    assert snapshot(earlier / "runs") == before
+
+
+def test_a_users_file_in_a_run_folder_is_refused_before_loading_unless_overwrite(earlier, tiny_model_dir,
+                                                                                  addition_data, monkeypatch):
+    """Every run folder is claimed before the model loads; ``overwrite`` reaches the run folders."""
+    class Loaded(Exception):
+        pass
+
+    def loaded(*args, **kwargs):
+        raise Loaded
+
+    monkeypatch.setattr(compare_module, "load_base", loaded)
+    (earlier / SEED_0 / "notes.txt").write_text("mine")
+    raw = small_raw(tiny_model_dir, addition_data, earlier)
+    with pytest.raises(LorakitError, match="notes.txt was not written by lorakit train"):
+        run_compare(*load_compare_config(raw), progress=False)
+    with pytest.raises(Loaded):
+        run_compare(*load_compare_config(raw), progress=False, overwrite=True)
+    assert (earlier / SEED_0 / "notes.txt").read_text() == "mine"

@@ -260,3 +260,11 @@ def test_valid_tables_read_as_before(tmp_path):
     assert [r["text"] for r in load_labelled(str(tsv_path))] == ['he said "no', '"quoted']
     error_in_third = error(load_labelled, sentiment_tsv(tmp_path / "t.tsv", [("a", "pos"), ("b", "")]))
     assert error_in_third.startswith(f"{tmp_path / 't.tsv'}: line 3, record 1 has no usable 'label' value")
+
+
+@pytest.mark.parametrize("label", ["--3", "²", "1 2"])
+def test_a_label_that_only_looks_like_a_number_is_a_name(label):
+    """Only ASCII digits (with one sign) make a class id; anything else is a class name, never a crash."""
+    from lorakit.data.labelled import Labels
+
+    assert Labels.of("classification", ["1", label]).names == tuple(sorted(["1", label]))

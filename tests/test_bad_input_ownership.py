@@ -414,3 +414,19 @@ def test_merge_into_dot_and_through_a_link(trained, tmp_path, capsys, monkeypatc
     (tmp_path / "link").symlink_to(real)
     assert main(["merge", str(trained / "adapter"), str(tmp_path / "link")]) == 0
     assert (tmp_path / "link").is_symlink() and (real / "config.json").is_file()
+
+
+def test_lorakits_own_temporaries_never_block_a_write(tmp_path):
+    """A temporary left inside a folder by a killed write (here the manifest's) is lorakit's, not a
+    user's file: a later whole-folder write replaces the folder; a user's ``.lorakit-notes`` is refused."""
+    out = tmp_path / "m"
+    with replace_folder(out, "merge") as tmp:
+        (tmp / "config.json").write_text("1")
+    (out / f".{MANIFEST}.lorakit-999999-x.tmp").write_text("{")
+    with replace_folder(out, "merge") as tmp:
+        (tmp / "config.json").write_text("2")
+    assert (out / "config.json").read_text() == "2"
+    (out / ".lorakit-notes").write_text("mine")
+    with pytest.raises(LorakitError, match="lorakit-notes was not written by lorakit merge"):
+        with replace_folder(out, "merge"):
+            pass

@@ -105,6 +105,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     import torch
 
     from .io.ownership import check_replace, replace_folder
+    from .io.peft_format import write_peft
     from .loading import load_adapter_on_base
 
     if args.base_model_name is not None and not args.base_model_name.strip():
@@ -120,7 +121,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     whole = bool(read_adapter_config(args.adapter).get("train_modules"))
     adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32" if whole else "bfloat16")
     with replace_folder(args.out, "export", **owner) as tmp:
-        adapter.save_peft(tmp, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
+        write_peft(adapter, tmp, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
         written = json.loads((tmp / "adapter_config.json").read_text())
     path = Path(args.out)
     rank, base_name = written["r"], written["base_model_name_or_path"]
@@ -142,7 +143,7 @@ def _cmd_import(args: argparse.Namespace) -> None:
     model, _ = load_model(model_path(base), labels=head_labels(config, layers, args.peft))
     adapter = load_peft(model, args.peft, args.method)
     with replace_folder(args.out, "import", **owner) as tmp:
-        adapter.save(tmp)
+        adapter.write(tmp)
     print(f"{args.peft} imported as a {adapter.spec.name} adapter ({len(adapter.layers)} layers) in {args.out}")
 
 

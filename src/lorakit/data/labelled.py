@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ def _integer(value: Any) -> int | None:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    if isinstance(value, str) and re.fullmatch(r"\s*-?[0-9]+\s*", value):  # ASCII digits: "²" or "--3" are names
         return int(value)
     return None
 

@@ -32,12 +32,12 @@ from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
 from ..io.json_text import json_text
 from ..io.lock import folder_lock
-from ..io.ownership import Legacy, claim
+from ..io.ownership import Legacy, claim, refuse_removal
 from ..loading import evaluate, labels_of, load_base, load_split
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 from ..train import train
 from ..train.checkpoint import STATE_FILE, latest_checkpoint
-from ..train.output_dir import comparable, run_inputs
+from ..train.output_dir import TRAIN_LEGACY, comparable, make_output_dir, run_inputs
 from .plots import plot_lambda_sweep, plot_loss_curves, plot_metric_bars, plot_ranks
 from .ranks import rank_lines, rank_table
 from .report import resource_lines, write_report, write_results
@@ -182,13 +182,6 @@ def _changed_run(config: RunConfig) -> str | None:
     return f"{folder} was trained with {difference}" if difference else None
 
 
-def _is_run_folder(folder: Path) -> bool:
-    """Whether ``folder`` is what lorakit's training writes (so ``rerun_changed`` may remove it): a
-    real folder with the run's config, checkpoints or adapter."""
-    return not folder.is_symlink() and any(
-        (folder / name).exists() for name in ("config.yaml", "checkpoints/latest", "adapter"))
-
-
 def _check_earlier_runs(configs: list[RunConfig], rerun_changed: bool) -> list[Path]:
     """The folders of earlier runs that this comparison must train again (with ``rerun_changed``);
     without it, the first such run is refused."""
@@ -196,11 +189,8 @@ def _check_earlier_runs(configs: list[RunConfig], rerun_changed: bool) -> list[P
     if changed and not rerun_changed:
         raise LorakitError(f"{changed[0][1]}; pass --rerun-changed to train it again, or choose another "
                            "compare.output_dir")
-    for folder, _ in changed:
-        if not _is_run_folder(folder):
-            raise LorakitError(f"{folder} is not a lorakit run folder (no config.yaml, checkpoints or adapter), so "
-                               "--rerun-changed does not remove it; remove it yourself or choose another "
-                               "compare.output_dir")
+    for folder, _ in changed:  # only what training wrote is removed, never a file a user put there
+        refuse_removal(folder, "train", TRAIN_LEGACY, "--rerun-changed")
     return [folder for folder, _ in changed]
 
 
@@ -285,8 +275,10 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
           legacy=COMPARE_LEGACY)
     started = time.time()
     split = load_split(base_config)  # bad data fails before the model is loaded
-    base = load_base(base_config, labels=labels_of(base_config, split))
     _remove_runs(stale)
+    for _, _, config in jobs:  # every run folder claimed (with --overwrite where given) before the model loads
+        make_output_dir(Path(config.train.output_dir), config, overwrite)
+    base = load_base(base_config, labels=labels_of(base_config, split))
     rows = _train_all(jobs, base, progress)
     reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
     report = _write_outputs(out, spec, list(base_config.eval.metrics), rows, reference,

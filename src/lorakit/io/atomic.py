@@ -21,8 +21,10 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 
 from ..errors import LorakitError
+from .lock import LOCK_FILE
 
-BOOKKEEPING_PREFIX = ".lorakit"  # lorakit's own entries in a folder it writes (lock, manifest)
+MANIFEST = ".lorakit-files.json"  # what lorakit wrote in a folder (lorakit.io.ownership)
+BOOKKEEPING = (MANIFEST, LOCK_FILE)  # lorakit's own entries in a folder it writes, never a user's
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.lorakit-(?P<pid>\d+)-[^.]+\.(?P<kind>tmp|old)$")
 _HINTS = {errno.ENOSPC: "free some disk space", errno.EDQUOT: "free some disk space (quota)",
           errno.EFBIG: "the file-size limit is too small (ulimit -f)", errno.EACCES: "choose a writable folder",
@@ -54,6 +56,12 @@ def is_write_failure(exc: BaseException) -> bool:
 def is_temporary(name: str) -> bool:
     """Whether ``name`` is the temporary sibling (or moved-aside old copy) of an atomic write."""
     return _TEMPORARY.match(name) is not None
+
+
+def is_bookkeeping(name: str) -> bool:
+    """Whether ``name`` is lorakit's own entry in a folder it writes: its manifest, its lock, or
+    the temporary of an atomic write (never a user's file)."""
+    return name in BOOKKEEPING or is_temporary(name)
 
 
 def _alive(pid: int) -> bool:
@@ -101,9 +109,10 @@ def _remove_path(path: Path) -> None:
 
 def fsync_tree(folder: Path) -> None:
     """Give every file under ``folder`` the usual mode and flush it to disk."""
+    mode = 0o666 & ~_umask()
     for child in folder.rglob("*"):
         if child.is_file() and not child.is_symlink():
-            child.chmod(0o666 & ~_umask())
+            child.chmod(mode)
             with open(child, "rb") as f:
                 os.fsync(f.fileno())
 
@@ -158,7 +167,7 @@ def check_replaceable(path: str | os.PathLike, owned: Collection[str] | None) ->
     if not path.is_dir():
         raise LorakitError(f"{path} is a file; give a folder path for the output")
     others = sorted(child.name for child in path.iterdir()
-                    if not child.name.startswith(BOOKKEEPING_PREFIX) and (owned is None or child.name not in owned))
+                    if not is_bookkeeping(child.name) and (owned is None or child.name not in owned))
     if others:
         listed = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise LorakitError(f"{path} already holds other files ({listed}), which writing there would delete; "

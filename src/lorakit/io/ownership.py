@@ -16,7 +16,9 @@ Two ways of writing follow the rule:
   at any moment finds its own files again.
 - ``replace_folder``: a command whose output is a whole folder (``merge``, ``export``,
   ``import``) writes a temporary folder that replaces the old one in one rename; its manifest
-  lists what it holds.
+  lists what it holds. Where the folder also holds entries that are not the command's (kept
+  under ``--overwrite``), the new entries are moved in one by one instead: each move is atomic,
+  the whole is not.
 
 Folders written before manifests existed are recognised by a ``Legacy`` rule: a file that only
 that command writes (``lorakit_merge.json``, ``checkpoints/latest``), and the names it writes; the
@@ -38,25 +40,23 @@ from pathlib import Path
 
 from ..errors import LorakitError
 from .atomic import (
+    MANIFEST,
     atomic_directory,
     fsync_tree,
-    is_temporary,
+    is_bookkeeping,
     remove_stale,
     temporary_prefix,
     write_error,
     write_text_atomic,
 )
 from .json_text import json_text
-from .lock import LOCK_FILE
-
-MANIFEST = ".lorakit-files.json"
-BOOKKEEPING = (MANIFEST, LOCK_FILE)  # lorakit's own entries in a folder it writes, never a user's
 
 
 @dataclass(frozen=True)
 class Legacy:
     """A folder that lorakit wrote before manifests: ``marker`` (a path inside it that only this
-    command writes) must exist, and every entry must match one of the ``names`` patterns."""
+    command writes) must exist; then the entries matching one of the ``names`` patterns are the
+    command's, and any other entry is refused like a user's file."""
 
     marker: str  # a glob pattern relative to the folder, e.g. "runs/*/seed-*/config.yaml"
     names: tuple[str, ...]
@@ -108,7 +108,7 @@ def _plain(name: object) -> bool:
 
 def entries(folder: Path) -> list[str]:
     """The folder's entries, less lorakit's bookkeeping and the temporary files of atomic writes."""
-    return sorted(p.name for p in folder.iterdir() if p.name not in BOOKKEEPING and not is_temporary(p.name))
+    return sorted(p.name for p in folder.iterdir() if not is_bookkeeping(p.name))
 
 
 def refuse_inputs(targets: Iterable[Path], inputs: Iterable[str | os.PathLike | None], command: str) -> None:
@@ -139,13 +139,12 @@ def _refuse_file_parents(path: Path, command: str) -> None:
 
 
 def _foreign(folder: Path, command: str, manifest: Manifest, names: list[str]) -> None:
-    """The one-line refusal for the first entry that ``command`` may not write over."""
-    for name in names:
-        writer = manifest.files.get(name)
-        whose = f"was written by lorakit {writer}" if writer else f"was not written by lorakit {command}"
-        raise LorakitError(f"{folder / name} {whose}, and lorakit {command} writes only into a new or empty "
-                           "folder or one it wrote; choose another folder, or pass --overwrite to write there "
-                           "anyway (entries it writes are replaced, all others kept)")
+    """The one-line refusal naming the first of ``names``, entries ``command`` may not write over."""
+    writer = manifest.files.get(names[0])
+    whose = f"was written by lorakit {writer}" if writer else f"was not written by lorakit {command}"
+    raise LorakitError(f"{folder / names[0]} {whose}, and lorakit {command} writes only into a new or empty "
+                       "folder or one it wrote; choose another folder, or pass --overwrite to write there "
+                       "anyway (entries it writes are replaced, all others kept)")
 
 
 def _check(folder: Path, command: str, overwrite: bool, legacy: Legacy | None,
@@ -158,15 +157,34 @@ def _check(folder: Path, command: str, overwrite: bool, legacy: Legacy | None,
         raise LorakitError(f"{folder} is a file; lorakit {command} writes a folder there: give a folder path")
     if not folder.is_dir():
         return Manifest(), set(), []
+    manifest, owned, others = _survey(folder, command, legacy, writes)
+    if others and not overwrite:
+        _foreign(folder, command, manifest, others)
+    return manifest, owned, others
+
+
+def _survey(folder: Path, command: str, legacy: Legacy | None,
+            writes: Collection[str] = ()) -> tuple[Manifest, set[str], list[str]]:
+    """``(manifest, owned, others)`` of the existing folder ``folder`` (see ``_check``)."""
     manifest, present = Manifest.read(folder), entries(folder)
     owned = manifest.owned_by(command)
     if not manifest.files and legacy is not None:
         owned = legacy.adopted(folder, present)
     tolerated = manifest.kept - set(writes)
-    others = [name for name in present if name not in owned and name not in tolerated]
-    if others and not overwrite:
-        _foreign(folder, command, manifest, others)
-    return manifest, owned, others
+    return manifest, owned, [name for name in present if name not in owned and name not in tolerated]
+
+
+def refuse_removal(folder: Path, command: str, legacy: Legacy | None, why: str) -> None:
+    """Refuse to remove ``folder`` as ``command``'s output unless every entry in it is
+    ``command``'s (``why``: the reason it would be removed, for the message)."""
+    if folder.is_symlink() or not folder.is_dir():
+        raise LorakitError(f"{folder} is not a folder lorakit {command} wrote, so {why} does not remove it; "
+                           "remove it yourself or choose another output folder")
+    manifest, owned, others = _survey(folder, command, legacy)
+    if not owned or others or manifest.kept:
+        name = (others or sorted(manifest.kept) or ["(nothing of its own)"])[0]
+        raise LorakitError(f"{folder / name} was not written by lorakit {command}, so {why} does not remove "
+                           f"{folder}; move it out, or choose another output folder")
 
 
 def claim(folder: str | os.PathLike, command: str, outputs: Collection[str], *, overwrite: bool = False,
@@ -194,9 +212,11 @@ def claim(folder: str | os.PathLike, command: str, outputs: Collection[str], *, 
 
 def check_replace(folder: str | os.PathLike, command: str, *, overwrite: bool = False,
                   inputs: Iterable[str | os.PathLike | None] = (), legacy: Legacy | None = None) -> None:
-    """What ``replace_folder`` checks first, for a command to say before it does any work."""
+    """What ``replace_folder`` checks first, for a command to say before it does any work (an old
+    copy that a killed write left aside is put back first, and checked with the rest)."""
     folder = Path(folder).resolve()
     refuse_inputs([folder], inputs, command)
+    remove_stale(folder)
     _check(folder, command, overwrite, legacy)
 
 
@@ -209,7 +229,10 @@ def replace_folder(folder: str | os.PathLike, command: str, *, overwrite: bool =
     ``folder`` must be absent, empty or hold only what ``command`` wrote there (else a one-line
     refusal, before the caller does any work). Then the new folder replaces the old one in one
     rename (``atomic_directory``). Under ``overwrite`` with other entries present, the new entries
-    are moved in one by one instead, replacing those of the same names and keeping the rest.
+    are moved in one by one instead, replacing those of the same names and keeping the rest. An
+    entry kept by an earlier ``--overwrite`` that the new write has turned out to name is refused
+    then, after the work but before anything moves (which names a write makes is known only once
+    it is made).
     """
     folder = Path(folder).resolve()  # "." has no name to put a sibling beside; a link: write where it points
     refuse_inputs([folder], inputs, command)

@@ -131,6 +131,14 @@ def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None =
     """Write ``adapter`` to the folder ``path`` (atomically) in PEFT's LoRA format; ``base_model``
     is recorded as ``base_model_name_or_path`` (default: the model's own ``_name_or_path``; for the
     embedded model, the hub id its GGUF was made from)."""
+    with atomic_directory(path, OWNED_FILES) as tmp:
+        write_peft(adapter, tmp, base_model, dtype)
+    return Path(path)
+
+
+def write_peft(adapter: AdapterView, folder: Path, base_model: str | None = None,
+               dtype: torch.dtype = torch.float32) -> None:
+    """Write the PEFT files of ``adapter`` into the existing ``folder`` (not atomic; see ``export_peft``)."""
     if not adapter.layers:
         raise ValueError("the adapter has no adapted layers left to export")
     _refuse_tied(adapter)
@@ -139,7 +147,5 @@ def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None =
         base_model = getattr(getattr(adapter.model, "config", None), "_name_or_path", None) or None
         base_model = hub_id(base_model)
     config = peft_config(adapter, rank, list(adapter.layers), base_model)
-    with atomic_directory(path, OWNED_FILES) as tmp:
-        save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-        (tmp / CONFIG_FILE).write_text(json_text(config, indent=2) + "\n")
-    return Path(path)
+    save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
+    (folder / CONFIG_FILE).write_text(json_text(config, indent=2) + "\n")

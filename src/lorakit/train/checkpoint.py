@@ -39,7 +39,7 @@ from ..adapter import Adapter
 from ..errors import LorakitError
 from ..io.adapter_files import CONFIG_FILE, WEIGHTS_FILE
 from ..io.atomic import atomic_directory, write_text_atomic
-from .run_log import json_text
+from ..io.json_text import json_text
 
 STATE_FILE = "trainer_state.json"
 TENSORS_FILE = "training_state.pt"
@@ -135,14 +135,20 @@ def step_folders(root: Path) -> list[Path]:
     """The checkpoint folders under ``root``, oldest first (only names lorakit gives them: a
     user's ``step-backup`` is neither pruned nor offered)."""
     found = [p for p in root.glob("step-*") if FOLDER_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()]
-    return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+    return sorted(found, key=lambda p: step_of(p.name))
+
+
+def step_of(name: str) -> int:
+    """The step of a checkpoint folder's name (``step-0000050`` → 50)."""
+    return int(name.removeprefix("step-"))
 
 
 def fallback(root: Path, before: str | None = None) -> str:
     """What to do instead of resuming: the newest checkpoint under ``root`` (earlier than the
     folder named ``before``) whose files verify (one from before checksums: that has its state),
     or starting over where none is left."""
-    folders = [p for p in reversed(step_folders(root)) if before is None or p.name < before]
+    limit = step_of(before) if before is not None and FOLDER_NAME.fullmatch(before) else None
+    folders = [p for p in reversed(step_folders(root)) if limit is None or step_of(p.name) < limit]
     good = next((p for p in folders if (p / STATE_FILE).is_file() and damage(p) is None), None)
     if good is None:
         return f"no {'earlier ' if before else ''}checkpoint is left to resume, so {START_OVER}"

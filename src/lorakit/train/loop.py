@@ -52,6 +52,7 @@ from ..heads import reseed_new_modules
 from ..integrations.liger import apply_liger
 from ..io.adapter_files import CONFIG_FILE, WEIGHTS_FILE, final_ranks
 from ..io.atomic import write_text_atomic
+from ..io.json_text import finite, json_text
 from ..io.lock import folder_lock
 from ..loading import Split, encode, evaluate, labels_of, load_base, load_split, model_labels
 from ..presets import complete_for_run, parts_of, refuse_if_bypassed
@@ -59,7 +60,7 @@ from .checkpoint import copy_adapter, has_checksums, read_checkpoint, read_train
 from .data_order import step_batches, steps_per_epoch
 from .objectives import objective_for
 from .output_dir import check_output_dir, comparable, make_output_dir
-from .run_log import JSONL_FILE, RunLog, finite, json_text, log_ends_with
+from .run_log import JSONL_FILE, RunLog, log_ends_with
 from .sharding import load_optimizer_state, optimizer_state, shard
 
 ADAPTER_DIR, SUMMARY_FILE = "adapter", "summary.json"

@@ -29,7 +29,6 @@ The trackers get the values themselves (they plot NaN as such).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import uuid
@@ -37,27 +36,11 @@ from pathlib import Path
 from typing import Any
 
 from ..io.atomic import write_text_atomic
+from ..io.json_text import json_text
 
 JSONL_FILE, TENSORBOARD_DIR, TRACKERS_FILE = "metrics.jsonl", "tensorboard", "trackers.json"
 TRAIN_KEYS = ("loss", "grad_norm", "epoch", "skipped_samples")
 UNLOGGED_KEYS = ("step", "elapsed_s")
-
-
-def finite(value: Any) -> Any:
-    """``value`` with every float that is not finite (NaN, ±inf) replaced by ``None``, through
-    nested dicts, lists and tuples (tuples become lists, as JSON writes them anyway)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(item) for item in value]
-    return value
-
-
-def json_text(value: Any, indent: int | None = None) -> str:
-    """``value`` as strict JSON (non-finite floats as ``null``, see the module docstring)."""
-    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def jsonl_lines(path: Path) -> list[str]:
