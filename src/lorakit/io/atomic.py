@@ -87,7 +87,7 @@ def remove_stale(path: str | os.PathLike) -> None:
         if found["kind"] == "old" and not path.exists():
             os.replace(sibling, path)
         else:
-            _remove_path(sibling)
+            remove_path(sibling)
 
 
 def temporary_prefix(path: Path) -> str:
@@ -99,7 +99,8 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
-def _remove_path(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Remove a file, a link (not what it points to) or a folder with its contents, if present."""
     with contextlib.suppress(FileNotFoundError):
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)

@@ -44,6 +44,7 @@ from .atomic import (
     atomic_directory,
     fsync_tree,
     is_bookkeeping,
+    remove_path,
     remove_stale,
     temporary_prefix,
     write_error,
@@ -214,10 +215,15 @@ def check_replace(folder: str | os.PathLike, command: str, *, overwrite: bool = 
                   inputs: Iterable[str | os.PathLike | None] = (), legacy: Legacy | None = None) -> None:
     """What ``replace_folder`` checks first, for a command to say before it does any work (an old
     copy that a killed write left aside is put back first, and checked with the rest)."""
-    folder = Path(folder).resolve()
+    _replaceable(Path(folder).resolve(), command, overwrite, inputs, legacy)
+
+
+def _replaceable(folder: Path, command: str, overwrite: bool, inputs: Iterable[str | os.PathLike | None],
+                 legacy: Legacy | None) -> tuple[Manifest, set[str], list[str]]:
+    """``_check`` of a whole-folder output, after its inputs and a put-back old copy."""
     refuse_inputs([folder], inputs, command)
-    remove_stale(folder)
-    _check(folder, command, overwrite, legacy)
+    remove_stale(folder)  # first: an old copy put back is checked like any folder
+    return _check(folder, command, overwrite, legacy)
 
 
 @contextlib.contextmanager
@@ -235,9 +241,7 @@ def replace_folder(folder: str | os.PathLike, command: str, *, overwrite: bool =
     it is made).
     """
     folder = Path(folder).resolve()  # "." has no name to put a sibling beside; a link: write where it points
-    refuse_inputs([folder], inputs, command)
-    remove_stale(folder)  # first: an old copy put back is checked like any folder
-    manifest, owned, _ = _check(folder, command, overwrite, legacy)
+    manifest, owned, _ = _replaceable(folder, command, overwrite, inputs, legacy)
     keep = set(entries(folder)) - owned if folder.is_dir() else set()  # not this command's: never removed
     if not keep:
         with atomic_directory(folder, owned) as tmp:
@@ -261,7 +265,7 @@ def _publish(tmp: Path, folder: Path, command: str, manifest: Manifest, owned: s
     for name in sorted(written):
         _move_into(tmp / name, folder / name)
     for name in owned - written:  # what an earlier write of this command left and this one did not write
-        _remove(folder / name)
+        remove_path(folder / name)
     others = {k: v for k, v in manifest.files.items() if k in keep - written}
     Manifest({**others, **dict.fromkeys(written, command)}, (keep - written) - set(others)).write(folder)
 
@@ -269,7 +273,6 @@ def _publish(tmp: Path, folder: Path, command: str, manifest: Manifest, owned: s
 @contextlib.contextmanager
 def _staging(folder: Path) -> Iterator[Path]:
     """A temporary folder beside ``folder`` (removed afterwards, whatever happens)."""
-    remove_stale(folder)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=temporary_prefix(folder), suffix=".tmp"))
     try:
         yield tmp
@@ -279,17 +282,11 @@ def _staging(folder: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _move_into(source: Path, target: Path) -> None:
-    """Put ``source`` at ``target``, replacing a file or folder of that name."""
+    """Put ``source`` at ``target``, replacing a file or folder of that name (a link itself, never
+    what it points to)."""
     if target.is_dir() and not target.is_symlink():
-        shutil.rmtree(target)
+        remove_path(target)
     os.replace(source, target)
 
 
