@@ -289,7 +289,7 @@ def test_speed_options_may_change_when_a_run_resumes():
 
 @pytest.mark.parametrize(("override", "message"), [
     ("model.attention=flash", "model.attention must be one of"),
-    ("model.attention=flash_attention_2", "needs the flash-attn package"),
+    ("model.attention=flash_attention_2", "needs the flash_attn package"),
     ("train.kernels=triton", "train.kernels must be one of"),
     ("train.fused_adapters=true train.fsdp=true", "train.fused_adapters reads sibling"),
     ("data.padding_free=true train.objective=dpo", "data.padding_free joins the rows"),

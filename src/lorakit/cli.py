@@ -1,4 +1,5 @@
-"""The ``lorakit`` command line: train, eval, merge, export, import, compare, demo, chat, generate, methods.
+"""The ``lorakit`` command line: train, eval, merge, export, import, compare, tune, demo, chat, generate,
+methods.
 
 Bad input prints one line ``lorakit: error: ...`` and exits with code 2, without a traceback.
 """
@@ -165,6 +166,14 @@ def _cmd_compare(args: argparse.Namespace) -> None:
     _compare(read_yaml(Path(args.config)), args.overrides, args, inputs=(args.config,))
 
 
+def _cmd_tune(args: argparse.Namespace) -> None:
+    from .tune import tune
+
+    result = tune(args.config, args.overrides, trials=args.trials, timeout=args.timeout, overwrite=args.overwrite,
+                  progress=not args.quiet)
+    print(json_text(result, indent=2))
+
+
 def _cmd_demo(args: argparse.Namespace) -> None:
     from .io.yaml_files import read_yaml
 
@@ -302,7 +311,7 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> None:
-    """compare, demo, chat, generate, methods."""
+    """compare, tune, demo, chat, generate, methods."""
     p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
@@ -310,6 +319,16 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     _overwrite_flag(p)
     _rerun_flag(p)
     p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("tune", help="search a config's tune.space with Optuna, scored on a validation split "
+                                    "(continues or joins the study in tune.output_dir)")
+    p.add_argument("config", help="YAML config with a 'tune' section")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. tune.metric=accuracy")
+    p.add_argument("--trials", type=int, help="tune.trials: trials of the whole study")
+    p.add_argument("--timeout", type=float, help="tune.timeout: seconds after which this process starts no trial")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("demo", help="LoRA vs OLoRA vs OLoRA+ on the embedded model (about 6 minutes on a 2-core "
                                     "CPU); --task classification: LoRA vs rank allocators on the embedded encoder "

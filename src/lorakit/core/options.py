@@ -6,16 +6,21 @@ composes the options of its four components (plus the adapter's own: ``targets``
 these declarations. A default may be *derived* from other options or from the run (the number
 of adapted layers, the number of optimizer steps): ``derive`` computes it once those are known,
 and ``default_text`` says how in the docs.
+
+The run's own keys (``train.*``, ``data.*``, ``model.*``, ``eval.*``, ``task.*``; ``lorakit.config``)
+are declared as ``Option`` too, with two more facts: the package a value ``needs`` and whether the
+key is ``free_on_resume`` (changes nothing that is trained, so a resumed run may change it).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import LorakitError, unknown
+from ..errors import LorakitError, did_you_mean, unknown
 
 # what a derived default may read besides the other options: "layers" (the number of adapted
 # layers, known at attach) and "total_steps" (the run's optimizer steps, known to `lorakit train`)
@@ -49,6 +54,9 @@ class Option:
         default_text: the derived default as the docs show it.
         normalise: checks and converts values of ``type`` ``object``.
         null_is_default: a given ``None`` means "the default" (else it is checked, and refused).
+        needs: ``(value, module, install)``: the value works only where ``module`` imports
+            (``install`` says how to get it, e.g. ``pip install "lorakit[qlora]"``).
+        free_on_resume: a resumed run may change it (logging, saving, exact speed options).
     """
 
     name: str
@@ -67,6 +75,8 @@ class Option:
     default_text: str | None = None
     normalise: Callable[[Any], Any] | None = None
     null_is_default: bool = True
+    needs: tuple[tuple[str, str, str], ...] = ()
+    free_on_resume: bool = False
 
     def requirement_text(self) -> str:
         """What a valid value is, e.g. ``a positive integer`` or ``a number in [0, 1)``."""
@@ -83,7 +93,7 @@ class Option:
                 low, high = "(" if self.open_minimum else "[", ")" if self.open_maximum else "]"
                 return f"a number in {low}{self.minimum:g}, {self.maximum:g}{high}"
             return "a positive finite number" if self.open_minimum else "a non-negative finite number"
-        return f"a {self.type.__name__}"
+        return {str: "text", dict: "a mapping"}.get(self.type, f"a {self.type.__name__}")
 
     def check(self, value: Any) -> Any:
         """``value`` as stored (numpy scalars as numbers, ints as floats for float options), or a
@@ -94,9 +104,12 @@ class Option:
         if self.normalise is not None:
             return self.normalise(value)
         if self.choices is not None:
-            if value not in self.choices:
+            if value not in self.choices and self.label is None:
                 raise unknown(self.name, str(value), self.choices)
-            return value
+            if value not in self.choices:
+                raise LorakitError(f"{self.label} must be one of {', '.join(self.choices)}, got {value!r}"
+                                   f"{did_you_mean(str(value), self.choices)}")
+            return self._available(value)
         if self.type is bool:
             if isinstance(value, bool):
                 return value
@@ -109,6 +122,13 @@ class Option:
             return value
         hint = f"; {self.hint}" if self.hint else ""
         raise LorakitError(f"{self.label or self.name} must be {self.requirement_text()}, got {value!r}{hint}")
+
+    def _available(self, value: Any) -> Any:
+        """``value``, where the package it needs imports (else a one-line error saying how to get it)."""
+        for needing, module, install in self.needs:
+            if value == needing and importlib.util.find_spec(module) is None:
+                raise LorakitError(f"{self.label or self.name} {value} needs the {module} package; {install}")
+        return value
 
     def _in_range(self, value: float) -> bool:
         low, high = self.minimum, self.maximum

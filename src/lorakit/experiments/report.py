@@ -29,7 +29,8 @@ def _columns(records: Sequence[Row], leading: Sequence[str]) -> list[str]:
     return first + [k for k in keys if k not in first]
 
 
-def _csv_text(records: Sequence[Row], columns: Sequence[str]) -> str:
+def csv_text(records: Sequence[Row], columns: Sequence[str]) -> str:
+    """``records`` as CSV text with a header of ``columns`` (lists and mappings as JSON, None empty)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(columns)
@@ -51,8 +52,8 @@ def write_results(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row])
     payload = {"rows": list(rows), "aggregates": list(aggregates)}
     write_text_atomic(out_dir / "results.json", json_text(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     columns = _columns(rows, LEADING_COLUMNS + KNOWN_METRICS)
-    write_text_atomic(out_dir / "results.csv", _csv_text(rows, columns))
-    write_text_atomic(out_dir / "summary.csv", _csv_text(aggregates, _columns(aggregates, ())))
+    write_text_atomic(out_dir / "results.csv", csv_text(rows, columns))
+    write_text_atomic(out_dir / "summary.csv", csv_text(aggregates, _columns(aggregates, ())))
 
 
 # -- number formatting ---------------------------------------------------------------------

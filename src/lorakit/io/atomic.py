@@ -64,7 +64,8 @@ def is_bookkeeping(name: str) -> bool:
     return name in BOOKKEEPING or is_temporary(name)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` (of this machine) still runs."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -82,7 +83,7 @@ def remove_stale(path: str | os.PathLike) -> None:
         return
     for sibling in sorted(path.parent.glob(f".{glob_escape(path.name)}.lorakit-*")):
         found = _TEMPORARY.match(sibling.name)
-        if not found or found["name"] != path.name or _alive(int(found["pid"])):
+        if not found or found["name"] != path.name or alive(int(found["pid"])):
             continue
         if found["kind"] == "old" and not path.exists():
             os.replace(sibling, path)

@@ -38,7 +38,8 @@ from ..config import OBJECTIVES
 from ..evaluate import classification
 from ..evaluate.loss import LossLogits, eval_mode, evaluate_loss, label_tokens, loss_scores, token_loss
 
-__all__ = ["OBJECTIVES", "Dpo", "Labelled", "NextToken", "Objective", "objective_for", "sequence_logps"]
+__all__ = ["OBJECTIVES", "Dpo", "Labelled", "NextToken", "Objective", "objective_for", "objective_metrics",
+           "sequence_logps"]
 
 
 class Objective:
@@ -46,6 +47,7 @@ class Objective:
 
     name: ClassVar[str]
     final_metrics: ClassVar[bool] = False  # its evaluate adds to the run's final metrics (DPO's preferences)
+    metrics: ClassVar[tuple[str, ...]] = ()  # the metrics it adds so
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         raise NotImplementedError
@@ -93,6 +95,7 @@ class Dpo(Objective):
 
     name = "dpo"
     final_metrics = True
+    metrics = ("eval_dpo_loss", "eval_reward_accuracy", "eval_reward_margin")
 
     def __init__(self, adapter: Adapter, beta: float, logits: LossLogits | None = None) -> None:
         self.adapter, self.beta, self.logits = adapter, beta, logits
@@ -141,6 +144,11 @@ class Labelled(Objective):
         """``eval_loss`` and ``accuracy`` (classes) or ``pearson`` (regression): the curves' metrics."""
         logits, labels = classification.predict(model, examples, collate, batch_size, device)
         return classification.scores(logits, labels, ("pearson",) if labels.is_floating_point() else ("accuracy",))
+
+
+def objective_metrics(name: str) -> tuple[str, ...]:
+    """The metrics train.objective ``name`` adds to a run's own (``eval.metrics``)."""
+    return Dpo.metrics if name == "dpo" else ()
 
 
 def objective_for(name: str, adapter: Adapter, beta: float, task: str = "causal_lm",

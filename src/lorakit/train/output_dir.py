@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..config import RunConfig
+from ..config import RUN_KEYS, SECTIONS, RunConfig
 from ..errors import LorakitError
 from ..io.ownership import Legacy, claim
 from .checkpoint import latest_checkpoint
@@ -20,15 +20,12 @@ TRAIN_OUTPUTS = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", 
 # a run folder of lorakit before manifests: its checkpoints' pointer proves it
 TRAIN_LEGACY = Legacy("checkpoints/latest", TRAIN_OUTPUTS)
 
-# keys a resumed run may change: logging and saving, and the speed options (exact: the same steps)
-CONFIG_KEYS_FREE_ON_RESUME = {
-    "train": ("log_every", "eval_every", "save_every", "keep_checkpoints", "output_dir", "report_to", "tensorboard",
-              "sparse_logits", "fused_adapters", "compile", "kernels", "gradient_checkpointing"),
-    "data": ("padding_free",),
-    "model": ("attention",),
-}
-# sections that do not change what is trained, so a resumed run may differ in them
-SECTIONS_FREE_ON_RESUME = ("eval",)
+# keys a resumed run may change (logging, saving, the exact speed options, the final evaluation):
+# those declared free_on_resume, and names of keys since renamed (train.tensorboard)
+FREE_ON_RESUME = {name for name, option in RUN_KEYS.items() if option.free_on_resume} | {"train.tensorboard"}
+# sections whose every key is free: a key removed from one since a checkpoint was made is free too
+SECTIONS_FREE_ON_RESUME = tuple(section for section in SECTIONS
+                                if all(name in FREE_ON_RESUME for name in RUN_KEYS if name.startswith(f"{section}.")))
 
 
 def comparable(config: dict[str, Any]) -> dict[str, Any]:
@@ -38,14 +35,14 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
     for section, values in defaults.items():  # a key added since the checkpoint was made counts as its default
         if isinstance(values, dict) and section != "method":  # (a whole section new since: its defaults)
             config[section] = {**values, **(config.get(section) or {})}
-    for section, free in CONFIG_KEYS_FREE_ON_RESUME.items():
-        config[section] = {k: v for k, v in config[section].items() if k not in free}
+    for section in SECTIONS:
+        config[section] = {k: v for k, v in config[section].items() if f"{section}.{k}" not in FREE_ON_RESUME}
     return {k: v for k, v in config.items() if k not in SECTIONS_FREE_ON_RESUME}
 
 
 def run_inputs(config: RunConfig) -> list[str]:
     """The files a run reads, which it must never write over: its data and a local base model."""
-    return [config.data.path, config.data.eval_path, config.model.path]
+    return [config.data.path, config.data.eval_path, config.data.validation_path, config.model.path]
 
 
 def make_output_dir(output_dir: Path, config: RunConfig | None = None, overwrite: bool = False,

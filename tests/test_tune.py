@@ -1,0 +1,218 @@
+"""lorakit tune: the study, its outputs, its checks, and its workers (killed, or two at once)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+optuna = pytest.importorskip("optuna", reason="lorakit tune needs the optional extra lorakit[tune]")
+
+from lorakit import LorakitError  # noqa: E402
+from lorakit.config import load_config  # noqa: E402
+from lorakit.loading import load_split  # noqa: E402
+from lorakit.tune import tune  # noqa: E402
+
+
+def raw_config(model: Path, data: Path, out: Path, steps: int = 4, **tune_section) -> dict:
+    return {"model": {"path": str(model)},
+            "data": {"path": str(data), "train_size": 48, "eval_size": 16, "max_length": 48},
+            "train": {"max_steps": steps, "batch_size": 4, "grad_accum": 1, "report_to": "none", "lr": 1e-3},
+            "eval": {"metrics": ["eval_loss"]}, "method": {"name": "lora", "rank": 2},
+            "tune": {"trials": 2, "pruner": "none", "output_dir": str(out),
+                     "space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}, **tune_section}}
+
+
+def rows(out: Path) -> list[dict]:
+    return json.loads((out / "trials.json").read_text())["trials"]
+
+
+def test_a_study_writes_its_outputs_and_never_reads_the_eval_split(tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "study"
+    raw = raw_config(tiny_model_dir, addition_data, out, space={
+        "train.lr": {"low": 1e-4, "high": 1e-2, "log": True}, "method.rank": {"choices": [2, 4]}})
+    raw["data"]["eval_path"] = str(tmp_path / "absent.json")  # read by nothing: tune measures on validation
+    result = tune(raw, trials=3, progress=False)
+    assert result["counted"] == 3 and "validation split" in result["split"]
+    found = rows(out)
+    assert [r["state"] for r in found] == ["complete"] * 3 and len({r["trial"] for r in found}) == 3
+    best = min(found, key=lambda r: r["value"])
+    assert result["best_value"] == best["value"] and result["best"]["method.rank"] == best["method.rank"]
+    tuned = load_config(out / "best.yaml")  # a runnable config with the best values, the eval split kept
+    assert tuned.train.lr == pytest.approx(best["train.lr"]) and tuned.method["rank"] == best["method.rank"]
+    assert tuned.data.evaluate_on == "eval" and tuned.data.eval_path == str(tmp_path / "absent.json")
+    trial = load_config(out / "trials" / f"trial-{best['trial']:04d}" / "config.yaml")
+    assert trial.data.evaluate_on == "validation"
+    train, validation = load_split(trial)
+    assert len(train) + len(validation) == 48 and len(validation) == 4  # a tenth of the 48 training records
+    report = (out / "report.md").read_text()
+    assert "validation split" in report and "the eval split is not used" in report and "importances" in report
+    assert {p.name for p in (out / "plots").iterdir()} >= {"history.png", "slice.png"}
+    assert (out / "trials.csv").read_text().count("\n") == 4
+
+
+def test_trials_share_one_loaded_base_and_leave_it_unchanged(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    import lorakit.tune.trials as trials
+
+    loads = []
+    real = trials.load_base
+    monkeypatch.setattr(trials, "load_base", lambda *a, **k: loads.append(1) or real(*a, **k))
+    digests = []
+    real_digest = trials.base_digest
+    monkeypatch.setattr(trials, "base_digest", lambda model: digests.append(real_digest(model)) or digests[-1])
+    tune(raw_config(tiny_model_dir, addition_data, tmp_path / "s"), trials=3, progress=False)
+    assert len(loads) == 1 and len(digests) == 4 and len(set(digests)) == 1  # loaded once, verified after each
+
+
+def test_a_failed_trial_is_recorded_with_its_reason_and_the_study_goes_on(tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "s"
+    raw = raw_config(tiny_model_dir, addition_data, out, sampler="grid",
+                     space={"train.lr": {"choices": [1e-3, 1e30]}})
+    raw["train"]["max_grad_norm"] = None
+    result = tune(raw, trials=5, progress=False)  # the grid has 2 points: the budget is 2
+    assert result["budget"] == 2
+    by_lr = {r["train.lr"]: r for r in rows(out)}
+    assert by_lr[1e-3]["state"] == "complete" and result["best"] == {"train.lr": 1e-3}
+    assert by_lr[1e30]["state"] == "failed" and "diverged" in by_lr[1e30]["reason"]
+    assert "did not complete" in (out / "report.md").read_text()
+
+
+def test_a_pruned_trial_records_where_it_stopped(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
+    out = tmp_path / "s"
+    raw = raw_config(tiny_model_dir, addition_data, out, steps=8, pruner="median")
+    raw["train"]["eval_every"] = 2
+    tune(raw, trials=2, progress=False)
+    first, second = rows(out)
+    assert first["state"] == "complete" and first["pruned_at"] is None
+    assert second["state"] == "pruned" and second["pruned_at"] == 2
+
+
+def test_the_pruner_gets_evaluations_without_train_eval_every(tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "s"
+    tune(raw_config(tiny_model_dir, addition_data, out, steps=8, pruner="median"), trials=1, progress=False)
+    study = optuna.load_study(study_name="lorakit", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / "study.journal"))))
+    assert sorted(study.trials[0].intermediate_values) == [2, 4, 6]  # a quarter of the 8 steps
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda t: t["space"].update({"train.lrr": {"low": 1, "high": 2}}), "unknown key 'train.lrr'.*did you mean"),
+    (lambda t: t["space"].update({"method.lr_ratio": {"low": 1, "high": 2}}), "method lora has no option 'lr_ratio'"),
+    (lambda t: t["space"].update({"train.lr": {"low": 1e-2, "high": 1e-3}}), "low must be below high"),
+    (lambda t: t["space"].update({"train.lr": {"low": 0, "high": 1e-3, "log": True}}), "a log range needs low > 0"),
+    (lambda t: t["space"].update({"method.rank": {"choices": []}}), "choices must be a non-empty list"),
+    (lambda t: t["space"].update({"method.dropout": {"low": 0.0, "high": 1.5}}), "1.5 is refused.*dropout"),
+    (lambda t: t["space"].update({"train.lr": {"low": -1.0, "high": 1e-3}}), "-1.0 is refused.*train.lr must be"),
+    (lambda t: t["space"].update({"train.scheduler": {"low": 1, "high": 2}}), "takes choices"),
+    (lambda t: t["space"].update({"data.eval_path": {"choices": ["x.json"]}}), "tune sets it"),
+    (lambda t: t.update(metric="bleu"), "tune.metric 'bleu' is not computed"),
+    (lambda t: t.update(sampler="grid"), "grid tries every combination of choices; train.lr is a range"),
+    (lambda t: t.update(space={}), "tune.space is empty"),
+    (lambda t: t.update(trials=0), "tune.trials must be a positive integer"),
+    (lambda t: t.update(pruner="asha"), "tune.pruner must be one of"),
+    (lambda t: t.update(storage="study.db"), "not a database URL"),
+])
+def test_bad_tune_input_is_one_line_before_any_trial(change, message, tiny_model_dir, addition_data, tmp_path):
+    raw = raw_config(tiny_model_dir, addition_data, tmp_path / "s")
+    change(raw["tune"])
+    with pytest.raises(LorakitError, match=message):
+        tune(raw, progress=False)
+    assert not (tmp_path / "s" / "trials").exists()
+
+
+def test_a_study_refuses_another_space_or_metric(tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "s"
+    tune(raw_config(tiny_model_dir, addition_data, out), trials=1, progress=False)
+    other = raw_config(tiny_model_dir, addition_data, out, space={"train.lr": {"low": 1e-5, "high": 1e-2}})
+    with pytest.raises(LorakitError, match="made with another space.*train.lr"):
+        tune(other, progress=False)
+    ppl = raw_config(tiny_model_dir, addition_data, out, metric="eval_ppl")
+    ppl["eval"]["metrics"] = ["eval_loss", "eval_ppl"]
+    with pytest.raises(LorakitError, match="another metric"):
+        tune(ppl, progress=False)
+    longer = raw_config(tiny_model_dir, addition_data, out, steps=5)
+    with pytest.raises(LorakitError, match="another config.*max_steps: 4 then, 5 now"):
+        tune(longer, progress=False)
+    result = tune(raw_config(tiny_model_dir, addition_data, out), trials=2, progress=False)  # the same: continues
+    assert result["counted"] == 2 and [r["trial"] for r in rows(out)] == [0, 1]
+
+
+def test_the_cli_says_bad_input_in_one_line(tiny_model_dir, addition_data, tmp_path):
+    from lorakit.cli import main
+
+    path = tmp_path / "c.yaml"
+    raw = raw_config(tiny_model_dir, addition_data, tmp_path / "s", space={"train.lr": {"low": 1, "high": 1}})
+    path.write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, "-m", "lorakit", "tune", str(path)], capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "low must be below high" in result.stderr
+    assert main(["train", str(path), "train.max_steps=1", f"train.output_dir={tmp_path / 'run'}", "--quiet"]) == 0
+
+
+def _worker(config: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "lorakit", "tune", str(config), "--quiet", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _study(out: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(out / "study.journal")))
+    return optuna.load_study(study_name="lorakit", storage=storage)
+
+
+def _wait_for(predicate, process: subprocess.Popen, seconds: float = 240) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_a_killed_study_continues_where_it_stopped(tiny_model_dir, addition_data, tmp_path):
+    out, config = tmp_path / "s", tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw_config(tiny_model_dir, addition_data, out, steps=30, trials=3)))
+    first = _worker(config)
+
+    def second_running() -> bool:
+        if not (out / "study.journal").exists():
+            return False
+        trials = _study(out).get_trials(deepcopy=False)
+        return any(t.number >= 1 and t.state.name == "RUNNING" for t in trials) and trials[0].state.name == "COMPLETE"
+
+    _wait_for(second_running, first)
+    kept = _study(out).trials[0]
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    again = _worker(config)
+    stdout, stderr = again.communicate(timeout=300)
+    assert again.returncode == 0, stderr
+    trials = _study(out).trials
+    assert trials[0].value == kept.value and trials[0].params == kept.params  # a finished trial is kept
+    assert trials[1].state.name == "FAIL" and "interrupted" in trials[1].user_attrs["reason"]
+    assert [t.state.name for t in trials[2:]] == ["COMPLETE", "COMPLETE"]  # the interrupted one is replaced
+    assert [r["state"] for r in rows(out)] == ["complete", "interrupted", "complete", "complete"]
+    assert json.loads(stdout)["counted"] == 3
+
+
+def test_two_workers_share_one_study(tiny_model_dir, addition_data, tmp_path):
+    out, config = tmp_path / "s", tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(raw_config(tiny_model_dir, addition_data, out, steps=20, trials=4)))
+    workers = [_worker(config), _worker(config)]
+    for worker in workers:
+        _, stderr = worker.communicate(timeout=400)
+        assert worker.returncode == 0, stderr
+    counted = [t for t in _study(out).trials if "lorakit_unused" not in t.system_attrs]
+    assert [t.state.name for t in counted] == ["COMPLETE"] * 4  # none lost, none run twice
+    assert len({t.number for t in counted}) == 4 and len({json.dumps(t.params) for t in counted}) == 4
+    assert [r["trial"] for r in rows(out)] == [t.number for t in counted]
+    assert len({r["worker"] for r in rows(out)}) == 2  # both worked on it
+    assert {p.name for p in (out / "trials").iterdir()} == {f"trial-{t.number:04d}" for t in counted}
