@@ -216,3 +216,48 @@ def test_two_workers_share_one_study(tiny_model_dir, addition_data, tmp_path):
     assert [r["trial"] for r in rows(out)] == [t.number for t in counted]
     assert len({r["worker"] for r in rows(out)}) == 2  # both worked on it
     assert {p.name for p in (out / "trials").iterdir()} == {f"trial-{t.number:04d}" for t in counted}
+
+
+def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_model_dir, addition_data, tmp_path):
+    from lorakit.experiments.compare import run_compare
+    from lorakit.experiments.spec import load_compare_config
+
+    out = tmp_path / "cmp"
+    raw = raw_config(tiny_model_dir, addition_data, tmp_path / "unused")
+    raw["compare"] = {"runs": ["lora", "lora_plus"], "seeds": [0, 1], "output_dir": str(out), "base_model_row": False,
+                      "tune": {"trials": 2, "pruner": "none", "space": {
+                          "train.lr": {"low": 1e-4, "high": 1e-2, "log": True},
+                          "method.lr_ratio": {"low": 0.5, "high": 16, "log": True}}}}
+    del raw["tune"]
+    base, spec, runs = load_compare_config(raw)
+    report = run_compare(base, spec, runs, progress=False).read_text()
+    searched = {name: rows(out / "tune" / name) for name in ("lora", "lora_plus")}
+    assert [len(found) for found in searched.values()] == [2, 2]  # equal budgets
+    assert "method.lr_ratio" not in searched["lora"][0] and "method.lr_ratio" in searched["lora_plus"][0]
+    for name, found in searched.items():
+        best = min(found, key=lambda r: r["value"])
+        for seed in (0, 1):
+            trained = load_config(out / "runs" / name / f"seed-{seed}" / "config.yaml")
+            assert trained.train.lr == pytest.approx(best["train.lr"]) and trained.data.evaluate_on == "eval"
+    assert "## Tuning" in report and "the evaluation split above was not used to choose" in report
+
+
+def test_compare_tune_refuses_keys_a_comparison_cannot_vary(tiny_model_dir, addition_data, tmp_path):
+    from lorakit.experiments.compare import run_compare
+    from lorakit.experiments.spec import load_compare_config
+
+    raw = raw_config(tiny_model_dir, addition_data, tmp_path / "unused")
+    del raw["tune"]
+    raw["compare"] = {"runs": ["lora"], "seeds": [0], "output_dir": str(tmp_path / "cmp"),
+                      "tune": {"space": {"data.max_length": {"low": 16, "high": 48}}}}
+    with pytest.raises(LorakitError, match="differ in method and train keys only"):
+        run_compare(*load_compare_config(raw), progress=False)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_study_in_a_database_file(tiny_model_dir, addition_data, tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    result = tune(raw_config(tiny_model_dir, addition_data, tmp_path / "s", storage=url), trials=2, progress=False)
+    assert result["counted"] == 2 and result["storage"] == url and not (tmp_path / "s" / "study.journal").exists()
+    assert tune(raw_config(tiny_model_dir, addition_data, tmp_path / "s", storage=url), trials=2,
+                progress=False)["counted"] == 2  # joined, nothing more to run

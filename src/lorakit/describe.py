@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from .config import RUN_KEYS, SECTIONS
 from .core.options import Option
 from .core.spec import COMPONENT_KINDS
 from .presets import ADAPTER_OPTIONS, DEFAULT_COMPONENTS, PRESETS, parts_of, registered_options, resolve
+from .tune.spec import TUNE_KEYS, TuneConfig
 
 MARKER = re.compile(r"(<!-- BEGIN GENERATED: options (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
 
@@ -91,18 +93,27 @@ def config_markdown() -> str:
     for owner, option in _all_options():
         lines.append(f"| `{option.name}` | `{option.default_doc()}` | {option.type_doc()} | {owner} | {option.help} |")
     for section, cls in SECTIONS.items():
-        lines += ["", f"## {section}", "", (cls.__doc__ or "").strip(), "",
-                  "| key | default | type / range | on resume | help |", "| --- | --- | --- | --- | --- |"]
-        for f in dataclasses.fields(cls):
-            option = RUN_KEYS[f"{section}.{f.name}"]
-            kind = ("a list, each " if isinstance(option.default, tuple) else "") + option.type_doc()
-            kind += " or null" if option.null_is_default else ""
-            needs = "; ".join(f"{value}: the {module} package" for value, module, _ in option.needs)
-            lines.append(f"| `{f.name}` | `{_field_default(f)}` | {kind}{f' ({needs})' if needs else ''} | "
-                         f"{'may change' if option.free_on_resume else 'fixed'} | {option.help} |")
+        lines += _key_table(section, cls, RUN_KEYS, resume=True)
     lines += ["", "A resumed run (`--resume`) must have the config of its checkpoint in every key marked "
               "*fixed*; the keys marked *may change* log, save, evaluate or speed up the same steps."]
+    lines += _key_table("tune", TuneConfig, TUNE_KEYS, resume=False)
     return "\n".join(lines) + "\n"
+
+
+def _key_table(section: str, cls: type, declared: dict[str, Option], resume: bool) -> list[str]:
+    """The table of a config section: each key's default, type and range, resume rule and help."""
+    lines = ["", f"## {section}", "", inspect.cleandoc(cls.__doc__ or ""), "",
+             "| key | default | type / range |" + (" on resume |" if resume else "") + " help |",
+             "| --- | --- | --- |" + (" --- |" if resume else "") + " --- |"]
+    for f in dataclasses.fields(cls):
+        option = declared[f"{section}.{f.name}"]
+        kind = ("a list, each " if isinstance(option.default, tuple) else "") + option.type_doc()
+        kind += " or null" if option.null_is_default else ""
+        needs = "; ".join(f"{value}: the {module} package" for value, module, _ in option.needs)
+        rule = f" {'may change' if option.free_on_resume else 'fixed'} |" if resume else ""
+        lines.append(f"| `{f.name}` | `{_field_default(f)}` | {kind}{f' ({needs})' if needs else ''} |{rule} "
+                     f"{option.help} |")
+    return lines
 
 
 def _all_options() -> list[tuple[str, Option]]:

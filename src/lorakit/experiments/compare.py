@@ -43,11 +43,12 @@ from .ranks import rank_lines, rank_table
 from .report import resource_lines, write_report, write_results
 from .spec import CompareSpec, Run, run_config
 from .stats import aggregate, paired_vs_baseline
+from .tuning import check_tuning, tune_runs, tuning_lines
 
 BASE_ROW = "base model"
 # the entries a comparison writes in compare.output_dir (lorakit.io.ownership): one train folder per
 # run and seed under runs/, the base model's evaluation, the report, its tables and plots
-COMPARE_OUTPUTS = ("runs", "base_model", "report.md", "results.json", "results.csv", "summary.csv",
+COMPARE_OUTPUTS = ("runs", "tune", "base_model", "report.md", "results.json", "results.csv", "summary.csv",
                    "loss_curves.png", "metrics.png", "lambda_sweep.png", "ranks.png")
 # a comparison of lorakit before manifests: a run folder of its layout proves it
 COMPARE_LEGACY = Legacy("runs/*/seed-*/config.yaml", COMPARE_OUTPUTS)
@@ -242,7 +243,7 @@ def _meta(config: RunConfig, spec: CompareSpec, command: str, started: float) ->
 
 
 def _write_outputs(out: Path, spec: CompareSpec, metrics: list[str], rows: list[dict[str, Any]],
-                   reference: list[dict[str, Any]], meta: dict[str, str]) -> Path:
+                   reference: list[dict[str, Any]], meta: dict[str, str], tuning: list[str]) -> Path:
     """Results, plots and ``report.md`` of the rows; the report's path."""
     aggregates = aggregate(rows, metrics + list(RESOURCES))
     write_results(out, reference + rows, aggregates)
@@ -256,24 +257,29 @@ def _write_outputs(out: Path, spec: CompareSpec, metrics: list[str], rows: list[
         plots.append("ranks.png")
     paired = paired_vs_baseline(rows, spec.baseline, metrics) if spec.baseline else {}
     return write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta,
-                        sections=resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
+                        sections=tuning + resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
 
 
 def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], command: str = "",
                 progress: bool = True, rerun_changed: bool = False, overwrite: bool = False,
                 inputs: tuple[str, ...] = ()) -> Path:
     """Train every run × seed, then write results, plots and ``report.md``; return the report's path.
+    With ``compare.tune``, each run is first tuned on the validation split (``tuning``) and its
+    seeds train at its best values.
 
     A folder holding a run trained with another config (on the keys that change what is trained)
     is refused before anything loads; ``rerun_changed``: it is removed and trained again. The
     output folder is claimed for ``compare`` (``lorakit.io.ownership``; ``overwrite``: write there
     despite other files, ``inputs``: files the comparison reads besides its data, e.g. its config)."""
-    out = Path(spec.output_dir)
+    out, started, found = Path(spec.output_dir), time.time(), []
+    owner = {"overwrite": overwrite, "inputs": [*inputs, *run_inputs(base_config)], "legacy": COMPARE_LEGACY}
+    if spec.tune is not None:  # every search checked before the first; the runs then take their best values
+        check_tuning(spec, runs, base_config)
+        claim(out, "compare", COMPARE_OUTPUTS, **owner)
+        runs, found = tune_runs(spec, runs, base_config, progress)
     jobs = [(run, seed, run_config(base_config, run, seed, out)) for run in runs for seed in spec.seeds]
     stale = _check_earlier_runs([config for _, _, config in jobs], rerun_changed)
-    claim(out, "compare", COMPARE_OUTPUTS, overwrite=overwrite, inputs=[*inputs, *run_inputs(base_config)],
-          legacy=COMPARE_LEGACY)
-    started = time.time()
+    claim(out, "compare", COMPARE_OUTPUTS, **owner)
     split = load_split(base_config)  # bad data fails before the model is loaded
     _remove_runs(stale)
     for _, _, config in jobs:  # every run folder claimed (with --overwrite where given) before the model loads
@@ -282,7 +288,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     rows = _train_all(jobs, base, progress)
     reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
     report = _write_outputs(out, spec, list(base_config.eval.metrics), rows, reference,
-                            _meta(base_config, spec, command, started))
+                            _meta(base_config, spec, command, started), tuning_lines(found))
     if not any(r["status"] == "ok" for r in rows):
         raise LorakitError(f"every run failed; see {report}")
     return report

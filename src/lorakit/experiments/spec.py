@@ -42,6 +42,7 @@ class CompareSpec:
     base_model_row: bool = True
     output_dir: str = "runs/compare"
     eval_path: str | None = None  # every run (and the base-model row) evaluates on this file
+    tune: dict[str, Any] | None = None  # a tune section: each run tuned on the validation split first (tuning.py)
 
 
 # train keys a run may not override: compare sets the first two, the objective decides the data

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +66,9 @@ def _storage(tune: TuneConfig, out: Path) -> Any:
     if "://" not in tune.storage:
         raise LorakitError(f"tune.storage {tune.storage!r} is not a database URL; give e.g. sqlite:///study.db or "
                            "postgresql://user@host/db, or null for the journal file in tune.output_dir")
-    return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+    with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what fails a lost worker's trial
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
 
 
 def _difference(recorded: dict[str, Any], identity: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ and the base's bytes are verified unchanged after each.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,7 +28,7 @@ from ..train import train
 from ..train.data_order import steps_per_epoch
 from ..train.loop import StepInfo
 from .spec import Dimension, trial_config
-from .study import REASON, WORKER, worker
+from .study import INTERRUPTED, REASON, WORKER, worker
 
 TRIALS_DIR = "trials"
 PRUNED_AT, SECONDS = "pruned_at", "seconds"
@@ -89,7 +88,8 @@ class Trials:
             reported = trial.study._storage.get_trial(trial._trial_id).intermediate_values
             trial.set_user_attr(PRUNED_AT, max(reported) if reported else None)
             raise
-        except KeyboardInterrupt:
+        except KeyboardInterrupt:  # not a result: the trial is replaced when the study goes on
+            trial.study._storage.set_trial_system_attr(trial._trial_id, INTERRUPTED, True)
             trial.set_user_attr(REASON, "interrupted (Ctrl-C)")
             raise
         except Exception as exc:
@@ -128,7 +128,7 @@ class Trials:
     def _base_for(self, config: Any, split: Any) -> tuple[nn.Module, Any]:
         """The loaded base for ``config``'s model section and classes (loaded again only where they change)."""
         labels = labels_of(config, split)
-        wanted = json.dumps([config.to_dict()["model"], repr(labels)], sort_keys=True)
+        wanted = repr((sorted(config.to_dict()["model"].items()), labels))
         if wanted != self.base_key:
             self.base, self.base_key = None, None  # the old base goes before the new one loads
             self.base = load_base(config, labels=labels)

@@ -1,0 +1,70 @@
+"""What a ``lorakit tune`` trial costs beyond its own training (run by hand).
+
+Runs a study of ``--trials`` trials over ``train.lr`` on the SST-2 recipe of the study
+(``configs/study/sst2.yaml``: the embedded MiniLM encoder, 3200 sentences, 200 steps of 16,
+LoRA r = 8), measured on a validation split carved from the training sentences, and reads each
+trial's times from ``trials.json``:
+
+- ``seconds``: the trial as the worker saw it, from the sampler's values to its verified base
+  (config, data, the deep copy of the shared base, the adapter, the run, the SHA-256 check);
+- ``run_seconds``: the run's own time as its summary reports it (its steps and evaluations);
+- overhead = ``seconds − run_seconds``, reported against ``seconds`` per trial and in total.
+
+The study's first trial loads the base model once (``base load``, reported apart); the ratio is
+over the trials after it, which a study of N trials repeats N − 1 times. Writes
+``benchmarks/results/tune_overhead.json``.
+
+    OMP_NUM_THREADS=2 python benchmarks/tune_overhead.py --trials 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import yaml
+
+from lorakit.io.json_text import json_text
+from lorakit.tune import tune
+
+RECIPE = Path(__file__).resolve().parent.parent / "configs" / "study" / "sst2.yaml"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "tune_overhead.json"))
+    args = parser.parse_args()
+    raw = yaml.safe_load(RECIPE.read_text())
+    raw.pop("compare", None)
+    raw["method"] = {**raw.get("method", {}), "name": "lora"}
+    with tempfile.TemporaryDirectory() as folder:
+        raw["tune"] = {"trials": args.trials, "pruner": "none", "metric": "accuracy", "output_dir": folder,
+                       "space": {"train.lr": {"low": 1e-4, "high": 3e-3, "log": True}}}
+        began = time.perf_counter()
+        tune(raw, progress=True)
+        total = time.perf_counter() - began
+        trials = json.loads((Path(folder) / "trials.json").read_text())["trials"]
+    rows = [{"trial": t["trial"], "seconds": t["seconds"], "run_seconds": t["run_seconds"],
+             "overhead_s": round(t["seconds"] - t["run_seconds"], 3),
+             "overhead_share": round((t["seconds"] - t["run_seconds"]) / t["seconds"], 4)} for t in trials]
+    later = rows[1:]
+    result = {"recipe": str(RECIPE.name), "trials": rows, "study_seconds": round(total, 1),
+              "base_load_trial_overhead_s": rows[0]["overhead_s"],
+              "later_trials_overhead_share_median": statistics.median(r["overhead_share"] for r in later),
+              "later_trials_overhead_share_total": round(sum(r["overhead_s"] for r in later)
+                                                         / sum(r["seconds"] for r in later), 4),
+              "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads",
+              "torch": torch.__version__}
+    Path(args.out).write_text(json_text(result, indent=2) + "\n")
+    print(json_text(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
