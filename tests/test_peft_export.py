@@ -106,12 +106,12 @@ def test_cli_export_equals_the_api_export(method, tiny_model_dir, addition_data,
     adapter's own float32 content, identical to exporting from a float32 model."""
     from transformers import AutoModelForCausalLM
 
-    from test_train import cli, write_config
+    from test_train import cli, main_exit, write_config
 
     config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run",
                           "train.max_steps=3", f"method.name={method}", "method.lr_ratio=null",
                           "method.dropout=0.0", "train.eval_every=null")
-    assert cli("train", str(config), "--quiet").returncode == 0
+    assert main_exit(["train", str(config), "--quiet"]) == 0  # in this process: the export is what runs as a command
     exported = cli("export", str(tmp_path / "run" / "adapter"), str(tmp_path / "cli"))
     assert exported.returncode == 0, exported.stderr
     rank = json.loads((tmp_path / "cli" / "adapter_config.json").read_text())["r"]

@@ -173,6 +173,8 @@ class TrainConfig:
                                      needs=(("wandb", "wandb", TRACKERS), ("mlflow", "mlflow", TRACKERS)))
     eval_every: int | None = key(None, "optimizer steps between eval-loss records (null: at the start and end)",
                                  free_on_resume=True, **POSITIVE)
+    eval_at_start: bool = key(True, "an eval-loss record before the first step (the curves' starting point); lorakit "
+                                    "tune's trials skip it (it is the same for every trial)", free_on_resume=True)
     save_every: int | None = key(50, "optimizer steps between checkpoints (null: only the final one)",
                                  free_on_resume=True, **POSITIVE)
     keep_checkpoints: int = key(2, "how many checkpoints to keep", free_on_resume=True, **POSITIVE)
@@ -369,8 +371,8 @@ def build_config(raw: dict[str, Any]) -> RunConfig:
         train=_build_section("train", TrainConfig, raw.get("train")),
         eval=_build_section("eval", EvalConfig, raw.get("eval")),
     )
+    validate_run(config)  # the run's keys first: train.seed -1 is named as itself, not as the method's seed
     config.method_spec()  # validates the method composition before any work starts
-    validate_run(config)
     return config
 
 

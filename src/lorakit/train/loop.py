@@ -261,7 +261,8 @@ class Run:
         if self.start_step == 0:
             if self.examples.skipped:
                 self.run_log.write({"step": 0, "skipped_samples": self.examples.skipped})
-            self._eval_loss(0)
+            if self.config.train.eval_at_start:
+                self._eval_loss(0)
         self.model.train()
         self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {self.spec.name}",
                         disable=not (progress and self.main), dynamic_ncols=True)

@@ -120,10 +120,12 @@ class Trials:
 
     def _config(self, number: int, values: dict[str, Any]) -> Any:
         """The trial's config: the user's with the trial's values, trained into its own folder,
-        measured on the validation split, with only the final checkpoint and no trackers."""
+        measured on the validation split, with only the final checkpoint, no trackers and no
+        evaluation before the first step (the same for every trial)."""
         folder = self.out / TRIALS_DIR / f"trial-{number:04d}"
         return trial_config(self.raw, values, **{"data.evaluate_on": "validation", "train.output_dir": str(folder),
-                                                 "train.save_every": None, "train.report_to": ["none"]})
+                                                 "train.save_every": None, "train.report_to": ["none"],
+                                                 "train.eval_at_start": False})
 
     def _base_for(self, config: Any, split: Any) -> tuple[nn.Module, Any]:
         """The loaded base for ``config``'s model section and classes (loaded again only where they change)."""
