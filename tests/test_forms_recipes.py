@@ -268,3 +268,19 @@ def test_invalid_combinations_are_refused(method, kwargs, needle):
     with pytest.raises(lorakit.LorakitError, match=None) as error:
         lorakit.attach(tiny_llama(), method, rank=4, **kwargs)
     assert needle in str(error.value)
+
+
+@pytest.mark.parametrize("method", ["lora", "lora_plus", "simplex_lora"])
+def test_lr_scale_scales_every_group_but_an_explicit_gate_rate(method):
+    """lr_scale: the method's rate relative to the one given, for every recipe's groups; a gate_lr
+    given explicitly is an absolute rate."""
+    def rates(**options):
+        adapter = lorakit.attach(tiny_llama(), method, train_modules=["lm_head"], **options)
+        return {g["name"]: g["lr"] for g in adapter.param_groups(1e-3, 0.0)}
+
+    plain, scaled = rates(), rates(lr_scale=4.0)
+    assert set(plain) == set(scaled) and all(scaled[k] == pytest.approx(4 * plain[k]) for k in plain)
+    if method == "simplex_lora":
+        assert rates(lr_scale=4.0, gate_lr=0.5)["gate"] == 0.5
+    with pytest.raises(lorakit.LorakitError, match="lr_scale must be a finite number > 0"):
+        rates(lr_scale=0.0)

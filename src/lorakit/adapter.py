@@ -161,9 +161,10 @@ class Adapter:
             self.structure_version += 1
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """The recipe's groups, plus a ``gate`` group (the schedule's ``ω``, at ``gate_lr``, no weight
-        decay) for schedules with gates — present even when empty, so the structure depends on
-        the method alone."""
+        """The recipe's groups at ``lr_scale × lr``, plus a ``gate`` group (the schedule's ``ω``, at
+        ``gate_lr``, no weight decay) for schedules with gates — present even when empty, so the
+        structure depends on the method alone."""
+        lr = lr * self.spec.lr_scale  # the method's rate relative to the one given (lorakit.optimizers.base)
         groups = self.recipe.param_groups(self.forms(), lr, weight_decay)
         if self.spec.train_modules:
             groups.append({"params": self._full_parameters(), "lr": lr, "weight_decay": weight_decay,

@@ -23,11 +23,12 @@ from .forms import FORMS
 from .full_modules import TRAIN_MODULES
 from .inits import INITS
 from .optimizers import OPTIMIZERS
+from .optimizers.base import LR_SCALE
 from .schedules import SCHEDULES
 from .targeting import TARGETS
 
 REGISTRIES = {"form": FORMS, "init": INITS, "optimizer": OPTIMIZERS, "schedule": SCHEDULES}
-ADAPTER_OPTIONS = (TARGETS, SEED, TRAIN_MODULES)
+ADAPTER_OPTIONS = (TARGETS, SEED, TRAIN_MODULES, LR_SCALE)
 DEFAULT_COMPONENTS = {"form": "lora", "init": "kaiming", "optimizer": "adamw", "schedule": "fixed"}
 
 # One line per method: the components it changes and the values it sets (the rest are defaults).

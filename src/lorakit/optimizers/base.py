@@ -3,6 +3,12 @@
 A recipe is created per adapter (``OPTIMIZERS.get(name)(spec)``) and owns whatever state its step
 hooks need; the ``Adapter`` registers one pre- and one post-step hook on the optimizer and calls
 the recipe's ``before_step``/``after_step`` from them, before the schedule's.
+
+``lr_scale`` (an adapter option, for every recipe): the method's learning rate relative to the one
+it is given, ``η = lr_scale · lr`` for every group (the gates' explicit ``gate_lr`` aside), so that
+``train.lr`` means the same for every preset — LoRA's rate — and a preset whose updates start far
+smaller than LoRA's (VeRA's vectors, AdaLoRA's Λ, SimplexLoRA's 1/n gates) sets the factor its
+tuned rate showed.
 """
 
 from __future__ import annotations
@@ -13,11 +19,16 @@ from typing import Any, ClassVar
 from torch import nn
 
 from ..core.component import PAIR, Component, Parts
+from ..core.options import Option
 from ..core.protocol import AdapterView
 from ..core.spec import MethodSpec
 from ..core.terms import Term
 from ..errors import LorakitError
 from ..registry import Registry
+
+LR_SCALE = Option("lr_scale", float, 1.0, "the method's learning rate relative to the one given (train.lr): every "
+                  "optimizer group runs at lr_scale × lr", minimum=0.0, open_minimum=True,
+                  requirement="a finite number > 0", null_is_default=False)
 
 
 def params_by_role(forms: Iterable[nn.Module]) -> dict[str, list[nn.Parameter]]:
