@@ -6,6 +6,8 @@ from __future__ import annotations
 def pytest_configure(config) -> None:
     # slow tests load a real model (~20 s); deselect them with `-m "not slow"`
     config.addinivalue_line("markers", "slow: loads a real model; deselect with -m 'not slow'")
+    config.addinivalue_line("markers", "quality: short real-model runs of every preset (minutes); deselected unless "
+                                       "-m quality")
 
 
 import json  # noqa: E402

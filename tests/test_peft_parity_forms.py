@@ -87,7 +87,7 @@ def test_vera_one_adamw_step_matches_peft(base_model, batch) -> None:
     # lorakit and PEFT both draw A_sh then B_sh He-uniform from a generator seeded with the
     # same number, so the shared projections agree without copying anything.
     ours, theirs = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    adapter = lorakit.attach(ours, "vera", rank=16, targets=TARGETS, seed=3)
+    adapter = lorakit.attach(ours, "vera", rank=16, targets=TARGETS, seed=3, lr_scale=1.0)  # PEFT: the given rate
     theirs = get_peft_model(theirs, VeraConfig(r=16, target_modules=TARGETS, projection_prng_key=3,
                                                vera_dropout=0.0, d_initial=0.1))
     A_shared, B_shared = theirs.base_model.vera_A["default"], theirs.base_model.vera_B["default"]

@@ -36,10 +36,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "lora": {},
     "lora_plus": {"optimizer": "lora_plus"},
     "olora": {"init": "olora"},
-    "olora_plus": {"init": "olora", "optimizer": "lora_plus"},
+    "olora_plus": {"init": "olora", "optimizer": "lora_plus", "lr_ratio": 0.5},  # λ = 16 diverges: methods/index.md
     "pissa": {"init": "pissa"},
     "dora": {"form": "dora"},
-    "vera": {"form": "vera", "rank": 256},
+    "vera": {"form": "vera", "rank": 256, "lr_scale": 10.0},  # tuned: 10.7× LoRA's rate (methods/index.md)
     "lora_fa": {"optimizer": "lora_fa"},
     "delta_lora": {"optimizer": "delta_lora"},
     "weight_lora": {"schedule": "weight_lora"},
