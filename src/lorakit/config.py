@@ -467,24 +467,31 @@ def _validate_task(config: RunConfig) -> None:
              "eval.metrics f1 is binary F1 (2 classes); use f1_macro for more classes")
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested mapping."""
+def with_values(raw: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """A copy of the nested mapping ``raw`` with ``values`` (``section.key``: value) set in it."""
     raw = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        parts = key.split(".")
-        if not sep or len(parts) != 2 or not all(parts):
-            raise LorakitError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
-        section, name = parts
-        try:
-            value = yaml.safe_load(text) if text else ""
-        except yaml.YAMLError:
-            value = text
+    for key, value in values.items():
+        section, _, name = key.partition(".")
         current = raw.get(section)
         if isinstance(current, str):  # "method: olora" shorthand
             current = {"name": current}
         raw[section] = {**(current or {}), name: value}
     return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a nested mapping."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.split(".")
+        if not sep or len(parts) != 2 or not all(parts):
+            raise LorakitError(f"override {item!r} must look like section.key=value, e.g. train.lr=1e-4")
+        try:
+            value = yaml.safe_load(text) if text else ""
+        except yaml.YAMLError:
+            value = text
+        raw = with_values(raw, {key: value})
+    return with_values(raw, {})
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

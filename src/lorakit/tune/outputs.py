@@ -17,11 +17,12 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from ..config import with_values
 from ..experiments.report import csv_text
 from ..io.atomic import atomic_directory, write_text_atomic
 from ..io.json_text import json_text
 from .spec import Dimension
-from .study import INTERRUPTED, REASON, UNUSED, WORKER, counts
+from .study import INTERRUPTED, REASON, UNUSED, WORKER, counted
 from .trials import PRUNED_AT, SECONDS
 
 TRIALS_CSV, TRIALS_JSON, BEST_YAML, REPORT, PLOTS = "trials.csv", "trials.json", "best.yaml", "report.md", "plots"
@@ -53,7 +54,7 @@ def trial_rows(study: optuna.Study, dims: list[Dimension]) -> list[dict[str, Any
 
 
 def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    complete = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if counts(t)]
+    complete = [t for t in counted(study) if t.state == TrialState.COMPLETE]
     if not complete:
         return None
     sign = 1 if study.direction == optuna.study.StudyDirection.MINIMIZE else -1
@@ -62,12 +63,7 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
 
 def best_config(raw: dict[str, Any], best: FrozenTrial) -> dict[str, Any]:
     """The user's config with the best trial's values: what ``lorakit train`` runs."""
-    config = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for name, value in best.params.items():
-        section, _, attribute = name.partition(".")
-        current = config.get(section)
-        config[section] = {**({"name": current} if isinstance(current, str) else current or {}), attribute: value}
-    return config
+    return with_values(raw, best.params)
 
 
 def write_outputs(out: Path, study: optuna.Study, dims: list[Dimension], raw: dict[str, Any], about: dict[str, Any],

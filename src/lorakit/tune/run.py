@@ -27,7 +27,6 @@ from .study import (
     UNUSED,
     budget,
     counted,
-    counts,
     fail_interrupted,
     open_study,
     sampler_for,
@@ -114,11 +113,10 @@ def _work(study: optuna.Study, spec: TuneConfig, plan: Plan, runner: Trials, pro
     try:
         while deadline is None or time.monotonic() < deadline:
             fail_interrupted(study)
-            trials = study.get_trials(deepcopy=False)
             _show(bar, study, plan)
-            if len([t for t in trials if counts(t)]) >= plan.budget:
+            if len(counted(study)) >= plan.budget:
                 return
-            study.sampler = sampler_for(spec, plan.dims, len(trials))
+            study.sampler = sampler_for(spec, plan.dims, len(study.get_trials(deepcopy=False)))
             study.optimize(objective, n_trials=1, catch=(Exception,))
             write_outputs(Path(spec.output_dir), study, plan.dims, plan.raw, plan.about(study), plots=False)
     finally:
@@ -128,7 +126,7 @@ def _work(study: optuna.Study, spec: TuneConfig, plan: Plan, runner: Trials, pro
 
 def _past_budget(study: optuna.Study, number: int, limit: int) -> bool:
     """Whether trial ``number`` comes after the budget is full."""
-    return len([t for t in study.get_trials(deepcopy=False) if counts(t) and t.number < number]) >= limit
+    return len([t for t in counted(study) if t.number < number]) >= limit
 
 
 def _show(bar: tqdm, study: optuna.Study, plan: Plan) -> None:

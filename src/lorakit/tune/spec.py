@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import RUN_KEYS, RunConfig, apply_overrides, build_config, check_section, declared, key
+from ..config import RUN_KEYS, RunConfig, apply_overrides, build_config, check_section, declared, key, with_values
 from ..core.options import Option
 from ..core.spec import COMPONENT_KINDS
 from ..errors import LorakitError, did_you_mean
@@ -202,14 +202,7 @@ def _check_value(raw: dict[str, Any], name: str, value: Any) -> None:
 def trial_config(raw: dict[str, Any], values: dict[str, Any], **settings: Any) -> RunConfig:
     """The config of a trial: ``raw`` (the user's config, without its tune section) with the
     trial's ``values`` and tune's own ``settings`` (``section.key``: value) applied, checked."""
-    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
-    for name, value in {**values, **settings}.items():
-        section, _, attribute = name.partition(".")
-        current = merged.get(section)
-        if isinstance(current, str):  # "method: olora" shorthand
-            current = {"name": current}
-        merged[section] = {**(current or {}), attribute: value}
-    return build_config(merged)
+    return build_config(with_values(raw, {**values, **settings}))
 
 
 def split_tune(raw: dict[str, Any], overrides: list[str]) -> tuple[dict[str, Any], TuneConfig]:
