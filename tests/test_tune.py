@@ -167,6 +167,13 @@ def _study(out: Path) -> optuna.Study:
     return optuna.load_study(study_name="lorakit", storage=storage)
 
 
+def _running(out: Path) -> set[int]:
+    """The numbers of the study's running trials (none before its journal exists)."""
+    if not (out / "study.journal").exists():
+        return set()
+    return {t.number for t in _study(out).get_trials(deepcopy=False) if t.state.name == "RUNNING"}
+
+
 def _wait_for(predicate, process: subprocess.Popen, seconds: float = 240) -> None:
     end = time.monotonic() + seconds
     while time.monotonic() < end:
@@ -206,8 +213,15 @@ def test_a_killed_study_continues_where_it_stopped(tiny_model_dir, addition_data
 def test_two_workers_share_one_study(tiny_model_dir, addition_data, tmp_path):
     out, config = tmp_path / "s", tmp_path / "c.yaml"
     config.write_text(yaml.safe_dump(raw_config(tiny_model_dir, addition_data, out, steps=20, trials=4)))
-    workers = [_worker(config), _worker(config)]
-    for worker in workers:
+    first = _worker(config)
+    _wait_for(lambda: _running(out) == {0}, first)
+    first.send_signal(signal.SIGSTOP)  # trial 0 stays running while the second worker starts: they must overlap
+    try:
+        second = _worker(config)
+        _wait_for(lambda: len(_running(out)) == 2, second)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    for worker in (first, second):
         _, stderr = worker.communicate(timeout=400)
         assert worker.returncode == 0, stderr
     counted = [t for t in _study(out).trials if "lorakit_unused" not in t.system_attrs]
