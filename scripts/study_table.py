@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from lorakit.evaluate.metrics import LOWER_IS_BETTER
+from lorakit.evaluate.metrics import lower_is_better
 from lorakit.experiments.stats import aggregate, paired_vs_baseline
 
 SIGNIFICANT = 0.05
@@ -33,7 +33,7 @@ def column(folder: Path, metric: str, baseline: str) -> dict[str, str]:
         text = f"{agg[f'{metric}_mean']:.{digits}f} ± {agg[f'{metric}_std']:.{digits}f}"
         d = paired.get(run, {}).get(metric) or {}
         if d.get("p_value") is not None and d["p_value"] < SIGNIFICANT and d.get("mean_diff"):
-            better = (d["mean_diff"] < 0) == (metric in LOWER_IS_BETTER)
+            better = (d["mean_diff"] < 0) == lower_is_better(metric)
             text += " ▲" if better else " ▼"
         cells[run] = text
     return cells

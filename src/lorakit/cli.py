@@ -30,11 +30,12 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     from .config import load_config
     from .io.atomic import write_text_atomic
     from .io.ownership import claim
-    from .loading import evaluate, load_base_and_adapter, load_eval_file, load_split
+    from .loading import final_evaluation, load_base_and_adapter, load_eval_file, load_held_out, load_split
     from .train.output_dir import run_inputs
 
     config = load_config(args.config, args.overrides)
     split = ([], load_eval_file(config, args.data, args.format)) if args.data else load_split(config)
+    held_out = None if args.data else load_held_out(config)  # --data scores that file alone
     if not split[1]:
         raise LorakitError("the eval split is empty; set data.eval_size > 0")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -44,14 +45,14 @@ def _cmd_eval(args: argparse.Namespace) -> None:
               inputs=[args.config, args.data, args.adapter, *run_inputs(config)])
     model, tokenizer = load_base_and_adapter(config, args.adapter, split)
     out = Path(args.out) if args.out else None
-    metrics = evaluate(config, model, tokenizer, split, out)
+    metrics = final_evaluation(config, model, tokenizer, split, held_out, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
     print(json_text(result, indent=2))
     if out is not None:
         write_text_atomic(out / "metrics.json", json_text(result, indent=2) + "\n")
 
 
-EVAL_OUTPUTS = ("metrics.json", "generations.jsonl", "predictions.jsonl")
+EVAL_OUTPUTS = ("metrics.json", "generations.jsonl", "predictions.jsonl", "held_out")
 MERGE_MARKER = "lorakit_merge.json"  # provenance of a folder written by ``lorakit merge``
 
 

@@ -114,6 +114,10 @@ class DataConfig:
                                    "records carved off the end of the training records, which then train without "
                                    "them); lorakit tune sets validation", choices=EVALUATE_ON)
     validation_path: str | None = key(None, "a separate validation file (data.evaluate_on: validation)")
+    held_out_path: str | None = key(None, "a held-out file (other tasks, another distribution): the final "
+                                          "evaluation also scores every record of it with eval.metrics, reported "
+                                          "as held_out_<metric> (its generations in held_out/); lorakit tune "
+                                          "does not read it", free_on_resume=True)
     validation_size: int | None = key(None, "validation records carved off the end of the training records "
                                             "(data.evaluate_on: validation; null: a tenth of them, at least 1)",
                                       **POSITIVE)
@@ -431,7 +435,7 @@ def validate_run(config: RunConfig) -> None:
              "spend less on padding; set one of them")
     for name, role in d.roles.items():
         _require(role in ROLES, f"data.roles maps {name!r} to {role!r}; roles are {', '.join(ROLES)}")
-    for name in ("eval_path", "validation_path"):
+    for name in ("eval_path", "validation_path", "held_out_path"):
         value = getattr(d, name)
         _require(value is None or bool(value.strip()), f"data.{name} is empty; give a file or null")
     _validate_task(config)

@@ -26,6 +26,7 @@ from .data.labelled import LabelledCollator, Labels, check_labels, encode_labell
 from .data.packing import FlatCollator, PackedCollator, pack
 from .data.preference import SIDES, PairCollator, answered, encode_pair
 from .errors import LorakitError
+from .evaluate.metrics import HELD_OUT
 from .evaluate.suite import evaluate_run
 from .heads import task_record
 from .io.adapter_files import read_adapter_config
@@ -88,6 +89,12 @@ def describe_split(config: RunConfig) -> str:
                  f"{d.validation_size or 'a tenth'} of the training records, carved off their end; they do not train")
         return f"validation split ({where}); the eval split is not used"
     return f"eval split ({f'every record of {d.eval_path}' if d.eval_path else f'{d.eval_size} records'})"
+
+
+def load_held_out(config: RunConfig) -> list[dict[str, Any]] | None:
+    """The records of ``data.held_out_path`` (None without one), read and checked before any model loads."""
+    path = config.data.held_out_path
+    return None if path is None else load_eval_file(config, path)
 
 
 def load_eval_file(config: RunConfig, path: str, format: str | None = None, answered: bool = True
@@ -247,6 +254,27 @@ def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, 
     if isinstance(collate, PairCollator):
         records, encoded, collate = [p["chosen"] for p in records], [p["chosen"] for p in encoded], collate.collate
     return evaluate_run(model, tokenizer, config, records, encoded, collate, out_dir)
+
+
+def final_evaluation(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split,
+                     held_out: list[dict[str, Any]] | None, out_dir: Path | None = None,
+                     examples: Examples | None = None) -> dict[str, float]:
+    """``evaluate`` on the eval split and, given the ``held_out`` records (``load_held_out``), the
+    same metrics on them as ``held_out_<metric>`` (their generations or predictions in ``held_out/``)."""
+    metrics = evaluate(config, model, tokenizer, split, out_dir, examples)
+    if held_out is None:
+        return metrics
+    folder = None if out_dir is None else out_dir / HELD_OUT
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    scores = evaluate(config, model, tokenizer, ([], held_out), folder)
+    return {**metrics, **{f"{HELD_OUT}_{name}": value for name, value in scores.items()}}
+
+
+def reported_metrics(config: RunConfig) -> list[str]:
+    """The final evaluation's metric names: ``eval.metrics``, then their held-out versions."""
+    names = list(config.eval.metrics)
+    return names + [f"{HELD_OUT}_{name}" for name in names] if config.data.held_out_path else names
 
 
 def load_base_and_adapter(config: RunConfig, adapter: str | Path | None, split: Split = ([], [])

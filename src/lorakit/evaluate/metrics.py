@@ -20,6 +20,7 @@ CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "mcc")  # see lorakit.ev
 REGRESSION_METRICS = ("pearson", "spearman")
 METRICS = LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS + CLASSIFICATION_METRICS + REGRESSION_METRICS
 LOWER_IS_BETTER = {"eval_loss", "eval_ppl"}
+HELD_OUT = "held_out"  # data.held_out_path's metrics are named held_out_<metric>; its outputs go to held_out/
 # the metrics each task.type can report, and those it reports unless eval.metrics says otherwise
 TASK_METRICS = {
     "causal_lm": LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS,
@@ -33,6 +34,16 @@ DEFAULT_TASK_METRICS = {
 }
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def unprefixed(metric: str) -> str:
+    """The metric a held-out score measures (``held_out_eval_loss`` is an ``eval_loss``)."""
+    return metric.removeprefix(f"{HELD_OUT}_")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether a smaller value of ``metric`` (held out or not) is the better one."""
+    return unprefixed(metric) in LOWER_IS_BETTER
 
 
 def check_metrics(names: Iterable[str], task: str = "causal_lm") -> None:

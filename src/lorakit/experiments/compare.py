@@ -33,7 +33,7 @@ from ..io.atomic import write_text_atomic
 from ..io.json_text import json_text
 from ..io.lock import folder_lock
 from ..io.ownership import Legacy, claim, refuse_removal
-from ..loading import evaluate, labels_of, load_base, load_split
+from ..loading import final_evaluation, labels_of, load_base, load_held_out, load_split, reported_metrics
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 from ..train import train
 from ..train.checkpoint import STATE_FILE, latest_checkpoint
@@ -119,7 +119,7 @@ def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict
     if not isinstance(metrics, dict):
         (folder / BASE_INPUTS).unlink(missing_ok=True)  # first: a crash below leaves no stale pair
         model, tokenizer = base
-        metrics = evaluate(config, model, tokenizer, load_split(config), folder)
+        metrics = final_evaluation(config, model, tokenizer, load_split(config), load_held_out(config), folder)
         write_text_atomic(cached, json_text(metrics, indent=2) + "\n")
         write_text_atomic(folder / BASE_INPUTS, json_text(inputs, indent=2) + "\n")
     return _row(Run(BASE_ROW, {"name": "none"}), None, folder, status="ok", **metrics)
@@ -281,13 +281,14 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     stale = _check_earlier_runs([config for _, _, config in jobs], rerun_changed)
     claim(out, "compare", COMPARE_OUTPUTS, **owner)
     split = load_split(base_config)  # bad data fails before the model is loaded
+    load_held_out(base_config)
     _remove_runs(stale)
     for _, _, config in jobs:  # every run folder claimed (with --overwrite where given) before the model loads
         make_output_dir(Path(config.train.output_dir), config, overwrite)
     base = load_base(base_config, labels=labels_of(base_config, split))
     rows = _train_all(jobs, base, progress)
     reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
-    report = _write_outputs(out, spec, list(base_config.eval.metrics), rows, reference,
+    report = _write_outputs(out, spec, reported_metrics(base_config), rows, reference,
                             _meta(base_config, spec, command, started), tuning_lines(found))
     if not any(r["status"] == "ok" for r in rows):
         raise LorakitError(f"every run failed; see {report}")

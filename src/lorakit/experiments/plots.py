@@ -19,8 +19,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+from ..evaluate.metrics import lower_is_better  # noqa: E402
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE  # noqa: E402
-from .stats import decimals, is_reference, lower_is_better  # noqa: E402
+from .stats import decimals, is_reference  # noqa: E402
 
 Row = dict[str, Any]
 DPI = 150

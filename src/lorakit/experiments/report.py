@@ -12,9 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..evaluate.metrics import lower_is_better
 from ..io.atomic import write_text_atomic
 from ..io.json_text import json_text
-from .stats import KNOWN_METRICS, aggregate, decimals, is_reference, lower_is_better
+from .stats import KNOWN_METRICS, aggregate, decimals, is_reference
 
 LEADING_COLUMNS = ("run", "method", "seed", "status")
 SIGNIFICANCE = 0.05

@@ -13,11 +13,10 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from ..errors import unknown
+from ..evaluate.metrics import GENERATION_METRICS, LOSS_METRICS, TEACHER_FORCED_METRICS, unprefixed
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
 
-KNOWN_METRICS = ("eval_loss", "eval_ppl", "bleu", "rouge1", "rouge2", "rougeL",
-                 "tf_bleu", "tf_rouge1", "tf_rouge2", "tf_rougeL")
-LOWER_IS_BETTER = frozenset({"eval_loss", "eval_ppl"})
+KNOWN_METRICS = LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS
 # decimals to print per metric: seed-to-seed differences stay visible, noise digits do not
 DECIMALS = {"eval_loss": 4, "eval_ppl": 3, "bleu": 2, "tf_bleu": 2}
 REFERENCE_METHOD = "none"  # the untrained base model's row: a reference, not a compared run
@@ -25,14 +24,9 @@ REFERENCE_METHOD = "none"  # the untrained base model's row: a reference, not a 
 Row = dict[str, Any]
 
 
-def lower_is_better(metric: str) -> bool:
-    """Whether a smaller value of ``metric`` is the better one."""
-    return metric in LOWER_IS_BETTER
-
-
 def decimals(metric: str) -> int:
     """How many decimals to print ``metric`` with (BLEU is on a 0–100 scale, ROUGE on 0–1)."""
-    return DECIMALS.get(metric, 4)
+    return DECIMALS.get(unprefixed(metric), 4)
 
 
 def is_reference(row: Row) -> bool:

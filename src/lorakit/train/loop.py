@@ -47,6 +47,7 @@ from ..api import attach, load
 from ..config import RunConfig, dump_config
 from ..core.distributed import full
 from ..core.spec import MethodSpec
+from ..data.labelled import check_labels
 from ..errors import LorakitError
 from ..heads import reseed_new_modules
 from ..integrations.liger import apply_liger
@@ -54,7 +55,7 @@ from ..io.adapter_files import CONFIG_FILE, WEIGHTS_FILE, final_ranks
 from ..io.atomic import write_text_atomic
 from ..io.json_text import finite, json_text
 from ..io.lock import folder_lock
-from ..loading import Split, encode, evaluate, labels_of, load_base, load_split, model_labels
+from ..loading import Split, encode, final_evaluation, labels_of, load_base, load_held_out, load_split, model_labels
 from ..presets import complete_for_run, parts_of, refuse_if_bypassed
 from .checkpoint import copy_adapter, has_checksums, read_checkpoint, read_trainer_state, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
@@ -127,6 +128,7 @@ class Run:
         self.state: dict[str, Any] = {"config": config.to_dict()}  # what every checkpoint records
         self.start_step = 0
         self.sharded = False  # train.fsdp in several processes (set by prepare)
+        self.held_out: list[dict[str, Any]] | None = None  # data.held_out_path's records (set by prepare)
         self.window_loss, self.window_tokens = 0.0, 0  # the loss window of the next log record
         self.last_loss = float("nan")  # the training loss of the last log window (token-weighted)
         self.step_seconds, self.steps_timed = 0.0, 0  # the optimizer steps alone (no evaluation, no saving)
@@ -146,6 +148,9 @@ class Run:
         run._count_steps(len(split[0]))
         spec = run.spec
         labels = labels_of(config, split)  # a classifier's classes (None: a causal LM)
+        run.held_out = load_held_out(config)
+        if labels is not None and run.held_out is not None:
+            check_labels(labels, ([], run.held_out))
         if base is not None:
             if model_labels(base[0]) != labels:
                 raise LorakitError("the base given to train() has another head than the config's task and data "
@@ -395,8 +400,8 @@ class Run:
         if not self.examples.eval:
             return {}
         model = self.accelerator.unwrap_model(self.model)
-        final = evaluate(self.config, model, self.tokenizer, self.split, self.output_dir if self.main else None,
-                         self.examples)
+        final = final_evaluation(self.config, model, self.tokenizer, self.split, self.held_out,
+                                 self.output_dir if self.main else None, self.examples)
         if self.objective.final_metrics:  # the objective's own metrics next to those of the answers
             final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
                                                  self.config.train.eval_batch_size, self.accelerator.device))

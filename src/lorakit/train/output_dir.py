@@ -16,7 +16,7 @@ from .checkpoint import latest_checkpoint
 
 # every entry a training run may write in its output folder (trackers' folders included)
 TRAIN_OUTPUTS = ("config.yaml", "summary.json", "metrics.jsonl", "checkpoints", "adapter", "tensorboard",
-                 "trackers.json", "wandb", "mlruns", "generations.jsonl", "predictions.jsonl")
+                 "trackers.json", "wandb", "mlruns", "generations.jsonl", "predictions.jsonl", "held_out")
 # a run folder of lorakit before manifests: its checkpoints' pointer proves it
 TRAIN_LEGACY = Legacy("checkpoints/latest", TRAIN_OUTPUTS)
 
@@ -42,7 +42,8 @@ def comparable(config: dict[str, Any]) -> dict[str, Any]:
 
 def run_inputs(config: RunConfig) -> list[str]:
     """The files a run reads, which it must never write over: its data and a local base model."""
-    return [config.data.path, config.data.eval_path, config.data.validation_path, config.model.path]
+    d = config.data
+    return [d.path, d.eval_path, d.validation_path, d.held_out_path, config.model.path]
 
 
 def make_output_dir(output_dir: Path, config: RunConfig | None = None, overwrite: bool = False,

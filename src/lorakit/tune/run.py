@@ -21,7 +21,7 @@ from ..io.yaml_files import read_yaml
 from ..loading import describe_split, load_split
 from ..train.output_dir import comparable, run_inputs
 from .outputs import BEST_YAML, PLOTS, REPORT, TRIALS_CSV, TRIALS_JSON, best_trial, write_outputs
-from .spec import Dimension, TuneConfig, check_metric, dimensions, direction_of, split_tune, trial_config
+from .spec import ON_VALIDATION, Dimension, TuneConfig, check_metric, dimensions, direction_of, split_tune, trial_config
 from .study import (
     JOURNAL,
     UNUSED,
@@ -80,7 +80,7 @@ class Plan:
 
     @classmethod
     def make(cls, raw: dict[str, Any], spec: TuneConfig) -> Plan:
-        probe = trial_config(raw, {}, **{"data.evaluate_on": "validation"})
+        probe = trial_config(raw, {}, **ON_VALIDATION)
         dims = dimensions(spec, raw, probe)
         check_metric(spec, probe)
         load_split(probe)  # the data and the validation split, read and checked before any model loads

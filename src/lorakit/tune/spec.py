@@ -19,7 +19,7 @@ from ..config import RUN_KEYS, RunConfig, apply_overrides, build_config, check_s
 from ..core.options import Option
 from ..core.spec import COMPONENT_KINDS
 from ..errors import LorakitError, did_you_mean
-from ..evaluate.metrics import LOWER_IS_BETTER
+from ..evaluate.metrics import HELD_OUT, lower_is_better, unprefixed
 from ..presets import declared_options, find_option, parts_of
 from ..train.objectives import objective_metrics
 
@@ -29,7 +29,9 @@ DIRECTIONS = ("minimize", "maximize")
 RANGE_FIELDS = ("low", "high", "log", "step")
 # keys a tune may not search: they decide which records measure the trials, or where trials go
 NOT_SEARCHED = ("data.evaluate_on", "data.eval_path", "data.validation_path", "data.validation_size",
-                "train.output_dir")
+                "data.held_out_path", "train.output_dir")
+# what every trial sets: measured on the validation split alone (the held-out file is for the final runs)
+ON_VALIDATION = {"data.evaluate_on": "validation", "data.held_out_path": None}
 
 
 @dataclass
@@ -100,11 +102,14 @@ def read_tune(section: Any) -> TuneConfig:
 
 def direction_of(tune: TuneConfig) -> str:
     """``tune.direction``, else inferred from the metric: losses go down, scores up."""
-    return tune.direction or ("minimize" if tune.metric in LOWER_IS_BETTER else "maximize")
+    return tune.direction or ("minimize" if lower_is_better(tune.metric) else "maximize")
 
 
 def check_metric(tune: TuneConfig, config: RunConfig) -> None:
     """Refuse a metric the trials do not compute."""
+    if tune.metric.startswith(f"{HELD_OUT}_"):
+        raise LorakitError(f"tune.metric {tune.metric!r} would choose on the held-out file, which only the final runs "
+                           f"read; tune on {unprefixed(tune.metric)!r} (measured on the validation split)")
     computed = ["eval_loss", *config.eval.metrics, *objective_metrics(config.train.objective)]
     if tune.metric not in computed:
         hint = did_you_mean(tune.metric, computed)

@@ -27,7 +27,7 @@ from ..loading import labels_of, load_base, load_split
 from ..train import train
 from ..train.data_order import steps_per_epoch
 from ..train.loop import StepInfo
-from .spec import Dimension, trial_config
+from .spec import ON_VALIDATION, Dimension, trial_config
 from .study import INTERRUPTED, REASON, WORKER, worker
 
 TRIALS_DIR = "trials"
@@ -123,7 +123,7 @@ class Trials:
         measured on the validation split, with only the final checkpoint, no trackers and no
         evaluation before the first step (the same for every trial)."""
         folder = self.out / TRIALS_DIR / f"trial-{number:04d}"
-        return trial_config(self.raw, values, **{"data.evaluate_on": "validation", "train.output_dir": str(folder),
+        return trial_config(self.raw, values, **{**ON_VALIDATION, "train.output_dir": str(folder),
                                                  "train.save_every": None, "train.report_to": ["none"],
                                                  "train.eval_at_start": False})
 
