@@ -122,6 +122,14 @@ def test_every_preset_has_a_generated_option_table():
     pages = "".join(path.read_text(encoding="utf-8") for path in (REPO / "docs" / "methods").glob("*.md"))
     for method in lorakit.methods():
         assert f"<!-- BEGIN GENERATED: options {method} -->" in pages, method
+        assert f"<!-- BEGIN GENERATED: tuned {method} -->" in pages, method
+
+
+def test_the_method_table_shows_a_presets_own_values_not_the_components_defaults():
+    from lorakit.describe import notes
+
+    assert "lr_ratio=0.5" in notes("olora_plus") and "lr_ratio=16" not in notes("olora_plus")
+    assert "lr_ratio=16" in notes("lora_plus") and notes("olora_plus").count("lr_ratio=") == 1
 
 
 def test_components_that_act_at_steps_declare_it():

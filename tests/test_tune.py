@@ -19,6 +19,7 @@ from lorakit import LorakitError  # noqa: E402
 from lorakit.config import load_config  # noqa: E402
 from lorakit.loading import load_split  # noqa: E402
 from lorakit.tune import tune  # noqa: E402
+from lorakit.tuned import tuned_lines, tuned_values, tuned_yaml  # noqa: E402
 
 
 def raw_config(model: Path, data: Path, out: Path, steps: int = 4, **tune_section) -> dict:
@@ -236,7 +237,7 @@ def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_mode
     from lorakit.experiments.compare import run_compare
     from lorakit.experiments.spec import load_compare_config
 
-    out = tmp_path / "cmp"
+    out = tmp_path / "results" / "study_tiny_tuned"
     raw = raw_config(tiny_model_dir, addition_data, tmp_path / "unused")
     raw["compare"] = {"runs": ["lora", "lora_plus"], "seeds": [0, 1], "output_dir": str(out), "base_model_row": False,
                       "tune": {"trials": 2, "pruner": "none", "space": {
@@ -254,6 +255,18 @@ def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_mode
             trained = load_config(out / "runs" / name / f"seed-{seed}" / "config.yaml")
             assert trained.train.lr == pytest.approx(best["train.lr"]) and trained.data.evaluate_on == "eval"
     assert "## Tuning" in report and "the evaluation split above was not used to choose" in report
+    # what each search found, as lorakit methods NAME and the method pages show it
+    best = {name: min(found, key=lambda r: r["value"]) for name, found in searched.items()}
+    (out / "README.md").write_text("# A tiny tuned study\n")
+    studies = tuned_values(tuned_yaml(tmp_path / "results"))
+    assert list(studies) == ["study_tiny_tuned"] and studies["study_tiny_tuned"]["trials"] == 2
+    plus = studies["study_tiny_tuned"]["methods"]["lora_plus"]
+    assert plus["lr"] == pytest.approx(best["lora_plus"]["train.lr"], rel=1e-2)
+    assert plus["lr_ratio"] == pytest.approx(best["lora_plus"]["method.lr_ratio"], rel=1e-2)
+    assert plus["lr_vs_lora"] == pytest.approx(best["lora_plus"]["train.lr"] / best["lora"]["train.lr"], rel=2e-2)
+    line, = tuned_lines("lora_plus", studies)
+    assert line.startswith("A tiny tuned study: lr = ") and "× LoRA's), lr_ratio = " in line
+    assert "docs/results/study_tiny_tuned/README.md" in line and tuned_lines("dora", studies) == []
 
 
 def test_compare_tune_refuses_keys_a_comparison_cannot_vary(tiny_model_dir, addition_data, tmp_path):

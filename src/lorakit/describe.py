@@ -15,8 +15,9 @@ from .core.options import Option
 from .core.spec import COMPONENT_KINDS
 from .presets import ADAPTER_OPTIONS, DEFAULT_COMPONENTS, PRESETS, parts_of, registered_options, resolve
 from .tune.spec import TUNE_KEYS, TuneConfig
+from .tuned import TUNED_FILE, tuned_lines, tuned_markdown, tuned_values, tuned_yaml
 
-MARKER = re.compile(r"(<!-- BEGIN GENERATED: options (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
+MARKER = re.compile(r"(<!-- BEGIN GENERATED: (options|tuned) (\w+) -->\n)(.*?)(<!-- END GENERATED -->)", re.S)
 
 
 def option_rows(preset: str) -> list[tuple[str, Option, str]]:
@@ -40,13 +41,15 @@ def notes(preset: str) -> str:
     """What sets ``preset`` apart: the summary and option defaults of each non-default component,
     and the values the preset itself sets."""
     spec = resolve(preset)
+    own = {key: value for key, value in PRESETS[preset].items() if key not in COMPONENT_KINDS}
     plain_form = {option.name for option in parts_of(resolve("lora")).form.options}
     found = []
     for kind, part in zip(COMPONENT_KINDS, parts_of(spec)):
         if getattr(spec, kind) != DEFAULT_COMPONENTS[kind]:
-            values = ", ".join(f"{o.name}={o.default_doc()}" for o in part.options if o.name not in plain_form)
+            values = ", ".join(f"{o.name}={own.pop(o.name, o.default_doc())}" for o in part.options
+                               if o.name not in plain_form)
             found.append(part.summary + (f" ({values})" if values else ""))
-    found += [f"{key}={value}" for key, value in PRESETS[preset].items() if key not in COMPONENT_KINDS]
+    found += [f"{key}={value}" for key, value in own.items()]
     return "; ".join(found)
 
 
@@ -69,6 +72,8 @@ def options_text(preset: str) -> str:
     for owner, option, default in option_rows(preset):
         lines.append(f"  {option.name} = {default}   [{owner}; {option.type_doc()}]")
         lines.append(f"      {option.help}")
+    found = tuned_lines(preset)
+    lines += ["", "Tuned:" if found else "Tuned: no tuned study has measured it yet.", *(f"  {line}" for line in found)]
     return "\n".join(lines)
 
 
@@ -132,9 +137,17 @@ def _field_default(f: dataclasses.Field) -> Any:
 
 
 def generated_docs(docs: Path) -> dict[Path, str]:
-    """Every generated docs file under ``docs`` with the text it should have."""
-    out = {docs / "config.md": config_markdown()}
+    """Every generated file with the text it should have: those under ``docs`` and the package's
+    ``tuned.yaml`` (from the tuned studies under ``docs/results``)."""
+    tuned = tuned_yaml(docs / "results")
+    studies = tuned_values(tuned)
+    out = {docs / "config.md": config_markdown(), TUNED_FILE: tuned}
+
+    def section(m: re.Match) -> str:
+        kind, preset = m.group(2), m.group(3)
+        body = options_markdown(preset) if kind == "options" else tuned_markdown(preset, studies)
+        return m.group(1) + body + m.group(5)
+
     for page in sorted((docs / "methods").glob("*.md")):
-        text = page.read_text(encoding="utf-8")
-        out[page] = MARKER.sub(lambda m: m.group(1) + options_markdown(m.group(2)) + m.group(4), text)
+        out[page] = MARKER.sub(section, page.read_text(encoding="utf-8"))
     return out

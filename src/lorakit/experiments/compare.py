@@ -243,10 +243,11 @@ def _meta(config: RunConfig, spec: CompareSpec, command: str, started: float) ->
 
 
 def _write_outputs(out: Path, spec: CompareSpec, metrics: list[str], rows: list[dict[str, Any]],
-                   reference: list[dict[str, Any]], meta: dict[str, str], tuning: list[str]) -> Path:
-    """Results, plots and ``report.md`` of the rows; the report's path."""
+                   reference: list[dict[str, Any]], meta: dict[str, str], tuned: list[dict[str, Any]]) -> Path:
+    """Results, plots and ``report.md`` of the rows (``tuned``: what each run's search found);
+    the report's path."""
     aggregates = aggregate(rows, metrics + list(RESOURCES))
-    write_results(out, reference + rows, aggregates)
+    write_results(out, reference + rows, aggregates, tuned)
     plots = ["loss_curves.png", "metrics.png"]
     plot_loss_curves(_curves(rows), out / "loss_curves.png")
     plot_metric_bars(aggregates, metrics, out / "metrics.png")
@@ -257,7 +258,7 @@ def _write_outputs(out: Path, spec: CompareSpec, metrics: list[str], rows: list[
         plots.append("ranks.png")
     paired = paired_vs_baseline(rows, spec.baseline, metrics) if spec.baseline else {}
     return write_report(out, reference + rows, aggregates, paired, metrics, spec.baseline, plots, meta,
-                        sections=tuning + resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
+                        sections=tuning_lines(tuned) + resource_lines(aggregates, RESOURCES) + rank_lines(ranks))
 
 
 def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], command: str = "",
@@ -289,7 +290,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     rows = _train_all(jobs, base, progress)
     reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
     report = _write_outputs(out, spec, reported_metrics(base_config), rows, reference,
-                            _meta(base_config, spec, command, started), tuning_lines(found))
+                            _meta(base_config, spec, command, started), found)
     if not any(r["status"] == "ok" for r in rows):
         raise LorakitError(f"every run failed; see {report}")
     return report

@@ -46,11 +46,11 @@ def csv_text(records: Sequence[Row], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def write_results(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row]) -> None:
-    """Write ``results.json`` (rows and aggregates), ``results.csv`` (one line per run × seed)
-    and ``summary.csv`` (one line per run)."""
+def write_results(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row], tuned: Sequence[Row] = ()) -> None:
+    """Write ``results.json`` (rows, aggregates and, for a tuned comparison, what each run's search
+    found), ``results.csv`` (one line per run × seed) and ``summary.csv`` (one line per run)."""
     out_dir = Path(out_dir)
-    payload = {"rows": list(rows), "aggregates": list(aggregates)}
+    payload = {"rows": list(rows), "aggregates": list(aggregates), **({"tuning": list(tuned)} if tuned else {})}
     write_text_atomic(out_dir / "results.json", json_text(payload, indent=2, ensure_ascii=False, default=str) + "\n")
     columns = _columns(rows, LEADING_COLUMNS + KNOWN_METRICS)
     write_text_atomic(out_dir / "results.csv", csv_text(rows, columns))
