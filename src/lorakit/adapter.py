@@ -19,7 +19,7 @@ old factors have no meaningful image under the QR/SVD transform.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ from .forms.lora import initial_scale
 from .fused import fuse_shared_inputs
 from .heads import task_record
 from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
+from .io.as_lora import export_as_lora
 from .io.atomic import atomic_directory
 from .io.json_text import json_text
 from .io.peft_format import export_peft
@@ -195,8 +196,9 @@ class Adapter:
                 layer.enabled, layer.corrections = previous[name]
 
     @contextlib.contextmanager
-    def original(self) -> Iterator[None]:
-        """Run exactly the original base model inside the block (the reference of preference tuning).
+    def original(self, plus: Mapping[str, list[Term]] | None = None) -> Iterator[None]:
+        """Run exactly the original base model inside the block (the reference of preference tuning);
+        ``plus``: more terms per layer name added to it (a plain LoRA of the adapter, to compare).
 
         Every adapted layer computes ``W x + b`` of the model before attach: the adapter is off,
         and where the base weight was changed, the change is undone on the activations rather
@@ -212,6 +214,7 @@ class Adapter:
         for name, layer in self.layers.items():
             layer.enabled = False
             layer.corrections = [(B.detach(), A.detach(), -c) for B, A, c in self.base_changes(name)]
+            layer.corrections += (plus or {}).get(name, [])
         try:
             yield
         finally:
@@ -375,6 +378,14 @@ class Adapter:
         vLLM (see ``lorakit.io.peft_format``); atomic like ``save``."""
         self._check_attached()
         return export_peft(self, path, base_model, dtype)
+
+    def save_as_lora(self, path: str | Path, rank: int | None = None, target: str = "peft",
+                     base_model: str | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+        """Write the adapter as a plain PEFT LoRA of its whole change, whatever its method (see
+        ``lorakit.io.as_lora``: ``rank`` caps each layer's rank, ``target="vllm"`` fits vLLM);
+        returns the conversion's record (per-layer errors, logit difference, changes)."""
+        self._check_attached()
+        return export_as_lora(self, path, rank, target, base_model, dtype)
 
     def write(self, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write the adapter files into an existing ``folder`` (not atomic; see ``save``);

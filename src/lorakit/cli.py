@@ -106,12 +106,16 @@ def _cmd_merge(args: argparse.Namespace) -> None:
 def _cmd_export(args: argparse.Namespace) -> None:
     import torch
 
+    from .io.as_lora import export_as_lora
     from .io.ownership import check_replace, replace_folder
     from .io.peft_format import write_peft
     from .loading import load_adapter_on_base
 
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
+    plain = args.as_lora or args.target == "vllm"
+    if args.rank is not None and not plain:
+        raise LorakitError("--rank sets the rank of a plain-LoRA export; add --as-lora")
     owner = {"overwrite": args.overwrite, "inputs": _adapter_inputs(args)}
     check_replace(args.out, "export", **owner)  # before the model loads
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
@@ -121,7 +125,10 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from .io.adapter_files import read_adapter_config
 
     whole = bool(read_adapter_config(args.adapter).get("train_modules"))
-    adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32" if whole else "bfloat16")
+    adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32" if whole or plain else "bfloat16")
+    if plain:  # ΔW against the original weight, SVDs and the logit check in float32
+        return _print_as_lora(export_as_lora(adapter, args.out, args.rank, args.target, args.base_model_name,
+                                             getattr(torch, args.dtype), **owner), Path(args.out))
     with replace_folder(args.out, "export", **owner) as tmp:
         write_peft(adapter, tmp, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
         written = json.loads((tmp / "adapter_config.json").read_text())
@@ -129,6 +136,16 @@ def _cmd_export(args: argparse.Namespace) -> None:
     rank, base_name = written["r"], written["base_model_name_or_path"]
     print(f"PEFT-format adapter written to {path} (base model: {base_name}; rank {rank}: "
           f"serve it with vLLM's --max-lora-rank >= {rank})")
+
+
+def _print_as_lora(record: dict, out: Path) -> None:
+    worst = max(record["layers"].items(), key=lambda item: item[1]["relative_error"])
+    print(f"plain LoRA written to {out} (rank {record['rank']}; serve it with vLLM's --max-lora-rank "
+          f"{record['rank']} or more); largest relative error of ΔW {worst[1]['relative_error']:.2e} ({worst[0]}); "
+          f"largest logit difference {record['max_abs_logit_difference']:.2e} (logits up to "
+          f"{record['max_abs_logit']:.1f}); details in {out / 'as_lora.json'}")
+    for change in record["changes"]:
+        print(f"changed for {record['target']}: {change}")
 
 
 def _cmd_import(args: argparse.Namespace) -> None:
@@ -298,6 +315,15 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base-model-name", help="base_model_name_or_path to record (default: the base model's)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
                    help="dtype of the written tensors")
+    p.add_argument("--as-lora", action="store_true",
+                   help="any method as plain LoRA pairs of its whole change ΔW (DoRA, VeRA, AdaLoRA, schedules, "
+                        "spectral inits): exact where ΔW's rank allows, else by truncated SVD; each layer's error "
+                        "and the logit difference are printed and saved in as_lora.json")
+    p.add_argument("--rank", type=int, help="with --as-lora: at most this rank per layer (truncated SVD above it; "
+                                            "DoRA's default: its own rank)")
+    p.add_argument("--target", choices=["peft", "vllm"], default="peft",
+                   help="vllm: a plain LoRA (implies --as-lora) at one of vLLM's --max-lora-rank values (padded, "
+                        "or truncated above 512), refusing what vLLM cannot serve (modules_to_save)")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 

@@ -52,6 +52,7 @@ from .json_text import json_text
 CONFIG_FILE, WEIGHTS_FILE = "adapter_config.json", "adapter_model.safetensors"
 OWNED_FILES = (CONFIG_FILE, WEIGHTS_FILE)  # what an export may replace in an existing folder
 PREFIX = "base_model.model."
+Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name → (B', A')
 
 
 
@@ -73,8 +74,9 @@ def target_modules(adapter: AdapterView, names: list[str]) -> list[str]:
     return suffixes if matching == set(names) else sorted(names)
 
 
-def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: str | None) -> dict[str, Any]:
-    """PEFT ``LoraConfig`` fields for the exported pairs (rank ``rank``, scale 1)."""
+def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: str | None, dora: bool
+                ) -> dict[str, Any]:
+    """PEFT ``LoraConfig`` fields for the exported pairs (rank ``rank``, scale 1; ``dora``: with magnitudes)."""
     return {
         "peft_type": "LORA",
         "task_type": "SEQ_CLS" if is_sequence_classifier(adapter.model) else "CAUSAL_LM",
@@ -82,7 +84,7 @@ def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: s
         "r": rank,
         "lora_alpha": rank,
         "use_rslora": False,
-        "use_dora": any(MAGNITUDE in form.capabilities for form in adapter.forms()),
+        "use_dora": dora,
         "target_modules": target_modules(adapter, names),
         "lora_dropout": 0.0,
         "bias": "none",
@@ -95,17 +97,21 @@ def peft_config(adapter: AdapterView, rank: int, names: list[str], base_model: s
     }
 
 
-def peft_tensors(adapter: AdapterView, dtype: torch.dtype = torch.float32) -> tuple[dict[str, torch.Tensor], int]:
-    """PEFT-keyed tensors of every adapted layer, all at the largest rank ``R``; returns ``(tensors, R)``."""
-    pairs = {name: lora_pair(adapter, name) for name in adapter.layers}
-    rank = max(1, *(B.shape[1] for B, _ in pairs.values()))  # PEFT needs r ≥ 1
+def peft_tensors(adapter: AdapterView, dtype: torch.dtype = torch.float32, pairs: Pairs | None = None,
+                 rank: int | None = None) -> tuple[dict[str, torch.Tensor], int]:
+    """PEFT-keyed tensors of every adapted layer, all at rank ``R`` (``rank``, else the largest);
+    returns ``(tensors, R)``. ``pairs``: plain pairs to write instead of the adapter's own (``as_lora``;
+    then no DoRA magnitude is written)."""
+    plain = pairs is not None
+    pairs = pairs if plain else {name: lora_pair(adapter, name) for name in adapter.layers}
+    rank = rank or max(1, *(B.shape[1] for B, _ in pairs.values()))  # PEFT needs r ≥ 1
     tensors = {}
     for name, (B, A) in pairs.items():
         pad = rank - B.shape[1]
         tensors[f"{PREFIX}{name}.lora_A.weight"] = F.pad(A, (0, 0, 0, pad)).to(dtype).contiguous()
         tensors[f"{PREFIX}{name}.lora_B.weight"] = F.pad(B, (0, pad)).to(dtype).contiguous()
         form = adapter.layers[name].form
-        if MAGNITUDE in form.capabilities:
+        if MAGNITUDE in form.capabilities and not plain:
             tensors[f"{PREFIX}{name}.lora_magnitude_vector"] = form.magnitude.detach().cpu().to(dtype).contiguous()
     for name, module in adapter.full_modules.items():
         for key, value in module.state_dict().items():
@@ -137,15 +143,17 @@ def export_peft(adapter: AdapterView, path: str | Path, base_model: str | None =
 
 
 def write_peft(adapter: AdapterView, folder: Path, base_model: str | None = None,
-               dtype: torch.dtype = torch.float32) -> None:
-    """Write the PEFT files of ``adapter`` into the existing ``folder`` (not atomic; see ``export_peft``)."""
+               dtype: torch.dtype = torch.float32, pairs: Pairs | None = None, rank: int | None = None) -> None:
+    """Write the PEFT files of ``adapter`` into the existing ``folder`` (not atomic; see ``export_peft``);
+    ``pairs`` and ``rank``: plain pairs instead of the adapter's own (``peft_tensors``)."""
     if not adapter.layers:
         raise ValueError("the adapter has no adapted layers left to export")
     _refuse_tied(adapter)
-    tensors, rank = peft_tensors(adapter, dtype)
+    tensors, rank = peft_tensors(adapter, dtype, pairs, rank)
     if base_model is None:
         base_model = getattr(getattr(adapter.model, "config", None), "_name_or_path", None) or None
         base_model = hub_id(base_model)
-    config = peft_config(adapter, rank, list(adapter.layers), base_model)
+    dora = pairs is None and any(MAGNITUDE in form.capabilities for form in adapter.forms())
+    config = peft_config(adapter, rank, list(adapter.layers), base_model, dora)
     save_file(tensors, str(folder / WEIGHTS_FILE), metadata={"format": "pt"})
     (folder / CONFIG_FILE).write_text(json_text(config, indent=2) + "\n")
