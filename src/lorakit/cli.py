@@ -84,6 +84,8 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     out, owner = Path(args.out), {"overwrite": args.overwrite, "inputs": _adapter_inputs(args),
                                   "legacy": _merge_legacy()}
     check_replace(out, "merge", **owner)  # before the model loads
+    if args.format == "gguf":
+        return _merge_gguf(args, owner)
     # float16 weights fingerprint differently: merge in float32, then cast
     load_dtype = "float32" if args.dtype == "float16" else args.dtype
     adapter, tokenizer = load_adapter_on_base(args.adapter, args.model, load_dtype)
@@ -103,6 +105,35 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     print(f"merged model written to {out}")
 
 
+def _merge_gguf(args: argparse.Namespace, owner: dict) -> None:
+    from .io.gguf_format import base_gguf, check_outtype, merge_gguf
+    from .loading import load_adapter_on_base
+
+    base_model = _adapter_inputs(args)[1]
+    base_gguf(base_model)  # a GGUF base, else the route that works: before the model loads
+    check_outtype(args.outtype)
+    adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32")
+    record = merge_gguf(adapter, args.out, base_model, args.outtype, **owner)
+    print(f"merged GGUF written to {Path(args.out) / 'model.gguf'} ({record['replaced_tensors']} tensors merged in "
+          f"{args.outtype}, the rest of {record['base']} kept as it was); Ollama: ollama create NAME -f "
+          f"{Path(args.out) / 'Modelfile'}")
+
+
+def _export_gguf(args: argparse.Namespace, owner: dict) -> None:
+    from .io.gguf_format import check_outtype, export_gguf
+    from .loading import load_adapter_on_base
+
+    check_outtype(args.outtype)
+    base_model = _adapter_inputs(args)[1]
+    adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32")
+    record = export_gguf(adapter, args.out, base_model, args.outtype, args.rank, **owner)
+    out = Path(args.out)
+    print(f"llama.cpp LoRA adapter written to {out / 'adapter.gguf'} (rank {record['rank']}, {args.outtype}; largest "
+          f"relative error of ΔW {record['max_relative_error']:.2e}); base it needs: {record['base']}")
+    if (out / "Modelfile").exists():
+        print(f"Ollama: ollama create NAME -f {out / 'Modelfile'}")
+
+
 def _cmd_export(args: argparse.Namespace) -> None:
     import torch
 
@@ -114,10 +145,14 @@ def _cmd_export(args: argparse.Namespace) -> None:
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
     plain = args.as_lora or args.target == "vllm"
-    if args.rank is not None and not plain:
-        raise LorakitError("--rank sets the rank of a plain-LoRA export; add --as-lora")
+    if args.format == "gguf" and args.target == "vllm":
+        raise LorakitError("--target vllm is for the PEFT format; drop --format gguf")
+    if args.rank is not None and not (plain or args.format == "gguf"):
+        raise LorakitError("--rank sets the rank of a plain-LoRA export; add --as-lora (or --format gguf)")
     owner = {"overwrite": args.overwrite, "inputs": _adapter_inputs(args)}
     check_replace(args.out, "export", **owner)  # before the model loads
+    if args.format == "gguf":
+        return _export_gguf(args, owner)
     # the base weights only carry the adapter: what is written (factors, initial factors, Delta-LoRA's
     # start factors, DoRA's magnitude) is stored in the adapter or regenerated in float32, so the
     # base is loaded in bf16, at half the memory of float32 — unless whole modules of it are written
@@ -305,6 +340,10 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", help="output folder for the merged transformers model")
     p.add_argument("--model", help="base model (default: the one the adapter records)")
     p.add_argument("--dtype", default="float32", help="float32, bfloat16 or float16")
+    p.add_argument("--format", choices=["hf", "gguf"], default="hf",
+                   help="hf: a transformers folder; gguf: OUT/model.gguf for llama.cpp and Ollama (the base GGUF with "
+                        "the adapted weights in --outtype, its tokenizer and chat template kept; GGUF bases only)")
+    p.add_argument("--outtype", default="f16", help="with --format gguf: f32, f16, bf16 or q8_0")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_merge)
 
@@ -321,6 +360,10 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
                         "and the logit difference are printed and saved in as_lora.json")
     p.add_argument("--rank", type=int, help="with --as-lora: at most this rank per layer (truncated SVD above it; "
                                             "DoRA's default: its own rank)")
+    p.add_argument("--format", choices=["peft", "gguf"], default="peft",
+                   help="gguf: OUT/adapter.gguf, a llama.cpp LoRA adapter (any method as plain pairs, each layer's "
+                        "scale folded in), with an Ollama Modelfile where the base GGUF is known")
+    p.add_argument("--outtype", default="f16", help="with --format gguf: f32, f16, bf16 or q8_0")
     p.add_argument("--target", choices=["peft", "vllm"], default="peft",
                    help="vllm: a plain LoRA (implies --as-lora) at one of vLLM's --max-lora-rank values (padded, "
                         "or truncated above 512), refusing what vLLM cannot serve (modules_to_save)")

@@ -97,6 +97,8 @@ def plain_pair(adapter: Adapter, name: str, rank: int | None) -> tuple[torch.Ten
         B, A = lora_pair(adapter, name)
         if rank is not None and B.shape[1] > rank:
             B, A, truncated = *shrink(B, A, rank), True
+    if B.shape[1] == 0:  # every direction masked (AdaLoRA): a zero pair, since readers need r ≥ 1
+        B, A = delta.new_zeros(delta.shape[0], 1), delta.new_zeros(1, delta.shape[1])
     norm = torch.linalg.matrix_norm(delta)
     error = float(torch.linalg.matrix_norm(delta - B @ A) / norm) if norm > 0 else 0.0
     return B, A, error, truncated
