@@ -1,4 +1,4 @@
-"""The ``lorakit`` command line: train, eval, merge, export, import, compare, tune, demo, chat, generate,
+"""The ``lorakit`` command line: train, eval, merge, export, combine, import, compare, tune, demo, chat, generate,
 methods.
 
 Bad input prints one line ``lorakit: error: ...`` and exits with code 2, without a traceback.
@@ -201,6 +201,28 @@ def _cmd_import(args: argparse.Namespace) -> None:
     print(f"{args.peft} imported as a {adapter.spec.name} adapter ({len(adapter.layers)} layers) in {args.out}")
 
 
+def _cmd_combine(args: argparse.Namespace) -> None:
+    from .combine import check_bases, check_request, combine
+    from .io.ownership import check_replace, replace_folder
+    from .models import load_model, model_path
+
+    *adapters, out = args.paths
+    weights = args.weights if args.weights is not None else [1.0] * len(adapters)
+    check_request(weights, len(adapters), args.how, args.density, args.rank)  # before any model loads
+    base = args.model or check_bases(adapters)
+    owner = {"overwrite": args.overwrite, "inputs": [*adapters, base]}
+    check_replace(out, "combine", **owner)
+    if not base:
+        raise LorakitError(f"{adapters[0]} does not record its base model; pass --model PATH")
+    model, _ = load_model(model_path(base))
+    adapter = combine(model, adapters, weights, args.how, args.density, args.rank, args.seed)
+    with replace_folder(out, "combine", **owner) as tmp:
+        adapter.write(tmp)
+    ranks = sorted({layer.form.rank for layer in adapter.layers.values()})
+    print(f"{len(adapters)} adapters combined ({args.how}, weights {weights}) into a lora adapter of rank "
+          f"{ranks[-1] if len(ranks) == 1 else f'{ranks[0]}–{ranks[-1]}'} in {out}")
+
+
 def _compare(raw: dict, overrides: list[str], args: argparse.Namespace, inputs: tuple[str, ...] = ()) -> None:
     from .experiments.compare import run_compare
     from .experiments.spec import load_compare_config
@@ -334,7 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _adapter_commands(sub: argparse._SubParsersAction) -> None:
-    """merge, export, import: an adapter folder in, another format out."""
+    """merge, export, combine, import: adapter folders in, another format out."""
     p = sub.add_parser("merge", help="fold an adapter into its base model and save the result")
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("out", help="output folder for the merged transformers model")
@@ -369,6 +391,19 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
                         "or truncated above 512), refusing what vLLM cannot serve (modules_to_save)")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("combine", help="combine adapters of one base into one (PEFT's add_weighted_adapter rules)")
+    p.add_argument("paths", nargs="+", metavar="ADAPTER ... OUT", help="two or more adapter folders, then the "
+                                                                      "output folder")
+    p.add_argument("--weights", nargs="+", type=float, help="one weight per adapter (default: 1 each)")
+    p.add_argument("--how", default="cat", help="cat (exact: Σ w_i ΔW_i), svd (exact up to --rank), linear, ties, "
+                                                "dare_linear, dare_ties, magnitude_prune, or those with _svd")
+    p.add_argument("--density", type=float, help="ties, dare and magnitude_prune: the fraction of entries kept")
+    p.add_argument("--rank", type=int, help="svd rules: the combined rank (default: the largest adapter's)")
+    p.add_argument("--seed", type=int, default=0, help="seeds DARE's random drops")
+    p.add_argument("--model", help="base model (default: the one the adapters record)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_combine)
 
     p = sub.add_parser("import", help="turn a PEFT LoRA adapter into a lorakit adapter that trains further")
     p.add_argument("peft", help="PEFT adapter folder (adapter_config.json + adapter_model.safetensors)")
