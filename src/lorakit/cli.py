@@ -351,12 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_eval)
     _adapter_commands(sub)
+    _combine_import_commands(sub)
     _session_commands(sub, FORMATS)
     return parser
 
 
 def _adapter_commands(sub: argparse._SubParsersAction) -> None:
-    """merge, export, combine, import: adapter folders in, another format out."""
+    """merge and export: an adapter folder in, another format out."""
     p = sub.add_parser("merge", help="fold an adapter into its base model and save the result")
     p.add_argument("adapter", help="adapter folder")
     p.add_argument("out", help="output folder for the merged transformers model")
@@ -392,6 +393,10 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 
+
+
+def _combine_import_commands(sub: argparse._SubParsersAction) -> None:
+    """combine and import: adapters in, a lorakit adapter out."""
     p = sub.add_parser("combine", help="combine adapters of one base into one (PEFT's add_weighted_adapter rules)")
     p.add_argument("paths", nargs="+", metavar="ADAPTER ... OUT", help="two or more adapter folders, then the "
                                                                       "output folder")
