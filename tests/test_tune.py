@@ -104,6 +104,17 @@ def test_the_pruner_gets_evaluations_without_train_eval_every(tiny_model_dir, ad
     assert sorted(study.trials[0].intermediate_values) == [2, 4, 6]  # a quarter of the 8 steps
 
 
+def test_tpe_models_the_results_after_a_third_of_a_small_budget():
+    from lorakit.tune.spec import read_tune
+    from lorakit.tune.study import sampler_for
+
+    space = {"space": {"train.lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+    startup = {trials: sampler_for(read_tune({**space, "trials": trials}), [], 0)._n_startup_trials
+               for trials in (2, 8, 20, 100)}
+    assert startup == {2: 3, 8: 3, 20: 6, 100: 10}  # Optuna's 10 would leave 8 trials all random
+    assert sampler_for(read_tune({**space, "startup_trials": 5}), [], 0)._n_startup_trials == 5
+
+
 @pytest.mark.parametrize(("change", "message"), [
     (lambda t: t["space"].update({"train.lrr": {"low": 1, "high": 2}}), "unknown key 'train.lrr'.*did you mean"),
     (lambda t: t["space"].update({"method.lr_ratio": {"low": 1, "high": 2}}), "method lora has no option 'lr_ratio'"),
@@ -118,6 +129,7 @@ def test_the_pruner_gets_evaluations_without_train_eval_every(tiny_model_dir, ad
     (lambda t: t.update(sampler="grid"), "grid tries every combination of choices; train.lr is a range"),
     (lambda t: t.update(space={}), "tune.space is empty"),
     (lambda t: t.update(trials=0), "tune.trials must be a positive integer"),
+    (lambda t: t.update(startup_trials=0), "tune.startup_trials must be a positive integer"),
     (lambda t: t.update(pruner="asha"), "tune.pruner must be one of"),
     (lambda t: t.update(storage="study.db"), "not a database URL"),
 ])

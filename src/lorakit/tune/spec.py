@@ -50,6 +50,9 @@ class TuneConfig:
                                 minimum=0.0, open_minimum=True, requirement="a finite number > 0")
     sampler: str = key("tpe", "Optuna's sampler: tpe, random, or grid (every combination of the choices)",
                        choices=SAMPLERS)
+    startup_trials: int | None = key(None, "tpe: the random trials before TPE models the results (null: a third "
+                                           "of tune.trials, at least 3 and at most 10; Optuna's own default of "
+                                           "10 would leave a budget of 8 all random)", minimum=1)
     pruner: str = key("median", "stops a trial whose evaluations fall behind (median, hyperband) or never (none); "
                                 "it sees the metric at every train.eval_every (null: a quarter of the steps)",
                       choices=PRUNERS)
@@ -202,6 +205,11 @@ def _check_value(raw: dict[str, Any], name: str, value: Any) -> None:
         trial_config(raw, {name: value})
     except LorakitError as exc:
         raise LorakitError(f"tune.space {name}: the value {value!r} is refused: {exc}") from None
+
+
+def startup_trials(tune: TuneConfig) -> int:
+    """The random trials before TPE starts modelling (``tune.startup_trials``, else a third of the budget)."""
+    return tune.startup_trials or min(10, max(3, tune.trials // 3))
 
 
 def trial_config(raw: dict[str, Any], values: dict[str, Any], **settings: Any) -> RunConfig:

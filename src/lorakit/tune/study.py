@@ -26,7 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import LorakitError
 from ..io.atomic import alive
-from .spec import Dimension, TuneConfig
+from .spec import Dimension, TuneConfig, startup_trials
 
 STUDY_NAME = "lorakit"
 JOURNAL = "study.journal"
@@ -116,7 +116,7 @@ def sampler_for(tune: TuneConfig, dims: list[Dimension], trials_so_far: int) -> 
         return optuna.samplers.GridSampler(grid_of(dims), seed=tune.seed)
     if tune.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials(tune))
 
 
 def budget(tune: TuneConfig, dims: list[Dimension]) -> int:
