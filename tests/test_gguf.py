@@ -73,6 +73,9 @@ def test_the_adapter_file_holds_each_layers_change_as_llama_cpp_scales_it(method
 
 def test_outtypes_round_as_their_type_and_q8_0_needs_rows_of_32(tmp_path):
     _, adapter = trained("lora")  # rank 4: lora_b rows of 4 values
+    record = adapter.save_gguf(tmp_path / "api")  # the Python API: the export's folder, f16 by default
+    assert record["outtype"] == "f16" and (tmp_path / "api" / "adapter.gguf").is_file()
+    assert not (tmp_path / "api" / "Modelfile").exists()  # a Hugging Face base: no known base GGUF
     write_adapter_gguf(adapter, tmp_path / "half.gguf", "f16")
     reader = gguf.GGUFReader(str(tmp_path / "half.gguf"))
     assert {t.tensor_type.name for t in reader.tensors} == {"F16"}

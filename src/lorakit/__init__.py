@@ -7,10 +7,12 @@
 
 from .adapter import Adapter
 from .api import attach, load
+from .combine import combine
 from .core.spec import MethodSpec
 from .errors import LorakitError
 from .peft_import import load_peft
 from .presets import method_names as methods
 from .version import __version__
 
-__all__ = ["Adapter", "LorakitError", "MethodSpec", "attach", "load", "load_peft", "methods", "__version__"]
+__all__ = ["Adapter", "LorakitError", "MethodSpec", "attach", "combine", "load", "load_peft", "methods",
+           "__version__"]

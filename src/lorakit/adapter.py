@@ -41,6 +41,7 @@ from .heads import task_record
 from .io.adapter_files import CONFIG_FILE, FORMAT_VERSION, WEIGHTS_FILE
 from .io.as_lora import export_as_lora
 from .io.atomic import atomic_directory
+from .io.gguf_format import export_gguf
 from .io.json_text import json_text
 from .io.peft_format import export_peft
 from .layer import AdaptedLinear
@@ -386,6 +387,14 @@ class Adapter:
         returns the conversion's record (per-layer errors, logit difference, changes)."""
         self._check_attached()
         return export_as_lora(self, path, rank, target, base_model, dtype)
+
+    def save_gguf(self, path: str | Path, outtype: str = "f16", rank: int | None = None) -> dict[str, Any]:
+        """Write the adapter as a llama.cpp LoRA adapter: the folder ``path`` with ``adapter.gguf``,
+        a ``Modelfile`` where the base GGUF is known and ``gguf_export.json`` (see
+        ``lorakit.io.gguf_format``); returns that record. The folder is owned like ``lorakit export``'s."""
+        self._check_attached()
+        base = getattr(getattr(self.model, "config", None), "_name_or_path", None)
+        return export_gguf(self, path, base, outtype, rank)
 
     def write(self, folder: Path, tensors: dict[str, torch.Tensor] | None = None) -> None:
         """Write the adapter files into an existing ``folder`` (not atomic; see ``save``);
