@@ -9,6 +9,7 @@ in one place.
 from __future__ import annotations
 
 from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import torch
@@ -42,6 +43,14 @@ class AdapterView(Protocol):
 
     def delta_terms(self, name: str) -> list[Term]:
         """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its original."""
+        ...
+
+    def base_changes(self, name: str) -> list[Term]:
+        """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s base weight now minus its original."""
+        ...
+
+    def original(self, plus: Mapping[str, list[Term]] | None = None) -> AbstractContextManager[None]:
+        """Run the original base model inside the block (``plus``: more terms per layer)."""
         ...
 
     def remove_layer(self, name: str) -> None:

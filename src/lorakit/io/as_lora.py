@@ -29,12 +29,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..core.component import MAGNITUDE
+from ..core.protocol import AdapterView
 from ..core.terms import add_products
 from ..errors import LorakitError
 from ..ops.resize import shrink
@@ -42,9 +43,6 @@ from ..quantized import base_weight
 from .json_text import json_text
 from .ownership import replace_folder
 from .peft_format import lora_pair, write_peft
-
-if TYPE_CHECKING:  # the adapter calls this module (Adapter.save_as_lora)
-    from ..adapter import Adapter
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
 CHECK_SEQUENCES, CHECK_LENGTH = 4, 32  # the fixed token sequences the logits are compared on
@@ -67,7 +65,7 @@ class PlainLora:
 
 
 @torch.no_grad()
-def total_change(adapter: Adapter, name: str) -> torch.Tensor:
+def total_change(adapter: AdapterView, name: str) -> torch.Tensor:
     """Layer ``name``'s dense ``ΔW`` against its original weight (float32)."""
     layer = adapter.layers[name]
     now = base_weight(layer.base_layer).to(torch.float32)
@@ -85,7 +83,7 @@ def _truncated(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
     return U[:, :rank] * root, root.unsqueeze(1) * Vh[:rank]
 
 
-def plain_pair(adapter: Adapter, name: str, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
+def plain_pair(adapter: AdapterView, name: str, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
     """``(B', A', relative error, truncated)`` of layer ``name`` at most ``rank`` (None: exact, DoRA
     at its own rank); ``truncated``: the exact low-rank change needed more than ``rank``."""
     delta = total_change(adapter, name)
@@ -104,7 +102,7 @@ def plain_pair(adapter: Adapter, name: str, rank: int | None) -> tuple[torch.Ten
     return B, A, error, truncated
 
 
-def as_lora(adapter: Adapter, rank: int | None = None, target: str = "peft") -> PlainLora:
+def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft") -> PlainLora:
     """Every layer of ``adapter`` as a plain pair (``rank``: at most that rank), fitted to ``target``."""
     if rank is not None and rank < 1:
         raise LorakitError(f"--rank {rank}: give a positive rank")
@@ -129,7 +127,7 @@ def as_lora(adapter: Adapter, rank: int | None = None, target: str = "peft") -> 
 
 
 @torch.no_grad()
-def logit_difference(adapter: Adapter, plain: PlainLora) -> dict[str, float]:
+def logit_difference(adapter: AdapterView, plain: PlainLora) -> dict[str, float]:
     """The largest absolute logit difference between the adapted model and the original base plus
     ``plain``'s pairs, on ``CHECK_SEQUENCES`` fixed random token sequences, and the largest logit."""
     model: nn.Module = adapter.model
@@ -152,7 +150,7 @@ def logit_difference(adapter: Adapter, plain: PlainLora) -> dict[str, float]:
 AS_LORA_FILE = "as_lora.json"  # the conversion's record, next to the PEFT files
 
 
-def export_as_lora(adapter: Adapter, path: str | Path, rank: int | None = None, target: str = "peft",
+def export_as_lora(adapter: AdapterView, path: str | Path, rank: int | None = None, target: str = "peft",
                    base_model: str | None = None, dtype: torch.dtype = torch.float32, **owner: Any
                    ) -> dict[str, Any]:
     """Write ``adapter`` as a plain PEFT LoRA into the folder ``path`` (atomically; see ``as_lora``)

@@ -28,12 +28,13 @@ tensor whose rows are not a multiple of 32 cannot take it, e.g. ``lora_b`` of ra
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..core.protocol import AdapterView
 from ..core.terms import add_products
 from ..errors import LorakitError
 from ..heads import is_sequence_classifier
@@ -42,9 +43,6 @@ from ..quantized import base_weight
 from .as_lora import as_lora
 from .json_text import json_text
 from .ownership import replace_folder
-
-if TYPE_CHECKING:
-    from ..adapter import Adapter
 
 # Hugging Face model_type → (the gguf package's architecture name, q/k rows permuted by llama.cpp)
 ARCHITECTURES = {"llama": ("LLAMA", True), "mistral": ("LLAMA", True), "qwen2": ("QWEN2", False),
@@ -112,7 +110,7 @@ def check_outtype(outtype: str) -> None:
         raise LorakitError(f"--outtype {outtype!r} is not one of {', '.join(OUTTYPES)}")
 
 
-def _check_exportable(adapter: Adapter) -> tuple[Any, bool]:
+def _check_exportable(adapter: AdapterView) -> tuple[Any, bool]:
     found = architecture(adapter.model)
     if adapter.full_modules:
         raise LorakitError(f"a GGUF holds no whole trained modules, and this adapter trains "
@@ -120,7 +118,7 @@ def _check_exportable(adapter: Adapter) -> tuple[Any, bool]:
     return found
 
 
-def adapter_tensors(adapter: Adapter, outtype: str, rank: int | None) -> tuple[dict[str, tuple], float, dict]:
+def adapter_tensors(adapter: AdapterView, outtype: str, rank: int | None) -> tuple[dict[str, tuple], float, dict]:
     """The adapter GGUF's tensors (name → (data, type)), its α and the ``as_lora`` record."""
     arch, permuted = _check_exportable(adapter)
     plain = as_lora(adapter, rank)
@@ -135,7 +133,7 @@ def adapter_tensors(adapter: Adapter, outtype: str, rank: int | None) -> tuple[d
     return tensors, alpha, plain.record()
 
 
-def write_adapter_gguf(adapter: Adapter, path: Path, outtype: str = "f16", rank: int | None = None) -> dict:
+def write_adapter_gguf(adapter: AdapterView, path: Path, outtype: str = "f16", rank: int | None = None) -> dict:
     """Write ``adapter`` as a llama.cpp LoRA adapter GGUF at ``path``; returns the ``as_lora`` record."""
     check_outtype(outtype)
     gguf = _gguf()
@@ -173,7 +171,7 @@ def base_gguf(base_model: str | None) -> Path:
 
 
 @torch.no_grad()
-def adapted_weight(adapter: Adapter, name: str) -> torch.Tensor:
+def adapted_weight(adapter: AdapterView, name: str) -> torch.Tensor:
     """Layer ``name``'s dense adapted weight ``W'`` (float32), whatever its method."""
     layer = adapter.layers[name]
     adapted = layer.form.merged_weight(base_weight(layer.base_layer).to(torch.float32))
@@ -181,7 +179,7 @@ def adapted_weight(adapter: Adapter, name: str) -> torch.Tensor:
     return adapted
 
 
-def write_merged_gguf(adapter: Adapter, base: Path, path: Path, outtype: str = "f16") -> int:
+def write_merged_gguf(adapter: AdapterView, base: Path, path: Path, outtype: str = "f16") -> int:
     """Write the base GGUF ``base`` with ``adapter``'s layers merged in (``outtype``) to ``path``;
     returns how many tensors were replaced."""
     check_outtype(outtype)
@@ -239,7 +237,7 @@ def needed_base(base_model: str | None) -> tuple[str, Path | None]:
     return f"{path} (the GGUF this adapter was trained on, dequantized)", path
 
 
-def export_gguf(adapter: Adapter, out: str | Path, base_model: str | None, outtype: str = "f16",
+def export_gguf(adapter: AdapterView, out: str | Path, base_model: str | None, outtype: str = "f16",
                 rank: int | None = None, **owner: Any) -> dict[str, Any]:
     """``OUT/adapter.gguf`` (+ an Ollama ``Modelfile`` where the base GGUF is known, and
     ``gguf_export.json``), written atomically; returns the record."""
@@ -253,7 +251,7 @@ def export_gguf(adapter: Adapter, out: str | Path, base_model: str | None, outty
     return record
 
 
-def merge_gguf(adapter: Adapter, out: str | Path, base_model: str | None, outtype: str = "f16",
+def merge_gguf(adapter: AdapterView, out: str | Path, base_model: str | None, outtype: str = "f16",
                **owner: Any) -> dict[str, Any]:
     """``OUT/model.gguf`` (the base GGUF with the adapter merged in) and its ``Modelfile``, atomically."""
     base = base_gguf(base_model)
