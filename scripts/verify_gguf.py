@@ -82,6 +82,12 @@ def compare(ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:
     return float(max(np.abs(a - b).max() for a, b in zip(ours, theirs)))
 
 
+def next_tokens(ours: list[np.ndarray], theirs: list[np.ndarray]) -> float:
+    """The share of positions where both engines rank the same next token first."""
+    same = [int(a.argmax(-1)[i] == b.argmax(-1)[i]) for a, b in zip(ours, theirs) for i in range(len(a))]
+    return round(sum(same) / len(same), 4)
+
+
 def effect_correlation(ours_base, ours, theirs_base, theirs) -> float:
     a = np.concatenate([(x - b).ravel() for x, b in zip(ours, ours_base)])
     b = np.concatenate([(x - y).ravel() for x, y in zip(theirs, theirs_base)])
@@ -94,7 +100,7 @@ def check(method: str, folder: Path, tokens: list[list[int]], base: dict) -> dic
     train(config, progress=False)
     adapter, _ = load_adapter_on_base(folder / method / "adapter")
     ours = [torch_logits(adapter.model, t) for t in tokens]
-    found = {"method": method}
+    found = {"method": method, "effect_max_abs": compare(ours, base["ours"])}  # how far training moved the logits
     for name, writer in (("adapter", "adapter"), ("no_permutation_control", "control")):
         path = folder / f"{method}_{name}.gguf"
         if writer == "control":
@@ -110,12 +116,14 @@ def check(method: str, folder: Path, tokens: list[list[int]], base: dict) -> dic
                        "effect_correlation": effect_correlation(base["ours"], ours, base["theirs"], theirs)}
         if writer == "adapter":
             found[name]["greedy_agree"] = [llama_greedy(engine, t) == torch_greedy(adapter.model, t) for t in tokens]
+            found[name]["next_token_agree"] = next_tokens(ours, theirs)
     write_merged_gguf(adapter, embedded_gguf_path(), folder / f"{method}_merged.gguf", "f32")
     merged = llama(model=folder / f"{method}_merged.gguf")
     theirs = [llama_logits(merged, t) for t in tokens]
     found["merged"] = {"max_abs_logit_difference": compare(ours, theirs),
                        "effect_correlation": effect_correlation(base["ours"], ours, base["theirs"], theirs),
-                       "greedy_agree": [llama_greedy(merged, t) == torch_greedy(adapter.model, t) for t in tokens]}
+                       "greedy_agree": [llama_greedy(merged, t) == torch_greedy(adapter.model, t) for t in tokens],
+                       "next_token_agree": next_tokens(ours, theirs)}
     return found
 
 
@@ -129,6 +137,7 @@ def main(out: Path) -> None:
     base = {"ours": [torch_logits(model, t) for t in tokens], "theirs": [llama_logits(engine, t) for t in tokens]}
     results = {"prompts": PROMPTS, "base_max_abs_logit_difference": compare(base["ours"], base["theirs"]),
                "base_greedy_agree": [llama_greedy(engine, t) == torch_greedy(model, t) for t in tokens],
+               "base_next_token_agree": next_tokens(base["ours"], base["theirs"]),
                "methods": []}
     with tempfile.TemporaryDirectory() as folder:
         for method in METHODS:
