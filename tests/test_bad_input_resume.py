@@ -280,8 +280,8 @@ def test_a_real_kill_after_the_final_checkpoint_resumes_without_a_second_evaluat
 def test_non_finite_metrics_are_written_as_null(tiny_model_dir, addition_data, tmp_path, capsys, monkeypatch):
     import lorakit.train.loop as loop
 
-    real = loop.evaluate
-    monkeypatch.setattr(loop, "evaluate", lambda *a: {**real(*a), "eval_loss": math.nan, "bleu": math.inf})
+    real = loop.final_evaluation
+    monkeypatch.setattr(loop, "final_evaluation", lambda *a: {**real(*a), "eval_loss": math.nan, "bleu": math.inf})
     out = tmp_path / "run"
     returned = train_api(tiny_model_dir, addition_data, out, "train.max_steps=2")
     assert returned["eval_loss"] is None and summary(out)["bleu"] is None
