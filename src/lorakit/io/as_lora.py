@@ -65,15 +65,20 @@ class PlainLora:
 
 
 @torch.no_grad()
+def adapted_weight(adapter: AdapterView, name: str) -> torch.Tensor:
+    """Layer ``name``'s dense adapted weight ``W'`` (float32), whatever its method."""
+    layer = adapter.layers[name]
+    adapted = layer.form.merged_weight(base_weight(layer.base_layer).to(torch.float32))
+    add_products(adapted, layer.paths)
+    return adapted
+
+
+@torch.no_grad()
 def total_change(adapter: AdapterView, name: str) -> torch.Tensor:
     """Layer ``name``'s dense ``ΔW`` against its original weight (float32)."""
-    layer = adapter.layers[name]
-    now = base_weight(layer.base_layer).to(torch.float32)
-    adapted = layer.form.merged_weight(now)
-    add_products(adapted, layer.paths)
-    original = now.clone()
+    original = base_weight(adapter.layers[name].base_layer).to(torch.float32).clone()
     add_products(original, [(B, A, -c) for B, A, c in adapter.base_changes(name)])
-    return adapted - original
+    return adapted_weight(adapter, name) - original
 
 
 def _truncated(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -35,12 +35,10 @@ import torch
 from torch import nn
 
 from ..core.protocol import AdapterView
-from ..core.terms import add_products
 from ..errors import LorakitError
 from ..heads import is_sequence_classifier
 from ..models import EMBEDDED, embedded_gguf_path, model_path
-from ..quantized import base_weight
-from .as_lora import as_lora
+from .as_lora import adapted_weight, as_lora
 from .json_text import json_text
 from .ownership import replace_folder
 
@@ -168,15 +166,6 @@ def base_gguf(base_model: str | None) -> Path:
     raise LorakitError(f"a merged GGUF is written from a GGUF base, and this adapter's base is {base_model!r}; "
                        "merge to a folder (lorakit merge ADAPTER DIR) and convert that with llama.cpp's "
                        "convert_hf_to_gguf.py, or export the adapter alone (lorakit export --format gguf)")
-
-
-@torch.no_grad()
-def adapted_weight(adapter: AdapterView, name: str) -> torch.Tensor:
-    """Layer ``name``'s dense adapted weight ``W'`` (float32), whatever its method."""
-    layer = adapter.layers[name]
-    adapted = layer.form.merged_weight(base_weight(layer.base_layer).to(torch.float32))
-    add_products(adapted, layer.paths)
-    return adapted
 
 
 def write_merged_gguf(adapter: AdapterView, base: Path, path: Path, outtype: str = "f16") -> int:
