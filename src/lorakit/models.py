@@ -8,6 +8,7 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -45,6 +46,8 @@ def model_path(name: str) -> str:
 def hub_id(name: str | None) -> str | None:
     """The hub id to record for a base model name (an embedded model's source, else the name)."""
     return EMBEDDED_MODELS[name][1] if name in EMBEDDED_MODELS else name
+CONVERTED = "SmolLM2-135M-Instruct"  # the embedded model's converted copies in the cache: CONVERTED-<key>
+COMPLETE = ".lorakit-complete"  # written last into a converted model folder
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -100,6 +103,42 @@ def embedded_encoder_path() -> Path:
     return folder
 
 
+def embedded_model_path() -> Path:
+    """The embedded model as a Hugging Face folder (float32 safetensors, config, tokenizer),
+    converted once from its GGUF into the cache (``cache_dir()``, 540 MB): reading the GGUF takes
+    about 30 s on two cores, the folder about 2 s.
+
+    The folder's name holds the GGUF's size and modification time and transformers' version, so a
+    reinstalled model or another transformers converts again (and removes the older copy); so does
+    a copy that no longer loads (``load_model``). Conversion is atomic (a temporary folder renamed into place),
+    so a crash leaves no half-written copy and parallel processes agree on one.
+    """
+    import transformers
+
+    gguf_file = embedded_gguf_path()
+    stat = gguf_file.stat()
+    folder = cache_dir() / f"{CONVERTED}-{stat.st_size}-{stat.st_mtime_ns}-transformers-{transformers.__version__}"
+    if (folder / COMPLETE).is_file():
+        return folder
+    for old in folder.parent.glob(f"{CONVERTED}-*"):  # other versions' copies, or an incomplete one
+        shutil.rmtree(old, ignore_errors=True)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
+    print(f"lorakit: converting the embedded model once into {folder} (later loads read it)", file=sys.stderr)
+    try:
+        model, tokenizer = _load_gguf(gguf_file, torch.float32)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / COMPLETE).write_text(f"converted from {gguf_file}\n", encoding="utf-8")
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / COMPLETE).is_file():  # not another process that converted it first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
 def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None = None,
                quantize: str = "none", compute_dtype: str | None = None,
                labels: Labels | None = None) -> tuple[Any, Any]:
@@ -126,8 +165,7 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
     compute = DTYPES[compute_dtype or dtype]
     quantization = None if quantize == "none" else bitsandbytes_config(quantize, compute, labels is not None)
     if path == EMBEDDED:
-        model, tokenizer = _load_gguf(embedded_gguf_path(), torch_dtype, labels)
-        model.config._name_or_path = EMBEDDED_NAME
+        model, tokenizer = _load_embedded(torch_dtype, labels)
     elif path == EMBEDDED_ENCODER:
         if labels is None:
             raise LorakitError("the embedded encoder has no language-model head; use it with task.type: "
@@ -172,6 +210,20 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
         if is_quantized(module):
             prepare(module, name)
     return model.eval(), tokenizer
+
+
+def _load_embedded(torch_dtype: torch.dtype, labels: Labels | None) -> tuple[Any, Any]:
+    """The embedded model from its converted copy; a copy that fails to load is converted again."""
+    folder = embedded_model_path()
+    try:
+        model, tokenizer = _load_pretrained(str(folder), torch_dtype, f"{folder} could not be loaded", labels=labels)
+    except Exception:  # noqa: BLE001 - any failure of lorakit's own cached copy (e.g. safetensors' header error)
+        shutil.rmtree(folder, ignore_errors=True)
+        model, tokenizer = _load_pretrained(str(embedded_model_path()), torch_dtype, "the embedded model's converted "
+                                            f"copy could not be loaded; remove {folder.parent} and retry",
+                                            labels=labels)
+    model.config._name_or_path = EMBEDDED_NAME
+    return model, tokenizer
 
 
 def _looks_like_path(path: str) -> bool:
