@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,7 +246,8 @@ def test_two_workers_share_one_study(tiny_model_dir, addition_data, tmp_path):
     assert {p.name for p in (out / "trials").iterdir()} == {f"trial-{t.number:04d}" for t in counted}
 
 
-def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_model_dir, addition_data, tmp_path):
+def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_model_dir, addition_data, tmp_path,
+                                                                      monkeypatch):
     from lorakit.experiments.compare import run_compare
     from lorakit.experiments.spec import load_compare_config
 
@@ -279,6 +281,35 @@ def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_mode
     line, = tuned_lines("lora_plus", studies)
     assert line.startswith("A tiny tuned study: lr = ") and "× LoRA's), lr_ratio = " in line
     assert "docs/results/study_tiny_tuned/README.md" in line and tuned_lines("dora", studies) == []
+    # the study's records packed (scripts/study_state.py) and unpacked elsewhere: nothing trains again
+    state = _study_state_script()
+    results = json.loads((out / "results.json").read_text())["rows"]
+    (out / "README.md").unlink()
+    state.pack(out, tmp_path / "state.tar.gz")
+    shutil.rmtree(out)
+    state.unpack(tmp_path / "state.tar.gz", out)
+    with pytest.raises(SystemExit, match="exists"):
+        state.unpack(tmp_path / "state.tar.gz", out)
+    monkeypatch.setattr("lorakit.experiments.compare.train", _fail)
+    monkeypatch.setattr("lorakit.tune.trials.train", _fail)
+    run_compare(*load_compare_config(raw), progress=False)
+    again = json.loads((out / "results.json").read_text())["rows"]
+    key = ("run", "seed", "eval_loss")
+    assert [[r[k] for k in key] for r in again] == [[r[k] for k in key] for r in results]
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("trained again")
+
+
+def _study_state_script():
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "scripts" / "study_state.py"
+    spec = importlib.util.spec_from_file_location("study_state", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_compare_tune_refuses_keys_a_comparison_cannot_vary(tiny_model_dir, addition_data, tmp_path):
