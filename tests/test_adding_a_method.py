@@ -20,16 +20,20 @@ from lorakit.presets import PRESETS
 from test_train import main_exit, write_config
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "adding-a-method.md"
+SRC = Path(__file__).resolve().parent.parent / "src" / "lorakit"
 
 
 @pytest.fixture
 def milora(monkeypatch, tmp_path):
-    """The doc's component file saved as a module and imported (registered), and its preset line
-    added; both undone after the test."""
+    """The doc's component file (the shipped one, as it is) saved as a module and imported in place
+    of the shipped one (registered again), and its preset line added; both undone after the test."""
     blocks = re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
     component, preset_line = blocks[0], blocks[1].strip().rstrip(",")
+    assert component == (SRC / "inits" / "milora.py").read_text(encoding="utf-8")
     monkeypatch.setattr(INITS, "_items", dict(INITS._items))
-    (tmp_path / "doc_milora.py").write_text(component)
+    monkeypatch.delitem(INITS._items, "milora")
+    monkeypatch.delitem(PRESETS, "milora")
+    (tmp_path / "doc_milora.py").write_text(component.replace("from .", "from lorakit.inits."))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "doc_milora", raising=False)
     __import__("doc_milora")

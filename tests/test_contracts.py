@@ -173,6 +173,18 @@ def test_pissa_factors_are_the_top_singular_triplets(niter):
     torch.testing.assert_close(2.0 * B @ A, best, atol=1e-3, rtol=0)
 
 
+def test_milora_factors_are_the_minor_singular_triplets_and_the_base_keeps_the_principal_part():
+    torch.manual_seed(0)
+    weight = torch.randn(48, 64)
+    B, A = lorakit.inits.INITS.get("milora").factors(weight, 8, 2.0, torch.Generator().manual_seed(0), {})
+    U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
+    minor = U[:, -8:] @ torch.diag(S[-8:]) @ Vh[-8:]
+    torch.testing.assert_close(2.0 * B @ A, minor, atol=1e-4, rtol=0)
+    residual = torch.linalg.svdvals(weight - 2.0 * B @ A)  # the principal part, its singular values untouched
+    torch.testing.assert_close(residual[:40], S[:40], atol=1e-4, rtol=0)
+    assert residual[40:].max() < 1e-4
+
+
 def test_override_composes_olora_plus():
     model = tiny_llama()
     adapter = lorakit.attach(model, "lora", init="olora", optimizer="lora_plus", lr_ratio=0.5, rank=4)

@@ -38,6 +38,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "olora": {"init": "olora"},
     "olora_plus": {"init": "olora", "optimizer": "lora_plus", "lr_ratio": 0.5},  # λ = 16 diverges: methods/index.md
     "pissa": {"init": "pissa"},
+    "milora": {"init": "milora"},
     "dora": {"form": "dora"},
     "vera": {"form": "vera", "rank": 256, "lr_scale": 10.0},  # tuned: 10.7× LoRA's rate (methods/index.md)
     "lora_fa": {"optimizer": "lora_fa"},

@@ -32,14 +32,18 @@ class PiSSA(SpectralInit):
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
                 values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` from an exact or randomised SVD of ``W``."""
-        return _svd_factors(weight, rank, scale, generator, values.get("pissa_niter"))
+        return svd_factors(weight, rank, scale, generator, values.get("pissa_niter"))
 
 
-def _svd_factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                 niter: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def svd_factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator | None,
+                niter: int | None, minor: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` over the ``rank`` largest singular triplets of
+    ``weight`` (``minor``: the smallest; exact SVD only), from an exact SVD or, with ``niter``, a
+    randomised one seeded from ``generator``."""
     if niter is None:
         U, S, Vh = torch.linalg.svd(weight, full_matrices=False)
-        U_r, S_r, Vh_r = U[:, :rank], S[:rank], Vh[:rank]
+        kept = slice(S.shape[0] - rank, None) if minor else slice(None, rank)
+        U_r, S_r, Vh_r = U[:, kept], S[kept], Vh[kept]
     else:
         seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
         with torch.random.fork_rng(devices=[weight.device] if weight.is_cuda else []):
