@@ -61,12 +61,14 @@ def new_form(spec: MethodSpec, base: nn.Linear, shared: Any, training: bool) -> 
     return form.to(base.weight.device).train(training)
 
 
-def initial_factors(form: Form, weight: torch.Tensor, spec: MethodSpec, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+def initial_factors(form: Form, weight: torch.Tensor, spec: MethodSpec, key: str,
+                    data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(B, A)`` drawn by ``spec``'s init for ``form`` on the base ``weight``, from the generator of
-    ``(spec.seed, key)`` (``key``: the layer's name, or another name for a second adapter)."""
+    ``(spec.seed, key)`` (``key``: the layer's name, or another name for a second adapter);
+    ``data``: the layer's calibration statistics, for an init that reads data."""
     generator = layer_generator(spec.seed, key, weight.device)
     return parts_of(spec).init.factors(weight.detach().to(torch.float32), form.rank, form.scale,
-                                       generator, spec.options())
+                                       generator, spec.options(), data)
 
 
 class Adapter:

@@ -8,6 +8,8 @@ its own recipe and schedule → schedule prepare → freeze → recipe prepare (
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,7 @@ from .core.spec import MethodSpec
 from .errors import LorakitError
 from .full_modules import find_full_modules
 from .heads import head_modules, task_record
+from .inits.calibration import input_statistics
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
@@ -28,13 +31,18 @@ from .quantized import add_to_base, base_weight, first_quantization, is_quantize
 from .targeting import find_targets, set_submodule
 
 
-def attach(model: nn.Module, method: str | MethodSpec = "lora", **overrides: Any) -> Adapter:
+def attach(model: nn.Module, method: str | MethodSpec = "lora", init_data: Iterable[Mapping[str, Any]] | None = None,
+           **overrides: Any) -> Adapter:
     """Attach the adapter ``method`` (a preset name, with option overrides) to ``model``.
 
     Right after attaching, the model's outputs equal the base model's for every method. On a
     sequence classifier, ``train_modules`` defaults to its head (``lorakit.heads``).
+
+    ``init_data``: batches (dicts with ``input_ids``, and ``attention_mask``/``labels`` where
+    some tokens do not count) for an init that reads data (``eva``); its first ``init_batches``
+    are read once, before anything is attached.
     """
-    return _build(model, resolve(method, **overrides), for_training=True)
+    return _build(model, resolve(method, **overrides), for_training=True, init_data=init_data)
 
 
 def load(model: nn.Module, path: str | Path) -> Adapter:
@@ -51,7 +59,8 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
 
 def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
            expected_fingerprint: str | None = None, only: set[str] | None = None,
-           for_training: bool = False, expected_quantization: Any = False) -> Adapter:
+           for_training: bool = False, expected_quantization: Any = False,
+           init_data: Iterable[Mapping[str, Any]] | None = None) -> Adapter:
     _refuse_if_adapted(model)
     head = head_modules(model)  # a sequence classifier's head always trains (a frozen new head is noise)
     if not set(head) <= set(spec.train_modules):
@@ -72,12 +81,16 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
         )
     if only is not None:  # loading an adapter from which a schedule removed layers
         targets = [(name, base) for name, base in targets if name in only]
+    statistics = _calibrate(model, targets, spec, init_data) if loaded is None else {}
     shared = parts_of(spec).form.shared(spec, [base for _, base in targets])
     layers = {name: _wrap(model, name, base, spec, shared) for name, base in targets}
-    initial = _initialise(layers, spec, loaded)
+    ranks = parts_of(spec).init.ranks(statistics, spec.options()) if statistics else None
+    initial = _initialise(layers, spec, loaded, statistics, ranks)
     for layer in layers.values():
         layer.form.post_init(layer.base_layer)
     adapter = Adapter(model, spec, layers, base_fingerprint, initial)
+    for name in [name for name, rank in (ranks or {}).items() if rank == 0]:
+        adapter.remove_layer(name)
     adapter.schedule.prepare(adapter)
     _freeze(model, layers)
     adapter.full_modules = find_full_modules(model, spec.train_modules, set(layers))
@@ -85,6 +98,23 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
         module.requires_grad_(True)
     adapter.recipe.prepare(adapter)
     return adapter
+
+
+def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: MethodSpec,
+               init_data: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
+    """The calibration phase of an init that reads data: each target's statistics over the first
+    ``init_batches`` of ``init_data`` (``{}`` for an init that reads nothing)."""
+    init = parts_of(spec).init
+    if not init.reads:
+        return {}
+    if init_data is None:
+        raise LorakitError(f"init {spec.init!r} reads the training data before step 0; pass init_data= (batches) to "
+                           "attach (lorakit train, compare and tune pass the run's own)")
+    batches = list(itertools.islice(iter(init_data), spec.init_batches))
+    if len(batches) < spec.init_batches:
+        raise LorakitError(f"init {spec.init!r} needs init_batches = {spec.init_batches} batches but the data gives "
+                           f"{len(batches)}; lower method.init_batches or give more data")
+    return input_statistics(model, targets, batches)
 
 
 def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_training: bool) -> None:
@@ -152,8 +182,10 @@ def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared
     return layer
 
 
-def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Factors | None) -> Factors:
-    """Set every layer's factors (fresh from the init, or ``loaded`` initial ones) and rewrite W."""
+def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Factors | None,
+                statistics: dict[str, Any], ranks: dict[str, int] | None) -> Factors:
+    """Set every layer's factors (fresh from the init, with the layer's calibration ``statistics``
+    and rank from ``ranks`` where the init sets them, or ``loaded`` initial ones) and rewrite W."""
     initial: Factors = {}
     parts = parts_of(spec)
     if FACTORS not in parts.form.capabilities:
@@ -161,7 +193,9 @@ def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Fact
     for name, layer in layers.items():
         base = layer.base_layer
         if loaded is None:
-            B, A = initial_factors(layer.form, base_weight(base), spec, name)
+            if ranks is not None and ranks[name] not in (0, layer.form.rank):
+                layer.form.set_rank(ranks[name])
+            B, A = initial_factors(layer.form, base_weight(base), spec, name, statistics.get(name))
             layer.form.set_factors(B, A)
         if parts.init.rewrites_base:
             B0, A0 = ((t.to(base.weight.device) for t in loaded[name]) if loaded is not None

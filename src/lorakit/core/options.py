@@ -92,6 +92,8 @@ class Option:
             if self.maximum is not None:
                 low, high = "(" if self.open_minimum else "[", ")" if self.open_maximum else "]"
                 return f"a number in {low}{self.minimum:g}, {self.maximum:g}{high}"
+            if self.minimum not in (None, 0):
+                return f"a finite number {'>' if self.open_minimum else '≥'} {self.minimum:g}"
             return "a positive finite number" if self.open_minimum else "a non-negative finite number"
         return {str: "text", dict: "a mapping"}.get(self.type, f"a {self.type.__name__}")
 

@@ -1,6 +1,6 @@
 """Initialisations of a low-rank pair: how ``B`` and ``A`` start.
 
-Each init declares ``factors(weight, rank, scale, generator, values) -> (B, A)`` over the base
+Each init declares ``factors(weight, rank, scale, generator, values, data) -> (B, A)`` over the base
 weight in float32, and ``rewrites_base``: a spectral init moves ``s·B₀A₀`` out of ``W``
 (``W ← W − s·B₀A₀``) so that the adapted output is unchanged at attach time.
 """

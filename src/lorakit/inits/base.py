@@ -13,20 +13,31 @@ from ..registry import Registry
 
 
 class Init(Component):
-    """How a layer's pair starts: ``factors(weight_f32, rank, scale, generator, values) -> (B (out, r),
-    A (r, in))``, ``values`` the method's option values.
+    """How a layer's pair starts: ``factors(weight_f32, rank, scale, generator, values, data) ->
+    (B (out, r), A (r, in))``, ``values`` the method's option values.
 
     ``rewrites_base``: the init takes ``s·B₀A₀`` out of the base weight, so the initial factors
     must be kept to rebuild the adapted model from the original base.
+
+    ``reads``: what the init learns from data before step 0 (``""``: nothing; ``"inputs"``: each
+    target layer's input statistics, ``lorakit.inits.calibration``). A data-aware init receives
+    its layer's statistics as ``data`` and may set each layer's rank (``ranks``); the factors it
+    draws are saved with the adapter, so loading never needs the data again.
     """
 
     kind: ClassVar[str] = "init"
     rewrites_base: ClassVar[bool] = False
+    reads: ClassVar[str] = ""
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
+                values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
+
+    @staticmethod
+    def ranks(statistics: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, int] | None:
+        """Each layer's rank from its statistics (``None``: every layer at ``rank``; 0: no adapter)."""
+        return None
 
 
 SPECTRAL_RESIDUAL = Option(

@@ -35,7 +35,7 @@ class Gaussian(Init):
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``B`` (out, r) and ``A`` (r, in), entries ``N(0, 0.02²)`` drawn from ``generator``."""
         out_features, in_features = weight.shape
         A = torch.empty(rank, in_features, device=weight.device).normal_(0.0, STD, generator=generator)

@@ -23,7 +23,7 @@ class Kaiming(Init):
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``B = 0``, ``A`` uniform in ``±1/√in`` drawn from ``generator``."""
         out_features, in_features = weight.shape
         bound = 1.0 / math.sqrt(in_features)

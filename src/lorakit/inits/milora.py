@@ -30,6 +30,6 @@ class MiLoRA(SpectralInit):
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``rank`` smallest singular triplets of ``W``, split as PiSSA splits the largest."""
         return svd_factors(weight, rank, scale, None, None, minor=True)

@@ -27,7 +27,7 @@ class OLoRA(SpectralInit):
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``B = Q_r`` (orthonormal columns), ``A = Q_rᵀ W`` from the thin QR of ``W[:, :r]``."""
         Q_r, R_rr = torch.linalg.qr(weight[:, :rank])
         A = torch.cat([R_rr, Q_r.T @ weight[:, rank:]], dim=1)

@@ -30,7 +30,7 @@ class PiSSA(SpectralInit):
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
-                values: Mapping[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+                values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``B = U_r √(S_r/s)``, ``A = √(S_r/s) V_rᵀ`` from an exact or randomised SVD of ``W``."""
         return svd_factors(weight, rank, scale, generator, values.get("pissa_niter"))
 

@@ -30,7 +30,7 @@ import os
 import sys
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -191,13 +191,27 @@ class Run:
     def _adapter(self) -> Adapter:
         """The checkpoint's adapter (its config must match), or a fresh one."""
         if self.checkpoint_folder is None:
-            return attach(self.model, self.spec)
+            return attach(self.model, self.spec, init_data=self._calibration_batches()
+                          if parts_of(self.spec).init.reads else None)
         self.saved_state, self.tensors = read_checkpoint(self.checkpoint_folder)
         check_same_config(self.checkpoint_folder, self.saved_state["config"], self.config)
         if self.main and not has_checksums(self.checkpoint_folder):
             print(f"lorakit: note: {self.checkpoint_folder} has no checksums (an older lorakit wrote it); resuming it "
                   "unverified", file=sys.stderr)
         return load(self.model, self.checkpoint_folder)
+
+    def _calibration_batches(self) -> Iterator[dict[str, torch.Tensor]]:
+        """What a data-aware init reads: the run's training micro-batches in the run's own seeded
+        order, within the first epoch; every process reads the same ones (process 0's, as if it were
+        alone), so every process draws the same factors."""
+        tc = self.config.train
+        if tc.objective != "sft":
+            raise LorakitError(f"init {self.spec.init!r} reads training batches of token sequences; train.objective "
+                               f"{tc.objective!r} has preference pairs; use another init")
+        n = len(self.examples.train)
+        for step in range(steps_per_epoch(n, tc.batch_size, tc.grad_accum, 1)):
+            for idx in step_batches(step, n, tc.batch_size, tc.grad_accum, tc.seed, 0, 1, self.examples.lengths):
+                yield self.examples.train_collate([self.examples.train[i] for i in idx])
 
     def _speed_up(self) -> None:
         """The speed options, each exact: liger's kernels, fused adapter inputs and gradient

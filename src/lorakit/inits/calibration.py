@@ -1,0 +1,97 @@
+"""The calibration phase of a data-aware init: what the frozen base model's target layers see on a
+few batches of the run's own data, gathered once before step 0 (``Init.reads``).
+
+``inputs``: for each target layer, the token count ``n``, the mean ``μ`` and the centred
+covariance ``C = (Σ x xᵀ − n μ μᵀ) / (n − 1)`` of its input vectors ``x``, accumulated in float64
+over every batch. Tokens that do not count are left out: padding (``attention_mask`` 0) and, where
+``labels`` has one entry per token, the positions it masks (``-100``: the prompt of an SFT
+record), as PEFT's EVA does by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core.options import Option
+from ..errors import LorakitError
+
+INPUTS = "inputs"
+IGNORED = -100
+INIT_BATCHES = Option("init_batches", int, 16, "batches of the run's training data the init reads before step 0 "
+                      "(the run's batch size; the first ones of the seeded order)", minimum=1)
+
+
+@dataclass
+class InputStatistics:
+    """The running sums of one layer's inputs."""
+
+    count: int = 0
+    total: torch.Tensor | None = None
+    outer: torch.Tensor | None = None
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        if self.total is None:
+            self.total, self.outer = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1], x.shape[1])
+        self.count += x.shape[0]
+        self.total += x.sum(0)
+        self.outer += x.T @ x
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / self.count
+
+    @property
+    def covariance(self) -> torch.Tensor:
+        """The centred covariance ``C`` (float64)."""
+        mean = self.mean
+        return (self.outer - self.count * torch.outer(mean, mean)) / max(self.count - 1, 1)
+
+
+def kept_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
+    """A boolean mask of the tokens whose inputs count (``None``: all of them)."""
+    ids = batch["input_ids"]
+    mask = batch.get("attention_mask")
+    keep = None if mask is None else mask.bool()
+    labels = batch.get("labels")
+    if labels is not None and labels.shape == ids.shape:
+        keep = (labels != IGNORED) if keep is None else keep & (labels != IGNORED)
+    return keep
+
+
+@torch.no_grad()
+def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
+                     batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, InputStatistics]:
+    """Each target layer's input statistics over ``batches`` (forwards of ``model`` in eval mode,
+    hooks removed afterwards, the model's mode restored)."""
+    statistics = {name: InputStatistics() for name, _ in targets}
+    current: dict[str, torch.Tensor | None] = {"keep": None}
+
+    def hook(name: str) -> Any:
+        def gather(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x, keep = args[0], current["keep"]
+            statistics[name].add(x if keep is None or keep.shape != x.shape[:-1] else x[keep.to(x.device)])
+        return gather
+
+    handles = [module.register_forward_pre_hook(hook(name)) for name, module in targets]
+    training = model.training
+    model.eval()
+    try:
+        device = next(model.parameters()).device
+        for batch in batches:
+            current["keep"] = kept_tokens(batch)
+            model(**{k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")})
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(training)
+    empty = [name for name, found in statistics.items() if found.count < 2]
+    if empty:
+        raise LorakitError(f"the calibration batches gave layer {empty[0]!r} fewer than 2 tokens; give the "
+                           "data-aware init more data (method.init_batches)")
+    return statistics

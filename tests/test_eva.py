@@ -1,0 +1,147 @@
+"""EVA, the first init that reads data: the calibration phase (each layer's input statistics over
+the run's own batches), its components and rank redistribution, PEFT's ranks, saving and loading
+without data, training and exact resume through lorakit train, and its one-line errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lorakit
+from lorakit import LorakitError
+from lorakit.inits.calibration import input_statistics
+from lorakit.inits.eva import principal_components
+from lorakit.targeting import find_targets
+from test_contracts import TARGETS, logits
+from test_train import ADAPTER, Crash, crash_at, latest_checkpoint, run
+from tiny import batch, tiny_llama
+
+
+def low_rank_model() -> torch.nn.Module:
+    """A tiny Llama whose token embeddings vary along 6 directions: its inputs have a clear spectrum."""
+    model = tiny_llama()
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        generator = torch.Generator().manual_seed(0)
+        emb.copy_(torch.randn(emb.shape[0], 6, generator=generator) @ torch.randn(6, emb.shape[1], generator=generator)
+                  + 0.01 * torch.randn(emb.shape, generator=generator))
+    return model
+
+
+def data(n: int = 24, pad: bool = False) -> list[dict]:
+    batches = [{"input_ids": batch(seed=i, size=4, length=16)} for i in range(n)]
+    if pad:
+        for b in batches:
+            b["attention_mask"] = torch.ones_like(b["input_ids"])
+            b["attention_mask"][:, -5:] = 0
+            b["labels"] = b["input_ids"].clone()
+            b["labels"][:, :3] = -100
+    return batches
+
+
+def test_the_statistics_are_the_inputs_covariance_over_the_tokens_that_count():
+    model = tiny_llama()
+    targets = find_targets(model, ["q_proj"])
+    batches = data(3, pad=True)
+    seen = []
+    handle = model.model.layers[0].self_attn.q_proj.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    with torch.no_grad():
+        for b in batches:
+            model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
+    handle.remove()
+    keep = [(b["attention_mask"].bool() & (b["labels"] != -100)) for b in batches]
+    x = torch.cat([s[k] for s, k in zip(seen, keep)]).double()
+    found = input_statistics(model, targets, batches)["model.layers.0.self_attn.q_proj"]
+    assert found.count == x.shape[0] == 3 * 4 * (16 - 5 - 3)
+    torch.testing.assert_close(found.covariance, torch.cov(x.T), atol=1e-9, rtol=1e-7)
+
+
+def test_eva_starts_from_the_leading_components_unchanged_and_redistributes_ranks():
+    model, reference = low_rank_model(), low_rank_model()
+    adapter = lorakit.attach(model, "lora", init="eva", rank=4, init_data=data())
+    x = batch(seed=99, size=2, length=8)
+    torch.testing.assert_close(logits(model, x), logits(reference, x), atol=0, rtol=0)  # B = 0
+    ranks = {name: layer.form.rank for name, layer in adapter.layers.items()}
+    assert sum(ranks.values()) == 4 * (len(adapter.layers) + len(adapter.removed))  # the budget r·L
+    assert max(ranks.values()) <= 8 and len(set(ranks.values())) > 1  # ρ = 2 caps, and it did redistribute
+    statistics = input_statistics(reference, find_targets(reference, TARGETS), data()[:16])  # init_batches
+    for name, layer in adapter.layers.items():
+        components, _ = principal_components(statistics[name])
+        torch.testing.assert_close(layer.form.A.detach().double(), components[:layer.form.rank], atol=1e-6, rtol=0)
+        assert layer.form.scale == 16 / 4  # the configured rank's scale, whatever the layer's rank
+    same = lorakit.attach(tiny_llama(), "lora", init="eva", rank=4, eva_rho=1.0, init_data=data())
+    assert {layer.form.rank for layer in same.layers.values()} == {4}
+
+
+def test_peft_gives_the_same_ranks_and_nearly_the_same_components():
+    """q and o projections (q, k and v read one input, and PEFT breaks their ties its own way)."""
+    peft = pytest.importorskip("peft")
+    base = low_rank_model()
+    batches = data(40)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], init_lora_weights="eva",
+                             eva_config=peft.EvaConfig(rho=2.0, tau=0.999))
+    theirs = peft.get_peft_model(copy.deepcopy(base), config)
+    peft.initialize_lora_eva_weights(theirs, dataloader=batches, show_progress_bar=False)
+    ours = lorakit.attach(copy.deepcopy(base), "lora", init="eva", rank=4, alpha=8, targets=["q_proj", "o_proj"],
+                          init_data=batches, init_batches=40)
+    statistics = input_statistics(base, find_targets(base, ["q_proj", "o_proj"]), batches)
+    for name, layer in ours.layers.items():
+        module = theirs.base_model.model.get_submodule(name)
+        A = module.lora_A["default"].weight.detach().double()
+        assert A.shape == layer.form.A.shape and module.scaling["default"] == layer.form.scale
+        # PEFT's incremental PCA (stopped once its components converge) finds the leading component
+        # and the data's 6-dimensional subspace; within it, close eigenvalues may mix the others
+        assert abs(A[0] @ layer.form.A.detach().double()[0]) > 0.99
+        leading, _ = principal_components(statistics[name])
+        assert (A @ leading[:6].T).norm(dim=1).min() > 0.99
+
+
+def test_an_eva_adapter_saves_and_loads_without_data(tmp_path):
+    model = low_rank_model()
+    adapter = lorakit.attach(model, "lora", init="eva", rank=4, init_data=data())
+    with torch.no_grad():
+        for layer in adapter.layers.values():
+            layer.form.B.normal_(0, 0.1, generator=torch.Generator().manual_seed(1))
+    adapter.save(tmp_path / "a")
+    again = low_rank_model()
+    loaded = lorakit.load(again, tmp_path / "a")
+    assert {n: la.form.rank for n, la in loaded.layers.items()} == {n: la.form.rank for n, la in adapter.layers.items()}
+    x = batch(seed=5, size=2, length=8)
+    torch.testing.assert_close(logits(again, x), logits(model, x), atol=0, rtol=0)
+
+
+def test_bad_input_is_one_line():
+    with pytest.raises(LorakitError, match="reads the training data before step 0; pass init_data="):
+        lorakit.attach(tiny_llama(), "lora", init="eva")
+    with pytest.raises(LorakitError, match="needs init_batches = 16 batches but the data gives 3"):
+        lorakit.attach(tiny_llama(), "lora", init="eva", init_data=data(3))
+    with pytest.raises(LorakitError, match="schedule 'weight_lora' changes ranks too"):
+        lorakit.attach(tiny_llama(), "weight_lora", init="eva", init_data=data())
+    with pytest.raises(LorakitError, match="eva_rho must be"):
+        lorakit.attach(tiny_llama(), "lora", init="eva", eva_rho=0.5, init_data=data())
+    with pytest.raises(LorakitError, match="init_batches=4 has no effect with init 'kaiming'"):
+        lorakit.attach(tiny_llama(), "lora", init_batches=4)
+
+
+EVA_RUN = ("method.name=lora", "method.init=eva", "method.init_batches=4", "method.lr_ratio=null")
+
+
+def test_lorakit_train_calibrates_on_its_own_batches_and_resumes_exactly(tiny_model_dir, addition_data, tmp_path):
+    run(tiny_model_dir, addition_data, tmp_path / "full", *EVA_RUN)
+    with pytest.raises(Crash):
+        run(tiny_model_dir, addition_data, tmp_path / "cut", *EVA_RUN, callbacks=[crash_at(5)])
+    assert latest_checkpoint(tmp_path / "cut") is not None
+    run(tiny_model_dir, addition_data, tmp_path / "cut", *EVA_RUN, resume=True)
+    full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    loaded = lorakit.load(base, tmp_path / "full" / "adapter")  # no data needed
+    assert loaded.spec.init == "eva" and loaded.spec.init_batches == 4
+    with pytest.raises(LorakitError, match="needs init_batches = 500 batches but the data gives 12"):
+        run(tiny_model_dir, addition_data, tmp_path / "big", *EVA_RUN[:-2], "method.init_batches=500",
+            "method.lr_ratio=null")
