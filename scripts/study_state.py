@@ -4,8 +4,8 @@ sessions goes on where it stopped.
 ``pack`` keeps what ``lorakit compare`` and ``lorakit tune`` read to skip finished work: every
 finished run's ``summary.json``, ``config.yaml`` and ``metrics.jsonl``, every search's
 ``study.journal`` and its outputs, the base model's scores and the folders' ownership records.
-It leaves out checkpoints, adapters, TensorBoard logs and the searches' trial folders (the journal
-holds every trial), so an unfinished run starts again from step 0 after ``unpack`` and an
+It leaves out checkpoints, adapters, TensorBoard logs, plots (written again from the records) and
+the searches' trial folders (the journal holds every trial), so an unfinished run starts again from step 0 after ``unpack`` and an
 interrupted trial is marked failed and replaced, as after a kill. The archive is deterministic
 (sorted names, no times or owners), so an unchanged study packs to the same bytes.
 
@@ -29,7 +29,7 @@ def kept(folder: Path) -> list[Path]:
     """The files under ``folder`` that the archive keeps, sorted."""
     return sorted(path for path in folder.rglob("*") if path.is_file()
                   and not LEFT_OUT.intersection(path.relative_to(folder).parts[:-1])
-                  and not path.name.endswith(".lock"))
+                  and not path.name.endswith((".lock", ".png")))
 
 
 def pack(folder: Path, archive: Path) -> int:
