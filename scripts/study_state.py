@@ -5,9 +5,10 @@ sessions goes on where it stopped.
 finished run's ``summary.json``, ``config.yaml`` and ``metrics.jsonl``, every search's
 ``study.journal`` and its outputs, the base model's scores and the folders' ownership records.
 It leaves out checkpoints, adapters, TensorBoard logs, plots (written again from the records) and
-the searches' trial folders (the journal holds every trial), so an unfinished run starts again from step 0 after ``unpack`` and an
-interrupted trial is marked failed and replaced, as after a kill. The archive is deterministic
-(sorted names, no times or owners), so an unchanged study packs to the same bytes.
+the searches' trial folders (the journal holds every trial), so after ``unpack`` an unfinished run
+starts again from step 0 and an interrupted trial is marked failed and replaced, as after a kill.
+The archive is deterministic (sorted names, no times or owners), so an unchanged study packs to
+the same bytes.
 
     python scripts/study_state.py pack runs/study/sst2_tuned docs/results/study_sst2_tuned/state.tar.gz
     python scripts/study_state.py unpack docs/results/study_sst2_tuned/state.tar.gz runs/study/sst2_tuned
