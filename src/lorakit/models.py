@@ -106,7 +106,7 @@ def embedded_encoder_path() -> Path:
 def embedded_model_path() -> Path:
     """The embedded model as a Hugging Face folder (float32 safetensors, config, tokenizer),
     converted once from its GGUF into the cache (``cache_dir()``, 540 MB): reading the GGUF takes
-    about 30 s on two cores, the folder about 2 s.
+    about 35 s on two cores, the folder about 3.5 s (``benchmarks/startup.py``).
 
     The folder's name holds the GGUF's size and modification time and transformers' version, so a
     reinstalled model or another transformers converts again (and removes the older copy); so does
