@@ -1,10 +1,12 @@
 """The calibration phase of a data-aware init: what the frozen base model's target layers see on a
 few batches of the run's own data, gathered once before step 0 (``Init.reads``).
 
-``inputs``: for each target layer, the token count ``n``, the mean ``μ`` and the centred
-covariance ``C = (Σ x xᵀ − n μ μᵀ) / (n − 1)`` of its input vectors ``x``, accumulated in float64
-over every batch. Tokens that do not count are left out: padding (``attention_mask`` 0) and, where
-``labels`` has one entry per token, the positions it masks (``-100``: the prompt of an SFT
+``inputs``: for each target layer, from its input vectors ``x`` accumulated in float64 over every
+batch: the token count ``n``, the mean ``μ`` and the centred covariance
+``C = (Σ x xᵀ − n μ μᵀ) / (n − 1)`` (EVA), and the mean over sequences of ``X_sᵀ X_s / max(X_s)²``
+(``X_s``: one sequence's inputs, scaled by their largest entry as CorDA's reference
+implementation does). Tokens that do not count are left out: padding (``attention_mask`` 0) and,
+where ``labels`` has one entry per token, the positions it masks (``-100``: the prompt of an SFT
 record), as PEFT's EVA does by default.
 """
 
@@ -33,14 +35,23 @@ class InputStatistics:
     count: int = 0
     total: torch.Tensor | None = None
     outer: torch.Tensor | None = None
+    sequences: int = 0
+    scaled_outer: torch.Tensor | None = None
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        """Add one sequence's input vectors ``x`` (tokens, in)."""
+        x = x.detach().to(torch.float64)
         if self.total is None:
             self.total, self.outer = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1], x.shape[1])
+            self.scaled_outer = torch.zeros_like(self.outer)
+        if x.shape[0] == 0:
+            return
         self.count += x.shape[0]
         self.total += x.sum(0)
-        self.outer += x.T @ x
+        outer = x.T @ x
+        self.outer += outer
+        self.sequences += 1
+        self.scaled_outer += outer / x.max().abs().clamp_min(torch.finfo(x.dtype).tiny) ** 2
 
     @property
     def mean(self) -> torch.Tensor:
@@ -75,7 +86,10 @@ def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
     def hook(name: str) -> Any:
         def gather(module: nn.Module, args: tuple[Any, ...]) -> None:
             x, keep = args[0], current["keep"]
-            statistics[name].add(x if keep is None or keep.shape != x.shape[:-1] else x[keep.to(x.device)])
+            x = x.reshape(-1, *x.shape[-2:])  # (sequences, tokens, in)
+            for row, inputs in enumerate(x):
+                statistics[name].add(inputs if keep is None or keep.shape != x.shape[:-1]
+                                     else inputs[keep[row].to(x.device)])
         return gather
 
     handles = [module.register_forward_pre_hook(hook(name)) for name, module in targets]

@@ -50,5 +50,11 @@ def svd_factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.
             torch.manual_seed(seed)
             U_r, S_r, V_r = torch.svd_lowrank(weight, q=rank, niter=int(niter))
         Vh_r = V_r.T
+    return split_pair(U_r, S_r, Vh_r, scale)
+
+
+def split_pair(U_r: torch.Tensor, S_r: torch.Tensor, Vh_r: torch.Tensor,
+               scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B = U_r √(S_r/s)``, ``A = √(S_r/s) Vh_r``: ``s·B A = U_r diag(S_r) Vh_r``, split evenly."""
     root = torch.sqrt(S_r / scale)
     return (U_r * root).contiguous(), (root[:, None] * Vh_r).contiguous()

@@ -1,6 +1,7 @@
-"""EVA, the first init that reads data: the calibration phase (each layer's input statistics over
-the run's own batches), its components and rank redistribution, PEFT's ranks, saving and loading
-without data, training and exact resume through lorakit train, and its one-line errors."""
+"""The inits that read data, EVA and CorDA: the calibration phase (each layer's input statistics
+over the run's own batches), EVA's components and rank redistribution, CorDA's two modes, parity
+with PEFT, saving and loading without data, training and exact resume through lorakit train,
+and their one-line errors."""
 
 from __future__ import annotations
 
@@ -114,8 +115,9 @@ def test_an_eva_adapter_saves_and_loads_without_data(tmp_path):
 
 
 def test_bad_input_is_one_line():
-    with pytest.raises(LorakitError, match="reads the training data before step 0; pass init_data="):
-        lorakit.attach(tiny_llama(), "lora", init="eva")
+    for init in DATA_INITS:
+        with pytest.raises(LorakitError, match=f"init '{init}' reads the training data before step 0; pass init_data="):
+            lorakit.attach(tiny_llama(), "lora", init=init)
     with pytest.raises(LorakitError, match="needs init_batches = 16 batches but the data gives 3"):
         lorakit.attach(tiny_llama(), "lora", init="eva", init_data=data(3))
     with pytest.raises(LorakitError, match="schedule 'weight_lora' changes ranks too"):
@@ -126,22 +128,63 @@ def test_bad_input_is_one_line():
         lorakit.attach(tiny_llama(), "lora", init_batches=4)
 
 
-EVA_RUN = ("method.name=lora", "method.init=eva", "method.init_batches=4", "method.lr_ratio=null")
+@pytest.mark.parametrize("mode", ["ipm", "kpm"])
+def test_corda_gives_peft_factors_and_keeps_the_model_at_attach(mode):
+    peft = pytest.importorskip("peft")
+    from peft.tuners.lora.config import CordaConfig
+    from peft.tuners.lora.corda import preprocess_corda
+
+    base, batches = tiny_llama(), data(2)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "o_proj"], init_lora_weights="corda",
+                             corda_config=CordaConfig(corda_method=mode))
+    theirs = copy.deepcopy(base)
+    preprocess_corda(theirs, config, run_model=lambda: [theirs(input_ids=row[None]) for b in batches
+                                                        for row in b["input_ids"]])  # one sequence per call
+    theirs = peft.get_peft_model(theirs, config)
+    model = copy.deepcopy(base)
+    ours = lorakit.attach(model, "lora", init="corda", corda_mode=mode, rank=4, alpha=8,
+                          targets=["q_proj", "o_proj"], init_data=batches, init_batches=2)
+    x = batch(seed=7, size=2, length=8)
+    torch.testing.assert_close(logits(model, x), logits(base, x), atol=2e-5, rtol=0)
+    for name, layer in ours.layers.items():
+        module = theirs.base_model.model.get_submodule(name)
+        B, A = module.lora_B["default"].weight.detach(), module.lora_A["default"].weight.detach()
+        sign = torch.sign((B * layer.form.B.detach()).sum(0))  # each singular pair up to its sign
+        assert (layer.form.B.detach() * sign - B).norm() < 1e-3 * B.norm()  # float32 in PEFT, float64 here
+        assert (layer.form.A.detach() * sign[:, None] - A).norm() < 1e-3 * A.norm()
+        torch.testing.assert_close(layer.base_layer.weight, module.base_layer.weight, atol=1e-4, rtol=0)
 
 
-def test_lorakit_train_calibrates_on_its_own_batches_and_resumes_exactly(tiny_model_dir, addition_data, tmp_path):
-    run(tiny_model_dir, addition_data, tmp_path / "full", *EVA_RUN)
+def test_corda_modes_split_the_data_weighted_spectrum_at_opposite_ends():
+    model = tiny_llama()
+    ipm = lorakit.attach(copy.deepcopy(model), "lora", init="corda", rank=4, init_data=data(), targets=["q_proj"])
+    kpm = lorakit.attach(copy.deepcopy(model), "lora", init="corda", corda_mode="kpm", rank=4, init_data=data(),
+                         targets=["q_proj"])
+    for name in ipm.layers:
+        large, small = (torch.linalg.svdvals(a.layers[name].form.B.detach() @ a.layers[name].form.A.detach())[:4]
+                        for a in (ipm, kpm))
+        assert large.min() > small.max()  # the most used directions of W against the least used
+
+
+DATA_INITS = {"eva": ("method.init=eva",), "corda": ("method.init=corda", "method.corda_mode=kpm")}
+
+
+@pytest.mark.parametrize("init", list(DATA_INITS))
+def test_lorakit_train_calibrates_on_its_own_batches_and_resumes_exactly(init, tiny_model_dir, addition_data,
+                                                                           tmp_path):
+    RUN = ("method.name=lora", *DATA_INITS[init], "method.init_batches=4", "method.lr_ratio=null")
+    run(tiny_model_dir, addition_data, tmp_path / "full", *RUN)
     with pytest.raises(Crash):
-        run(tiny_model_dir, addition_data, tmp_path / "cut", *EVA_RUN, callbacks=[crash_at(5)])
+        run(tiny_model_dir, addition_data, tmp_path / "cut", *RUN, callbacks=[crash_at(5)])
     assert latest_checkpoint(tmp_path / "cut") is not None
-    run(tiny_model_dir, addition_data, tmp_path / "cut", *EVA_RUN, resume=True)
+    run(tiny_model_dir, addition_data, tmp_path / "cut", *RUN, resume=True)
     full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
     assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
     from transformers import AutoModelForCausalLM
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     loaded = lorakit.load(base, tmp_path / "full" / "adapter")  # no data needed
-    assert loaded.spec.init == "eva" and loaded.spec.init_batches == 4
+    assert loaded.spec.init == init and loaded.spec.init_batches == 4
     with pytest.raises(LorakitError, match="needs init_batches = 500 batches but the data gives 12"):
-        run(tiny_model_dir, addition_data, tmp_path / "big", *EVA_RUN[:-2], "method.init_batches=500",
-            "method.lr_ratio=null")
+        run(tiny_model_dir, addition_data, tmp_path / "big", "method.name=lora", *DATA_INITS[init],
+            "method.init_batches=500", "method.lr_ratio=null")
