@@ -26,7 +26,7 @@ from lorakit.schedules.adalora import (
 from lorakit.train import train
 from test_contracts import train_steps
 from test_train import Crash, crash_at
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 LAYERS = 14  # 7 targets × 2 decoder layers of the tiny Llama
@@ -254,7 +254,7 @@ def test_optimizer_without_total_steps_is_a_clear_error():
 ])
 def test_invalid_adalora_options_are_refused(method, kwargs, needle):
     with pytest.raises(lorakit.LorakitError) as info:
-        lorakit.attach(tiny_llama(), method, rank=4, **kwargs)
+        attach(tiny_llama(), method, rank=4, **kwargs)
     assert needle in str(info.value) and "\n" not in str(info.value)
 
 

@@ -19,7 +19,7 @@ from lorakit.evaluate.classification import scores
 from lorakit.heads import NEW_MODULES, head_modules, reseed_new_modules
 from lorakit.layer import AdaptedLinear
 from test_contracts import METHODS, run_options, train_steps
-from tiny import VOCAB, tiny_bert
+from tiny import VOCAB, attach, tiny_bert
 
 SELECTION = {"weight_lora": {"selection_steps": 2}, "weight_lora_plus": {"selection_steps": 2},
              "simplex_lora": {"simplex_every": 2, "simplex_reallocations": 1}, "lora_drop": {"drop_warmup_steps": 2}}
@@ -59,7 +59,7 @@ def test_every_preset_trains_saves_and_merges_a_classifier(method, tmp_path):
     x, y = inputs(), labels()
     reference = class_logits(tiny_bert(), x)
     model = tiny_bert()
-    adapter = lorakit.attach(model, method, **options(method))
+    adapter = attach(model, method, **options(method))
     torch.testing.assert_close(class_logits(model, x), reference, atol=2e-5, rtol=0)
     assert {name.rsplit(".", 1)[-1] for name in adapter.layers} <= {"query", "key", "value", "dense"}
     assert all(".attention." in name for name in adapter.layers)

@@ -11,7 +11,7 @@ import torch
 import lorakit
 from lorakit.layer import AdaptedLinear
 from lorakit.presets import resolve
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 METHODS = lorakit.methods()
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -65,7 +65,7 @@ def test_logits_unchanged_at_attach(method):
     x = batch()
     reference = logits(tiny_llama(), x)
     model = tiny_llama()
-    lorakit.attach(model, method, rank=4, targets=TARGETS)
+    attach(model, method, rank=4, targets=TARGETS)
     assert any(isinstance(m, AdaptedLinear) for m in model.modules())
     torch.testing.assert_close(logits(model, x), reference, atol=2e-5, rtol=0)
 
@@ -74,7 +74,7 @@ def test_logits_unchanged_at_attach(method):
 def test_merged_equals_unmerged(method):
     x = batch()
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, **run_options(method, 3))
+    adapter = attach(model, method, rank=4, targets=TARGETS, **run_options(method, 3))
     train_steps(model, adapter, x)
     adapted = logits(model, x)
     assert not torch.allclose(adapted, logits(tiny_llama(), x), atol=1e-3)  # the adapter does something
@@ -89,7 +89,7 @@ def test_save_load_exact(method, tmp_path):
     x = batch()
     model = tiny_llama()
     dropout = 0.0 if resolve(method).optimizer == "delta_lora" else 0.1
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, dropout=dropout, **run_options(method, 3))
+    adapter = attach(model, method, rank=4, targets=TARGETS, dropout=dropout, **run_options(method, 3))
     train_steps(model, adapter, x)
     adapter.save(tmp_path / "adapter")
     fresh = tiny_llama()
@@ -109,7 +109,7 @@ def test_save_load_exact(method, tmp_path):
 def test_gradients_reach_exactly_the_adapter(method):
     x = batch()
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS)
+    adapter = attach(model, method, rank=4, targets=TARGETS)
     trainable = {id(p) for p in adapter.parameters()}
     assert trainable == {id(p) for p in model.parameters() if p.requires_grad}
     assert trainable == {id(p) for form in adapter.forms() for p in form.roles().values() if p.requires_grad}
@@ -127,7 +127,7 @@ def test_gradients_reach_exactly_the_adapter(method):
 def test_short_run_lowers_loss(method):
     x = batch(size=4, length=24)
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, **run_options(method, 15))
+    adapter = attach(model, method, rank=4, targets=TARGETS, **run_options(method, 15))
     # VeRA trains only scaling vectors and needs about 10× LoRA's learning rate (as in its paper);
     # AdaLoRA starts from λ = 0 with N(0, 0.02²) P, Q, and its orthogonal penalty dominates the
     # early P, Q gradients under Adam: at 5e-3 its loss drops by only ~0.01 in 15 steps, at 5e-2 by ~0.24
@@ -227,7 +227,7 @@ def test_original_context_is_the_original_model_after_training(method):
     the factors (and, for Delta-LoRA, ``W``); ``disabled()`` differs from it for the spectral inits."""
     x = batch()
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, **run_options(method, 5))
+    adapter = attach(model, method, rank=4, **run_options(method, 5))
     train_steps(model, adapter, x, steps=5)
     expected = logits(tiny_llama(), x)
     with adapter.original():

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import lorakit
 from lorakit.config import load_config
 from lorakit.train import train
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 METHODS = lorakit.methods()
@@ -31,9 +31,9 @@ def test_attach_on_cuda_keeps_logits_and_factors_on_device(method, dtype):
     model = cuda_llama(dtype)
     if method == "delta_lora" and dtype != torch.float32:  # its in-place W update needs float32
         with pytest.raises(lorakit.LorakitError, match="train with the model in float32"):
-            lorakit.attach(model, method, rank=4, targets=TARGETS, seed=0)
+            attach(model, method, rank=4, targets=TARGETS, seed=0)
         return
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, seed=0)
+    adapter = attach(model, method, rank=4, targets=TARGETS, seed=0)
     assert all(p.is_cuda for p in adapter.parameters())
     with torch.no_grad():
         got = model(x).logits.float()

@@ -11,7 +11,7 @@ from lorakit.forms.dora import DoRA
 from lorakit.layer import AdaptedLinear
 from lorakit.optimizers.lora_fa import gram_pseudo_inverse, project_gradient
 from memory import saved_tensor_bytes
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -144,7 +144,7 @@ def test_lora_fa_never_updates_A():
 def saved_activation_bytes(method: str, **overrides) -> int:
     """Bytes autograd keeps for backward in one forward pass (parameters excluded)."""
     model = tiny_llama(hidden_size=128, intermediate_size=192)
-    lorakit.attach(model, method, rank=4, targets=TARGETS, **overrides)
+    attach(model, method, rank=4, targets=TARGETS, **overrides)
     model.train()
     x = batch(size=4, length=64)
     return saved_tensor_bytes(lambda: model(x, labels=x).loss, model.parameters())[1]
@@ -266,7 +266,7 @@ def test_a_delta_lora_adapter_loads_onto_a_half_precision_model_but_does_not_tra
 ])
 def test_invalid_combinations_are_refused(method, kwargs, needle):
     with pytest.raises(lorakit.LorakitError, match=None) as error:
-        lorakit.attach(tiny_llama(), method, rank=4, **kwargs)
+        attach(tiny_llama(), method, rank=4, **kwargs)
     assert needle in str(error.value)
 
 
@@ -275,7 +275,7 @@ def test_lr_scale_scales_every_group_but_an_explicit_gate_rate(method):
     """lr_scale: the method's rate relative to the one given, for every recipe's groups; a gate_lr
     given explicitly is an absolute rate."""
     def rates(**options):
-        adapter = lorakit.attach(tiny_llama(), method, train_modules=["lm_head"], **options)
+        adapter = attach(tiny_llama(), method, train_modules=["lm_head"], **options)
         return {g["name"]: g["lr"] for g in adapter.param_groups(1e-3, 0.0)}
 
     plain, scaled = rates(), rates(lr_scale=4.0)

@@ -10,7 +10,7 @@ import torch
 import lorakit
 from lorakit.errors import LorakitError
 from test_contracts import logits, train_and_reload, train_steps
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 
 @pytest.mark.parametrize("method", ["lora", "olora_plus", "dora", "weight_lora"])
@@ -18,7 +18,7 @@ def test_a_trained_head_is_saved_and_restored(method, tmp_path):
     x = batch()
     model = tiny_llama()
     head = model.lm_head.weight.detach().clone()
-    adapter = lorakit.attach(model, method, rank=4, train_modules=["lm_head"],
+    adapter = attach(model, method, rank=4, train_modules=["lm_head"],
                              **({"selection_steps": 2} if method == "weight_lora" else {}))
     assert model.lm_head.weight.requires_grad and "modules" in [g["name"] for g in adapter.param_groups(1e-3, 0)]
     assert adapter.num_parameters() == sum(p.numel() for p in model.parameters() if p.requires_grad)

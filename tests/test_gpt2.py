@@ -9,7 +9,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 import lorakit
 from lorakit.conv1d import Conv1D, Conv1DView
 from test_contracts import METHODS, logits, run_options, train_and_reload, train_steps
-from tiny import VOCAB, batch
+from tiny import VOCAB, attach, batch
 
 TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -31,7 +31,7 @@ def test_every_preset_adapts_conv1d(method, tmp_path):
     x = batch()
     model = tiny_gpt2()
     before = logits(model, x)
-    adapter = lorakit.attach(model, method, **options(method))
+    adapter = attach(model, method, **options(method))
     assert all(isinstance(layer.base_layer, Conv1DView) for layer in adapter.layers.values())
     assert len(adapter.layers) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj in each of 2 blocks
     torch.testing.assert_close(logits(model, x), before, atol=1e-5, rtol=0)  # unchanged at attach
@@ -48,7 +48,7 @@ def test_peft_loads_the_conv1d_export(method, tmp_path):
 
     x = batch(seed=1)
     model = tiny_gpt2()
-    adapter = lorakit.attach(model, method, **options(method))
+    adapter = attach(model, method, **options(method))
     train_steps(model, adapter, batch(), steps=3)
     expected = logits(model, x)
     adapter.save_peft(tmp_path / "peft")

@@ -11,7 +11,7 @@ import torch
 import lorakit
 from lorakit.forms.lora import PairForm
 from lorakit.optimizers.delta_lora import DeltaLora
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 TARGETS = ["q_proj", "v_proj", "up_proj"]
 # options that make every schedule act within a few steps
@@ -27,7 +27,7 @@ OPTIONS = {
 
 def fresh(method: str, seed: int):
     model = tiny_llama(seed=seed)
-    return model, lorakit.attach(model, method, rank=4, targets=TARGETS, **OPTIONS[method])
+    return model, attach(model, method, rank=4, targets=TARGETS, **OPTIONS[method])
 
 
 def step(model, optimizer, x) -> None:
@@ -76,7 +76,7 @@ def test_a_saved_adapter_keeps_its_values_when_a_default_changes(method, owner, 
                                                                   monkeypatch):
     x = batch()
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4)
+    adapter = attach(model, method, rank=4)
     optimizer = adapter.optimizer(lr=1e-2)
     for _ in range(3):
         step(model, optimizer, x)

@@ -9,7 +9,7 @@ import lorakit
 from lorakit.data import IGNORE_INDEX, Collator
 from lorakit.data.packing import PackedCollator, pack
 from lorakit.evaluate.loss import label_tokens, token_loss
-from tiny import tiny_llama
+from tiny import attach, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -51,7 +51,7 @@ def test_rows_hold_whole_examples_with_restarting_positions():
 def test_a_packed_batch_has_the_loss_and_gradients_of_the_unpacked_one(method):
     model = tiny_llama()
     options = {"adalora_total_steps": 10} if method == "adalora" else {}
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, **options)
+    adapter = attach(model, method, rank=4, targets=TARGETS, **options)
     torch.manual_seed(0)
     with torch.no_grad():  # a non-zero adapter, so every parameter gets a gradient
         for param in adapter.parameters():

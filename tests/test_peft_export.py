@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import lorakit
 from lorakit.ops.resize import compact
 from test_contracts import TARGETS, logits, run_options, train_steps
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -31,7 +31,7 @@ def trained(method: str, steps: int = 4, **options):
     overrides = {**run_options(method, steps), **options}
     if method == "delta_lora":
         overrides.setdefault("dropout", 0.0)
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, **overrides)
+    adapter = attach(model, method, rank=4, targets=TARGETS, **overrides)
     train_steps(model, adapter, batch(), steps=steps, lr=2e-2)
     return model, adapter
 

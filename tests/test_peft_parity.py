@@ -25,6 +25,8 @@ from peft import LoraConfig, get_peft_model  # noqa: E402
 from peft.optimizers import create_loraplus_optimizer  # noqa: E402
 from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
 
+from tiny import attach  # noqa: E402
+
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")
 
 RANK, ALPHA = 4, 8.0
@@ -114,7 +116,7 @@ def group_rates(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 @pytest.mark.parametrize("method", ["olora", "pissa"])
 def test_spectral_init_matches_peft(base_model: LlamaForCausalLM, batch: torch.Tensor, method: str) -> None:
     ours, theirs = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    adapter = lorakit.attach(ours, method, rank=RANK, alpha=ALPHA, targets=TARGETS, seed=0)
+    adapter = attach(ours, method, rank=RANK, alpha=ALPHA, targets=TARGETS, seed=0)
     theirs = peft_model(theirs, method)
 
     assert len(adapter.layers) == 2 * len(TARGETS)
@@ -184,7 +186,7 @@ def peft_optimizer(model: nn.Module, case: Case) -> torch.optim.Optimizer:
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_one_adamw_step_matches_peft(base_model: LlamaForCausalLM, batch: torch.Tensor, case: Case) -> None:
     ours, theirs = copy.deepcopy(base_model), copy.deepcopy(base_model)
-    adapter = lorakit.attach(ours, case.method, rank=RANK, alpha=ALPHA, targets=TARGETS, seed=0,
+    adapter = attach(ours, case.method, rank=RANK, alpha=ALPHA, targets=TARGETS, seed=0,
                              **case.overrides)
     theirs = peft_model(theirs, case.peft_init)
 
@@ -222,7 +224,7 @@ def test_one_adamw_step_matches_peft(base_model: LlamaForCausalLM, batch: torch.
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_param_group_rates(base_model: LlamaForCausalLM, case: Case) -> None:
     model = copy.deepcopy(base_model)
-    adapter = lorakit.attach(model, case.method, rank=RANK, alpha=ALPHA, targets=TARGETS, seed=0,
+    adapter = attach(model, case.method, rank=RANK, alpha=ALPHA, targets=TARGETS, seed=0,
                              **case.overrides)
     optimizer = adapter.optimizer(lr=LR, weight_decay=WEIGHT_DECAY)
     rates = group_rates(optimizer)

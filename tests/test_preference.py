@@ -16,7 +16,7 @@ from lorakit.errors import LorakitError
 from lorakit.train import train
 from lorakit.train.objectives import Dpo
 from test_contracts import METHODS, run_options, train_steps
-from tiny import VOCAB, batch, tiny_llama
+from tiny import VOCAB, attach, batch, tiny_llama
 
 PROMPT = [{"role": "user", "content": "hi"}]
 
@@ -35,7 +35,7 @@ def pair_batch(pairs: int = 3, prompt: int = 6, answer: int = 5, seed: int = 0) 
 @pytest.mark.parametrize("method", METHODS)
 def test_dpo_loss_is_log_2_at_step_0_for_every_preset(method):
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, **run_options(method, 5))
+    adapter = attach(model, method, rank=4, **run_options(method, 5))
     pairs = pair_batch()
     objective = Dpo(adapter, beta=0.5)
     loss = float(objective.loss_sum(model, pairs).detach()) / objective.units(pairs)
@@ -50,7 +50,7 @@ def test_the_reference_stays_the_original_model_while_training(method):
     """After steps that move the factors (and W), the reference log-probabilities are still the
     original model's."""
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4)
+    adapter = attach(model, method, rank=4)
     train_steps(model, adapter, batch(), steps=4)
     pairs = pair_batch()
     with torch.no_grad(), adapter.original():

@@ -10,7 +10,7 @@ import torch
 import lorakit
 from lorakit.errors import LorakitError
 from test_contracts import METHODS, logits, run_options, train_and_reload, train_steps
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 bnb = pytest.importorskip("bitsandbytes", reason="quantized bases need the optional extra lorakit[qlora]")
 
@@ -50,7 +50,7 @@ def test_every_preset_on_a_quantized_base(method, kind, tmp_path):
     x = batch()
     model = quantized_llama(kind)
     before = logits(model, x)
-    adapter = lorakit.attach(model, method, rank=4, **run_options(method, 4))
+    adapter = attach(model, method, rank=4, **run_options(method, 4))
     spectral = adapter.spectral
     attached = logits(model, x)
     # unchanged at attach; a requantized residual only to quantization rounding
@@ -71,7 +71,7 @@ def test_spectral_residual_correction_is_exact_and_disabled_is_the_quantized_bas
     model = quantized_llama(kind)
     before = logits(model, x)
     weights = {name: m.weight.data.clone() for name, m in model.named_modules() if is_quantized(m)}
-    adapter = lorakit.attach(model, method, rank=4, spectral_residual="correction")
+    adapter = attach(model, method, rank=4, spectral_residual="correction")
     torch.testing.assert_close(logits(model, x), before, atol=1e-4, rtol=0)  # exact to float rounding
     assert all(torch.equal(m.base_layer.weight.data, weights[n]) for n, m in adapter.layers.items())  # W kept
     train_steps(model, adapter, x, steps=3)
@@ -127,7 +127,7 @@ def test_peft_loads_the_export_onto_the_quantized_base(method, mode, tolerance, 
 
     x = batch(seed=1)
     model = quantized_llama("nf4")
-    adapter = lorakit.attach(model, method, rank=4, **({"spectral_residual": mode} if mode else {}))
+    adapter = attach(model, method, rank=4, **({"spectral_residual": mode} if mode else {}))
     train_steps(model, adapter, batch(), steps=3)
     expected = logits(model, x)
     adapter.save_peft(tmp_path / "peft")
@@ -237,7 +237,7 @@ def test_a_quantized_gpt2(method, kind, tmp_path):
     x = batch()
     model = load()
     before = logits(model, x)
-    adapter = lorakit.attach(model, method, targets=GPT2_TARGETS, rank=4, **(
+    adapter = attach(model, method, targets=GPT2_TARGETS, rank=4, **(
         {"spectral_residual": "correction"} if method == "olora" else {}))
     torch.testing.assert_close(logits(model, x), before, atol=1e-4, rtol=0)
     trained, reloaded = train_and_reload(model, adapter, x, load(), tmp_path / "adapter", steps=3)

@@ -9,7 +9,7 @@ import lorakit
 from lorakit.layer import AdaptedLinear
 from lorakit.schedules.weight_lora import keep_top_k
 from test_contracts import train_steps
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -35,7 +35,7 @@ def test_keep_top_k():
 @pytest.mark.parametrize("method", ["weight_lora", "weight_lora_plus"])
 def test_weight_lora_keeps_exactly_k_adapters(method):
     model = tiny_llama()
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, weight_lora_k=5, selection_steps=3,
+    adapter = attach(model, method, rank=4, targets=TARGETS, weight_lora_k=5, selection_steps=3,
                              gate_lr=5e-2)
     assert len(adapter.layers) == 14
     optimizer, losses = train(model, adapter, steps=6)
@@ -164,7 +164,7 @@ def test_variable_rank_adapters_save_and_load_exactly(method, tmp_path):
     model = tiny_llama()
     options = {"weight_lora_k": 5, "selection_steps": 2} if method == "weight_lora_plus" else \
         {"simplex_every": 2, "simplex_reallocations": 1}
-    adapter = lorakit.attach(model, method, init="olora", rank=4, targets=TARGETS, **options)
+    adapter = attach(model, method, init="olora", rank=4, targets=TARGETS, **options)
     train(model, adapter, steps=4)
     assert len({layer.form.rank for layer in adapter.layers.values()}) >= 1
     adapter.save(tmp_path / "adapter")

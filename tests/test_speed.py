@@ -16,7 +16,7 @@ from lorakit.evaluate.loss import LossLogits, label_tokens, token_loss
 from lorakit.fused import SharedInput
 from lorakit.train.objectives import sequence_logps
 from test_packing import Pad, examples
-from tiny import batch, tiny_llama
+from tiny import attach, batch, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -26,7 +26,7 @@ def adapted(method: str = "lora", **options):
     model = tiny_llama()
     if method == "adalora":
         options.setdefault("adalora_total_steps", 10)
-    adapter = lorakit.attach(model, method, rank=4, targets=TARGETS, **options)
+    adapter = attach(model, method, rank=4, targets=TARGETS, **options)
     torch.manual_seed(0)
     with torch.no_grad():
         for param in adapter.parameters():

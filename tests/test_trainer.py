@@ -11,7 +11,7 @@ import lorakit
 from lorakit.errors import LorakitError
 from lorakit.integrations.transformers import LorakitTrainer, OriginalModel, with_lorakit
 from test_contracts import METHODS
-from tiny import VOCAB, tiny_llama
+from tiny import VOCAB, attach, tiny_llama
 
 STEPS = 8
 
@@ -47,7 +47,7 @@ SHORT = {"weight_lora": {"selection_steps": 4}, "weight_lora_plus": {"selection_
 
 def trainer_for(method, out, model=None, eval_dataset=None, **overrides):
     model = model or tiny_llama().train()
-    adapter = lorakit.attach(model, method, rank=4, **SHORT.get(method, {}))
+    adapter = attach(model, method, rank=4, **SHORT.get(method, {}))
     return LorakitTrainer(model=model, adapter=adapter, args=arguments(out, **overrides), train_dataset=Patterns(),
                           eval_dataset=eval_dataset)
 

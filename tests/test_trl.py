@@ -9,7 +9,7 @@ import pytest
 import lorakit
 from lorakit.integrations.transformers import OriginalModel, with_lorakit
 from test_conversations import CONVERSATION, chat_tokenizer
-from tiny import tiny_llama
+from tiny import attach, tiny_llama
 
 trl = pytest.importorskip("trl", reason="TRL is the optional extra lorakit[trl]")
 datasets = pytest.importorskip("datasets")
@@ -43,7 +43,7 @@ def test_sft_trainer_on_conversations(tmp_path):
 def dpo_trainer(method, out, steps=6):
     tok = chat_tokenizer()
     model = chat_model(tok)
-    adapter = lorakit.attach(model, method, rank=4)
+    adapter = attach(model, method, rank=4)
     args = trl.DPOConfig(output_dir=str(out), max_steps=steps, beta=0.5, **COMMON)
     return with_lorakit(trl.DPOTrainer)(model=model, adapter=adapter, args=args, processing_class=tok,
                                          train_dataset=datasets.Dataset.from_list(PAIRS))

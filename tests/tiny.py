@@ -38,3 +38,18 @@ def tiny_bert(seed: int = 0, num_labels: int = 3):
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
                         problem_type="regression" if num_labels == 1 else "single_label_classification")
     return BertForSequenceClassification(config).eval()
+
+
+def attach(model: torch.nn.Module, method, **overrides):
+    """``lorakit.attach`` as the per-preset tests call it: a preset whose init reads data (EVA,
+    CorDA) gets ``init_batches`` batches of random token ids of the model's vocabulary, seeded."""
+    import lorakit
+    from lorakit.presets import parts_of, resolve
+
+    spec = resolve(method, **overrides)
+    if not parts_of(spec).init.reads:
+        return lorakit.attach(model, spec)
+    generator = torch.Generator().manual_seed(1234)
+    vocab = model.config.vocab_size
+    data = [{"input_ids": torch.randint(0, vocab, (2, 16), generator=generator)} for _ in range(spec.init_batches)]
+    return lorakit.attach(model, spec, init_data=data)

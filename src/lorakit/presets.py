@@ -39,6 +39,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "olora_plus": {"init": "olora", "optimizer": "lora_plus", "lr_ratio": 0.5},  # λ = 16 diverges: methods/index.md
     "pissa": {"init": "pissa"},
     "milora": {"init": "milora"},
+    "eva": {"init": "eva"},  # reads init_batches batches of the training data before step 0
+    "corda": {"init": "corda"},  # as EVA; corda_mode ipm (PEFT's default) or kpm
     "dora": {"form": "dora"},
     "vera": {"form": "vera", "rank": 256, "lr_scale": 10.0},  # tuned: 10.7× LoRA's rate (methods/index.md)
     "lora_fa": {"optimizer": "lora_fa"},

@@ -92,7 +92,8 @@ def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
                                      else inputs[keep[row].to(x.device)])
         return gather
 
-    handles = [module.register_forward_pre_hook(hook(name)) for name, module in targets]
+    # the modules the model calls (a GPT-2 Conv1D target is found as a Linear view of it)
+    handles = [model.get_submodule(name).register_forward_pre_hook(hook(name)) for name, _ in targets]
     training = model.training
     model.eval()
     try:
