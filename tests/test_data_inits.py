@@ -60,6 +60,17 @@ def test_the_statistics_are_the_inputs_covariance_over_the_tokens_that_count():
     torch.testing.assert_close(found.covariance, torch.cov(x.T), atol=1e-9, rtol=1e-7)
 
 
+def test_layers_reading_one_input_share_their_statistics():
+    model = tiny_llama()
+    found = input_statistics(model, find_targets(model, TARGETS), data(2))
+    layer = "model.layers.0."
+    assert found[layer + "self_attn.q_proj"] is found[layer + "self_attn.k_proj"] is found[layer + "self_attn.v_proj"]
+    assert found[layer + "mlp.gate_proj"] is found[layer + "mlp.up_proj"]
+    alone = input_statistics(model, find_targets(model, ["k_proj"]), data(2))[layer + "self_attn.k_proj"]
+    assert torch.equal(alone.outer, found[layer + "self_attn.k_proj"].outer)
+    assert len({id(value) for value in found.values()}) == 4 * 2  # qkv, o, gate/up, down in each layer
+
+
 def test_eva_starts_from_the_leading_components_unchanged_and_redistributes_ranks():
     model, reference = low_rank_model(), low_rank_model()
     adapter = lorakit.attach(model, "lora", init="eva", rank=4, init_data=data())

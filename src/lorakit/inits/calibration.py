@@ -79,13 +79,22 @@ def kept_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
 def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
                      batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, InputStatistics]:
     """Each target layer's input statistics over ``batches`` (forwards of ``model`` in eval mode,
-    hooks removed afterwards, the model's mode restored)."""
+    hooks removed afterwards, the model's mode restored). Layers called one after the other on one
+    input tensor (q, k and v; gate and up) share one statistics object, gathered once."""
     statistics = {name: InputStatistics() for name, _ in targets}
-    current: dict[str, torch.Tensor | None] = {"keep": None}
+    current: dict[str, Any] = {"keep": None, "last": None}
+    shared: set[str] = set()
 
     def hook(name: str) -> Any:
         def gather(module: nn.Module, args: tuple[Any, ...]) -> None:
-            x, keep = args[0], current["keep"]
+            x, keep, last = args[0], current["keep"], current["last"]
+            if name in shared:
+                return
+            if last is not None and last[0] is x and current["first"]:
+                statistics[name] = statistics[last[1]]
+                shared.add(name)
+                return
+            current["last"] = (x, name)
             x = x.reshape(-1, *x.shape[-2:])  # (sequences, tokens, in)
             for row, inputs in enumerate(x):
                 statistics[name].add(inputs if keep is None or keep.shape != x.shape[:-1]
@@ -98,10 +107,12 @@ def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
     model.eval()
     try:
         device = next(model.parameters()).device
-        for batch in batches:
-            current["keep"] = kept_tokens(batch)
+        for number, batch in enumerate(batches):
+            current.update(keep=kept_tokens(batch), first=number == 0)
             model(**{k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask")})
+            current["last"] = None
     finally:
+        current["last"] = None
         for handle in handles:
             handle.remove()
         model.train(training)
