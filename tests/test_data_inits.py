@@ -1,7 +1,7 @@
-"""The inits that read data, EVA and CorDA: the calibration phase (each layer's input statistics
-over the run's own batches), EVA's components and rank redistribution, CorDA's two modes, parity
-with PEFT, saving and loading without data, training and exact resume through lorakit train,
-and their one-line errors."""
+"""The inits that read data, EVA, CorDA and LoRA-GA: the calibration phase (each layer's input
+statistics or weight gradient over the run's own batches), EVA's components and rank
+redistribution, CorDA's two modes, LoRA-GA's split, parity with PEFT, saving and loading without
+data, training and exact resume through lorakit train, and their one-line errors."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 import lorakit
 from lorakit import LorakitError
-from lorakit.inits.calibration import input_statistics
+from lorakit.inits.calibration import input_statistics, weight_gradients
 from lorakit.inits.eva import principal_components
 from lorakit.targeting import find_targets
 from test_contracts import TARGETS, logits
@@ -137,6 +137,10 @@ def test_bad_input_is_one_line():
         lorakit.attach(tiny_llama(), "lora", init="eva", eva_rho=0.5, init_data=data())
     with pytest.raises(LorakitError, match="init_batches=4 has no effect with init 'kaiming'"):
         lorakit.attach(tiny_llama(), "lora", init_batches=4)
+    with pytest.raises(LorakitError, match="needs batches with labels"):
+        lorakit.attach(tiny_llama(), "lora_ga", init_data=data())
+    with pytest.raises(LorakitError, match="lora_ga takes 2·rank = 64 singular vectors of a .*; use rank <= "):
+        lorakit.attach(tiny_llama(), "lora_ga", rank=32, init_data=labelled(), init_batches=4)
 
 
 @pytest.mark.parametrize("mode", ["ipm", "kpm"])
@@ -177,7 +181,64 @@ def test_corda_modes_split_the_data_weighted_spectrum_at_opposite_ends():
         assert large.min() > small.max()  # the most used directions of W against the least used
 
 
-DATA_INITS = {"eva": ("method.init=eva",), "corda": ("method.init=corda", "method.corda_mode=kpm")}
+def labelled(n: int = 4) -> list[dict]:
+    return [{**b, "labels": b["input_ids"]} for b in data(n)]
+
+
+def test_the_gradient_statistic_is_the_mean_gradient_of_the_loss():
+    model, batches = tiny_llama(), labelled(3)
+    weights = [model.model.layers[1].self_attn.v_proj.weight]
+    expected = sum(torch.autograd.grad(model(**b).loss, weights)[0] for b in batches) / 3
+    found = weight_gradients(model, find_targets(model, ["v_proj"]), batches)["model.layers.1.self_attn.v_proj"]
+    torch.testing.assert_close(found, expected, atol=1e-7, rtol=1e-5)
+    assert all(p.requires_grad for p in model.parameters())  # every flag restored
+
+
+def test_lora_ga_splits_the_gradient_as_the_paper_and_keeps_the_model_at_attach():
+    model, reference, batches = low_rank_model(), low_rank_model(), labelled()
+    adapter = lorakit.attach(model, "lora_ga", rank=4, init_data=batches, init_batches=4)
+    x = batch(seed=7, size=2, length=8)
+    torch.testing.assert_close(logits(model, x), logits(reference, x), atol=2e-5, rtol=0)
+    grads = weight_gradients(reference, find_targets(reference, ["q_proj", "k_proj", "v_proj", "o_proj"]), batches)
+    for name, layer in adapter.layers.items():
+        U, _, Vh = torch.linalg.svd(grads[name].double(), full_matrices=False)
+        c = layer.base_layer.weight.shape[0] ** 0.25 / 16 ** 0.5
+        torch.testing.assert_close(layer.form.A.detach().double(), Vh[:4] * c, atol=1e-5, rtol=0)
+        torch.testing.assert_close(layer.form.B.detach().double(), U[:, 4:8] * c, atol=1e-5, rtol=0)
+
+
+def test_peft_lora_ga_takes_the_same_directions():
+    """PEFT 0.21 scales B by the singular values and A not at all (the paper scales both by
+    m^¼/√γ): the rows of A and the columns of B point the same ways."""
+    peft = pytest.importorskip("peft")
+    from peft.tuners.lora.config import LoraGAConfig
+    from peft.tuners.lora.loraga import preprocess_loraga
+
+    base, batches = low_rank_model(), labelled()
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "o_proj"], init_lora_weights="lora_ga",
+                             lora_ga_config=LoraGAConfig())
+    theirs = copy.deepcopy(base)
+    theirs.eval()
+
+    def train_step():
+        for b in batches:
+            (theirs(**b).loss / len(batches)).backward()
+
+    torch.manual_seed(0)
+    preprocess_loraga(theirs, config, train_step)
+    theirs = peft.get_peft_model(theirs, config)
+    ours = lorakit.attach(copy.deepcopy(base), "lora_ga", rank=2, alpha=4, targets=["q_proj", "o_proj"],
+                          init_data=batches, init_batches=4)
+    unit = torch.nn.functional.normalize
+    for name, layer in ours.layers.items():
+        module = theirs.base_model.model.get_submodule(name)
+        A, B = module.lora_A["default"].weight.detach(), module.lora_B["default"].weight.detach()
+        assert ((unit(A, dim=1) * unit(layer.form.A.detach(), dim=1)).sum(1).abs() > 0.99).all()
+        assert ((unit(B, dim=0) * unit(layer.form.B.detach(), dim=0)).sum(0).abs() > 0.99).all()
+
+
+DATA_INITS = {"eva": ("method.init=eva",), "corda": ("method.init=corda", "method.corda_mode=kpm"),
+              "lora_ga": ("method.init=lora_ga", "method.rank=2")}
 
 
 @pytest.mark.parametrize("init", list(DATA_INITS))

@@ -17,7 +17,8 @@ bnb = pytest.importorskip("bitsandbytes", reason="quantized bases need the optio
 from lorakit.quantized import bitsandbytes_config, dequantized, is_quantized, prepare, quantize_model  # noqa: E402
 
 KINDS = ("nf4", "int8")
-ON_QUANTIZED = [m for m in METHODS if m != "delta_lora"]  # Delta-LoRA writes W: refused (tested below)
+# Delta-LoRA writes W, LoRA-GA needs W's gradient: both refused (tested below)
+ON_QUANTIZED = [m for m in METHODS if m not in ("delta_lora", "lora_ga")]
 # bitsandbytes' CPU NF4 kernel wants in_features a multiple of its block size (64)
 SHAPE = {"intermediate_size": 128}
 
@@ -100,6 +101,8 @@ def test_requantized_residual_reloads_bit_for_bit(tmp_path):
 def test_refusals_are_one_line_errors(tmp_path):
     with pytest.raises(LorakitError, match="delta_lora writes the base weights .* is quantized"):
         lorakit.attach(quantized_llama("nf4"), "delta_lora", rank=4)
+    with pytest.raises(LorakitError, match="is quantized, and a gradient-based init needs the gradient of a full"):
+        attach(quantized_llama("nf4"), "lora_ga", rank=4)
     with pytest.raises(LorakitError, match="spectral residual kept as a path"):
         lorakit.attach(quantized_llama("nf4"), "dora", init="olora", rank=4, spectral_residual="correction")
     adapter = lorakit.attach(quantized_llama("nf4"), "lora", rank=4)

@@ -42,7 +42,8 @@ def tiny_bert(seed: int = 0, num_labels: int = 3):
 
 def attach(model: torch.nn.Module, method, **overrides):
     """``lorakit.attach`` as the per-preset tests call it: a preset whose init reads data (EVA,
-    CorDA) gets ``init_batches`` batches of random token ids of the model's vocabulary, seeded."""
+    CorDA, LoRA-GA) gets ``init_batches`` batches of random token ids of the model's vocabulary,
+    seeded, with labels (the ids, or classes for a classifier)."""
     import lorakit
     from lorakit.presets import parts_of, resolve
 
@@ -50,6 +51,10 @@ def attach(model: torch.nn.Module, method, **overrides):
     if not parts_of(spec).init.reads:
         return lorakit.attach(model, spec)
     generator = torch.Generator().manual_seed(1234)
-    vocab = model.config.vocab_size
-    data = [{"input_ids": torch.randint(0, vocab, (2, 16), generator=generator)} for _ in range(spec.init_batches)]
+    vocab, classifier = model.config.vocab_size, type(model).__name__.endswith("ForSequenceClassification")
+    data = []
+    for _ in range(spec.init_batches):
+        ids = torch.randint(0, vocab, (2, 16), generator=generator)
+        labels = torch.randint(0, model.config.num_labels, (2,), generator=generator) if classifier else ids
+        data.append({"input_ids": ids, "labels": labels})
     return lorakit.attach(model, spec, init_data=data)

@@ -22,7 +22,7 @@ from .core.spec import MethodSpec
 from .errors import LorakitError
 from .full_modules import find_full_modules
 from .heads import head_modules, task_record
-from .inits.calibration import input_statistics
+from .inits.calibration import GATHERERS
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
@@ -114,7 +114,7 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: Met
     if len(batches) < spec.init_batches:
         raise LorakitError(f"init {spec.init!r} needs init_batches = {spec.init_batches} batches but the data gives "
                            f"{len(batches)}; lower method.init_batches or give more data")
-    return input_statistics(model, targets, batches)
+    return GATHERERS[init.reads](model, targets, batches)
 
 
 def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_training: bool) -> None:

@@ -8,6 +8,11 @@ batch: the token count ``n``, the mean ``μ`` and the centred covariance
 implementation does). Tokens that do not count are left out: padding (``attention_mask`` 0) and,
 where ``labels`` has one entry per token, the positions it masks (``-100``: the prompt of an SFT
 record), as PEFT's EVA does by default.
+
+``gradients``: for each target layer, the mean over batches of the gradient of the model's loss
+(the batch's mean, as the model computes it from ``labels``) with respect to its full weight
+``W`` (``(out, in)``, float32), in eval mode (no dropout: the same for a seed), with only the
+target weights requiring gradients; every ``requires_grad`` is restored afterwards (LoRA-GA).
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from torch import nn
 from ..core.options import Option
 from ..errors import LorakitError
 
-INPUTS = "inputs"
+INPUTS, GRADIENTS = "inputs", "gradients"
 IGNORED = -100
 INIT_BATCHES = Option("init_batches", int, 16, "batches of the run's training data the init reads before step 0 "
                       "(the run's batch size; the first ones of the seeded order)", minimum=1)
@@ -121,3 +126,44 @@ def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
         raise LorakitError(f"the calibration batches gave layer {empty[0]!r} fewer than 2 tokens; give the "
                            "data-aware init more data (method.init_batches)")
     return statistics
+
+
+def weight_gradients(model: nn.Module, targets: list[tuple[str, nn.Module]],
+                     batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Each target layer's mean gradient ``∂L/∂W`` over ``batches`` (``(out, in)``, float32)."""
+    from ..quantized import is_quantized
+
+    quantized = [name for name, module in targets if is_quantized(module)]
+    if quantized:
+        raise LorakitError(f"layer {quantized[0]!r} is quantized, and a gradient-based init needs the gradient of a "
+                           "full-precision weight; load the base unquantized for this init")
+    weights = {name: model.get_submodule(name).weight for name, _ in targets}
+    shapes = {name: tuple(module.weight.shape) for name, module in targets}  # (out, in), a Conv1D's view too
+    trainable = {param: param.requires_grad for param in model.parameters()}
+    training = model.training
+    sums = {name: torch.zeros(shapes[name], dtype=torch.float64, device=w.device) for name, w in weights.items()}
+    count = 0
+    try:
+        model.eval()
+        for param in trainable:
+            param.requires_grad_(False)
+        for weight in weights.values():
+            weight.requires_grad_(True)
+        device = next(model.parameters()).device
+        for batch in batches:
+            if "labels" not in batch:
+                raise LorakitError("a gradient-based init needs batches with labels (the model's loss)")
+            grads = torch.autograd.grad(model(**{k: v.to(device) for k, v in batch.items()}).loss,
+                                        list(weights.values()))
+            for name, grad in zip(weights, grads):
+                sums[name] += (grad if grad.shape == shapes[name] else grad.T).to(torch.float64)  # Conv1D: (in, out)
+            count += 1
+    finally:
+        for param, flag in trainable.items():
+            param.requires_grad_(flag)
+        model.train(training)
+    return {name: (total / max(count, 1)).to(torch.float32) for name, total in sums.items()}
+
+
+GATHERERS = {INPUTS: input_statistics, GRADIENTS: weight_gradients}
+"""What each kind of ``Init.reads`` gathers, from ``(model, targets, batches)``."""
