@@ -241,7 +241,11 @@ def test_original_context_is_the_original_model_after_training(method):
 
 
 @pytest.mark.parametrize("kwargs,needle", [
-    ({"method": "qlora"}, "unknown method 'qlora'"),
+    ({"method": "qlora"}, "unknown method 'qlora': QLoRA is a method on a quantized base: model.quantize: nf4"),
+    ({"method": "OLoRA+"}, r"unknown method 'OLoRA\+' \(did you mean 'olora_plus'\?\)"),
+    ({"method": "LoRA-GA"}, r"unknown method 'LoRA-GA' \(did you mean 'lora_ga'\?\)"),
+    ({"method": "rsLoRA"}, "rsLoRA is LoRA with method.rslora: true"),
+    ({"method": "olorra"}, r"unknown method 'olorra' \(did you mean 'olora'\?\); choose one of"),
     ({"method": "lora", "init": "svd"}, "unknown init 'svd'"),
     ({"method": "lora", "optimizer": "sgdw"}, "unknown optimizer recipe 'sgdw'"),
     ({"method": "lora", "rank": 65}, "rank 65 exceeds layer"),

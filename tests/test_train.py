@@ -654,3 +654,12 @@ def test_deepspeed_refuses_methods_that_act_around_the_step():
     _check_deepspeed(SimpleNamespace(distributed_type=DistributedType.MULTI_GPU), resolve("lora_fa"), fused=True)
     with pytest.raises(lorakit.LorakitError, match="train.fused_adapters reads sibling layers' factors"):
         _check_deepspeed(deepspeed, resolve("lora"), fused=True)
+
+
+def test_the_cli_summary_is_plain_utf8_text(tiny_model_dir, addition_data, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", tiny_model_dir, addition_data, tmp_path / "run", "train.max_steps=1",
+                          "train.eval_every=null")
+    assert main_exit(["train", str(config), "--quiet"]) == 0
+    shown = capsys.readouterr().out
+    assert "lora × olora × lora_plus × fixed" in shown and "\\u00d7" not in shown
+    assert "lora × olora × lora_plus × fixed" in (tmp_path / "run" / "summary.json").read_text(encoding="utf-8")

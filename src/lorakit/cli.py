@@ -23,7 +23,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)
     make_output_dir(Path(config.train.output_dir), config, args.overwrite, inputs=(args.config,))
     summary = train(config, resume=args.resume, progress=not args.quiet)
-    print(json_text(summary, indent=2))
+    print(json_text(summary, indent=2, ensure_ascii=False))
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
@@ -47,9 +47,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else None
     metrics = final_evaluation(config, model, tokenizer, split, held_out, out)
     result = {"adapter": args.adapter, "model": config.model.path, **metrics}
-    print(json_text(result, indent=2))
+    print(json_text(result, indent=2, ensure_ascii=False))
     if out is not None:
-        write_text_atomic(out / "metrics.json", json_text(result, indent=2) + "\n")
+        write_text_atomic(out / "metrics.json", json_text(result, indent=2, ensure_ascii=False) + "\n")
 
 
 EVAL_OUTPUTS = ("metrics.json", "generations.jsonl", "predictions.jsonl", "held_out")
@@ -246,7 +246,7 @@ def _cmd_tune(args: argparse.Namespace) -> None:
 
     result = tune(args.config, args.overrides, trials=args.trials, timeout=args.timeout, overwrite=args.overwrite,
                   progress=not args.quiet)
-    print(json_text(result, indent=2))
+    print(json_text(result, indent=2, ensure_ascii=False))
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:

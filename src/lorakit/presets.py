@@ -115,7 +115,7 @@ def resolve(method: str | MethodSpec, run: Mapping[str, int] | None = None, **ov
     elif method in PRESETS:
         name, base = method, {**DEFAULT_COMPONENTS, **PRESETS[method]}
     else:
-        raise unknown("method", method, PRESETS)
+        raise _unknown_method(method)
     known = option_names()
     for key in overrides:
         if key not in known:
@@ -136,6 +136,25 @@ def resolve(method: str | MethodSpec, run: Mapping[str, int] | None = None, **ov
     spec = _with_values(skeleton, declared.values(), {**inherited, **checked}, run or {})
     validate(spec, parts)
     return spec
+
+
+# names users write for what is not a preset of its own
+NOT_PRESETS = {"qlora": "QLoRA is a method on a quantized base: model.quantize: nf4 (any preset, e.g. lora)",
+               "rslora": "rsLoRA is LoRA with method.rslora: true"}
+
+
+def _unknown_method(name: str) -> LorakitError:
+    """The error for a method name that is no preset: a display name (``OLoRA+``, ``LoRA-GA``) is
+    pointed to its preset, ``qlora`` and ``rslora`` to the settings that give them."""
+    if not isinstance(name, str):
+        return unknown("method", name, PRESETS)
+    spelled = name.strip().lower().replace("+", "_plus").replace("-", "_").replace(" ", "_")
+    if spelled in NOT_PRESETS:
+        return LorakitError(f"unknown method {name!r}: {NOT_PRESETS[spelled]}")
+    if spelled in PRESETS:
+        return LorakitError(f"unknown method {name!r} (did you mean {spelled!r}?); presets are lower-case, "
+                            "'+' written _plus and '-' written _")
+    return unknown("method", name, PRESETS)
 
 
 def _always_set(key: str, value: Any) -> bool:

@@ -487,7 +487,7 @@ def publish(output_dir: Path, checkpoint: Path, final: dict[str, Any], run_log: 
     is atomic and may be done again, so a kill anywhere in here is completed by a resume."""
     run_log.write_final(final["record"])
     copy_adapter(checkpoint, output_dir / ADAPTER_DIR)
-    write_text_atomic(output_dir / SUMMARY_FILE, json_text(final["summary"], indent=2) + "\n")
+    write_text_atomic(output_dir / SUMMARY_FILE, json_text(final["summary"], indent=2, ensure_ascii=False) + "\n")
 
 
 def finished_run(config: RunConfig, output_dir: Path, checkpoint: Path) -> dict[str, Any] | None:
