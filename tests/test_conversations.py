@@ -214,6 +214,42 @@ def test_lorakit_generate_writes_one_line_per_record(chat_model_dir, tmp_path):
     assert rows[0]["reference"] == "fine thanks" and rows[0]["prompt"].rstrip().endswith("assistant")
 
 
+@pytest.mark.parametrize("name,text,template", [
+    ("q.jsonl", '{"prompt": "What is two plus two?"}\n', "chat"),
+    ("q.json", '[{"instruction": "Add two and two.", "input": "2, 2"}]', "chat"),
+    ("q.jsonl", '{"instruction": "Add two and two."}\n', "alpaca"),
+    ("q.jsonl", '{"messages": [{"role": "user", "content": "What is two plus two?"}]}\n', "chat"),
+    ("q.txt", "What is two plus two?\n\nAnd three plus three?\n", "chat"),
+])
+def test_lorakit_generate_answers_prompts_without_reference_answers(name, text, template, chat_model_dir, tmp_path):
+    """Generating needs no answer: a bare prompt, an instruction, a conversation ending with the
+    user, or plain lines (each an instruction in the run's template)."""
+    from lorakit.cli import main
+
+    (tmp_path / name).write_text(text)
+    (tmp_path / "c.yaml").write_text(f"model: {{path: {chat_model_dir}}}\ndata: {{template: {template}}}\n"
+                                     "eval: {max_new_tokens: 3}\n")
+    assert main(["generate", str(tmp_path / "c.yaml"), "--data", str(tmp_path / name), "--out",
+                 str(tmp_path / "g.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "g.jsonl").read_text().splitlines()]
+    assert len(rows) == (2 if name == "q.txt" else 1)
+    assert all(set(row) == {"prompt", "prediction"} for row in rows)
+    assert all("two" in row["prompt"] or "three" in row["prompt"] for row in rows)
+    if name == "q.txt":
+        assert rows[1]["prompt"].rstrip().endswith("assistant")  # the chat template's turn
+
+
+def test_training_still_needs_the_answers(tmp_path):
+    from lorakit.data import load_records
+
+    (tmp_path / "q.jsonl").write_text('{"prompt": "What is two plus two?"}\n')
+    with pytest.raises(LorakitError, match="has no 'completion' field"):
+        load_records(str(tmp_path / "q.jsonl"))
+    (tmp_path / "a.jsonl").write_text('{"instruction": "Add."}\n')
+    with pytest.raises(LorakitError, match="has no 'output' field"):
+        load_records(str(tmp_path / "a.jsonl"))
+
+
 def test_lorakit_chat_answers_a_prompt_and_runs_a_session(chat_model_dir, capsys, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -25,6 +25,7 @@ from .data.formats import sample_kind
 from .data.labelled import LabelledCollator, Labels, check_labels, encode_labelled, load_labelled
 from .data.packing import FlatCollator, PackedCollator, pack
 from .data.preference import SIDES, PairCollator, answered, encode_pair
+from .data.records import prompt_lines
 from .errors import LorakitError
 from .evaluate.metrics import HELD_OUT
 from .evaluate.suite import evaluate_run
@@ -105,6 +106,8 @@ def load_eval_file(config: RunConfig, path: str, format: str | None = None, answ
     d, task = config.data, config.task
     if task.type != "causal_lm":
         return load_labelled(path, d.text_column, d.text_pair_column, d.label_column, task.type, task.labels)
+    if not answered and Path(path).suffix.lower() == ".txt":
+        return prompt_lines(path)
     return load_records(path, format or d.format, d.system_prompt, d.roles, answered, d.loss_on)
 
 

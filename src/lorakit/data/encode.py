@@ -58,7 +58,7 @@ def reference(record: Mapping[str, Any], answer_next: bool = False) -> str | Non
         return [m for m in messages if m["role"] == "assistant"][-1]["content"]
     if kind == "text":
         return None
-    return record["completion"] if kind == "prompt_completion" else record["output"]
+    return record.get("completion") if kind == "prompt_completion" else record.get("output")
 
 
 def encode(record: Mapping[str, Any], tokenizer: Any, template: str, max_length: int,

@@ -37,6 +37,8 @@ def detect_format(row: Any, where: str) -> str:
         for name, key in SIGNATURES.items():
             if key in row:
                 return name
+        if "prompt" in row:  # a prompt to answer (lorakit generate), or a pair missing its completion
+            return "prompt_completion"
     keys = ", ".join(f"{key!r} ({name})" for name, key in SIGNATURES.items())
     raise LorakitError(f"{where} matches no record format; a record needs one of the keys {keys}")
 
@@ -50,7 +52,7 @@ def sample_kind(sample: Mapping[str, Any]) -> str:
         return "conversation"
     if "instruction" in sample:
         return "alpaca"
-    return "prompt_completion" if "completion" in sample else "text"
+    return "prompt_completion" if "prompt" in sample else "text"
 
 
 # what a record of each format needs, ending the one-line errors of a record that lacks it
@@ -102,10 +104,12 @@ def _sharegpt_message(turn: Any, index: int, where: str, known: Mapping[str, str
 
 
 def parse_prompt_completion(row: Any, where: str, reading: Reading) -> dict[str, str]:
-    """A prompt/completion record: both texts."""
+    """A prompt/completion record: both texts (``reading.answered`` False: the completion may be
+    absent, for generation)."""
     hint = HINTS["prompt_completion"]
     row = check_object(row, where, hint)
-    return {field: _text_field(row, field, where, hint) for field in ("prompt", "completion")}
+    fields = ("prompt", "completion") if reading.answered or row.get("completion") is not None else ("prompt",)
+    return {field: _text_field(row, field, where, hint) for field in fields}
 
 
 def parse_text(row: Any, where: str, reading: Reading) -> dict[str, str]:

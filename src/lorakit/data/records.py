@@ -57,6 +57,23 @@ def load_records(source: str, format: str = "auto", system_prompt: str | None = 
     return [_parse(row, where, format, reading) for where, row in rows]
 
 
+def prompt_lines(source: str) -> list[dict[str, Any]]:
+    """The prompts of a ``.txt`` file for ``lorakit generate``: every non-empty line an instruction
+    (rendered with the run's template, as an Alpaca record without an answer)."""
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise LorakitError(f"prompt file {source} does not exist; pass a .txt file of one prompt per line, or a "
+                           f"{'/'.join(READERS)} file of records")
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+    except UnicodeDecodeError:
+        raise LorakitError(f"{source}: not UTF-8 text; save the file as UTF-8") from None
+    prompts = [{"instruction": line, "input": ""} for line in lines if line]
+    if not prompts:
+        raise LorakitError(f"{source}: the file holds no prompts; write one prompt per line")
+    return prompts
+
+
 def read_rows(source: str, hint: str) -> list[Located]:
     """The raw rows of the data file ``source`` (one of ``READERS``' suffixes), each with where it is
     in the file; a missing, empty or unreadable file is a one-line error ending with ``hint`` (what a
@@ -100,7 +117,7 @@ def _parse(row: Any, where: str, format: str, reading: Reading) -> dict[str, Any
     """One record in ``format``; a record of another format is a one-line error naming both."""
     try:
         if format == "alpaca":
-            return _validate(row, where)
+            return _validate(row, where, reading.answered)
         return PARSERS[format](row, where, reading)
     except LorakitError:
         other = _detected(row, where)
@@ -294,12 +311,15 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def _validate(row: Any, where: str) -> Record:
-    """An Alpaca record: ``instruction``, ``input`` (``""`` when absent or empty) and ``output``, all strings."""
+def _validate(row: Any, where: str, answered: bool = True) -> Record:
+    """An Alpaca record: ``instruction``, ``input`` (``""`` when absent or empty) and ``output``, all
+    strings (``answered=False``: ``output`` may be absent, for generation)."""
     row = check_object(row, where, FIELDS_HINT)
     record = {}
     for field in ("instruction", "input", "output"):
         value = row.get(field)
+        if field == "output" and not answered and _missing(value):
+            continue
         if field == "input" and _missing(value):
             value = ""
         elif field not in row:
