@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 import lorakit
 from lorakit import LorakitError
+from lorakit.inits import INITS
 from lorakit.inits.calibration import input_statistics, weight_gradients
 from lorakit.inits.eva import principal_components
 from lorakit.targeting import find_targets
@@ -137,6 +138,9 @@ def test_bad_input_is_one_line():
         lorakit.attach(tiny_llama(), "lora", init="eva", eva_rho=0.5, init_data=data())
     with pytest.raises(LorakitError, match="init_batches=4 has no effect with init 'kaiming'"):
         lorakit.attach(tiny_llama(), "lora", init_batches=4)
+    for init in DATA_INITS:  # the factors alone, without the calibration phase
+        with pytest.raises(LorakitError, match=f"init '{init}' reads a few training batches before step 0"):
+            INITS.get(init).factors(torch.randn(8, 8), 2, 1.0, torch.Generator(), {"corda_mode": "ipm"})
     with pytest.raises(LorakitError, match="needs batches with labels"):
         lorakit.attach(tiny_llama(), "lora_ga", init_data=data())
     with pytest.raises(LorakitError, match="lora_ga takes 2·rank = 64 singular vectors of a .*; use rank <= "):

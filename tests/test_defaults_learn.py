@@ -41,7 +41,9 @@ TASKS = {
 SHORT = {"adalora": ["method.adalora_t_init=2", "method.adalora_t_final=4"],
          "lora_drop": ["method.drop_warmup_steps=4"],
          "weight_lora": ["method.selection_steps=8"], "weight_lora_plus": ["method.selection_steps=8"],
-         "simplex_lora": ["method.simplex_every=5"]}
+         "simplex_lora": ["method.simplex_every=5"],
+         # the inits that read data: the instruction task's 48 records make 12 batches
+         "eva": ["method.init_batches=8"], "corda": ["method.init_batches=8"], "lora_ga": ["method.init_batches=8"]}
 
 
 def drop(task: str, method: str, base: tuple) -> float:

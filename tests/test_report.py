@@ -22,6 +22,7 @@ from lorakit.experiments.plots import (
 from lorakit.experiments.ranks import short_name
 from lorakit.experiments.report import write_report, write_results
 from lorakit.experiments.stats import aggregate, paired_difference, paired_vs_baseline
+from tiny import script
 
 METRICS = ["eval_loss", "bleu", "rouge1"]
 OOM = "RuntimeError: CUDA out of memory"
@@ -255,19 +256,8 @@ def test_curves_align_on_steps_all_seeds_logged():
     assert _aligned(seeds, "missing") is None
 
 
-def _convergence_script():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).parents[1] / "scripts" / "convergence.py"
-    spec = importlib.util.spec_from_file_location("convergence", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_convergence_steps_interpolate_between_evaluations_and_pair_by_seed(tmp_path, capsys):
-    convergence = _convergence_script()
+    convergence = script("convergence")
     curve = [(0, 2.0), (10, 1.5), (20, 1.0)]
     assert convergence.steps_to(curve, 1.75) == pytest.approx(5.0)
     assert convergence.steps_to(curve, 1.5) == 10.0 and convergence.steps_to(curve, 2.5) == 0.0

@@ -21,6 +21,7 @@ from lorakit.config import load_config  # noqa: E402
 from lorakit.loading import load_split  # noqa: E402
 from lorakit.tune import tune  # noqa: E402
 from lorakit.tuned import tuned_lines, tuned_values, tuned_yaml  # noqa: E402
+from tiny import script  # noqa: E402
 
 
 def raw_config(model: Path, data: Path, out: Path, steps: int = 4, **tune_section) -> dict:
@@ -282,7 +283,7 @@ def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_mode
     assert line.startswith("A tiny tuned study: lr = ") and "× LoRA's), lr_ratio = " in line
     assert "docs/results/study_tiny_tuned/README.md" in line and tuned_lines("dora", studies) == []
     # the study's records packed (scripts/study_state.py) and unpacked elsewhere: nothing trains again
-    state = _study_state_script()
+    state = script("study_state")
     results = json.loads((out / "results.json").read_text())["rows"]
     (out / "README.md").unlink()
     state.pack(out, tmp_path / "state.tar.gz")
@@ -300,16 +301,6 @@ def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_mode
 
 def _fail(*args, **kwargs):
     raise AssertionError("trained again")
-
-
-def _study_state_script():
-    import importlib.util
-
-    path = Path(__file__).parents[1] / "scripts" / "study_state.py"
-    spec = importlib.util.spec_from_file_location("study_state", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_compare_tune_refuses_keys_a_comparison_cannot_vary(tiny_model_dir, addition_data, tmp_path):

@@ -58,3 +58,14 @@ def attach(model: torch.nn.Module, method, **overrides):
         labels = torch.randint(0, model.config.num_labels, (2,), generator=generator) if classifier else ids
         data.append({"input_ids": ids, "labels": labels})
     return lorakit.attach(model, spec, init_data=data)
+
+
+def script(name: str):
+    """The module ``scripts/<name>.py`` of this repository, loaded (the scripts are not a package)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

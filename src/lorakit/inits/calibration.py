@@ -165,5 +165,14 @@ def weight_gradients(model: nn.Module, targets: list[tuple[str, nn.Module]],
     return {name: (total / max(count, 1)).to(torch.float32) for name, total in sums.items()}
 
 
+def layer_data(data: Any, expected: type, init: str) -> Any:
+    """A layer's calibration ``data`` as init ``init`` expects it, or the one-line error of a
+    data-aware init given none (its ``factors`` called outside ``attach(..., init_data=...)``)."""
+    if not isinstance(data, expected):
+        raise LorakitError(f"init {init!r} reads a few training batches before step 0; pass init_data= to attach "
+                           "(lorakit train, compare and tune pass the run's own)")
+    return data
+
+
 GATHERERS = {INPUTS: input_statistics, GRADIENTS: weight_gradients}
 """What each kind of ``Init.reads`` gathers, from ``(model, targets, batches)``."""

@@ -28,9 +28,8 @@ from typing import Any, ClassVar
 import torch
 
 from ..core.options import Option
-from ..errors import LorakitError
 from .base import INITS, SpectralInit
-from .calibration import INIT_BATCHES, INPUTS, InputStatistics
+from .calibration import INIT_BATCHES, INPUTS, InputStatistics, layer_data
 from .pissa import split_pair
 
 MODE = Option("corda_mode", str, "ipm", "ipm: the adapter starts on the r directions of W the data uses most; kpm: "
@@ -50,9 +49,7 @@ class CorDA(SpectralInit):
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
                 values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``rank`` largest (``ipm``) or smallest (``kpm``) triplets of ``W C̃``, mapped back to ``W``."""
-        if not isinstance(data, InputStatistics):
-            raise LorakitError("init 'corda' reads the layer inputs of a few training batches; pass init_data= to "
-                               "attach (lorakit train, compare and tune pass the run's own)")
+        data = layer_data(data, InputStatistics, "corda")
         damped, inverse = damped_inverse(data.scaled_outer / data.sequences)
         U, S, Vh = torch.linalg.svd(weight.to(torch.float64) @ damped, full_matrices=False)
         kept = slice(S.shape[0] - rank, None) if values["corda_mode"] == "kpm" else slice(None, rank)

@@ -30,7 +30,7 @@ from ..core.options import Option
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from .base import INITS, Init
-from .calibration import INIT_BATCHES, INPUTS, InputStatistics
+from .calibration import INIT_BATCHES, INPUTS, InputStatistics, layer_data
 
 RHO = Option("eva_rho", float, 2.0, "most components a layer may take, as a multiple of rank (1: no "
              "redistribution)", minimum=1.0)
@@ -80,9 +80,7 @@ class EVA(Init):
 def principal_components(found: InputStatistics) -> tuple[torch.Tensor, torch.Tensor]:
     """``(components (k, in), explained variance ratios (k,))`` of a layer's inputs, by decreasing
     variance, each component's largest entry positive (float64)."""
-    if not isinstance(found, InputStatistics):
-        raise LorakitError("init 'eva' reads the layer inputs of a few training batches; pass init_data= to attach "
-                           "(lorakit train, compare and tune pass the run's own batches)")
+    found = layer_data(found, InputStatistics, "eva")
     values, vectors = torch.linalg.eigh(found.covariance)
     order = torch.argsort(values, descending=True)
     values, components = values[order].clamp_min(0), vectors[:, order].T

@@ -26,7 +26,7 @@ import torch
 from ..core.options import Option
 from ..errors import LorakitError
 from .base import INITS, SpectralInit
-from .calibration import GRADIENTS, INIT_BATCHES
+from .calibration import GRADIENTS, INIT_BATCHES, layer_data
 
 GAMMA = Option("lora_ga_gamma", float, 16.0, "γ of LoRA-GA's stable scale m^(1/4)/√γ on both factors",
                minimum=0.0, open_minimum=True)
@@ -45,9 +45,7 @@ class LoRAGA(SpectralInit):
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
                 values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``A`` from the first ``r`` right singular vectors of ``G``, ``B`` from the next ``r`` left ones."""
-        if not isinstance(data, torch.Tensor):
-            raise LorakitError("init 'lora_ga' reads the gradient of a few training batches; pass init_data= to "
-                               "attach (lorakit train, compare and tune pass the run's own)")
+        data = layer_data(data, torch.Tensor, "lora_ga")
         if 2 * rank > min(weight.shape):
             raise LorakitError(f"lora_ga takes 2·rank = {2 * rank} singular vectors of a ({weight.shape[0]}, "
                                f"{weight.shape[1]}) layer; use rank <= {min(weight.shape) // 2}")
