@@ -1,0 +1,82 @@
+"""Where a spectral init starts on a quantized base: the eval loss at attach (before any step) of
+OLoRA and PiSSA on the embedded SmolLM2, every one of the seven projections adapted, for an NF4 and
+an int8 base, each way of handling the residual ``W − s·B₀A₀`` (``spectral_residual``):
+
+- ``requantize``: the residual is quantized again and the adapter holds ``s·B₀A₀`` (QPiSSA);
+- ``correction``: the quantized ``W`` stays and a frozen ``−s·B₀A₀`` path cancels the adapter, so
+  the model at attach is the quantized base exactly;
+
+against the full-precision model and the quantized base alone (run by hand). The loss is the
+response-token loss on the first ``--records`` Alpaca demo records
+(``../shared/data/alpaca_en_demo.json``, in file order, 128 tokens at most). Writes
+``benchmarks/results/quantized_start.json``.
+
+    OMP_NUM_THREADS=1 python benchmarks/quantized_start.py --ranks 8 16 32 64 --records 32
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import lorakit
+from lorakit.data import encode, load_records
+from lorakit.io.json_text import json_text
+from lorakit.models import load_model
+
+PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo.json"
+
+
+@torch.no_grad()
+def eval_loss(model: torch.nn.Module, examples: list) -> float:
+    """The mean loss over every response token of ``examples``."""
+    total, tokens = 0.0, 0
+    for example in examples:
+        ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
+        logits = model(input_ids=ids).logits[0, :-1]
+        kept = labels[0, 1:] != -100
+        total += torch.nn.functional.cross_entropy(logits[kept], labels[0, 1:][kept], reduction="sum").item()
+        tokens += int(kept.sum())
+    return total / tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--records", type=int, default=32)
+    parser.add_argument("--data", default=str(DATA))
+    args = parser.parse_args()
+    model, tokenizer = load_model("embedded")
+    examples = [encode(r, tokenizer, "alpaca", 128) for r in load_records(args.data)[:args.records]]
+    rows = [{"base": "float32", "init": "none", "rank": None, "residual": None,
+             "eval_loss": eval_loss(model, examples)}]
+    print(rows[-1], flush=True)
+    for quantize in ("nf4", "int8"):
+        base, _ = load_model("embedded", quantize=quantize)
+        rows.append({"base": quantize, "init": "none", "rank": None, "residual": None,
+                     "eval_loss": eval_loss(base, examples)})
+        print(rows[-1], flush=True)
+        for init in ("olora", "pissa"):
+            for rank in args.ranks:
+                for residual in ("requantize", "correction"):
+                    model, _ = load_model("embedded", quantize=quantize)
+                    began = time.perf_counter()
+                    lorakit.attach(model, "lora", init=init, rank=rank, alpha=2 * rank, targets=PROJECTIONS,
+                                   spectral_residual=residual)
+                    rows.append({"base": quantize, "init": init, "rank": rank, "residual": residual,
+                                 "attach_s": round(time.perf_counter() - began, 1),
+                                 "eval_loss": eval_loss(model, examples)})
+                    print(rows[-1], flush=True)
+    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+              "records": args.records, "rows": rows}
+    out = Path(__file__).resolve().parent / "results" / "quantized_start.json"
+    out.write_text(json_text(result, indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
