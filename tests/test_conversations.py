@@ -267,6 +267,7 @@ def test_lorakit_chat_answers_a_prompt_and_runs_a_session(chat_model_dir, capsys
                   write=written.append)
     assert [len(messages) for messages in seen] == [2, 4, 2]  # system + user; + reply + user; reset
     assert seen[1][2] == {"role": "assistant", "content": "hello"} and "(conversation reset)" in written
+    assert capsys.readouterr().out.count("model> ") == 3  # who speaks, before each of the 3 replies
     with pytest.raises(lorakit.LorakitError, match="--top-p must be in"):
         chat.Sampling(top_p=0).check()
 

@@ -8,6 +8,7 @@ conversation over, ``/exit`` (or end of input) ends the session.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -65,6 +66,9 @@ def reply(model: nn.Module, tokenizer: Any, messages: list[dict[str, str]], samp
     return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+SPEAKER = "model> "  # before each streamed reply, as "you> " before each line read
+
+
 def run_chat(model: nn.Module, tokenizer: Any, sampling: Sampling, system: str | None = None,
              read: Callable[[str], str] = input, write: Callable[[str], None] = print) -> None:
     """The interactive loop: read a line, stream the reply; ``/reset``, ``/exit``."""
@@ -85,4 +89,6 @@ def run_chat(model: nn.Module, tokenizer: Any, sampling: Sampling, system: str |
         if not line:
             continue
         messages.append({"role": "user", "content": line})
+        sys.stdout.write(SPEAKER)  # the reply streams to stdout after it
+        sys.stdout.flush()
         messages.append({"role": "assistant", "content": reply(model, tokenizer, messages, sampling)})
