@@ -132,6 +132,22 @@ def test_the_method_table_shows_a_presets_own_values_not_the_components_defaults
     assert "lr_ratio=16" in notes("lora_plus") and notes("olora_plus").count("lr_ratio=") == 1
 
 
+def test_lorakit_methods_fits_120_columns_and_a_closed_pipe_is_no_error():
+    import subprocess
+    import sys
+
+    from lorakit.describe import method_table
+
+    lines = method_table().splitlines()
+    assert max(len(line) for line in lines) <= 120 and any(line.endswith("…") for line in lines)
+    assert {line.split()[0] for line in lines[2:] if line.strip() and not line.startswith("lorakit")} >= {
+        "lora", "olora_plus", "eva", "lora_ga"}
+    reader = subprocess.Popen([sys.executable, "-m", "lorakit", "methods"], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    reader.stdout.close()  # gone before lorakit writes a line (its imports take seconds)
+    assert reader.wait(timeout=120) == 0 and reader.stderr.read() == ""
+
+
 def test_components_that_act_at_steps_declare_it():
     """``acts_at_steps`` (what the DeepSpeed guard reads) matches whether a recipe or schedule
     overrides the step hooks."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -496,6 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader went away (lorakit methods | head): nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that exit's flush stays silent
+        return 0
     except OSError as exc:  # a file system refusal that no write site named: still one line, naming the path
         from .io.atomic import write_error
 

@@ -53,13 +53,16 @@ def notes(preset: str) -> str:
     return "; ".join(found)
 
 
-def method_table() -> str:
-    """``lorakit methods``: one row per preset."""
+def method_table(width: int = 120) -> str:
+    """``lorakit methods``: one row per preset, each line at most ``width`` characters (a longer note
+    ends in "…"; ``lorakit methods NAME`` has it all)."""
     rows = [("method", "form", "init", "optimizer", "schedule", "notes")]
     for name in PRESETS:
         spec = resolve(name)
         rows.append((name, spec.form, spec.init, spec.optimizer, spec.schedule, notes(name)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    widths[-1] = min(widths[-1], width - sum(widths[:-1]) - 2 * (len(widths) - 1))
+    rows = [(*row[:-1], row[-1] if len(row[-1]) <= widths[-1] else row[-1][:widths[-1] - 1] + "…") for row in rows]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines) + "\n\nlorakit methods NAME lists a method's options with their defaults."
