@@ -37,10 +37,10 @@ def test_embedded_model_loads_dequantized_and_generates():
 def test_the_converted_copy_is_the_gguf_model_bit_for_bit():
     """load_model("embedded") reads the cached conversion; it equals what the GGUF gives, weights,
     tokenizer and chat template, in float32 and bfloat16."""
-    for dtype in ("float32", "bfloat16"):
-        cached, tokenizer = load_model(EMBEDDED, dtype=dtype)
-        direct, reference = models._load_gguf(embedded_gguf_path(), models.DTYPES[dtype])
-        ours, theirs = cached.state_dict(), direct.state_dict()
+    direct, reference = models._load_gguf(embedded_gguf_path(), torch.float32)
+    for dtype in (torch.float32, torch.bfloat16):  # a bfloat16 load is the float32 weights rounded
+        cached, tokenizer = load_model(EMBEDDED, dtype=str(dtype).removeprefix("torch."))
+        ours, theirs = cached.state_dict(), direct.to(dtype).state_dict()
         assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
     chat = [{"role": "user", "content": "Add 2 and 3, ünïcödé\n  please."}]
     assert tokenizer.apply_chat_template(chat, tokenize=False) == reference.apply_chat_template(chat, tokenize=False)
