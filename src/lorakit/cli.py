@@ -313,6 +313,17 @@ def _cmd_methods(args: argparse.Namespace) -> None:
     print(options_text(args.name) if args.name else method_table())
 
 
+def _cmd_example(args: argparse.Namespace) -> None:
+    from .example_configs import example_list, example_text, write_example
+
+    if args.name is None:
+        print(example_list())
+        return
+    path = write_example(args.name, args.out, args.overwrite)
+    command = example_text(args.name).splitlines()[1].lstrip("# ").strip()
+    print(f"wrote {path}; run it with: {command.replace(f'{args.name}.yaml', str(path))}")
+
+
 def _overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into an output that holds files this command did not write: entries of the names it "
@@ -479,6 +490,12 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p = sub.add_parser("methods", help="list the method presets; with NAME, that method's options")
     p.add_argument("name", nargs="?", help="a preset: print its components and every option with its default and help")
     p.set_defaults(func=_cmd_methods)
+
+    p = sub.add_parser("example", help="list the example configs shipped with lorakit; with NAME, write one")
+    p.add_argument("name", nargs="?", help="an example: quickstart, chat_sft, dpo, classification_glue, qlora_*, fsdp")
+    p.add_argument("out", nargs="?", help="where to write it (default ./NAME.yaml)")
+    _overwrite_flag(p)
+    p.set_defaults(func=_cmd_example)
 
 
 def main(argv: list[str] | None = None) -> int:
