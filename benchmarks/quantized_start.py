@@ -9,7 +9,7 @@ an int8 base, each way of handling the residual ``W − s·B₀A₀`` (``spectra
 against the full-precision model and the quantized base alone (run by hand). The loss is the
 response-token loss on the first ``--records`` Alpaca demo records
 (``../shared/data/alpaca_en_demo.json``, in file order, 128 tokens at most). Writes
-``benchmarks/results/quantized_start.json``.
+``benchmarks/results/quantized_start.json`` (after every row, so a stopped run keeps what it measured).
 
     OMP_NUM_THREADS=1 python benchmarks/quantized_start.py --ranks 8 16 32 64 --records 32
 """
@@ -56,6 +56,9 @@ def main() -> None:
     rows = [{"base": "float32", "init": "none", "rank": None, "residual": None,
              "eval_loss": eval_loss(model, examples)}]
     print(rows[-1], flush=True)
+    out = Path(__file__).resolve().parent / "results" / "quantized_start.json"
+    about = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+             "records": args.records}
     for quantize in ("nf4", "int8"):
         base, _ = load_model("embedded", quantize=quantize)
         rows.append({"base": quantize, "init": "none", "rank": None, "residual": None,
@@ -72,10 +75,7 @@ def main() -> None:
                                  "attach_s": round(time.perf_counter() - began, 1),
                                  "eval_loss": eval_loss(model, examples)})
                     print(rows[-1], flush=True)
-    result = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-              "records": args.records, "rows": rows}
-    out = Path(__file__).resolve().parent / "results" / "quantized_start.json"
-    out.write_text(json_text(result, indent=2) + "\n", encoding="utf-8")
+                    out.write_text(json_text({**about, "rows": rows}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
