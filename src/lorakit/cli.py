@@ -365,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     _adapter_commands(sub)
     _combine_import_commands(sub)
     _session_commands(sub, FORMATS)
+    _reference_commands(sub)
     return parser
 
 
@@ -433,7 +434,7 @@ def _combine_import_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> None:
-    """compare, tune, demo, chat, generate, methods."""
+    """compare, tune, demo, chat, generate."""
     p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
@@ -481,12 +482,16 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.add_argument("config", help="YAML config file (model, data settings, eval generation settings)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
-    p.add_argument("--data", required=True, help="the records to answer (any supported format)")
+    p.add_argument("--data", required=True, help="the prompts to answer: records with a prompt (no answer needed) "
+                                                 "in any supported format, or a .txt file of one prompt per line")
     p.add_argument("--format", choices=formats, help="record format of --data (default: the config's data.format)")
     p.add_argument("--out", required=True, help="JSONL file: prompt, reference (when present), prediction")
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_generate)
 
+
+def _reference_commands(sub: argparse._SubParsersAction) -> None:
+    """methods, example: what lorakit ships, listed and written out."""
     p = sub.add_parser("methods", help="list the method presets; with NAME, that method's options")
     p.add_argument("name", nargs="?", help="a preset: print its components and every option with its default and help")
     p.set_defaults(func=_cmd_methods)
