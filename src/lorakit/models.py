@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -213,8 +214,17 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
 
 
 def _load_embedded(torch_dtype: torch.dtype, labels: Labels | None) -> tuple[Any, Any]:
-    """The embedded model from its converted copy; a copy that fails to load is converted again."""
-    folder = embedded_model_path()
+    """The embedded model from its converted copy; a copy that fails to load is converted again, and
+    where the cache cannot be written the GGUF is read as it is (slower, with a warning)."""
+    try:
+        folder = embedded_model_path()
+    except OSError as exc:
+        warnings.warn(f"lorakit could not write the embedded model's converted copy into {cache_dir()} ({exc}); "
+                      "reading its GGUF instead (about 30 s per start; set LORAKIT_CACHE to a writable folder)",
+                      stacklevel=3)
+        model, tokenizer = _load_gguf(embedded_gguf_path(), torch_dtype, labels)
+        model.config._name_or_path = EMBEDDED_NAME
+        return model, tokenizer
     try:
         model, tokenizer = _load_pretrained(str(folder), torch_dtype, f"{folder} could not be loaded", labels=labels)
     except Exception:  # noqa: BLE001 - any failure of lorakit's own cached copy (e.g. safetensors' header error)
