@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cli_lines import other_lines
 from lorakit.cli import main
 from lorakit.errors import LorakitError
 from lorakit.io.ownership import MANIFEST, Legacy, Manifest, check_new_file, claim, replace_folder
@@ -235,7 +236,7 @@ def test_a_file_size_limit_during_merge_is_one_line(trained, tmp_path):
     result = subprocess.run([sys.executable, "-c", script, "merge", str(trained / "adapter"), str(out)],
                             capture_output=True, text=True, timeout=300, env={**os.environ, "TQDM_DISABLE": "1"})
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
+    lines = other_lines(result.stderr)  # after the status lines of loading and merging
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert lines[0].startswith(f"lorakit: error: cannot write {out}") and "ulimit -f" in lines[0], lines[0]
     assert not out.exists() and [p.name for p in tmp_path.iterdir()] == []

@@ -22,7 +22,7 @@ from lorakit.train.checkpoint import CHECKSUMS_FILE
 from test_train import metrics, overrides, tensorboard_scalars, write_config
 
 EXTRA = ("train.max_steps=6", "train.save_every=2", "train.eval_every=null")
-TIMING = ("seconds", "seconds_per_step", "peak_memory_mib")  # what another invocation measures anew
+TIMING = ("seconds", "phase_seconds", "seconds_per_step", "peak_memory_mib")  # what another invocation measures anew
 STEP2, STEP4 = "checkpoints/step-0000002", "checkpoints/step-0000004"
 SAFETENSORS = "lorakit_adapter.safetensors"
 

@@ -28,6 +28,7 @@ from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
 from .presets import complete, from_saved, parts_of, resolve
 from .quantized import add_to_base, base_weight, first_quantization, is_quantized, prepare
+from .status import phase
 from .targeting import find_targets, set_submodule
 
 
@@ -114,7 +115,9 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: Met
     if len(batches) < spec.init_batches:
         raise LorakitError(f"init {spec.init!r} needs init_batches = {spec.init_batches} batches but the data gives "
                            f"{len(batches)}; lower method.init_batches or give more data")
-    return GATHERERS[init.reads](model, targets, batches)
+    with phase("calibrate", f"calibrating init {spec.init}: the {init.reads} of {len(targets)} layers over "
+               f"{len(batches)} batches"):
+        return GATHERERS[init.reads](model, targets, batches)
 
 
 def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_training: bool) -> None:

@@ -23,7 +23,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
     config = load_config(args.config, args.overrides)
     make_output_dir(Path(config.train.output_dir), config, args.overwrite, inputs=(args.config,))
-    summary = train(config, resume=args.resume, progress=not args.quiet)
+    summary = train(config, resume=args.resume)  # quiet: _run
     print(json_text(summary, indent=2, ensure_ascii=False))
 
 
@@ -81,6 +81,7 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     from .io.ownership import check_replace, replace_folder
     from .loading import load_adapter_on_base
     from .quantized import dequantize_model
+    from .status import phase
 
     out, owner = Path(args.out), {"overwrite": args.overwrite, "inputs": _adapter_inputs(args),
                                   "legacy": _merge_legacy()}
@@ -93,13 +94,14 @@ def _cmd_merge(args: argparse.Namespace) -> None:
     provenance = {"adapter": str(Path(args.adapter).resolve()), "method": adapter.spec.to_dict(),
                   "base_model": adapter.config()["base_model"]}
     quantized = adapter.quantization()
-    merged = adapter.merge_and_unload()
-    if quantized is not None:  # never back into 4 or 8 bits
-        dequantize_model(merged)
-        print(f"the {quantized['type']} base was dequantized and merged in float32; writing {args.dtype} weights")
-    if args.dtype != load_dtype or quantized is not None:
-        merged = merged.to(getattr(torch, args.dtype))
-    with replace_folder(out, "merge", **owner) as tmp:
+    with phase("merge", f"merging the {adapter.spec.name} adapter into its base"):
+        merged = adapter.merge_and_unload()
+        if quantized is not None:  # never back into 4 or 8 bits
+            dequantize_model(merged)
+            print(f"the {quantized['type']} base was dequantized and merged in float32; writing {args.dtype} weights")
+        if args.dtype != load_dtype or quantized is not None:
+            merged = merged.to(getattr(torch, args.dtype))
+    with phase("save", f"writing the merged model into {out}"), replace_folder(out, "merge", **owner) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / MERGE_MARKER).write_text(json_text(provenance, indent=2) + "\n")
@@ -109,12 +111,14 @@ def _cmd_merge(args: argparse.Namespace) -> None:
 def _merge_gguf(args: argparse.Namespace, owner: dict) -> None:
     from .io.gguf_format import base_gguf, check_outtype, merge_gguf
     from .loading import load_adapter_on_base
+    from .status import phase
 
     base_model = _adapter_inputs(args)[1]
     base_gguf(base_model)  # a GGUF base, else the route that works: before the model loads
     check_outtype(args.outtype)
     adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32")
-    record = merge_gguf(adapter, args.out, base_model, args.outtype, **owner)
+    with phase("save", f"writing {Path(args.out) / 'model.gguf'}: {base_model} with the merged weights"):
+        record = merge_gguf(adapter, args.out, base_model, args.outtype, **owner)
     print(f"merged GGUF written to {Path(args.out) / 'model.gguf'} ({record['replaced_tensors']} tensors merged in "
           f"{args.outtype}, the rest of {record['base']} kept as it was); Ollama: ollama create NAME -f "
           f"{Path(args.out) / 'Modelfile'}")
@@ -123,11 +127,13 @@ def _merge_gguf(args: argparse.Namespace, owner: dict) -> None:
 def _export_gguf(args: argparse.Namespace, owner: dict) -> None:
     from .io.gguf_format import check_outtype, export_gguf
     from .loading import load_adapter_on_base
+    from .status import phase
 
     check_outtype(args.outtype)
     base_model = _adapter_inputs(args)[1]
     adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32")
-    record = export_gguf(adapter, args.out, base_model, args.outtype, args.rank, **owner)
+    with phase("export", f"writing {Path(args.out) / 'adapter.gguf'}: each layer's change as a plain pair"):
+        record = export_gguf(adapter, args.out, base_model, args.outtype, args.rank, **owner)
     out = Path(args.out)
     print(f"llama.cpp LoRA adapter written to {out / 'adapter.gguf'} (rank {record['rank']}, {args.outtype}; largest "
           f"relative error of ΔW {record['max_relative_error']:.2e}); base it needs: {record['base']}")
@@ -142,6 +148,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
     from .io.ownership import check_replace, replace_folder
     from .io.peft_format import write_peft
     from .loading import load_adapter_on_base
+    from .status import phase
 
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
@@ -163,9 +170,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
     whole = bool(read_adapter_config(args.adapter).get("train_modules"))
     adapter, _ = load_adapter_on_base(args.adapter, args.model, "float32" if whole or plain else "bfloat16")
     if plain:  # ΔW against the original weight, SVDs and the logit check in float32
-        return _print_as_lora(export_as_lora(adapter, args.out, args.rank, args.target, args.base_model_name,
-                                             getattr(torch, args.dtype), **owner), Path(args.out))
-    with replace_folder(args.out, "export", **owner) as tmp:
+        with phase("export", "writing each layer's change as a plain LoRA pair (an SVD per layer), then "
+                   "checking the logits"):
+            record = export_as_lora(adapter, args.out, args.rank, args.target, args.base_model_name,
+                                    getattr(torch, args.dtype), **owner)
+        return _print_as_lora(record, Path(args.out))
+    with phase("export", f"writing {args.out}"), replace_folder(args.out, "export", **owner) as tmp:
         write_peft(adapter, tmp, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
         written = json.loads((tmp / "adapter_config.json").read_text())
     path = Path(args.out)
@@ -188,6 +198,7 @@ def _cmd_import(args: argparse.Namespace) -> None:
     from .io.ownership import check_replace, replace_folder
     from .models import load_model, model_path
     from .peft_import import head_labels, load_peft, read_peft
+    from .status import phase
 
     config, layers = read_peft(args.peft)  # a bad folder fails before the model loads
     base = args.model or config.get("base_model_name_or_path")
@@ -196,8 +207,9 @@ def _cmd_import(args: argparse.Namespace) -> None:
     if not base:
         raise LorakitError(f"{args.peft} does not record its base model; pass --model PATH")
     model, _ = load_model(model_path(base), labels=head_labels(config, layers, args.peft))
-    adapter = load_peft(model, args.peft, args.method)
-    with replace_folder(args.out, "import", **owner) as tmp:
+    with phase("import", f"reading {args.peft} onto the base"):
+        adapter = load_peft(model, args.peft, args.method)
+    with phase("save", f"writing {args.out}"), replace_folder(args.out, "import", **owner) as tmp:
         adapter.write(tmp)
     print(f"{args.peft} imported as a {adapter.spec.name} adapter ({len(adapter.layers)} layers) in {args.out}")
 
@@ -206,6 +218,7 @@ def _cmd_combine(args: argparse.Namespace) -> None:
     from .combine import check_bases, check_request, combine
     from .io.ownership import check_replace, replace_folder
     from .models import load_model, model_path
+    from .status import phase
 
     *adapters, out = args.paths
     weights = args.weights if args.weights is not None else [1.0] * len(adapters)
@@ -216,8 +229,9 @@ def _cmd_combine(args: argparse.Namespace) -> None:
     if not base:
         raise LorakitError(f"{adapters[0]} does not record its base model; pass --model PATH")
     model, _ = load_model(model_path(base))
-    adapter = combine(model, adapters, weights, args.how, args.density, args.rank, args.seed)
-    with replace_folder(out, "combine", **owner) as tmp:
+    with phase("combine", f"combining {len(adapters)} adapters ({args.how})"):
+        adapter = combine(model, adapters, weights, args.how, args.density, args.rank, args.seed)
+    with phase("save", f"writing {out}"), replace_folder(out, "combine", **owner) as tmp:
         adapter.write(tmp)
     ranks = sorted({layer.form.rank for layer in adapter.layers.values()})
     print(f"{len(adapters)} adapters combined ({args.how}, weights {weights}) into a lora adapter of rank "
@@ -324,6 +338,10 @@ def _cmd_example(args: argparse.Namespace) -> None:
     print(f"wrote {path}; run it with: {command.replace(f'{args.name}.yaml', str(path))}")
 
 
+def _quiet_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quiet", action="store_true", help="no status lines and no progress bars (errors still show)")
+
+
 def _overwrite_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="write into an output that holds files this command did not write: entries of the names it "
@@ -349,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.lr=1e-4")
     p.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_train)
 
@@ -360,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for metrics.json and generations.jsonl")
     p.add_argument("--data", help="evaluate on every record of this file instead of the config's eval split")
     p.add_argument("--format", choices=FORMATS, help="record format of --data (default: the config's data.format)")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_eval)
     _adapter_commands(sub)
@@ -380,6 +399,7 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
                    help="hf: a transformers folder; gguf: OUT/model.gguf for llama.cpp and Ollama (the base GGUF with "
                         "the adapted weights in --outtype, its tokenizer and chat template kept; GGUF bases only)")
     p.add_argument("--outtype", default="f16", help="with --format gguf: f32, f16, bf16 or q8_0")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_merge)
 
@@ -403,6 +423,7 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", choices=["peft", "vllm"], default="peft",
                    help="vllm: a plain LoRA (implies --as-lora) at one of vLLM's --max-lora-rank values (padded, "
                         "or truncated above 512), refusing what vLLM cannot serve (modules_to_save)")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_export)
 
@@ -420,6 +441,7 @@ def _combine_import_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, help="svd rules: the combined rank (default: the largest adapter's)")
     p.add_argument("--seed", type=int, default=0, help="seeds DARE's random drops")
     p.add_argument("--model", help="base model (default: the one the adapters record)")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_combine)
 
@@ -429,6 +451,7 @@ def _combine_import_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="base model (default: the one the PEFT adapter records)")
     p.add_argument("--method", default="lora", help="preset to continue training with, e.g. lora_plus or delta_lora "
                                                     "(one of the lora form; dora adapters import as dora)")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_import)
 
@@ -438,7 +461,7 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _quiet_flag(p)
     _overwrite_flag(p)
     _rerun_flag(p)
     p.set_defaults(func=_cmd_compare)
@@ -449,7 +472,7 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. tune.metric=accuracy")
     p.add_argument("--trials", type=int, help="tune.trials: trials of the whole study")
     p.add_argument("--timeout", type=float, help="tune.timeout: seconds after which this process starts no trial")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_tune)
 
@@ -462,7 +485,7 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
                         "chatterbot-corpus questions with all-MiniLM-L6-v2")
     p.add_argument("--data", help="a data file instead of the built-in chatterbot data (Alpaca records; with "
                                   "--task classification, labelled texts)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    _quiet_flag(p)
     _overwrite_flag(p)
     _rerun_flag(p)
     p.set_defaults(func=_cmd_demo)
@@ -486,6 +509,7 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
                                                  "in any supported format, or a .txt file of one prompt per line")
     p.add_argument("--format", choices=formats, help="record format of --data (default: the config's data.format)")
     p.add_argument("--out", required=True, help="JSONL file: prompt, reference (when present), prediction")
+    _quiet_flag(p)
     _overwrite_flag(p)
     p.set_defaults(func=_cmd_generate)
 
@@ -503,6 +527,18 @@ def _reference_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_example)
 
 
+def _run(args: argparse.Namespace, began: float | None) -> None:
+    """The command, its slow phases said as they start (``lorakit.status``) and, for a command that
+    has ``--quiet``, a last line with its wall time since ``began`` (default: now), phase by phase."""
+    from .status import Timer, quiet, say
+
+    timed = "quiet" in vars(args)
+    with quiet(timed and args.quiet), Timer(began) as timer:
+        args.func(args)
+        if timed:
+            say(timer.line())
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``lorakit`` console script."""
     parser = build_parser()
@@ -514,8 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
         args = argparse.Namespace(**{**vars(args), "overrides": [*args.overrides, *extra]})
-    try:
-        args.func(args)
+    from .status import process_started
+
+    try:  # the console script counts from the process's start (imports included)
+        _run(args, process_started() if argv is None else None)
     except LorakitError as exc:
         print(f"lorakit: error: {exc}", file=sys.stderr)
         return 2

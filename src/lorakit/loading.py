@@ -247,16 +247,16 @@ def check_packing(config: RunConfig) -> None:
 
 
 def evaluate(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split, out_dir: Path | None = None,
-             examples: Examples | None = None) -> dict[str, float]:
+             examples: Examples | None = None, name: str = "eval split") -> dict[str, float]:
     """``config.eval``'s metrics of ``model`` on the eval split (generations written to ``out_dir``);
     ``examples``: the split already encoded (by a training run), else only the eval split is.
     For preference pairs the metrics are those of the chosen answers (the preference metrics
-    need the adapter: ``lorakit.train.objectives.Dpo``)."""
+    need the adapter: ``lorakit.train.objectives.Dpo``). ``name``: the split's, for status lines."""
     examples = examples or encode(config, tokenizer, ([], split[1]), model_labels(model))
     records, encoded, collate = split[1], examples.eval, examples.collate
     if isinstance(collate, PairCollator):
         records, encoded, collate = [p["chosen"] for p in records], [p["chosen"] for p in encoded], collate.collate
-    return evaluate_run(model, tokenizer, config, records, encoded, collate, out_dir)
+    return evaluate_run(model, tokenizer, config, records, encoded, collate, out_dir, name)
 
 
 def final_evaluation(config: RunConfig, model: nn.Module, tokenizer: Any, split: Split,
@@ -270,7 +270,7 @@ def final_evaluation(config: RunConfig, model: nn.Module, tokenizer: Any, split:
     folder = None if out_dir is None else out_dir / HELD_OUT
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
-    scores = evaluate(config, model, tokenizer, ([], held_out), folder)
+    scores = evaluate(config, model, tokenizer, ([], held_out), folder, name="held-out set")
     return {**metrics, **{f"{HELD_OUT}_{name}": value for name, value in scores.items()}}
 
 

@@ -8,7 +8,6 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import sys
 import tempfile
 import warnings
 import zipfile
@@ -22,6 +21,7 @@ from .data.labelled import Labels
 from .errors import LorakitError, unknown
 from .heads import head_modules, mark_new_modules
 from .quantized import QUANTIZE, bitsandbytes_config, is_quantized, prepare, quantize_model
+from .status import phase, say, third_party_output_hidden
 
 EMBEDDED = "embedded"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -125,7 +125,7 @@ def embedded_model_path() -> Path:
         shutil.rmtree(old, ignore_errors=True)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".converting-"))
-    print(f"lorakit: converting the embedded model once into {folder} (later loads read it)", file=sys.stderr)
+    say(f"converting the embedded model once into {folder} (later loads read it)")
     try:
         model, tokenizer = _load_gguf(gguf_file, torch.float32)
         model.save_pretrained(tmp)
@@ -165,6 +165,37 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
     torch_dtype = DTYPES[dtype]
     compute = DTYPES[compute_dtype or dtype]
     quantization = None if quantize == "none" else bitsandbytes_config(quantize, compute, labels is not None)
+    with phase("load", f"loading {_describe(path)}" + ("" if quantize == "none" else f" in {quantize}")):
+        model, tokenizer = _load_by_path(path, torch_dtype, quantization, device, labels)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if labels is not None:  # decoder classifiers find each row's last token by the pad id the batches use
+            model.config.pad_token_id = tokenizer.pad_token_id
+        if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
+            model.generation_config.pad_token_id = tokenizer.pad_token_id  # silences generate()'s warning
+        if device is not None and not any(is_quantized(m) for m in model.modules()):
+            model.to(device)
+        if quantization is not None and not any(is_quantized(m) for m in model.modules()):
+            # GGUF: transformers cannot load it quantized
+            quantize_model(model, quantize, compute, head_modules(model))
+        for name, module in model.named_modules():
+            if is_quantized(module):
+                prepare(module, name)
+        return model.eval(), tokenizer
+
+
+def _describe(path: str) -> str:
+    """How the loading line names the model at ``path``."""
+    if path in (EMBEDDED, EMBEDDED_ENCODER):
+        name = EMBEDDED_NAME if path == EMBEDDED else ENCODER_NAME
+        return f"{name.removeprefix('embedded:')} (embedded)"
+    local = Path(path).expanduser()
+    return str(local) if local.exists() or _looks_like_path(path) else f"{path} (Hugging Face hub)"
+
+
+def _load_by_path(path: str, torch_dtype: torch.dtype, quantization: Any, device: str | None,
+                  labels: Labels | None) -> tuple[Any, Any]:
+    """``(model, tokenizer)`` as stored at ``path`` (see ``load_model``), before lorakit's settings."""
     if path == EMBEDDED:
         model, tokenizer = _load_embedded(torch_dtype, labels)
     elif path == EMBEDDED_ENCODER:
@@ -197,20 +228,7 @@ def load_model(path: str = EMBEDDED, dtype: str = "float32", device: str | None 
             model, tokenizer = _load_pretrained(path, torch_dtype, (
                 f"model {path!r} is not a local folder or .gguf file and could not be loaded from the hub"),
                 quantization, device, labels)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    if labels is not None:  # decoder classifiers find each row's last token by the pad id the batches use
-        model.config.pad_token_id = tokenizer.pad_token_id
-    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
-        model.generation_config.pad_token_id = tokenizer.pad_token_id  # silences generate()'s warning
-    if device is not None and not any(is_quantized(m) for m in model.modules()):
-        model.to(device)
-    if quantization is not None and not any(is_quantized(m) for m in model.modules()):
-        quantize_model(model, quantize, compute, head_modules(model))  # GGUF: transformers cannot load it quantized
-    for name, module in model.named_modules():
-        if is_quantized(module):
-            prepare(module, name)
-    return model.eval(), tokenizer
+    return model, tokenizer
 
 
 def _load_embedded(torch_dtype: torch.dtype, labels: Labels | None) -> tuple[Any, Any]:
@@ -273,7 +291,7 @@ def _load_gguf(file: Path, torch_dtype: torch.dtype, labels: Labels | None = Non
     folder, name = str(file.parent), file.name
     auto, head = _head(labels)
     try:
-        with _quiet_progress():
+        with _quiet_progress(), third_party_output_hidden():  # its de-quantizer's bar, under --quiet
             tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             model = _from_pretrained(auto, head, folder, gguf_file=name, dtype=torch_dtype)
     except LorakitError:
@@ -317,7 +335,7 @@ def _quiet_progress() -> Iterator[None]:
     """Hide transformers' per-tensor "Loading weights" bars and its load report (a new head's
     weights are missing from the checkpoint by design; lorakit trains them) while loading.
 
-    The GGUF de-quantizer's own bar uses plain tqdm and stays (it is one bar, once).
+    The GGUF de-quantizer's own bar uses plain tqdm: it shows, once, but not under ``quiet()``.
     """
     from transformers.utils import logging as hf_logging
 

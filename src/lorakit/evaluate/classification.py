@@ -30,6 +30,7 @@ from torch import nn
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
 from ..io.json_text import json_text
+from ..status import bar
 from .loss import eval_mode
 
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -58,7 +59,7 @@ def predict(model: nn.Module, examples: Sequence[dict[str, Any]], collate: Calla
     """The float32 CPU logits of every example, and its label, in order (evaluation mode)."""
     logits, labels = [], []
     with eval_mode(model):
-        for start in range(0, len(examples), batch_size):
+        for start in bar(range(0, len(examples), batch_size), desc="predict", unit="batch", leave=False):
             batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
             logits.append(model(**model_inputs(batch)).logits.float().cpu())
             labels.append(batch["labels"].cpu())

@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from ..data.encode import encode_prompt, reference
 from ..errors import LorakitError
 from ..io.atomic import write_text_atomic
 from ..io.json_text import json_text
+from ..status import bar, phase
 from .metrics import text_scores
 
 MAX_NEW_TOKENS = 4096
@@ -57,8 +57,9 @@ def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
 
 
 def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max_new_tokens: int,
-             batch_size: int, progress: bool = False) -> list[str]:
-    """Greedy continuations of each prompt (token ids), decoded and stripped, in input order."""
+             batch_size: int) -> list[str]:
+    """Greedy continuations of each prompt (token ids), decoded and stripped, in input order,
+    with a bar over the prompts."""
     _check_settings(max_new_tokens, batch_size)
     if any(len(ids) == 0 for ids in prompts_ids):
         raise LorakitError("a prompt has no tokens; every prompt needs at least one token to continue")
@@ -69,8 +70,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(order), batch_size), desc="generate", disable=not progress,
-                              dynamic_ncols=True):
+            answers = bar(total=len(order), desc="generate", unit="answer", leave=False)
+            for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
                 input_ids, attention_mask = _left_pad([prompts_ids[i] for i in chunk], pad_id, device)
                 output = model.generate(
@@ -82,6 +83,8 @@ def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max
                 new_tokens = output[:, input_ids.shape[1]:]
                 for i, row in zip(chunk, new_tokens):
                     texts[i] = tokenizer.decode(row.tolist(), skip_special_tokens=True).strip()
+                answers.update(len(chunk))
+            answers.close()
     finally:
         model.train(was_training)
     return texts
@@ -126,7 +129,8 @@ def generate_file(model: nn.Module, tokenizer: Any, records: Sequence[Mapping[st
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     prompts = [(bos + list(tokenizer(record["text"], add_special_tokens=False)["input_ids"]) if "text" in record
                 else encode_prompt(record, tokenizer, template, answer_next=True))[-max_length:] for record in records]
-    predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size, progress=True)
+    with phase("generate", f"generating {len(prompts)} answers (greedy, up to {max_new_tokens} tokens each)"):
+        predictions = generate(model, tokenizer, prompts, max_new_tokens, batch_size)
     lines = []
     for record, prompt, prediction in zip(records, prompts, predictions):
         answer = reference(record, answer_next=True)

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..data.packing import model_inputs
 from ..errors import LorakitError
+from ..status import bar
 
 IGNORE = -100
 
@@ -117,7 +118,7 @@ def evaluate_loss(model: nn.Module, examples: Sequence[dict[str, Any]], collate:
     (``logits``: see ``token_loss``)."""
     total, tokens = 0.0, 0
     with eval_mode(model):
-        for start in range(0, len(examples), batch_size):
+        for start in bar(range(0, len(examples), batch_size), desc="eval loss", unit="batch", leave=False):
             batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
             total += float(token_loss(model, batch, logits))
             tokens += label_tokens(batch["labels"])

@@ -15,6 +15,7 @@ from typing import Any
 from torch import nn
 
 from ..config import RunConfig
+from ..status import phase
 from .classification import classification_scores
 from .generation import generation_scores
 from .loss import evaluate_loss
@@ -26,22 +27,28 @@ GENERATIONS_FILE = "generations.jsonl"
 
 def evaluate_run(model: nn.Module, tokenizer: Any, config: RunConfig, records: Sequence[dict[str, str]],
                  examples: Sequence[dict[str, Any]], collate: Callable,
-                 out_dir: Path | None = None) -> dict[str, float]:
-    """The metrics of ``config.eval`` on the eval split (``records`` and their encoded ``examples``)."""
+                 out_dir: Path | None = None, split: str = "eval split") -> dict[str, float]:
+    """The metrics of ``config.eval`` on a split (``records`` and their encoded ``examples``),
+    each part a phase with its status line naming ``split``."""
     if config.task.type != "causal_lm":
-        return classification_scores(model, records, examples, collate, config.train.eval_batch_size,
-                                     config.eval.metrics, out_dir)
+        with phase("evaluate", f"scoring the {split}'s {len(records)} records"):
+            return classification_scores(model, records, examples, collate, config.train.eval_batch_size,
+                                         config.eval.metrics, out_dir)
     wanted = set(config.eval.metrics)
     device = next(model.parameters()).device
     results: dict[str, float] = {}
     if wanted & set(LOSS_METRICS):
-        results.update(evaluate_loss(model, examples, collate, config.train.eval_batch_size, device))
+        with phase("evaluate", f"evaluating the loss on the {split}'s {len(examples)} records"):
+            results.update(evaluate_loss(model, examples, collate, config.train.eval_batch_size, device))
     if wanted & set(GENERATION_METRICS):
         subset = list(records[: config.eval.generate_size or len(records)])
         out_path = out_dir / GENERATIONS_FILE if out_dir is not None else None
-        results.update(generation_scores(model, tokenizer, subset, config.data.template, config.data.max_length,
-                                         config.eval.max_new_tokens, config.eval.generate_batch_size, out_path))
+        with phase("generate", f"generating {len(subset)} answers of the {split} (greedy, up to "
+                   f"{config.eval.max_new_tokens} tokens each) for BLEU/ROUGE"):
+            results.update(generation_scores(model, tokenizer, subset, config.data.template, config.data.max_length,
+                                             config.eval.max_new_tokens, config.eval.generate_batch_size, out_path))
     if wanted & set(TEACHER_FORCED_METRICS):
-        results.update(teacher_forced_scores(model, tokenizer, examples, collate, config.train.eval_batch_size))
+        with phase("evaluate", f"evaluating teacher-forced predictions on the {split}'s {len(examples)} records"):
+            results.update(teacher_forced_scores(model, tokenizer, examples, collate, config.train.eval_batch_size))
     keep = wanted | {"eval_tokens"}
     return {k: v for k, v in results.items() if k in keep}

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from ..errors import LorakitError
+from ..status import bar
 from .generation import model_device
 from .loss import IGNORE
 from .metrics import text_scores
@@ -35,7 +36,7 @@ def teacher_forced_texts(model: nn.Module, tokenizer: Any, examples: Sequence[di
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(examples), batch_size):
+            for start in bar(range(0, len(examples), batch_size), desc="teacher-forced", unit="batch", leave=False):
                 batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size]).items()}
                 logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
                 predicted = logits[:, :-1].argmax(dim=-1)  # ŷ_t for t = 0..T-2

@@ -35,6 +35,7 @@ from ..io.lock import folder_lock
 from ..io.ownership import Legacy, claim, refuse_removal
 from ..loading import final_evaluation, labels_of, load_base, load_held_out, load_split, reported_metrics
 from ..optimizers.lora_plus import DEFAULT_LR_RATIO_MODE
+from ..status import lines_hidden, say
 from ..train import train
 from ..train.checkpoint import STATE_FILE, latest_checkpoint
 from ..train.output_dir import TRAIN_LEGACY, comparable, make_output_dir, run_inputs
@@ -87,7 +88,8 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
         return _row(run, seed, folder, lr=lr, status="ok", **json.loads((folder / "summary.json").read_text())), True
     resume = (folder / "checkpoints" / "latest").is_file()
     try:
-        summary = train(config, resume=resume, progress=progress, base=base)
+        with lines_hidden():  # the sweep says one line per run instead
+            summary = train(config, resume=resume, progress=progress, base=base)
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a failed run is reported as a row, the sweep goes on
@@ -118,6 +120,7 @@ def _base_model_row(config: RunConfig, base: tuple[Any, Any], out: Path) -> dict
     metrics = _read_json(cached) if _read_json(folder / BASE_INPUTS) == inputs else None
     if not isinstance(metrics, dict):
         (folder / BASE_INPUTS).unlink(missing_ok=True)  # first: a crash below leaves no stale pair
+        say("scoring the base model alone, the comparison's reference row")
         model, tokenizer = base
         metrics = final_evaluation(config, model, tokenizer, load_split(config), load_held_out(config), folder)
         write_text_atomic(cached, json_text(metrics, indent=2) + "\n")

@@ -40,6 +40,7 @@ from ..core.terms import add_products
 from ..errors import LorakitError
 from ..ops.resize import shrink
 from ..quantized import base_weight
+from ..status import bar
 from .json_text import json_text
 from .ownership import replace_folder
 from .peft_format import lora_pair, write_peft
@@ -117,7 +118,7 @@ def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft")
     largest = VLLM_RANKS[-1] if target == "vllm" else None
     if largest is not None and (rank is None or rank > largest):
         rank = largest
-    found = {name: plain_pair(adapter, name, rank) for name in adapter.layers}
+    found = {name: plain_pair(adapter, name, rank) for name in bar(adapter.layers, desc="ΔW as pairs", unit="layer")}
     widest = max(int(B.shape[1]) for B, *_ in found.values())
     written, changes = widest, []
     if any(truncated for *_, truncated in found.values()):

@@ -38,6 +38,7 @@ from ..core.protocol import AdapterView
 from ..errors import LorakitError
 from ..heads import is_sequence_classifier
 from ..models import EMBEDDED, embedded_gguf_path, model_path
+from ..status import bar
 from .as_lora import adapted_weight, as_lora
 from .json_text import json_text
 from .ownership import replace_folder
@@ -176,7 +177,7 @@ def write_merged_gguf(adapter: AdapterView, base: Path, path: Path, outtype: str
     arch, permuted = _check_exportable(adapter)
     names = gguf.get_tensor_name_map(arch, adapter.model.config.num_hidden_layers)
     replaced = {}
-    for layer in adapter.layers:
+    for layer in bar(adapter.layers, desc="merge", unit="layer"):
         weight = gguf_rows(adapted_weight(adapter, layer), layer, adapter.model.config, permuted)
         target = tensor_name(names, layer)
         replaced[target] = encoded(weight.cpu().numpy(), outtype, target)

@@ -39,7 +39,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
 from torch import nn
-from tqdm.auto import tqdm
 from transformers import get_scheduler, set_seed
 
 from ..adapter import Adapter
@@ -57,6 +56,7 @@ from ..io.json_text import finite, json_text
 from ..io.lock import folder_lock
 from ..loading import Split, encode, final_evaluation, labels_of, load_base, load_held_out, load_split, model_labels
 from ..presets import complete_for_run, parts_of, refuse_if_bypassed
+from ..status import Timer, bar, phase, quiet
 from .checkpoint import copy_adapter, has_checksums, read_checkpoint, read_trainer_state, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .objectives import objective_for
@@ -87,8 +87,15 @@ def train(config: RunConfig, resume: bool = False,
     ``base``: an already loaded ``(model, tokenizer)`` for ``config.model`` (a sweep loads it
     once); the run trains a deep copy and leaves it untouched. A second process training into
     the same ``output_dir`` at the same time is refused (``lorakit.io.lock``). ``resume`` where
-    the run has finished loads no model: see ``complete_finished_run``.
+    the run has finished loads no model: see ``complete_finished_run``. ``progress``: status lines
+    and bars (``lorakit.status``).
     """
+    with quiet(not progress), Timer() as timer:
+        return _train(config, resume, callbacks, base, timer)
+
+
+def _train(config: RunConfig, resume: bool, callbacks: Sequence[Callable[[StepInfo], None]],
+           base: tuple[nn.Module, Any] | None, timer: Timer) -> dict[str, Any]:
     output_dir = Path(config.train.output_dir)
     make_output_dir(output_dir, config)
     first_process = int(os.environ.get("RANK", "0")) == 0  # the other data-parallel processes share the run
@@ -97,17 +104,18 @@ def train(config: RunConfig, resume: bool = False,
         final = finished_run(config, output_dir, checkpoint) if checkpoint is not None else None
         if final is not None:
             return complete_finished_run(config, output_dir, checkpoint, final, first_process)
-        run = Run.prepare(config, output_dir, checkpoint, base)
+        run = Run.prepare(config, output_dir, checkpoint, base, timer)
         run.resume()
-        run.start(progress)
+        run.start()
         try:
-            for step in range(run.start_step, run.total_steps):
-                loss, tokens, grad_norm = run.step(step)
-                run.log(step + 1, loss, tokens, grad_norm)
-                metrics = run.evaluate(step + 1)
-                run.checkpoint(step + 1)
-                for callback in callbacks:
-                    callback(StepInfo(step + 1, run.total_steps, loss / tokens, output_dir, metrics))
+            with phase("train"):
+                for step in range(run.start_step, run.total_steps):
+                    loss, tokens, grad_norm = run.step(step)
+                    run.log(step + 1, loss, tokens, grad_norm)
+                    metrics = run.evaluate(step + 1)
+                    run.checkpoint(step + 1)
+                    for callback in callbacks:
+                        callback(StepInfo(step + 1, run.total_steps, loss / tokens, output_dir, metrics))
             return run.finish()
         finally:
             run.close()
@@ -117,8 +125,8 @@ class Run:
     """One training run: its config, model, adapter, optimizer and position, phase by phase."""
 
     def __init__(self, config: RunConfig, output_dir: Path, accelerator: Accelerator, spec: MethodSpec,
-                 split: Split, total_steps: int, per_epoch: int, checkpoint: Path | None) -> None:
-        self.config, self.output_dir, self.accelerator = config, output_dir, accelerator
+                 split: Split, total_steps: int, per_epoch: int, checkpoint: Path | None, timer: Timer) -> None:
+        self.config, self.output_dir, self.accelerator, self.timer = config, output_dir, accelerator, timer
         self.spec, self.split, self.total_steps, self.per_epoch = spec, split, total_steps, per_epoch
         self.checkpoint_folder = checkpoint
         # (name, intact) of the checkpoint that holds the run so far: one resumed from is intact when
@@ -136,13 +144,14 @@ class Run:
     # -- prepare ---------------------------------------------------------------------------
     @classmethod
     def prepare(cls, config: RunConfig, output_dir: Path, checkpoint: Path | None,
-                base: tuple[nn.Module, Any] | None) -> Run:
+                base: tuple[nn.Module, Any] | None, timer: Timer) -> Run:
         """Check everything that needs no model, then load the model, data and adapter (from
         ``checkpoint``, a verified one, when resuming)."""
         tc = config.train
-        split = load_split(config)
+        with phase("data"):
+            split = load_split(config)
         accelerator = _accelerator(tc.mixed_precision)
-        run = cls(config, output_dir, accelerator, config.method_spec(), split, 0, 0, checkpoint)
+        run = cls(config, output_dir, accelerator, config.method_spec(), split, 0, 0, checkpoint, timer)
         # every record becomes one example, so the step count (and what depends on it) is known
         # before the model is loaded, and a config error costs no loading time
         run._count_steps(len(split[0]))
@@ -155,12 +164,14 @@ class Run:
             if model_labels(base[0]) != labels:
                 raise LorakitError("the base given to train() has another head than the config's task and data "
                                    "need; load it with lorakit.loading.load_base(config, labels=labels_of(...))")
-            run.model, run.tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
+            with phase("load"):
+                run.model, run.tokenizer = copy.deepcopy(base[0]).to(accelerator.device), base[1]
         else:
             run.model, run.tokenizer = load_base(config, accelerator.device, labels)
         reseed_new_modules(run.model, tc.seed)  # a new head is the run's own, shared base or not
         set_seed(tc.seed)  # dropout draws the same with a shared base as after a load (which drew a head)
-        run.examples = encode(config, run.tokenizer, split, labels)
+        with phase("data", f"tokenizing {len(split[0]) + len(split[1])} records"):
+            run.examples = encode(config, run.tokenizer, split, labels)
         if len(run.examples.train) != len(split[0]):  # skipped or packed: the steps follow the examples
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
@@ -191,8 +202,9 @@ class Run:
     def _adapter(self) -> Adapter:
         """The checkpoint's adapter (its config must match), or a fresh one."""
         if self.checkpoint_folder is None:
-            return attach(self.model, self.spec, init_data=self._calibration_batches()
-                          if parts_of(self.spec).init.reads else None)
+            with phase("attach", f"attaching {self.spec.name} adapters"):
+                return attach(self.model, self.spec, init_data=self._calibration_batches()
+                              if parts_of(self.spec).init.reads else None)
         self.saved_state, self.tensors = read_checkpoint(self.checkpoint_folder)
         check_same_config(self.checkpoint_folder, self.saved_state["config"], self.config)
         if self.main and not has_checksums(self.checkpoint_folder):
@@ -269,7 +281,7 @@ class Run:
             self.model = _ddp(self.accelerator, self.accelerator.unwrap_model(self.model))
         self._wrapped()
 
-    def start(self, progress: bool) -> None:
+    def start(self) -> None:
         """Open the log, evaluate the starting point of a fresh run, and start the clock."""
         if self.main:
             write_text_atomic(self.output_dir / "config.yaml", dump_config(self.config))
@@ -280,11 +292,11 @@ class Run:
         if self.start_step == 0:
             if self.examples.skipped:
                 self.run_log.write({"step": 0, "skipped_samples": self.examples.skipped})
-            if self.config.train.eval_at_start:
-                self._eval_loss(0)
+            if self.config.train.eval_at_start and self.examples.eval:
+                with phase("evaluate", f"evaluating the starting point on {len(self.examples.eval)} records"):
+                    self._eval_loss(0)
         self.model.train()
-        self.bar = tqdm(total=self.total_steps, initial=self.start_step, desc=f"train {self.spec.name}",
-                        disable=not (progress and self.main), dynamic_ncols=True)
+        self.bar = bar(total=self.total_steps, initial=self.start_step, desc=f"train {self.spec.name}")
         self.started = time.time()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
@@ -357,7 +369,10 @@ class Run:
     def evaluate(self, done: int) -> dict[str, float]:
         """The eval loss every ``eval_every`` steps (the end has its own, fuller evaluation)."""
         every = self.config.train.eval_every
-        return self._eval_loss(done) if every and done % every == 0 and done != self.total_steps else {}
+        if not (every and done % every == 0 and done != self.total_steps):
+            return {}
+        with phase("evaluate"):
+            return self._eval_loss(done)
 
     def _eval_loss(self, step: int) -> dict[str, float]:
         if not self.examples.eval:
@@ -371,7 +386,8 @@ class Run:
         """A checkpoint every ``save_every`` steps (the end has its own)."""
         every = self.config.train.save_every
         if every and done % every == 0 and done != self.total_steps:
-            self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens]})
+            with phase("save"):
+                self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens]})
 
     def _save_checkpoint(self, done: int, state: dict[str, Any]) -> Path | None:
         """Written by the first process, which gets its folder (None elsewhere); when sharded,
@@ -403,9 +419,10 @@ class Run:
         self.bar.close()
         metrics = self._final_metrics()
         final = {"record": {"step": self.total_steps, **metrics}, "summary": finite(self._summary(metrics))}
-        folder = self._save_checkpoint(self.total_steps, {**self.state, "final": final})
-        if self.main:
-            publish(self.output_dir, folder, final, self.run_log)
+        with phase("save", f"saving the adapter and the run's outputs into {self.output_dir}"):
+            folder = self._save_checkpoint(self.total_steps, {**self.state, "final": final})
+            if self.main:
+                publish(self.output_dir, folder, final, self.run_log)
         self.accelerator.wait_for_everyone()
         return final["summary"]
 
@@ -417,8 +434,9 @@ class Run:
         final = final_evaluation(self.config, model, self.tokenizer, self.split, self.held_out,
                                  self.output_dir if self.main else None, self.examples)
         if self.objective.final_metrics:  # the objective's own metrics next to those of the answers
-            final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
-                                                 self.config.train.eval_batch_size, self.accelerator.device))
+            with phase("evaluate", f"{self.config.train.objective}'s own metrics on the eval split"):
+                final.update(self.objective.evaluate(model, self.examples.eval, self.examples.collate,
+                                                     self.config.train.eval_batch_size, self.accelerator.device))
         return final
 
     def _summary(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -426,7 +444,7 @@ class Run:
         the run's time and memory went."""
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
                    "train_loss": self.last_loss, **metrics, "trainable_parameters": self.adapter.num_parameters(),
-                   "seconds": round(time.time() - self.started, 2), **self._resources(),
+                   **self.timer.record(), **self._resources(),
                    "adapter": str(self.output_dir / ADAPTER_DIR)}
         if self.examples.skipped:
             summary["skipped_samples"] = self.examples.skipped
