@@ -12,6 +12,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file, save_file
 
+from cli_lines import other_lines
 from lorakit.cli import main
 from lorakit.io.peft_format import CONFIG_FILE, PREFIX, WEIGHTS_FILE
 from tiny import tiny_llama
@@ -154,11 +155,13 @@ CASES = {**{key: ("lora", edit, CONFIG_FILE, needles) for key, (edit, needles) i
          **{key: (source, edit, WEIGHTS_FILE, needles) for key, (source, edit, needles) in WEIGHT_CASES.items()}}
 
 
-def assert_refused(argv: list[str], needles: list[str], file: str, out, capsys) -> None:
-    """``lorakit`` with ``argv`` exits 2 with one error line naming ``file`` and ``needles``, writing nothing."""
+def assert_refused(argv: list[str], needles: list[str], file: str, out, capsys, loaded: bool = False) -> None:
+    """``lorakit`` with ``argv`` exits 2 with one error line naming ``file`` and ``needles``, writing nothing;
+    before that line, status lines only where the model ``loaded`` first (else it is the only line: nothing
+    was loaded)."""
     code = main(argv)
     err = capsys.readouterr().err
-    lines = err.splitlines()
+    lines = other_lines(err) if loaded else err.splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("lorakit: error: "), err
     assert "Traceback" not in err
     assert all(needle in lines[0] for needle in [file, *needles]), lines[0]
@@ -183,4 +186,4 @@ def test_an_adapter_for_another_base_is_one_line(source, needles, adapters, tiny
     """The fit to the base is known once the model loads: still one line, naming layer and shapes."""
     out = tmp_path / "out"
     assert_refused(["import", str(adapters / source), str(out), "--model", str(tiny_model_dir)], needles,
-                   WEIGHTS_FILE, out, capsys)
+                   WEIGHTS_FILE, out, capsys, loaded=True)
