@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -146,6 +148,7 @@ def test_misuse_is_a_one_line_error(tmp_path):
         (dict(model=tiny_llama(), adapter=adapter), "model= must be the model the adapter is attached to"),
         (dict(model=model, adapter=adapter, optimizers=(torch.optim.SGD(adapter.parameters(), lr=0.1), None)),
          "leave optimizers= unset"),
+        (dict(model=model, adapter=adapter, method="eva"), "not both"),
     ]
     for kwargs, needle in cases:
         with pytest.raises(LorakitError, match=needle) as info:
@@ -154,6 +157,24 @@ def test_misuse_is_a_one_line_error(tmp_path):
     with pytest.raises(LorakitError, match="transformers.Trainer subclass"):
         with_lorakit(dict)
     assert with_lorakit(Trainer) is LorakitTrainer
+
+
+def test_method_attaches_from_the_trainers_own_batches(tmp_path):
+    """``method=``: the Trainer attaches the adapter once it is built; a data-aware init reads the
+    first ``init_batches`` batches of the Trainer's own (seeded) training dataloader."""
+    trainer = LorakitTrainer(model=tiny_llama().train(), method="eva", method_options={"rank": 4, "init_batches": 3},
+                             args=arguments(tmp_path), train_dataset=Patterns())
+    assert trainer.adapter.spec.init == "eva" and trainer.adapter.model is trainer.model
+    batches = list(itertools.islice(trainer.get_train_dataloader(), 3))  # the same seeded order again
+    by_hand = lorakit.attach(tiny_llama().train(), "eva", rank=4, init_batches=3, init_data=batches)
+    ours, theirs = trainer.adapter.state_dict(), by_hand.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    before = data_loss(trainer.model)
+    trainer.train()
+    assert data_loss(trainer.model) < before
+    plain = LorakitTrainer(model=tiny_llama().train(), method="lora", method_options={"rank": 2},
+                           args=arguments(tmp_path / "plain"), train_dataset=Patterns())
+    assert plain.adapter.spec.name == "lora" and plain.adapter.spec.rank == 2
 
 
 def test_resuming_with_another_method_is_refused(tmp_path):

@@ -66,3 +66,14 @@ def test_the_residual_is_not_the_reference_for_spectral_inits(tmp_path):
     trainer.train()
     first = next(entry for entry in trainer.state.log_history if "loss" in entry)
     assert abs(first["loss"] - math.log(2)) > 1e-3
+
+
+def test_a_dpo_trainer_needs_its_adapter_before_it_is_built(tmp_path):
+    from lorakit.errors import LorakitError
+
+    tok = chat_tokenizer()
+    with pytest.raises(LorakitError, match="must exist first"):
+        with_lorakit(trl.DPOTrainer)(model=chat_model(tok), method="eva", processing_class=tok,
+                                     args=trl.DPOConfig(output_dir=str(tmp_path), **COMMON),
+                                     train_dataset=datasets.Dataset.from_list(PAIRS))
+

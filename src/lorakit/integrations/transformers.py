@@ -14,7 +14,10 @@
   removed and shared layers included — into the adapter it was given, then the Trainer's own
   optimizer, scheduler, RNG and data position;
 - for a ``DPOTrainer`` without ``ref_model``: the reference is ``OriginalModel(adapter)``, the same
-  model inside ``adapter.original()`` (the exact original base for every preset; no second copy).
+  model inside ``adapter.original()`` (the exact original base for every preset; no second copy);
+- or takes ``method=`` (and ``method_options=``) instead of an adapter and attaches one once the
+  Trainer is built: an init that reads data calibrates on the first ``init_batches`` batches of the
+  Trainer's own training dataloader (not for a ``DPOTrainer``, whose reference needs the adapter first).
 
 ``LorakitTrainer = with_lorakit(transformers.Trainer)``.
 """
@@ -32,11 +35,12 @@ from torch import nn
 from transformers import Trainer
 
 from ..adapter import Adapter
-from ..api import restore
+from ..api import attach, restore
 from ..core.distributed import is_dtensor
+from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from ..io.adapter_files import read_adapter
-from ..presets import from_saved, parts_of, refuse_if_bypassed
+from ..presets import from_saved, parts_of, refuse_if_bypassed, resolve
 
 TRAINING_STATE_FILE = "lorakit_training_state.pt"
 
@@ -79,20 +83,42 @@ class LorakitTrainerMixin:
 
     adapter: Adapter
 
-    def __init__(self, *args: Any, adapter: Adapter | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, adapter: Adapter | None = None, method: str | MethodSpec | None = None,
+                 method_options: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        model = kwargs.get("model", args[0] if args else None)
+        if method is not None:
+            self._attach_after_init(args, kwargs, model, adapter, method, method_options or {})
+            return
         if not isinstance(adapter, Adapter):
             raise LorakitError(f"{type(self).__name__} needs adapter=<the lorakit Adapter of the model>, got "
-                               f"{type(adapter).__name__}; attach one with lorakit.attach(model, ...)")
-        model = kwargs.get("model", args[0] if args else None)
+                               f"{type(adapter).__name__}; attach one with lorakit.attach(model, ...), or pass "
+                               "method= to attach it from the training data")
         if model is not adapter.model:
             raise LorakitError("model= must be the model the adapter is attached to (adapter.model)")
+        self._init_trainer(args, kwargs, model, adapter)
+
+    def _attach_after_init(self, args: tuple, kwargs: dict[str, Any], model: nn.Module, adapter: Adapter | None,
+                           method: str | MethodSpec, options: dict[str, Any]) -> None:
+        """``method=``: the Trainer is built first, then the adapter attached; an init that reads data
+        calibrates on the first ``init_batches`` batches of the Trainer's own training dataloader."""
+        if adapter is not None:
+            raise LorakitError("pass adapter= (attached already) or method= (attached by the Trainer), not both")
+        if _is_dpo_trainer(type(self)):
+            raise LorakitError("a DPOTrainer's reference is the adapter's original model, so the adapter must exist "
+                               "first: attach it with lorakit.attach(model, ..., init_data=...) and pass adapter=")
+        self._init_trainer(args, kwargs, model, None)
+        spec = resolve(method, **options)
+        reads = bool(parts_of(spec).init.reads)
+        self.adapter = attach(model, spec, init_data=self.get_train_dataloader() if reads else None)
+
+    def _init_trainer(self, args: tuple, kwargs: dict[str, Any], model: nn.Module, adapter: Adapter | None) -> None:
         optimizers = kwargs.get("optimizers", (None, None))
         if optimizers[0] is not None:
             raise LorakitError("the optimizer is built from the adapter (its recipe's groups and step hooks); leave "
                                "optimizers= unset and set learning_rate and weight_decay in the TrainingArguments")
-        self.adapter = adapter
+        self.adapter = adapter  # with method=: attached after the Trainer is built
         self._lorakit_steps: int | None = None
-        if _is_dpo_trainer(type(self)) and kwargs.get("ref_model") is None:
+        if adapter is not None and _is_dpo_trainer(type(self)) and kwargs.get("ref_model") is None:
             kwargs["ref_model"] = OriginalModel(adapter)
         # transformers refuses a quantized model without a PEFT adapter as "purely quantized"; this one
         # has a lorakit adapter, which its check cannot see
