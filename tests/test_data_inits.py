@@ -72,6 +72,24 @@ def test_layers_reading_one_input_share_their_statistics():
     assert len({id(value) for value in found.values()}) == 4 * 2  # qkv, o, gate/up, down in each layer
 
 
+def test_the_calibration_holds_only_what_its_init_reads_and_float32_is_close():
+    """EVA's statistics hold Σ x xᵀ alone, CorDA's the scaled sum alone (one in × in matrix each);
+    ``calibration_dtype: float32`` halves them and gives nearly the float64 factors."""
+    model = tiny_llama()
+    targets = find_targets(model, ["q_proj"])
+    plain = input_statistics(model, targets, data(2))["model.layers.0.self_attn.q_proj"]
+    scaled = input_statistics(model, targets, data(2), scaled=True)["model.layers.0.self_attn.q_proj"]
+    assert plain.scaled_outer is None and plain.outer.dtype == torch.float64
+    assert scaled.outer is None and scaled.scaled_outer is not None
+    for init in ("eva", "corda"):
+        exact = lorakit.attach(tiny_llama(), init, rank=4, init_batches=4, init_data=data(4)).state_dict()
+        halved = lorakit.attach(tiny_llama(), init, rank=4, init_batches=4, init_data=data(4),
+                                calibration_dtype="float32").state_dict()
+        assert exact.keys() == halved.keys()
+        for key in exact:  # a component's sign is fixed, so the factors compare directly
+            torch.testing.assert_close(halved[key], exact[key], atol=2e-3, rtol=1e-3)
+
+
 def test_eva_starts_from_the_leading_components_unchanged_and_redistributes_ranks():
     model, reference = low_rank_model(), low_rank_model()
     adapter = lorakit.attach(model, "lora", init="eva", rank=4, init_data=data())

@@ -22,6 +22,7 @@ from .core.spec import MethodSpec
 from .errors import LorakitError
 from .full_modules import find_full_modules
 from .heads import head_modules, task_record
+from .inits.calibration import DTYPES as CALIBRATION_DTYPES
 from .inits.calibration import GATHERERS
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
@@ -115,9 +116,9 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: Met
     if len(batches) < spec.init_batches:
         raise LorakitError(f"init {spec.init!r} needs init_batches = {spec.init_batches} batches but the data gives "
                            f"{len(batches)}; lower method.init_batches or give more data")
-    with phase("calibrate", f"calibrating init {spec.init}: the {init.reads} of {len(targets)} layers over "
-               f"{len(batches)} batches"):
-        return GATHERERS[init.reads](model, targets, batches)
+    with phase("calibrate", f"calibrating init {spec.init}: the {init.reads.replace('_', ' ')} of {len(targets)} "
+               f"layers over {len(batches)} batches"):
+        return GATHERERS[init.reads](model, targets, batches, CALIBRATION_DTYPES[spec.calibration_dtype])
 
 
 def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_training: bool) -> None:

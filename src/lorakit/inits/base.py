@@ -19,8 +19,9 @@ class Init(Component):
     ``rewrites_base``: the init takes ``s·B₀A₀`` out of the base weight, so the initial factors
     must be kept to rebuild the adapted model from the original base.
 
-    ``reads``: what the init learns from data before step 0 (``""``: nothing; ``"inputs"``: each
-    target layer's input statistics, ``lorakit.inits.calibration``). A data-aware init receives
+    ``reads``: what the init learns from data before step 0 (``""``: nothing; ``"inputs"``,
+    ``"scaled_inputs"``, ``"gradients"``: each target layer's statistics of that kind,
+    ``lorakit.inits.calibration``). A data-aware init receives
     its layer's statistics as ``data`` and may set each layer's rank (``ranks``); the factors it
     draws are saved with the adapter, so loading never needs the data again.
     """

@@ -1,11 +1,12 @@
 """The calibration phase of a data-aware init: what the frozen base model's target layers see on a
 few batches of the run's own data, gathered once before step 0 (``Init.reads``).
 
-``inputs``: for each target layer, from its input vectors ``x`` accumulated in float64 over every
-batch: the token count ``n``, the mean ``μ`` and the centred covariance
-``C = (Σ x xᵀ − n μ μᵀ) / (n − 1)`` (EVA), and the mean over sequences of ``X_sᵀ X_s / max(X_s)²``
-(``X_s``: one sequence's inputs, scaled by their largest entry as CorDA's reference
-implementation does). Tokens that do not count are left out: padding (``attention_mask`` 0) and,
+``inputs``: for each target layer, from its input vectors ``x`` accumulated over every batch: the
+token count ``n``, the mean ``μ`` and the centred covariance ``C = (Σ x xᵀ − n μ μᵀ) / (n − 1)``
+(EVA). ``scaled_inputs``: the mean over sequences of ``X_sᵀ X_s / max(X_s)²`` (``X_s``: one
+sequence's inputs, scaled by their largest entry as CorDA's reference implementation does). Each
+init declares the one it reads, so only that ``in × in`` sum is held per distinct input. Tokens
+that do not count are left out: padding (``attention_mask`` 0) and,
 where ``labels`` has one entry per token, the positions it masks (``-100``: the prompt of an SFT
 record), as PEFT's EVA does by default.
 
@@ -13,6 +14,13 @@ record), as PEFT's EVA does by default.
 (the batch's mean, as the model computes it from ``labels``) with respect to its full weight
 ``W`` (``(out, in)``, float32), in eval mode (no dropout: the same for a seed), with only the
 target weights requiring gradients; every ``requires_grad`` is restored afterwards (LoRA-GA).
+
+Memory: the sums live on the model's device in ``calibration_dtype`` (float64 by default, exact
+enough to match PEFT; float32 halves it). Inputs: one ``in × in`` matrix per distinct layer input
+(q, k and v share one, so do gate and up); gradients: one matrix per target weight. For a
+Llama-2-7B with all seven projections adapted that is 5.5 G numbers for inputs (44 GB in float64,
+22 GB in float32) and 6.5 G for gradients; with the default targets (q, k, v, o) 1.1 G and 2.1 G
+(the table in ``docs/methods/eva.md``).
 """
 
 from __future__ import annotations
@@ -27,16 +35,23 @@ from torch import nn
 from ..core.options import Option
 from ..errors import LorakitError
 
-INPUTS, GRADIENTS = "inputs", "gradients"
+INPUTS, SCALED_INPUTS, GRADIENTS = "inputs", "scaled_inputs", "gradients"
 IGNORED = -100
 INIT_BATCHES = Option("init_batches", int, 16, "batches of the run's training data the init reads before step 0 "
                       "(the run's batch size; the first ones of the seeded order)", minimum=1)
+CALIBRATION_DTYPE = Option("calibration_dtype", str, "float64", "the dtype of the calibration sums (float32 halves "
+                           "their memory: one in × in matrix per layer input, or one per weight for gradients)",
+                           choices=("float64", "float32"))
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 
 @dataclass
 class InputStatistics:
-    """The running sums of one layer's inputs."""
+    """The running sums of one layer's inputs: ``outer`` (Σ x xᵀ, for ``inputs``) or ``scaled_outer``
+    (for ``scaled_inputs``), in ``dtype``."""
 
+    scaled: bool = False
+    dtype: torch.dtype = torch.float64
     count: int = 0
     total: torch.Tensor | None = None
     outer: torch.Tensor | None = None
@@ -45,18 +60,22 @@ class InputStatistics:
 
     def add(self, x: torch.Tensor) -> None:
         """Add one sequence's input vectors ``x`` (tokens, in)."""
-        x = x.detach().to(torch.float64)
+        x = x.detach().to(self.dtype)
         if self.total is None:
-            self.total, self.outer = x.new_zeros(x.shape[1]), x.new_zeros(x.shape[1], x.shape[1])
-            self.scaled_outer = torch.zeros_like(self.outer)
+            self.total = x.new_zeros(x.shape[1])
+            if self.scaled:
+                self.scaled_outer = x.new_zeros(x.shape[1], x.shape[1])
+            else:
+                self.outer = x.new_zeros(x.shape[1], x.shape[1])
         if x.shape[0] == 0:
             return
         self.count += x.shape[0]
         self.total += x.sum(0)
-        outer = x.T @ x
-        self.outer += outer
         self.sequences += 1
-        self.scaled_outer += outer / x.max().abs().clamp_min(torch.finfo(x.dtype).tiny) ** 2
+        if self.scaled:
+            self.scaled_outer += (x.T @ x) / x.max().abs().clamp_min(torch.finfo(x.dtype).tiny) ** 2
+        else:
+            self.outer += x.T @ x
 
     @property
     def mean(self) -> torch.Tensor:
@@ -64,7 +83,7 @@ class InputStatistics:
 
     @property
     def covariance(self) -> torch.Tensor:
-        """The centred covariance ``C`` (float64)."""
+        """The centred covariance ``C`` (in the calibration dtype)."""
         mean = self.mean
         return (self.outer - self.count * torch.outer(mean, mean)) / max(self.count - 1, 1)
 
@@ -82,11 +101,12 @@ def kept_tokens(batch: Mapping[str, torch.Tensor]) -> torch.Tensor | None:
 
 @torch.no_grad()
 def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
-                     batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, InputStatistics]:
+                     batches: Iterable[Mapping[str, torch.Tensor]], dtype: torch.dtype = torch.float64,
+                     scaled: bool = False) -> dict[str, InputStatistics]:
     """Each target layer's input statistics over ``batches`` (forwards of ``model`` in eval mode,
     hooks removed afterwards, the model's mode restored). Layers called one after the other on one
     input tensor (q, k and v; gate and up) share one statistics object, gathered once."""
-    statistics = {name: InputStatistics() for name, _ in targets}
+    statistics = {name: InputStatistics(scaled, dtype) for name, _ in targets}
     current: dict[str, Any] = {"keep": None, "last": None}
     shared: set[str] = set()
 
@@ -129,7 +149,8 @@ def input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
 
 
 def weight_gradients(model: nn.Module, targets: list[tuple[str, nn.Module]],
-                     batches: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+                     batches: Iterable[Mapping[str, torch.Tensor]],
+                     dtype: torch.dtype = torch.float64) -> dict[str, torch.Tensor]:
     """Each target layer's mean gradient ``∂L/∂W`` over ``batches`` (``(out, in)``, float32)."""
     from ..quantized import is_quantized
 
@@ -141,7 +162,7 @@ def weight_gradients(model: nn.Module, targets: list[tuple[str, nn.Module]],
     shapes = {name: tuple(module.weight.shape) for name, module in targets}  # (out, in), a Conv1D's view too
     trainable = {param: param.requires_grad for param in model.parameters()}
     training = model.training
-    sums = {name: torch.zeros(shapes[name], dtype=torch.float64, device=w.device) for name, w in weights.items()}
+    sums = {name: torch.zeros(shapes[name], dtype=dtype, device=w.device) for name, w in weights.items()}
     count = 0
     try:
         model.eval()
@@ -156,7 +177,7 @@ def weight_gradients(model: nn.Module, targets: list[tuple[str, nn.Module]],
             grads = torch.autograd.grad(model(**{k: v.to(device) for k, v in batch.items()}).loss,
                                         list(weights.values()))
             for name, grad in zip(weights, grads):
-                sums[name] += (grad if grad.shape == shapes[name] else grad.T).to(torch.float64)  # Conv1D: (in, out)
+                sums[name] += (grad if grad.shape == shapes[name] else grad.T).to(dtype)  # Conv1D: (in, out)
             count += 1
     finally:
         for param, flag in trainable.items():
@@ -174,5 +195,11 @@ def layer_data(data: Any, expected: type, init: str) -> Any:
     return data
 
 
-GATHERERS = {INPUTS: input_statistics, GRADIENTS: weight_gradients}
-"""What each kind of ``Init.reads`` gathers, from ``(model, targets, batches)``."""
+def _scaled_input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
+                             batches: Iterable[Mapping[str, torch.Tensor]],
+                             dtype: torch.dtype) -> dict[str, InputStatistics]:
+    return input_statistics(model, targets, batches, dtype, scaled=True)
+
+
+GATHERERS = {INPUTS: input_statistics, SCALED_INPUTS: _scaled_input_statistics, GRADIENTS: weight_gradients}
+"""What each kind of ``Init.reads`` gathers, from ``(model, targets, batches, dtype)``."""

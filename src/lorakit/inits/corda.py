@@ -29,7 +29,7 @@ import torch
 
 from ..core.options import Option
 from .base import INITS, SpectralInit
-from .calibration import INIT_BATCHES, INPUTS, InputStatistics, layer_data
+from .calibration import CALIBRATION_DTYPE, INIT_BATCHES, SCALED_INPUTS, InputStatistics, layer_data
 from .pissa import split_pair
 
 MODE = Option("corda_mode", str, "ipm", "ipm: the adapter starts on the r directions of W the data uses most; kpm: "
@@ -40,8 +40,8 @@ MODE = Option("corda_mode", str, "ipm", "ipm: the adapter starts on the r direct
 class CorDA(SpectralInit):
     """The pair from the SVD of ``W C`` (``C``: the inputs' covariance); ``s·B A`` moved out of ``W``."""
 
-    options = (*SpectralInit.options, INIT_BATCHES, MODE)
-    reads: ClassVar[str] = INPUTS
+    options = (*SpectralInit.options, INIT_BATCHES, CALIBRATION_DTYPE, MODE)
+    reads: ClassVar[str] = SCALED_INPUTS
     needs: ClassVar[str] = "sets a per-layer pair from the SVD of W times the inputs' covariance"
     summary: ClassVar[str] = "W C = U S Vᵀ; B = U_r √(S_r/s), A = √(S_r/s) (Vᵀ C⁻¹)_r; W ← W − s·B A"
 
@@ -50,7 +50,7 @@ class CorDA(SpectralInit):
                 values: Mapping[str, Any], data: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``rank`` largest (``ipm``) or smallest (``kpm``) triplets of ``W C̃``, mapped back to ``W``."""
         data = layer_data(data, InputStatistics, "corda")
-        damped, inverse = damped_inverse(data.scaled_outer / data.sequences)
+        damped, inverse = damped_inverse((data.scaled_outer / data.sequences).to(torch.float64))  # one layer at a time
         U, S, Vh = torch.linalg.svd(weight.to(torch.float64) @ damped, full_matrices=False)
         kept = slice(S.shape[0] - rank, None) if values["corda_mode"] == "kpm" else slice(None, rank)
         B, A = split_pair(U[:, kept], S[kept], (Vh @ inverse)[kept], scale)

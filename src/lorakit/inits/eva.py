@@ -30,7 +30,7 @@ from ..core.options import Option
 from ..core.spec import MethodSpec
 from ..errors import LorakitError
 from .base import INITS, Init
-from .calibration import INIT_BATCHES, INPUTS, InputStatistics, layer_data
+from .calibration import CALIBRATION_DTYPE, INIT_BATCHES, INPUTS, InputStatistics, layer_data
 
 RHO = Option("eva_rho", float, 2.0, "most components a layer may take, as a multiple of rank (1: no "
              "redistribution)", minimum=1.0)
@@ -41,7 +41,7 @@ class EVA(Init):
     """``A`` from the leading principal components of each layer's inputs, ``B = 0``; ranks
     redistributed across layers by explained variance."""
 
-    options = (INIT_BATCHES, RHO)
+    options = (INIT_BATCHES, CALIBRATION_DTYPE, RHO)
     reads: ClassVar[str] = INPUTS
     requires: ClassVar[frozenset[str]] = frozenset({FACTORS, PAIR})
     needs: ClassVar[str] = "sets a per-layer pair and rank from the inputs' principal components"
@@ -81,7 +81,7 @@ def principal_components(found: InputStatistics) -> tuple[torch.Tensor, torch.Te
     """``(components (k, in), explained variance ratios (k,))`` of a layer's inputs, by decreasing
     variance, each component's largest entry positive (float64)."""
     found = layer_data(found, InputStatistics, "eva")
-    values, vectors = torch.linalg.eigh(found.covariance)
+    values, vectors = torch.linalg.eigh(found.covariance.to(torch.float64))  # one layer at a time
     order = torch.argsort(values, descending=True)
     values, components = values[order].clamp_min(0), vectors[:, order].T
     signs = torch.sign(components.gather(1, components.abs().argmax(1, keepdim=True)))

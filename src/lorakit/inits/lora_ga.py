@@ -26,7 +26,7 @@ import torch
 from ..core.options import Option
 from ..errors import LorakitError
 from .base import INITS, SpectralInit
-from .calibration import GRADIENTS, INIT_BATCHES, layer_data
+from .calibration import CALIBRATION_DTYPE, GRADIENTS, INIT_BATCHES, layer_data
 
 GAMMA = Option("lora_ga_gamma", float, 16.0, "γ of LoRA-GA's stable scale m^(1/4)/√γ on both factors",
                minimum=0.0, open_minimum=True)
@@ -36,7 +36,7 @@ GAMMA = Option("lora_ga_gamma", float, 16.0, "γ of LoRA-GA's stable scale m^(1/
 class LoRAGA(SpectralInit):
     """The pair from the SVD of the full weight's gradient; ``s·B A`` moved out of ``W``."""
 
-    options = (*SpectralInit.options, INIT_BATCHES, GAMMA)
+    options = (*SpectralInit.options, INIT_BATCHES, CALIBRATION_DTYPE, GAMMA)
     reads: ClassVar[str] = GRADIENTS
     needs: ClassVar[str] = "sets a per-layer pair from the SVD of the weight's gradient"
     summary: ClassVar[str] = "G = ∂L/∂W = U S Vᵀ; A = V_{1:r}ᵀ c, B = U_{r+1:2r} c, c = m^¼/√γ; W ← W − s·B A"
