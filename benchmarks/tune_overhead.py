@@ -7,7 +7,8 @@ trial's times from ``trials.json``:
 
 - ``seconds``: the trial as the worker saw it, from the sampler's values to its verified base
   (config, data, the deep copy of the shared base, the adapter, the run, the SHA-256 check);
-- ``run_seconds``: the run's own time as its summary reports it (its steps and evaluations);
+- ``run_seconds``: the run's own work as its summary's ``phase_seconds`` report it (its steps,
+  evaluations and checkpoints: ``train``, ``evaluate``, ``generate``, ``save``);
 - overhead = ``seconds − run_seconds``, reported against ``seconds`` per trial and in total.
 
 The study's first trial loads the base model once (``base load``, reported apart); the ratio is

@@ -32,6 +32,7 @@ from .study import INTERRUPTED, REASON, WORKER, worker
 
 TRIALS_DIR = "trials"
 PRUNED_AT, SECONDS = "pruned_at", "seconds"
+RUN_PHASES = ("train", "evaluate", "generate", "save")  # a trial's run_seconds; the rest is the tuner's overhead
 
 
 def suggest(trial: Trial, dims: list[Dimension]) -> dict[str, Any]:
@@ -110,9 +111,11 @@ class Trials:
         trial.set_user_attr("steps", steps)
         summary = train(config, callbacks=[Reporter(trial, self.metric)], progress=False,
                         base=self._base_for(config, split))
-        for name in ("eval_loss", "train_loss", "seconds", "seconds_per_step"):
+        for name in ("eval_loss", "train_loss", "seconds_per_step"):
             if isinstance(summary.get(name), (int, float)):
                 trial.set_user_attr(f"run_{name}", summary[name])
+        phases = summary.get("phase_seconds") or {}  # the run's own work: its steps, evaluations and checkpoints
+        trial.set_user_attr("run_seconds", round(sum(phases.get(name, 0.0) for name in RUN_PHASES), 3))
         value = summary.get(self.metric)
         if not isinstance(value, (int, float)) or not math.isfinite(value):
             raise LorakitError(f"the trial's {self.metric} is {value!r}, not a finite number")
