@@ -43,7 +43,8 @@ def method_example(preset: str) -> str:
     end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
     head = [f"# {preset} on the embedded SmolLM2 and the built-in chatterbot pairs, at the preset's defaults",
             f"#   lorakit train {preset}.yaml", f"# then: lorakit chat --adapter runs/{preset}/adapter"]
-    body = [*lines[3:start], "method:", f"  name: {preset}", *lines[end:]]
+    first = next(i for i, line in enumerate(lines) if not line.startswith("#"))  # after the quickstart's own header
+    body = [*lines[first:start], "method:", f"  name: {preset}", *lines[end:]]
     return "\n".join([*head, *body]).replace("runs/quickstart", f"runs/{preset}") + "\n"
 
 

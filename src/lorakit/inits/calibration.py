@@ -25,6 +25,7 @@ Llama-2-7B with all seven projections adapted that is 5.5 G numbers for inputs (
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -195,11 +196,6 @@ def layer_data(data: Any, expected: type, init: str) -> Any:
     return data
 
 
-def _scaled_input_statistics(model: nn.Module, targets: list[tuple[str, nn.Module]],
-                             batches: Iterable[Mapping[str, torch.Tensor]],
-                             dtype: torch.dtype) -> dict[str, InputStatistics]:
-    return input_statistics(model, targets, batches, dtype, scaled=True)
-
-
-GATHERERS = {INPUTS: input_statistics, SCALED_INPUTS: _scaled_input_statistics, GRADIENTS: weight_gradients}
+GATHERERS = {INPUTS: input_statistics, SCALED_INPUTS: functools.partial(input_statistics, scaled=True),
+             GRADIENTS: weight_gradients}
 """What each kind of ``Init.reads`` gathers, from ``(model, targets, batches, dtype)``."""
