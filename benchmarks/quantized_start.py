@@ -2,16 +2,19 @@
 OLoRA and PiSSA on the embedded SmolLM2, every one of the seven projections adapted, for an NF4 and
 an int8 base, each way of handling the residual ``W − s·B₀A₀`` (``spectral_residual``):
 
-- ``requantize``: the residual is quantized again and the adapter holds ``s·B₀A₀`` (QPiSSA);
+- ``requantize``: the dequantized ``W − s·B₀A₀`` is quantized again (PEFT on a quantized layer);
 - ``correction``: the quantized ``W`` stays and a frozen ``−s·B₀A₀`` path cancels the adapter, so
   the model at attach is the quantized base exactly;
+- ``loftq``: the init decomposes the checkpoint's full-precision ``W`` and its residual is quantized
+  once (LoftQ's quantization step with the init's pair);
 
-against the full-precision model and the quantized base alone (run by hand). The loss is the
+and of the ``loftq`` init itself (``--loftq-iters``, each a row), against the full-precision model
+and the quantized base alone (run by hand). The loss is the
 response-token loss on the first ``--records`` Alpaca demo records
 (``../shared/data/alpaca_en_demo.json``, in file order, 128 tokens at most). Writes
 ``benchmarks/results/quantized_start.json`` (after every row, so a stopped run keeps what it measured).
 
-    OMP_NUM_THREADS=1 python benchmarks/quantized_start.py --ranks 8 16 32 64 --records 32
+    OMP_NUM_THREADS=1 python benchmarks/quantized_start.py --ranks 8 16 32 64 --records 32 --loftq-iters 1 5
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def main() -> None:
     parser.add_argument("--ranks", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--data", default=str(DATA))
+    parser.add_argument("--loftq-iters", type=int, nargs="+", default=[1, 5])
     args = parser.parse_args()
     model, tokenizer = load_model("embedded")
     examples = [encode(r, tokenizer, "alpaca", 128) for r in load_records(args.data)[:args.records]]
@@ -64,18 +68,18 @@ def main() -> None:
         rows.append({"base": quantize, "init": "none", "rank": None, "residual": None,
                      "eval_loss": eval_loss(base, examples)})
         print(rows[-1], flush=True)
-        for init in ("olora", "pissa"):
-            for rank in args.ranks:
-                for residual in ("requantize", "correction"):
-                    model, _ = load_model("embedded", quantize=quantize)
-                    began = time.perf_counter()
-                    lorakit.attach(model, "lora", init=init, rank=rank, alpha=2 * rank, targets=PROJECTIONS,
-                                   spectral_residual=residual)
-                    rows.append({"base": quantize, "init": init, "rank": rank, "residual": residual,
-                                 "attach_s": round(time.perf_counter() - began, 1),
-                                 "eval_loss": eval_loss(model, examples)})
-                    print(rows[-1], flush=True)
-                    out.write_text(json_text({**about, "rows": rows}, indent=2) + "\n", encoding="utf-8")
+        cases = [(init, rank, {"spectral_residual": residual}) for init in ("olora", "pissa") for rank in args.ranks
+                 for residual in ("requantize", "correction", "loftq")]
+        cases += [("loftq", rank, {"loftq_iter": t}) for rank in args.ranks for t in args.loftq_iters]
+        for init, rank, options in cases:
+            model, _ = load_model("embedded", quantize=quantize)
+            began = time.perf_counter()
+            lorakit.attach(model, "lora", init=init, rank=rank, alpha=2 * rank, targets=PROJECTIONS, **options)
+            rows.append({"base": quantize, "init": init, "rank": rank,
+                         "residual": options.get("spectral_residual", f"T={options.get('loftq_iter')}"),
+                         "attach_s": round(time.perf_counter() - began, 1), "eval_loss": eval_loss(model, examples)})
+            print(rows[-1], flush=True)
+            out.write_text(json_text({**about, "rows": rows}, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -45,6 +45,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def quantizable_model_dir(tiny_model_dir, tmp_path_factory):
+    """The CLI tests' tiny model with NF4-friendly shapes (bitsandbytes' CPU NF4 kernel wants in_features a
+    multiple of 64) and the same tokenizer."""
+    from transformers import AutoTokenizer
+
+    from tiny import tiny_llama
+
+    folder = tmp_path_factory.mktemp("quantizable")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    tiny_llama(vocab_size=len(tokenizer), intermediate_size=128).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def addition_data(tmp_path_factory) -> Path:
     """64 Alpaca-format records (``Add a and b.`` → ``a plus b is c.``) as a JSON file."""
     path = tmp_path_factory.mktemp("data") / "addition.json"

@@ -9,19 +9,18 @@ import pytest
 import torch
 from peft import PeftModel
 
-import lorakit
 from lorakit import LorakitError
 from lorakit.io.as_lora import VLLM_RANKS, total_change
 from test_contracts import logits
 from test_peft_export import SCHEDULE_CASES, trained
-from tiny import batch, tiny_llama
+from tiny import batch, full_precision_methods, tiny_llama
 
 
 def peft_logits(folder, x):
     return logits(PeftModel.from_pretrained(tiny_llama(), folder).eval(), x)
 
 
-@pytest.mark.parametrize("method", [m for m in lorakit.methods() if m != "dora"])
+@pytest.mark.parametrize("method", [m for m in full_precision_methods() if m != "dora"])
 def test_every_low_rank_method_exports_exactly_as_plain_lora(method, tmp_path):
     model, adapter = trained(method, **SCHEDULE_CASES.get(method, {}))
     record = adapter.save_as_lora(tmp_path / "plain")

@@ -11,9 +11,9 @@ import torch
 import lorakit
 from lorakit.layer import AdaptedLinear
 from lorakit.presets import resolve
-from tiny import attach, batch, tiny_llama
+from tiny import attach, batch, full_precision_methods, tiny_llama
 
-METHODS = lorakit.methods()
+METHODS = full_precision_methods()
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

@@ -11,10 +11,10 @@ from safetensors.torch import load_file
 import lorakit
 from lorakit.config import load_config
 from lorakit.train import train
-from tiny import attach, batch, tiny_llama
+from tiny import attach, batch, full_precision_methods, tiny_llama
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-METHODS = lorakit.methods()
+METHODS = full_precision_methods()
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 

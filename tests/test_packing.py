@@ -5,11 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lorakit
 from lorakit.data import IGNORE_INDEX, Collator
 from lorakit.data.packing import PackedCollator, pack
 from lorakit.evaluate.loss import label_tokens, token_loss
-from tiny import attach, tiny_llama
+from tiny import attach, full_precision_methods, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -47,7 +46,7 @@ def test_rows_hold_whole_examples_with_restarting_positions():
     assert set(batch) == {"input_ids", "position_ids", "labels"}
 
 
-@pytest.mark.parametrize("method", lorakit.methods())
+@pytest.mark.parametrize("method", full_precision_methods())
 def test_a_packed_batch_has_the_loss_and_gradients_of_the_unpacked_one(method):
     model = tiny_llama()
     options = {"adalora_total_steps": 10} if method == "adalora" else {}

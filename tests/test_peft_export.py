@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 import lorakit
 from lorakit.ops.resize import compact
 from test_contracts import TARGETS, logits, run_options, train_steps
-from tiny import attach, batch, tiny_llama
+from tiny import attach, batch, full_precision_methods, tiny_llama
 
 WEIGHTS = "adapter_model.safetensors"
 
@@ -51,7 +51,7 @@ def assert_peft_matches(model, adapter, folder):
     return config, tensors
 
 
-@pytest.mark.parametrize("method", lorakit.methods())
+@pytest.mark.parametrize("method", full_precision_methods())
 def test_peft_loads_every_preset_with_the_same_logits(method, tmp_path):
     model, adapter = trained(method, **SCHEDULE_CASES.get(method, {}))
     config, tensors = assert_peft_matches(model, adapter, tmp_path / "peft")

@@ -139,18 +139,6 @@ def test_peft_loads_the_export_onto_the_quantized_base(method, mode, tolerance, 
     torch.testing.assert_close(got, expected, atol=tolerance, rtol=0)
 
 
-@pytest.fixture(scope="module")
-def quantizable_model_dir(tiny_model_dir, tmp_path_factory):
-    """The CLI tests' tiny model with NF4-friendly shapes (and the same tokenizer)."""
-    from transformers import AutoTokenizer
-
-    folder = tmp_path_factory.mktemp("quantizable")
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    tiny_llama(vocab_size=len(tokenizer), **SHAPE).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def test_train_merge_and_export_a_qlora_run(quantizable_model_dir, addition_data, tmp_path, capsys):
     """lorakit train with model.quantize nf4; merge writes a plain float model (it says so) equal to the
     adapted one; export is loaded by PEFT onto the same NF4 base."""

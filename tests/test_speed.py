@@ -16,7 +16,7 @@ from lorakit.evaluate.loss import LossLogits, label_tokens, token_loss
 from lorakit.fused import SharedInput
 from lorakit.train.objectives import sequence_logps
 from test_packing import Pad, examples
-from tiny import attach, batch, tiny_llama
+from tiny import attach, batch, full_precision_methods, tiny_llama
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -51,7 +51,7 @@ def assert_same(got, expected, tolerance=1e-5):
 
 
 # -- logits at the loss positions -----------------------------------------------------------------
-@pytest.mark.parametrize("method", lorakit.methods())
+@pytest.mark.parametrize("method", full_precision_methods())
 def test_loss_position_logits_give_the_loss_and_gradients_of_all_logits(method):
     model, adapter = adapted(method)
     padded = Collator(Pad())(examples())

@@ -69,3 +69,11 @@ def script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def full_precision_methods() -> list[str]:
+    """Every preset but those whose init fits a quantized base only (LoftQ: ``tests/test_loftq.py``)."""
+    import lorakit
+    from lorakit.presets import parts_of, resolve
+
+    return [m for m in lorakit.methods() if not parts_of(resolve(m)).init.quantized_only]

@@ -82,6 +82,9 @@ class Adapter:
         self.layers = layers
         self.base_fingerprint = base_fingerprint
         self.initial = initial  # spectral inits: (B₀, A₀) per layer, taken out of the base W
+        # LoftQ: the pair (B_{T−1}, A_{T−1}) whose removal from the checkpoint's W was quantized into
+        # the base, per layer built (removed ones too: loading rebuilds them before removing them)
+        self.residuals: Factors = {}
         self.spectral = parts.init.rewrites_base
         self.recipe = parts.optimizer(spec)
         self.schedule = parts.schedule(spec)
@@ -295,7 +298,8 @@ class Adapter:
 
     # -- saving, merging -------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Adapter tensors only, keyed ``<layer>.<param>``; initial factors under ``<layer>.initial.*``.
+        """Adapter tensors only, keyed ``<layer>.<param>``; initial factors under ``<layer>.initial.*``,
+        LoftQ's residual pairs under ``<layer>.residual.*``.
         Sharded parameters (FSDP2) are gathered whole: every process must call this together."""
         tensors = {}
         for name, layer in self.layers.items():
@@ -307,6 +311,9 @@ class Adapter:
         for name, (B0, A0) in {**self.initial, **spectral_removed}.items():
             tensors[f"{name}.initial.B"] = B0.contiguous()
             tensors[f"{name}.initial.A"] = A0.contiguous()
+        for name, (B, A) in self.residuals.items():
+            tensors[f"{name}.residual.B"] = B.contiguous()
+            tensors[f"{name}.residual.A"] = A.contiguous()
         for key, value in self.method_state.items():  # snapshots of sharded factors are shards too
             tensors[key] = full(value.detach()).contiguous()
         for name, module in self.full_modules.items():
@@ -434,7 +441,8 @@ class Adapter:
             module.load_state_dict(own)
             used.update(f"{FULL_PREFIX}{name}.{key}" for key in own)
         used.update(k for k in tensors if k.startswith(FULL_PREFIX))
-        self.method_state.update({k: v for k, v in tensors.items() if k not in used and ".initial." not in k})
+        self.method_state.update({k: v for k, v in tensors.items()
+                                  if k not in used and ".initial." not in k and ".residual." not in k})
 
     @torch.no_grad()
     def merge_and_unload(self) -> nn.Module:

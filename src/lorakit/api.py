@@ -23,12 +23,12 @@ from .errors import LorakitError
 from .full_modules import find_full_modules
 from .heads import head_modules, task_record
 from .inits.calibration import DTYPES as CALIBRATION_DTYPES
-from .inits.calibration import GATHERERS
+from .inits.calibration import GATHERERS, WEIGHTS, FullPrecision, full_precision
 from .io.adapter_files import read_adapter
 from .io.fingerprint import fingerprint
 from .layer import AdaptedLinear
 from .presets import complete, from_saved, parts_of, resolve
-from .quantized import add_to_base, base_weight, first_quantization, is_quantized, prepare
+from .quantized import add_to_base, base_weight, first_quantization, is_quantized, prepare, requantize
 from .status import phase
 from .targeting import find_targets, set_submodule
 
@@ -62,7 +62,8 @@ def load(model: nn.Module, path: str | Path) -> Adapter:
 def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
            expected_fingerprint: str | None = None, only: set[str] | None = None,
            for_training: bool = False, expected_quantization: Any = False,
-           init_data: Iterable[Mapping[str, Any]] | None = None) -> Adapter:
+           init_data: Iterable[Mapping[str, Any]] | None = None,
+           loaded_residuals: Factors | None = None) -> Adapter:
     _refuse_if_adapted(model)
     head = head_modules(model)  # a sequence classifier's head always trains (a frozen new head is noise)
     if not set(head) <= set(spec.train_modules):
@@ -83,14 +84,15 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
         )
     if only is not None:  # loading an adapter from which a schedule removed layers
         targets = [(name, base) for name, base in targets if name in only]
-    statistics = _calibrate(model, targets, spec, init_data) if loaded is None else {}
+    statistics = _calibrate(model, targets, spec, init_data, loading=loaded is not None)
     shared = parts_of(spec).form.shared(spec, [base for _, base in targets])
     layers = {name: _wrap(model, name, base, spec, shared) for name, base in targets}
-    ranks = parts_of(spec).init.ranks(statistics, spec.options()) if statistics else None
-    initial = _initialise(layers, spec, loaded, statistics, ranks)
+    ranks = parts_of(spec).init.ranks(statistics, spec.options()) if statistics and loaded is None else None
+    initial, residuals = _initialise(layers, spec, loaded, statistics, ranks, loaded_residuals or {})
     for layer in layers.values():
         layer.form.post_init(layer.base_layer)
     adapter = Adapter(model, spec, layers, base_fingerprint, initial)
+    adapter.residuals = residuals
     for name in [name for name, rank in (ranks or {}).items() if rank == 0]:
         adapter.remove_layer(name)
     adapter.schedule.prepare(adapter)
@@ -103,11 +105,16 @@ def _build(model: nn.Module, spec: MethodSpec, loaded: Factors | None = None,
 
 
 def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: MethodSpec,
-               init_data: Iterable[Mapping[str, Any]] | None) -> dict[str, Any]:
+               init_data: Iterable[Mapping[str, Any]] | None, loading: bool) -> dict[str, Any]:
     """The calibration phase of an init that reads data: each target's statistics over the first
-    ``init_batches`` of ``init_data`` (``{}`` for an init that reads nothing)."""
+    ``init_batches`` of ``init_data`` (``{}`` for an init that reads nothing, and when ``loading``:
+    the factors are saved). The checkpoint's ``weights`` are read at attach and at load alike."""
     init = parts_of(spec).init
-    if not init.reads:
+    reads = init.reads_of(spec.options())
+    if reads == WEIGHTS:
+        with phase("calibrate", f"reading the full-precision weights of {len(targets)} layers from the checkpoint"):
+            return full_precision(model, targets)
+    if not reads or loading:
         return {}
     if init_data is None:
         raise LorakitError(f"init {spec.init!r} reads the training data before step 0; pass init_data= (batches) to "
@@ -116,9 +123,9 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: Met
     if len(batches) < spec.init_batches:
         raise LorakitError(f"init {spec.init!r} needs init_batches = {spec.init_batches} batches but the data gives "
                            f"{len(batches)}; lower method.init_batches or give more data")
-    with phase("calibrate", f"calibrating init {spec.init}: the {init.reads.replace('_', ' ')} of {len(targets)} "
+    with phase("calibrate", f"calibrating init {spec.init}: the {reads.replace('_', ' ')} of {len(targets)} "
                f"layers over {len(batches)} batches"):
-        return GATHERERS[init.reads](model, targets, batches, CALIBRATION_DTYPES[spec.calibration_dtype])
+        return GATHERERS[reads](model, targets, batches, CALIBRATION_DTYPES[spec.calibration_dtype])
 
 
 def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_training: bool) -> None:
@@ -130,7 +137,11 @@ def _check_targets(targets: list[tuple[str, nn.Linear]], spec: MethodSpec, for_t
             prepare(module, name)
     parts = parts_of(spec)
     quantized = [name for name, module in targets if is_quantized(module)]
-    if quantized and parts.init.rewrites_base and spec.spectral_residual == "correction" \
+    plain = [name for name, module in targets if not is_quantized(module)]
+    if parts.init.quantized_only and plain:
+        raise LorakitError(f"init {spec.init!r} fits the adapter to a quantized base, but layer {plain[0]!r} is not "
+                           "quantized; load the base with model.quantize: nf4 or int8")
+    if quantized and parts.init.rewrites_base and _residual_mode(spec) == "correction" \
             and MAGNITUDE in parts.form.capabilities:
         raise LorakitError(f"{spec.form} normalises W + s·B A by rows, which a spectral residual kept as a path "
                            "beside the quantized W does not give; use spectral_residual: requantize")
@@ -187,29 +198,54 @@ def _wrap(model: nn.Module, name: str, base: nn.Linear, spec: MethodSpec, shared
 
 
 def _initialise(layers: dict[str, AdaptedLinear], spec: MethodSpec, loaded: Factors | None,
-                statistics: dict[str, Any], ranks: dict[str, int] | None) -> Factors:
+                statistics: dict[str, Any], ranks: dict[str, int] | None,
+                loaded_residuals: Factors) -> tuple[Factors, Factors]:
     """Set every layer's factors (fresh from the init, with the layer's calibration ``statistics``
-    and rank from ``ranks`` where the init sets them, or ``loaded`` initial ones) and rewrite W."""
+    and rank from ``ranks`` where the init sets them, or ``loaded`` initial ones) and rewrite W;
+    the initial factors and the residual pairs (``_rewrite_base``) of an init that rewrites W."""
     initial: Factors = {}
+    residuals: Factors = {}
     parts = parts_of(spec)
     if FACTORS not in parts.form.capabilities:
-        return initial
+        return initial, residuals
     for name, layer in layers.items():
-        base = layer.base_layer
+        base, source = layer.base_layer, statistics.get(name)
         if loaded is None:
             if ranks is not None and ranks[name] not in (0, layer.form.rank):
                 layer.form.set_rank(ranks[name])
-            B, A = initial_factors(layer.form, base_weight(base), spec, name, statistics.get(name))
+            weight = source.weight if isinstance(source, FullPrecision) else base_weight(base)
+            B, A = initial_factors(layer.form, weight, spec, name, source)
             layer.form.set_factors(B, A)
         if parts.init.rewrites_base:
             B0, A0 = ((t.to(base.weight.device) for t in loaded[name]) if loaded is not None
                       else (B.clone(), A.clone()))
-            if is_quantized(base) and spec.spectral_residual == "correction":  # W stays; the residual is a path
-                layer.paths = [(B0, A0, -layer.form.scale)]
-            else:  # W ← W − s·B₀A₀ (requantized on a quantized base); loading repeats it bit for bit
-                add_to_base(base, [(B0, A0, -layer.form.scale)])
+            residual = loaded_residuals.get(name) if loaded is not None else getattr(source, "residual", None)
+            _rewrite_base(layer, (B0, A0), source, residual, _residual_mode(spec))
             initial[name] = (B0, A0)
-    return initial
+            if residual is not None:
+                residuals[name] = residual
+    return initial, residuals
+
+
+def _rewrite_base(layer: AdaptedLinear, pair: tuple[torch.Tensor, torch.Tensor], source: Any,
+                  residual: tuple[torch.Tensor, torch.Tensor] | None, mode: str | None) -> None:
+    """Take ``s·B₀A₀`` (``pair``) out of the layer's ``W``: ``W ← W − s·B₀A₀`` (requantized on a
+    quantized base; loading repeats it bit for bit); on a quantized base with ``correction``, a
+    frozen ``−s·B₀A₀`` path beside ``W``; from the checkpoint's full-precision ``W`` (``source``),
+    ``W ← q(W − s·P)`` with ``P`` the ``residual`` pair (LoftQ's ``B_{T−1}A_{T−1}``) or ``B₀A₀``."""
+    base, scale = layer.base_layer, layer.form.scale
+    if isinstance(source, FullPrecision):
+        B, A = residual if residual is not None else pair
+        requantize(base, source.weight - scale * (B.to(source.weight) @ A.to(source.weight)))
+    elif is_quantized(base) and mode == "correction":
+        layer.paths = [(*pair, -scale)]
+    else:
+        add_to_base(base, [(*pair, -scale)])
+
+
+def _residual_mode(spec: MethodSpec) -> str | None:
+    """``spectral_residual`` of a spectral init (``None`` for an init without that option: LoftQ)."""
+    return spec.options().get("spectral_residual")
 
 
 def _freeze(model: nn.Module, layers: dict[str, AdaptedLinear]) -> None:
@@ -228,9 +264,13 @@ def _load(model: nn.Module, config: dict[str, Any], tensors: dict[str, torch.Ten
         name: (tensors[f"{name}.initial.B"], tensors[f"{name}.initial.A"])
         for name in built if f"{name}.initial.B" in tensors
     }
+    residuals = {
+        name: (tensors[f"{name}.residual.B"], tensors[f"{name}.residual.A"])
+        for name in built if f"{name}.residual.B" in tensors
+    }
     adapter = _build(model, spec, loaded=initial if parts_of(spec).init.rewrites_base else {},
                      expected_fingerprint=config["base_fingerprint"], only=set(built),
-                     expected_quantization=config.get("quantization"))
+                     expected_quantization=config.get("quantization"), loaded_residuals=residuals)
     restore(adapter, config, tensors, path)
     return adapter
 

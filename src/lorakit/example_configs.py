@@ -37,8 +37,13 @@ def example_text(name: str) -> str:
 
 
 def method_example(preset: str) -> str:
-    """The quickstart with ``preset`` at its own defaults, training into ``runs/<preset>``."""
+    """The quickstart with ``preset`` at its own defaults, training into ``runs/<preset>`` (on an NF4
+    base for an init that fits a quantized one: LoftQ)."""
+    from .presets import parts_of, resolve
+
     lines = (FOLDER / "quickstart.yaml").read_text(encoding="utf-8").splitlines()
+    if parts_of(resolve(preset)).init.quantized_only:
+        lines.insert(lines.index("model:") + 2, "  quantize: nf4  # this init fits the adapter to a quantized base")
     start = lines.index("method:")
     end = next(i for i in range(start + 1, len(lines)) if not lines[i].startswith(" "))
     head = [f"# {preset} on the embedded SmolLM2 and the built-in chatterbot pairs, at the preset's defaults",

@@ -42,6 +42,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "eva": {"init": "eva"},  # reads init_batches batches of the training data before step 0
     "corda": {"init": "corda"},  # as EVA; corda_mode ipm (PEFT's default) or kpm
     "lora_ga": {"init": "lora_ga"},  # reads the gradient of init_batches batches before step 0
+    "loftq": {"init": "loftq"},  # a quantized base only; reads the checkpoint's full-precision weights
     "dora": {"form": "dora"},
     "vera": {"form": "vera", "rank": 256, "lr_scale": 10.0},  # tuned: 10.7× LoRA's rate (methods/index.md)
     "lora_fa": {"optimizer": "lora_fa"},

@@ -108,19 +108,34 @@ def dequantized(layer: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def requantize(layer: nn.Module, weight: torch.Tensor) -> None:
     """Replace the layer's quantized weight by ``weight`` (float32, ``(out, in)``) quantized the same way."""
+    layer.weight = _quantized_like(layer, weight)
+    if not isinstance(layer, _bnb().nn.Linear4bit):
+        layer.state.SCB = layer.state.CB = None  # re-read from the new weight by the next forward
+
+
+@torch.no_grad()
+def quantization_roundtrip(layer: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` (float32, ``(out, in)``) quantized as ``layer`` is and dequantized again, the layer
+    untouched: what ``requantize`` then ``dequantized`` would give (LoftQ's ``q``)."""
+    bnb = _bnb()
+    fresh = _quantized_like(layer, weight)
+    if isinstance(layer, bnb.nn.Linear4bit):
+        return bnb.functional.dequantize_4bit(fresh.data, fresh.quant_state).to(torch.float32)
+    return bnb.functional.int8_vectorwise_dequant(fresh.data, fresh.SCB).to(torch.float32)
+
+
+def _quantized_like(layer: nn.Module, weight: torch.Tensor) -> nn.Parameter:
+    """``weight`` quantized in ``layer``'s format (quant type, block size, storage), on its device."""
     bnb = _bnb()
     old = layer.weight
-    device = old.device
     if isinstance(layer, bnb.nn.Linear4bit):
         state = old.quant_state
         fresh = bnb.nn.Params4bit(weight.to("cpu", state.dtype), requires_grad=False, quant_type=state.quant_type,
                                   blocksize=state.blocksize, compress_statistics=old.compress_statistics,
                                   quant_storage=old.quant_storage)
-        layer.weight = fresh.to(device)
     else:
         fresh = bnb.nn.Int8Params(weight.to("cpu", torch.float16), requires_grad=False, has_fp16_weights=False)
-        layer.weight = fresh.to(device)
-        layer.state.SCB = layer.state.CB = None  # re-read from the new weight by the next forward
+    return fresh.to(old.device)
 
 
 def add_to_base(layer: nn.Module, terms: list[Term]) -> None:

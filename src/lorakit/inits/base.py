@@ -9,6 +9,7 @@ import torch
 
 from ..core.component import FACTORS, Component
 from ..core.options import Option
+from ..errors import LorakitError
 from ..registry import Registry
 
 
@@ -23,12 +24,22 @@ class Init(Component):
     ``"scaled_inputs"``, ``"gradients"``: each target layer's statistics of that kind,
     ``lorakit.inits.calibration``). A data-aware init receives
     its layer's statistics as ``data`` and may set each layer's rank (``ranks``); the factors it
-    draws are saved with the adapter, so loading never needs the data again.
+    draws are saved with the adapter, so loading never needs the data again. ``"weights"``: a
+    quantized layer's full-precision weight from the checkpoint (``FullPrecision``), read no data
+    and again at load.
+
+    ``quantized_only``: the init fits the adapter to a quantized base (LoftQ) and refuses a plain one.
     """
 
     kind: ClassVar[str] = "init"
     rewrites_base: ClassVar[bool] = False
     reads: ClassVar[str] = ""
+    quantized_only: ClassVar[bool] = False
+
+    @classmethod
+    def reads_of(cls, values: Mapping[str, Any]) -> str:
+        """What this init reads with these option values (``reads``, unless an option changes it)."""
+        return cls.reads
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
@@ -42,9 +53,10 @@ class Init(Component):
 
 
 SPECTRAL_RESIDUAL = Option(
-    "spectral_residual", str, "requantize", "on a quantized base: requantize W − s·B₀A₀ (QPiSSA), or keep W and "
-    "add a frozen −s·B₀A₀ path (correction: exact, disabled() is the quantized base)",
-    choices=("requantize", "correction"))
+    "spectral_residual", str, "requantize", "on a quantized base: requantize the dequantized W − s·B₀A₀, keep W and "
+    "add a frozen −s·B₀A₀ path (correction: exact, disabled() is the quantized base), or decompose the "
+    "checkpoint's full-precision W and quantize its residual once (loftq: LoftQ's step, QPiSSA as published)",
+    choices=("requantize", "correction", "loftq"))
 
 
 class SpectralInit(Init):
@@ -55,6 +67,19 @@ class SpectralInit(Init):
     options: ClassVar[tuple[Option, ...]] = (SPECTRAL_RESIDUAL,)
     rewrites_base: ClassVar[bool] = True
     requires: ClassVar[frozenset[str]] = frozenset({FACTORS})
+
+    @classmethod
+    def reads_of(cls, values: Mapping[str, Any]) -> str:
+        """``weights`` for ``spectral_residual: loftq`` (the full-precision W), else ``reads``."""
+        return "weights" if values.get("spectral_residual") == "loftq" else cls.reads
+
+    @classmethod
+    def validate(cls, spec: Any, parts: Any) -> None:
+        """Refuse ``spectral_residual: loftq`` for an init that reads data (one calibration per run)."""
+        if cls.reads and spec.options().get("spectral_residual") == "loftq":
+            raise LorakitError(f"init {spec.init!r} reads {cls.reads.replace('_', ' ')} before step 0, and "
+                               "spectral_residual: loftq would read the checkpoint's weights too; use requantize or "
+                               "correction with it")
 
 
 INITS: Registry[type[Init]] = Registry("init")

@@ -21,12 +21,17 @@ enough to match PEFT; float32 halves it). Inputs: one ``in × in`` matrix per di
 Llama-2-7B with all seven projections adapted that is 5.5 G numbers for inputs (44 GB in float64,
 22 GB in float32) and 6.5 G for gradients; with the default targets (q, k, v, o) 1.1 G and 2.1 G
 (the table in ``docs/methods/eva.md``).
+
+``weights``: for each quantized target layer, the full-precision weight it was quantized from,
+read again from the model's checkpoint (``lorakit.source_weights``), with the layer's own
+quantizer (LoftQ's ``q``). It reads no batches, and it is gathered again when a saved adapter is
+loaded: the base is rewritten from it (``FullPrecision``).
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +41,7 @@ from torch import nn
 from ..core.options import Option
 from ..errors import LorakitError
 
-INPUTS, SCALED_INPUTS, GRADIENTS = "inputs", "scaled_inputs", "gradients"
+INPUTS, SCALED_INPUTS, GRADIENTS, WEIGHTS = "inputs", "scaled_inputs", "gradients", "weights"
 IGNORED = -100
 INIT_BATCHES = Option("init_batches", int, 16, "batches of the run's training data the init reads before step 0 "
                       "(the run's batch size; the first ones of the seeded order)", minimum=1)
@@ -196,6 +201,48 @@ def layer_data(data: Any, expected: type, init: str) -> Any:
     return data
 
 
+@dataclass
+class FullPrecision:
+    """A quantized layer's weight before quantization and its quantizer.
+
+    ``weight``: float32 ``(out, in)``; ``quantize``: ``W ↦ dequantize(quantize(W))`` in the layer's
+    format. ``residual``: set by an init that quantizes into the base another pair than the one it
+    starts the adapter on (LoftQ: ``(B_{T−1}, A_{T−1})``); ``None``: the adapter's own pair.
+    """
+
+    weight: torch.Tensor
+    quantize: Callable[[torch.Tensor], torch.Tensor]
+    residual: tuple[torch.Tensor, torch.Tensor] | None = None
+
+
+# the base's codes may differ from the checkpoint's quantization by the float16 cast of an int8
+# load; more than this (relative Frobenius norm) means the base is not that checkpoint
+SOURCE_TOLERANCE = 1e-3
+
+
+@torch.no_grad()
+def full_precision(model: nn.Module, targets: list[tuple[str, nn.Module]]) -> dict[str, FullPrecision]:
+    """Each quantized target's ``FullPrecision`` (plain targets have none), checked against the base:
+    quantizing the checkpoint's weight must give the layer's own (else the base is not that checkpoint)."""
+    from ..quantized import dequantized, is_quantized, quantization_roundtrip
+    from ..source_weights import full_precision_weights
+
+    quantized = {name: module for name, module in targets if is_quantized(module)}
+    if not quantized:
+        return {}
+    sources = {}
+    for name, weight in full_precision_weights(model, quantized).items():
+        layer = quantized[name]
+        own = dequantized(layer)
+        if weight.shape != own.shape or (quantization_roundtrip(layer, weight) - own).norm() \
+                > SOURCE_TOLERANCE * own.norm():
+            raise LorakitError(f"layer {name!r} is not the quantization of its checkpoint's weight; LoftQ needs the "
+                               "base as loaded from its checkpoint (attach before changing it)")
+        sources[name] = FullPrecision(weight.to(own.device), functools.partial(quantization_roundtrip, layer))
+    return sources
+
+
 GATHERERS = {INPUTS: input_statistics, SCALED_INPUTS: functools.partial(input_statistics, scaled=True),
              GRADIENTS: weight_gradients}
-"""What each kind of ``Init.reads`` gathers, from ``(model, targets, batches, dtype)``."""
+"""What each kind of ``Init.reads`` that reads batches gathers, from ``(model, targets, batches, dtype)``
+(``weights`` reads none: ``full_precision``)."""
