@@ -14,7 +14,8 @@ response-token loss on the first ``--records`` Alpaca demo records
 (``../shared/data/alpaca_en_demo.json``, in file order, 128 tokens at most). Writes
 ``benchmarks/results/quantized_start.json`` (after every row, so a stopped run keeps what it measured).
 
-    OMP_NUM_THREADS=1 python benchmarks/quantized_start.py --ranks 8 16 32 64 --records 32 --loftq-iters 1 5
+    python benchmarks/quantized_start.py --ranks 8 16 32 64 --records 32 --loftq-iters 1 5 --kinds nf4
+    python benchmarks/quantized_start.py --ranks 16 64 --kinds int8 --out benchmarks/results/quantized_start_int8.json
 """
 
 from __future__ import annotations
@@ -36,14 +37,20 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "alpaca_en_demo
 
 
 @torch.no_grad()
-def eval_loss(model: torch.nn.Module, examples: list) -> float:
-    """The mean loss over every response token of ``examples``."""
+def eval_loss(model: torch.nn.Module, examples: list, batch_size: int = 8) -> float:
+    """The mean loss over every response token of ``examples``, in right-padded batches (a quantized
+    layer dequantizes its weight once per forward, so batching is what keeps this fast)."""
     total, tokens = 0.0, 0
-    for example in examples:
-        ids, labels = torch.tensor([example["input_ids"]]), torch.tensor([example["labels"]])
-        logits = model(input_ids=ids).logits[0, :-1]
-        kept = labels[0, 1:] != -100
-        total += torch.nn.functional.cross_entropy(logits[kept], labels[0, 1:][kept], reduction="sum").item()
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        width = max(len(e["input_ids"]) for e in chunk)
+        ids = torch.tensor([e["input_ids"] + [0] * (width - len(e["input_ids"])) for e in chunk])
+        labels = torch.tensor([e["labels"] + [-100] * (width - len(e["labels"])) for e in chunk])
+        mask = torch.tensor([[1] * len(e["input_ids"]) + [0] * (width - len(e["input_ids"])) for e in chunk])
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        targets = labels[:, 1:]
+        kept = targets != -100
+        total += torch.nn.functional.cross_entropy(logits[kept], targets[kept], reduction="sum").item()
         tokens += int(kept.sum())
     return total / tokens
 
@@ -54,16 +61,18 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=32)
     parser.add_argument("--data", default=str(DATA))
     parser.add_argument("--loftq-iters", type=int, nargs="+", default=[1, 5])
+    parser.add_argument("--kinds", nargs="+", default=["nf4", "int8"], choices=["nf4", "int8"])
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "quantized_start.json"))
     args = parser.parse_args()
     model, tokenizer = load_model("embedded")
     examples = [encode(r, tokenizer, "alpaca", 128) for r in load_records(args.data)[:args.records]]
     rows = [{"base": "float32", "init": "none", "rank": None, "residual": None,
              "eval_loss": eval_loss(model, examples)}]
     print(rows[-1], flush=True)
-    out = Path(__file__).resolve().parent / "results" / "quantized_start.json"
+    out = Path(args.out)
     about = {"machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
              "records": args.records}
-    for quantize in ("nf4", "int8"):
+    for quantize in args.kinds:
         base, _ = load_model("embedded", quantize=quantize)
         rows.append({"base": quantize, "init": "none", "rank": None, "residual": None,
                      "eval_loss": eval_loss(base, examples)})

@@ -156,3 +156,16 @@ def test_train_merge_and_reload_a_loftq_run(quantizable_model_dir, addition_data
     assert main(["merge", str(out / "adapter"), str(tmp_path / "merged")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(logits(merged, x), expected, atol=1e-4, rtol=0)
+
+
+def test_the_trainer_attaches_loftq_on_a_quantized_base_and_trains(checkpoint, tmp_path):
+    """``LorakitTrainer(method="loftq")``: the adapter fitted from the checkpoint at Trainer init, then trained."""
+    from lorakit.integrations.transformers import LorakitTrainer
+    from test_trainer import Patterns, arguments
+
+    model = quantized(checkpoint, "nf4").train()
+    trainer = LorakitTrainer(model=model, method="loftq", method_options={"rank": 4}, args=arguments(
+        tmp_path / "out", max_steps=2), train_dataset=Patterns())
+    assert trainer.adapter.spec.init == "loftq" and trainer.adapter.initial
+    trainer.train()
+    assert trainer.state.global_step == 2

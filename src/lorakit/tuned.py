@@ -5,7 +5,9 @@ show it, each value with the study it comes from.
 the ``tuning`` records of every tuned comparison committed under ``docs/results/study_*_tuned``
 (``results.json``, written by ``lorakit compare`` with a ``compare.tune`` section); a test fails
 when it is stale. A learning rate is also given relative to LoRA's tuned rate in the same study
-(``lr_vs_lora``), the factor a user applies to their own LoRA rate.
+(``lr_vs_lora``), the factor a user applies to their own LoRA rate; it compares the rates the
+optimizers ran at, ``train.lr × lr_scale``, with the run's ``lr_scale`` (recorded where it was
+not 1) as it was when the study ran.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def _study(folder: Path) -> dict[str, Any] | None:
     if not found:
         return None
     preset_of = {row["run"]: row["method"] for row in payload["rows"] if row.get("run")}
-    lora = next((item["best"].get("train.lr") for item in found if preset_of.get(item["run"]) == "lora"), None)
+    scale_of = {row["run"]: row.get("lr_scale") or 1.0 for row in payload["rows"] if row.get("run")}
+    lora = next((item["best"].get("train.lr") * scale_of[item["run"]] for item in found
+                 if preset_of.get(item["run"]) == "lora"), None)
     methods: dict[str, Any] = {}
     for item in found:
         values = {key.partition(".")[2]: _significant(value) for key, value in item["best"].items()}
+        if scale_of.get(item["run"], 1.0) != 1.0:
+            values["lr_scale"] = _significant(float(scale_of[item["run"]]))
         if lora and "train.lr" in item["best"]:
-            values["lr_vs_lora"] = _significant(item["best"]["train.lr"] / lora)
+            values["lr_vs_lora"] = _significant(item["best"]["train.lr"] * scale_of.get(item["run"], 1.0) / lora)
         values[f"validation_{item['metric']}"] = _significant(float(item["value"]))
         methods.setdefault(preset_of.get(item["run"], item["run"]), values)
     readme = folder / "README.md"
@@ -65,9 +71,10 @@ def _values_text(values: dict[str, Any]) -> str:
     """``lr = 0.0012 (0.52× LoRA's), lr_ratio = 0.28, validation accuracy 0.806``."""
     parts = []
     for key, value in values.items():
-        if key == "lr_vs_lora" or key.startswith("validation_"):
+        if key in ("lr_vs_lora", "lr_scale") or key.startswith("validation_"):
             continue
-        relative = f" ({values['lr_vs_lora']}× LoRA's)" if key == "lr" and "lr_vs_lora" in values else ""
+        scaled = f"with lr_scale {values['lr_scale']}: " if "lr_scale" in values else ""
+        relative = f" ({scaled}{values['lr_vs_lora']}× LoRA's)" if key == "lr" and "lr_vs_lora" in values else ""
         parts.append(f"{key} = {value}{relative}")
     parts += [f"validation {key.removeprefix('validation_')} {value}" for key, value in values.items()
               if key.startswith("validation_")]

@@ -84,8 +84,9 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
                progress: bool) -> tuple[dict[str, Any], bool]:
     """The run's row, and whether it was finished already (then nothing is trained)."""
     folder, lr = Path(config.train.output_dir), config.train.lr
+    lr = {"lr": lr, "lr_scale": config.method_spec().lr_scale}  # the optimizer's rate is their product
     if (folder / "summary.json").is_file():
-        return _row(run, seed, folder, lr=lr, status="ok", **json.loads((folder / "summary.json").read_text())), True
+        return _row(run, seed, folder, **lr, status="ok", **json.loads((folder / "summary.json").read_text())), True
     resume = (folder / "checkpoints" / "latest").is_file()
     try:
         with lines_hidden():  # the sweep says one line per run instead
@@ -93,8 +94,8 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
     except KeyboardInterrupt:
         raise
     except Exception as exc:  # noqa: BLE001 - a failed run is reported as a row, the sweep goes on
-        return _row(run, seed, folder, lr=lr, status="failed", error=_one_line(exc)), False
-    return _row(run, seed, folder, lr=lr, status="ok", **summary), False
+        return _row(run, seed, folder, **lr, status="failed", error=_one_line(exc)), False
+    return _row(run, seed, folder, **lr, status="ok", **summary), False
 
 
 def _base_model_inputs(config: RunConfig) -> dict[str, Any]:

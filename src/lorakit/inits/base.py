@@ -11,6 +11,7 @@ from ..core.component import FACTORS, Component
 from ..core.options import Option
 from ..errors import LorakitError
 from ..registry import Registry
+from .calibration import WEIGHTS
 
 
 class Init(Component):
@@ -40,6 +41,11 @@ class Init(Component):
     def reads_of(cls, values: Mapping[str, Any]) -> str:
         """What this init reads with these option values (``reads``, unless an option changes it)."""
         return cls.reads
+
+    @classmethod
+    def reads_batches(cls, values: Mapping[str, Any]) -> bool:
+        """Whether it reads training batches (the checkpoint's ``weights`` are no batches)."""
+        return cls.reads_of(values) not in ("", WEIGHTS)
 
     @staticmethod
     def factors(weight: torch.Tensor, rank: int, scale: float, generator: torch.Generator,
@@ -71,7 +77,7 @@ class SpectralInit(Init):
     @classmethod
     def reads_of(cls, values: Mapping[str, Any]) -> str:
         """``weights`` for ``spectral_residual: loftq`` (the full-precision W), else ``reads``."""
-        return "weights" if values.get("spectral_residual") == "loftq" else cls.reads
+        return WEIGHTS if values.get("spectral_residual") == "loftq" else cls.reads
 
     @classmethod
     def validate(cls, spec: Any, parts: Any) -> None:

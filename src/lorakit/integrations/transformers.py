@@ -108,7 +108,7 @@ class LorakitTrainerMixin:
                                "first: attach it with lorakit.attach(model, ..., init_data=...) and pass adapter=")
         self._init_trainer(args, kwargs, model, None)
         spec = resolve(method, **options)
-        reads = bool(parts_of(spec).init.reads)
+        reads = parts_of(spec).init.reads_batches(spec.options())
         self.adapter = attach(model, spec, init_data=self.get_train_dataloader() if reads else None)
 
     def _init_trainer(self, args: tuple, kwargs: dict[str, Any], model: nn.Module, adapter: Adapter | None) -> None:

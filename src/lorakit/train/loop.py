@@ -204,7 +204,7 @@ class Run:
         if self.checkpoint_folder is None:
             with phase("attach", f"attaching {self.spec.name} adapters"):
                 return attach(self.model, self.spec, init_data=self._calibration_batches()
-                              if parts_of(self.spec).init.reads else None)
+                              if parts_of(self.spec).init.reads_batches(self.spec.options()) else None)
         self.saved_state, self.tensors = read_checkpoint(self.checkpoint_folder)
         check_same_config(self.checkpoint_folder, self.saved_state["config"], self.config)
         if self.main and not has_checksums(self.checkpoint_folder):
