@@ -125,15 +125,14 @@ def test_a_run_overrides_train_keys_for_itself_alone(tiny_model_dir, addition_da
     and the rows carry each run's learning rate."""
     raw = compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")
     raw["eval"] = {"metrics": ["eval_loss"]}
-    raw["compare"].update(runs=["lora", {"method": "lora", "train": {"lr": 5e-4, "warmup_steps": 2}}],
-                          seeds=[0], base_model_row=False)
+    raw["compare"].update(runs=["lora", {"method": {"name": "lora", "lr_scale": 3.0},
+                                         "train": {"lr": 5e-4, "warmup_steps": 2}}], seeds=[0], base_model_row=False)
     base, spec, runs = load_compare_config(raw)
     assert [r.name for r in runs] == ["lora", "lora lr=0.0005 warmup_steps=2"]
-    assert runs[1].slug == "lora_lr_0.0005_warmup_steps_2"
     run_compare(base, spec, runs, progress=False)
     rows = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"]
-    assert [(r["run"], r["lr"], r["status"]) for r in rows] == [("lora", 5e-3, "ok"),
-                                                               ("lora lr=0.0005 warmup_steps=2", 5e-4, "ok")]
+    # each row's rate and its method's lr_scale: the optimizer ran at their product
+    assert [(r["lr"], r["lr_scale"], r["status"]) for r in rows] == [(5e-3, 1.0, "ok"), (5e-4, 3.0, "ok")]
     assert rows[0]["eval_loss"] != rows[1]["eval_loss"]
     saved = [yaml.safe_load((Path(r["run_dir"]) / "config.yaml").read_text())["train"] for r in rows]
     assert [(t["lr"], t["warmup_steps"], t["batch_size"]) for t in saved] == [(5e-3, 0, 4), (5e-4, 2, 4)]
