@@ -69,7 +69,9 @@ def causal_context(folder: Path) -> dict:
             "data": rows, "dataset": rows, "tokenized_train": rows, "data_collator": default_data_collator,
             "batches": [default_data_collator([rows[i + j] for j in range(4)]) for i in range(0, 64, 4)],
             "conversations": datasets.Dataset.from_list([{"messages": CONVERSATION}] * 8),
-            "messages": CONVERSATION}
+            "messages": CONVERSATION,
+            "prompts": datasets.Dataset.from_list([{"prompt": CONVERSATION[:1]}] * 4),
+            "my_reward": lambda completions, **kwargs: [float(len(str(c)) < 20) for c in completions]}
 
 
 def chat_llama(tokenizer):

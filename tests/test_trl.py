@@ -77,3 +77,52 @@ def test_a_dpo_trainer_needs_its_adapter_before_it_is_built(tmp_path):
                                      args=trl.DPOConfig(output_dir=str(tmp_path), **COMMON),
                                      train_dataset=datasets.Dataset.from_list(PAIRS))
 
+
+
+def reward_short(completions, **kwargs):
+    """A verifiable toy reward: shorter completions score higher."""
+    return [-float(len(str(c))) for c in completions]
+
+
+def grpo_trainer(method, out, steps=3, iterations=1):
+    tok = chat_tokenizer()
+    model = chat_model(tok)
+    adapter = attach(model, method, rank=4, **({"adalora_total_steps": steps} if method == "adalora" else {}))
+    args = trl.GRPOConfig(output_dir=str(out), max_steps=steps, beta=0.1, num_generations=2, max_completion_length=6,
+                          num_iterations=iterations, **COMMON)
+    prompts = datasets.Dataset.from_list([{"prompt": PROMPT}] * 16)
+    return with_lorakit(trl.GRPOTrainer)(model=model, adapter=adapter, reward_funcs=reward_short, args=args,
+                                          processing_class=tok, train_dataset=prompts)
+
+
+@pytest.mark.parametrize("method", ["lora", "olora", "pissa", "delta_lora", "adalora"])
+def test_grpo_trainer_keeps_its_kl_to_the_exact_original_model(method, tmp_path):
+    """GRPO's reference is the adapter's original model, with no second copy loaded: at the first step
+    the policy is the reference (KL exactly 0), also for the spectral inits, whose "adapters disabled"
+    model is a residual; the recipe's and schedule's step hooks count optimizer steps."""
+    trainer = grpo_trainer(method, tmp_path, iterations=2)
+    assert isinstance(trainer.ref_model, OriginalModel) and trainer.beta == 0.1
+    trainer.train()
+    kls = [entry["kl"] for entry in trainer.state.log_history if "kl" in entry]
+    assert kls[0] == 0.0 and any(kl > 0 for kl in kls[1:])
+    if method == "adalora":
+        assert int(trainer.adapter.method_state["adalora.step"]) == trainer.state.global_step == 3
+
+
+def test_grpo_kl_to_the_disabled_adapter_is_not_zero_for_spectral_inits(tmp_path):
+    """What a reference of 'adapters disabled' would give PiSSA: a KL above 0 before any step."""
+    trainer = grpo_trainer("pissa", tmp_path, steps=1)
+    trainer.adapter.original = trainer.adapter.disabled
+    trainer.train()
+    assert next(entry["kl"] for entry in trainer.state.log_history if "kl" in entry) > 1e-4
+
+
+def test_grpo_trainer_attaches_with_method(tmp_path):
+    tok = chat_tokenizer()
+    args = trl.GRPOConfig(output_dir=str(tmp_path), max_steps=1, beta=0.1, num_generations=2,
+                          max_completion_length=4, **COMMON)
+    trainer = with_lorakit(trl.GRPOTrainer)(model=chat_model(tok), method="lora", method_options={"rank": 2},
+                                             reward_funcs=reward_short, args=args, processing_class=tok,
+                                             train_dataset=datasets.Dataset.from_list([{"prompt": PROMPT}] * 8))
+    assert isinstance(trainer.ref_model, OriginalModel) and trainer.ref_model._adapter is trainer.adapter
+    trainer.train()

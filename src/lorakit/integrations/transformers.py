@@ -15,6 +15,10 @@
   optimizer, scheduler, RNG and data position;
 - for a ``DPOTrainer`` without ``ref_model``: the reference is ``OriginalModel(adapter)``, the same
   model inside ``adapter.original()`` (the exact original base for every preset; no second copy);
+- for TRL's online trainers (``GRPOTrainer``, ``RLOOTrainer``) with a KL term (``beta > 0``): the
+  same ``OriginalModel(adapter)`` is their ``ref_model``. They would otherwise load a second copy
+  of the model from its hub id (their path for a model without a PEFT adapter); lorakit builds
+  the trainer with ``beta = 0`` (no reference loaded) and then sets the reference and ``beta``;
 - or takes ``method=`` (and ``method_options=``) instead of an adapter and attaches one once the
   Trainer is built: an init that reads data calibrates on the first ``init_batches`` batches of the
   Trainer's own training dataloader (not for a ``DPOTrainer``, whose reference needs the adapter first).
@@ -110,6 +114,8 @@ class LorakitTrainerMixin:
         spec = resolve(method, **options)
         reads = parts_of(spec).init.reads_batches(spec.options())
         self.adapter = attach(model, spec, init_data=self.get_train_dataloader() if reads else None)
+        if _is_online_rl_trainer(type(self)) and self.beta != 0.0:
+            self.ref_model = OriginalModel(self.adapter)
 
     def _init_trainer(self, args: tuple, kwargs: dict[str, Any], model: nn.Module, adapter: Adapter | None) -> None:
         optimizers = kwargs.get("optimizers", (None, None))
@@ -125,11 +131,21 @@ class LorakitTrainerMixin:
         vouched = getattr(model, "is_quantized", False) and not getattr(model, "_hf_peft_config_loaded", False)
         if vouched:
             model._hf_peft_config_loaded = True
+        online = _is_online_rl_trainer(type(self))
+        training_args = kwargs.get("args", args[2] if online and len(args) > 2 else None)
+        beta = getattr(training_args, "beta", 0.0) if online else 0.0
+        if beta:
+            training_args.beta = 0.0  # TRL builds no reference of its own (a second copy, from the hub)
         try:
             super().__init__(*args, **kwargs)
         finally:
             if vouched:
                 model._hf_peft_config_loaded = False
+            if beta:
+                training_args.beta = beta
+        if beta:
+            self.beta = beta
+            self.ref_model = OriginalModel(adapter) if adapter is not None else None  # method=: set once attached
 
     # -- optimizer -------------------------------------------------------------------------
     def create_optimizer_and_scheduler(self, num_training_steps: int) -> None:
@@ -219,6 +235,15 @@ def _is_dpo_trainer(cls: type) -> bool:
     except ImportError:
         return False
     return issubclass(cls, DPOTrainer)
+
+
+def _is_online_rl_trainer(cls: type) -> bool:
+    """TRL's trainers that sample completions and keep a KL term to a reference (GRPO, RLOO)."""
+    try:
+        from trl import GRPOTrainer, RLOOTrainer
+    except ImportError:
+        return False
+    return issubclass(cls, (GRPOTrainer, RLOOTrainer))
 
 
 @functools.cache
