@@ -28,7 +28,7 @@ from .models import EMBEDDED_ENCODER
 from .presets import find_option, option_names, resolve
 from .quantized import QUANTIZE
 
-OBJECTIVES = ("sft", "dpo")
+OBJECTIVES = ("sft", "dpo", "grpo")
 KERNELS = ("none", "liger")
 ATTENTION = ("sdpa", "eager", "flex_attention", "flash_attention_2")
 REPORT_TO = ("tensorboard", "wandb", "mlflow", "none")
@@ -139,10 +139,23 @@ class DataConfig:
 class TrainConfig:
     """The training loop; steps are optimizer steps (``batch_size × grad_accum`` examples)."""
 
-    objective: str = key("sft", "what a step minimises: sft (cross-entropy of the responses) or dpo (preference "
-                                "pairs, against the exact original model)", choices=OBJECTIVES)
+    objective: str = key("sft", "what a step minimises: sft (cross-entropy of the responses), dpo (preference "
+                                "pairs, against the exact original model) or grpo (rewards of sampled answers)",
+                         choices=OBJECTIVES)
     dpo_beta: float = key(0.1, "DPO's β: how far the policy may move from the original model (objective: dpo)",
                           **FINITE_POSITIVE)
+    rewards: dict[str, float] = key({}, "grpo: reward functions by import path (module:function) and their weights, "
+                                        "e.g. {lorakit.rewards:exact_number: 1.0}")
+    num_generations: int = key(4, "grpo: completions sampled per prompt (G, the group its advantages are "
+                                  "normalised in)", minimum=2, requirement="an integer >= 2")
+    grpo_beta: float = key(0.04, "grpo: weight β of the KL term to the exact original model (0: none)",
+                           minimum=0.0, requirement="a finite number >= 0")
+    clip_epsilon: float = key(0.2, "grpo: ε of the clipped ratio min(ρA, clip(ρ, 1−ε, 1+ε)A)", minimum=0.0,
+                              open_minimum=True, maximum=1.0, requirement="in (0, 1]")
+    max_completion_length: int = key(32, "grpo: tokens sampled per completion at most", minimum=1,
+                                     maximum=4096, requirement="in 1..4096")
+    temperature: float = key(1.0, "grpo: sampling temperature of the completions", minimum=0.0, open_minimum=True,
+                             requirement="a finite number > 0")
     lr: float = key(3e-4, "learning rate η (the optimizer recipe may scale it per group)", **FINITE_POSITIVE)
     epochs: int = key(1, "passes over the training records (unless max_steps is set)", **POSITIVE)
     max_steps: int | None = key(None, "optimizer steps of the run (null: epochs × steps per epoch)", **POSITIVE)
@@ -431,6 +444,7 @@ def validate_run(config: RunConfig) -> None:
              "train.mixed_precision bf16 (or no) with it")
     _require(not (t.objective == "dpo" and d.packing), "train.objective dpo compares two answers per row pair; "
              "packing is for sft; set data.packing: false (data.group_by_length works)")
+    _validate_grpo(config)
     _require(not (d.packing and d.group_by_length), "data.packing and data.group_by_length are two ways to "
              "spend less on padding; set one of them")
     for name, role in d.roles.items():
@@ -441,6 +455,19 @@ def validate_run(config: RunConfig) -> None:
     _validate_task(config)
     _validate_speed(config)
     check_metrics(config.eval.metrics, config.task.type)
+
+
+def _validate_grpo(config: RunConfig) -> None:
+    t, d = config.train, config.data
+    if t.objective != "grpo":
+        _require(not t.rewards, f"train.rewards are for train.objective grpo (this run is {t.objective}); remove them "
+                 "or set train.objective: grpo")
+        return
+    _require(not (d.packing or d.padding_free), "train.objective grpo samples answers to each prompt; "
+             "data.packing and data.padding_free join sequences; set them to false")
+    from .rewards import load_rewards
+
+    load_rewards(t.rewards)  # imported and checked before any model loads
 
 
 def _validate_speed(config: RunConfig) -> None:

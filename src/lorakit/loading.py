@@ -196,6 +196,9 @@ def _check_objective(config: RunConfig, split: Split) -> bool:
     if pairs and config.train.objective != "dpo":
         raise LorakitError("the data holds preference pairs (chosen/rejected); train on them with "
                            "train.objective: dpo")
+    if first is not None and sample_kind(first) == "text" and config.train.objective == "grpo":
+        raise LorakitError("train.objective grpo samples answers to prompts, and plain-text records have none; give "
+                           "records with a prompt and its answer (alpaca, messages, prompt_completion)")
     if first is not None and not pairs and config.train.objective == "dpo":
         raise LorakitError("train.objective dpo needs preference records (prompt, chosen, rejected); the data holds "
                            f"{sample_kind(first)} records")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import LorakitError
+from .arithmetic import BUILTIN_ARITHMETIC, arithmetic_records
 from .conversation import Reading, check_object
 from .formats import HINTS, PARSERS, check_format, detect_format
 
@@ -34,7 +35,8 @@ Located = tuple[str, Any]
 def load_records(source: str, format: str = "auto", system_prompt: str | None = None,
                  roles: Mapping[str, str] | None = None, answered: bool = True,
                  loss_on: str = "assistant") -> list[dict[str, Any]]:
-    """Records from a ``.json``/``.jsonl``/``.csv``/``.tsv``/``.parquet`` file, or ``"chatterbot"``.
+    """Records from a ``.json``/``.jsonl``/``.csv``/``.tsv``/``.parquet`` file, ``"chatterbot"``, or
+    ``"arithmetic"`` (word problems with numeric answers, ``lorakit.data.arithmetic``).
 
     ``format``: one of ``formats.FORMATS`` (``auto``: the first record's). An Alpaca record has
     exactly the keys ``instruction``, ``input`` (``""`` when absent) and ``output``; a
@@ -46,6 +48,9 @@ def load_records(source: str, format: str = "auto", system_prompt: str | None = 
     """
     check_format(format)
     reading = Reading(system_prompt, roles, answered, loss_on)
+    if source in BUILTIN_ARITHMETIC:
+        return [_parse(row, f"{source}: record {index}", "messages", reading)
+                for index, row in enumerate(arithmetic_records())]
     if source in BUILTIN_CHATTERBOT:
         if format not in ("messages", "sharegpt"):
             return chatterbot_records()
@@ -84,7 +89,7 @@ def read_rows(source: str, hint: str) -> list[Located]:
     if not path.is_file():
         raise LorakitError(
             f"data file {source} does not exist; pass an existing {'/'.join(READERS)} file "
-            f"or the built-in data set 'chatterbot'"
+            f"or a built-in data set ('chatterbot', 'arithmetic')"
         )
     suffix = path.suffix.lower()
     if suffix not in READERS:

@@ -31,7 +31,7 @@ def model_device(model: nn.Module) -> torch.device:
     return first.device if first is not None else torch.device("cpu")
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id_of(tokenizer: Any) -> int:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if pad_id is None:
         raise LorakitError("the tokenizer has neither a pad nor an eos token; set tokenizer.pad_token")
@@ -46,7 +46,7 @@ def _check_settings(max_new_tokens: int, batch_size: int) -> None:
         raise LorakitError(f"batch_size must be >= 1 (got {batch_size}); pass a positive batch size")
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int,
               device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(len(ids) for ids in prompts)
     input_ids = [[pad_id] * (width - len(ids)) + list(ids) for ids in prompts]
@@ -63,7 +63,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max
     _check_settings(max_new_tokens, batch_size)
     if any(len(ids) == 0 for ids in prompts_ids):
         raise LorakitError("a prompt has no tokens; every prompt needs at least one token to continue")
-    pad_id, device = _pad_id(tokenizer), model_device(model)
+    pad_id, device = pad_id_of(tokenizer), model_device(model)
     order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
     texts: list[str] = [""] * len(prompts_ids)
     was_training = model.training
@@ -73,7 +73,7 @@ def generate(model: nn.Module, tokenizer: Any, prompts_ids: list[list[int]], max
             answers = bar(total=len(order), desc="generate", unit="answer", leave=False)
             for start in range(0, len(order), batch_size):
                 chunk = order[start:start + batch_size]
-                input_ids, attention_mask = _left_pad([prompts_ids[i] for i in chunk], pad_id, device)
+                input_ids, attention_mask = left_pad([prompts_ids[i] for i in chunk], pad_id, device)
                 output = model.generate(
                     input_ids=input_ids, attention_mask=attention_mask, do_sample=False,
                     max_new_tokens=max_new_tokens, pad_token_id=pad_id,

@@ -56,9 +56,11 @@ from ..io.json_text import finite, json_text
 from ..io.lock import folder_lock
 from ..loading import Split, encode, final_evaluation, labels_of, load_base, load_held_out, load_split, model_labels
 from ..presets import complete_for_run, parts_of, refuse_if_bypassed
+from ..rewards import load_rewards
 from ..status import Timer, bar, phase, quiet
 from .checkpoint import copy_adapter, has_checksums, read_checkpoint, read_trainer_state, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
+from .grpo import Grpo
 from .objectives import objective_for
 from .output_dir import check_output_dir, comparable, make_output_dir
 from .run_log import JSONL_FILE, RunLog, log_ends_with
@@ -138,6 +140,7 @@ class Run:
         self.sharded = False  # train.fsdp in several processes (set by prepare)
         self.held_out: list[dict[str, Any]] | None = None  # data.held_out_path's records (set by prepare)
         self.window_loss, self.window_tokens = 0.0, 0  # the loss window of the next log record
+        self.window_extra: dict[str, list[float]] = {}  # the objective's own step metrics in that window (GRPO)
         self.last_loss = float("nan")  # the training loss of the last log window (token-weighted)
         self.step_seconds, self.steps_timed = 0.0, 0  # the optimizer steps alone (no evaluation, no saving)
 
@@ -176,8 +179,11 @@ class Run:
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
         causal_lm = config.task.type == "causal_lm"
-        run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta, config.task.type,
-                                      run.model if tc.sparse_logits and causal_lm else None)
+        if tc.objective == "grpo":
+            run.objective = Grpo(run.adapter, run.tokenizer, load_rewards(tc.rewards), tc, accelerator.process_index)
+        else:
+            run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta, config.task.type,
+                                          run.model if tc.sparse_logits and causal_lm else None)
         _check_deepspeed(accelerator, spec, tc.fused_adapters)
         run.sharded = tc.fsdp and accelerator.num_processes > 1
         if run.sharded:  # before the optimizer is built: sharding replaces the parameters
@@ -258,7 +264,9 @@ class Run:
             set_rng_state(self.tensors["rng"])
             self.start_step = self.saved_state["step"]
             # a checkpoint keeps the open loss window, so a resumed run logs what the uninterrupted one did
-            self.window_loss, self.window_tokens = self.saved_state.get("log_window", (0.0, 0))
+            window = self.saved_state.get("log_window", (0.0, 0))
+            self.window_loss, self.window_tokens = window[0], window[1]
+            self.window_extra = dict(window[2]) if len(window) > 2 else {}
         if self.sharded:  # already sharded (prepare); DDP must not wrap it
             self.prepared_optimizer = self.optimizer
         else:
@@ -307,6 +315,7 @@ class Run:
         what the loss is averaged over (response tokens, or preference pairs)."""
         tc, accelerator, device = self.config.train, self.accelerator, self.accelerator.device
         began = time.perf_counter()
+        self.objective.begin_step(step)
         batches = [self.examples.train_collate([self.examples.train[i] for i in idx]) for idx in step_batches(
             step, len(self.examples.train), tc.batch_size, tc.grad_accum, tc.seed,
             accelerator.process_index, accelerator.num_processes, self.examples.lengths)]
@@ -358,12 +367,15 @@ class Run:
     def log(self, done: int, loss: float, tokens: int, grad_norm: float | None) -> None:
         """Add the step to the loss window; write a record every ``log_every`` steps and at the end."""
         self.window_loss, self.window_tokens = self.window_loss + loss, self.window_tokens + tokens
+        for name, value in self.objective.step_metrics().items():
+            self.window_extra.setdefault(name, []).append(value)
         if done % self.config.train.log_every == 0 or done == self.total_steps:
             record = {"step": done, "epoch": done / self.per_epoch, "loss": self.window_loss / self.window_tokens,
                       "lr": [g["lr"] for g in self.optimizer.param_groups], "grad_norm": grad_norm,
+                      **{name: sum(values) / len(values) for name, values in self.window_extra.items()},
                       "elapsed_s": round(time.time() - self.started, 3)}
             self.run_log.write(record)
-            self.window_loss, self.window_tokens = 0.0, 0
+            self.window_loss, self.window_tokens, self.window_extra = 0.0, 0, {}
             self.last_loss = record["loss"]
 
     def evaluate(self, done: int) -> dict[str, float]:
@@ -387,7 +399,8 @@ class Run:
         every = self.config.train.save_every
         if every and done % every == 0 and done != self.total_steps:
             with phase("save"):
-                self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens]})
+                self._save_checkpoint(done, {**self.state, "log_window": [self.window_loss, self.window_tokens,
+                                                                          self.window_extra]})
 
     def _save_checkpoint(self, done: int, state: dict[str, Any]) -> Path | None:
         """Written by the first process, which gets its folder (None elsewhere); when sharded,

@@ -38,6 +38,8 @@ from ..config import OBJECTIVES
 from ..evaluate import classification
 from ..evaluate.loss import LossLogits, eval_mode, evaluate_loss, label_tokens, loss_scores, token_loss
 
+GRPO_METRICS = ("eval_reward",)  # lorakit.train.grpo's final metric (that module builds on this one)
+
 __all__ = ["OBJECTIVES", "Dpo", "Labelled", "NextToken", "Objective", "objective_for", "objective_metrics",
            "sequence_logps"]
 
@@ -48,6 +50,13 @@ class Objective:
     name: ClassVar[str]
     final_metrics: ClassVar[bool] = False  # its evaluate adds to the run's final metrics (DPO's preferences)
     metrics: ClassVar[tuple[str, ...]] = ()  # the metrics it adds so
+
+    def begin_step(self, step: int) -> None:
+        """Called before step ``step`` (0-based) computes its loss (GRPO seeds its sampling from it)."""
+
+    def step_metrics(self) -> dict[str, float]:
+        """What the objective measured in the last step, for the log records (GRPO's rewards, KL)."""
+        return {}
 
     def units(self, batch: dict[str, torch.Tensor]) -> int:
         raise NotImplementedError
@@ -148,7 +157,7 @@ class Labelled(Objective):
 
 def objective_metrics(name: str) -> tuple[str, ...]:
     """The metrics train.objective ``name`` adds to a run's own (``eval.metrics``)."""
-    return Dpo.metrics if name == "dpo" else ()
+    return {"dpo": Dpo.metrics, "grpo": GRPO_METRICS}.get(name, ())
 
 
 def objective_for(name: str, adapter: Adapter, beta: float, task: str = "causal_lm",

@@ -1,0 +1,230 @@
+"""GRPO: group relative policy optimization (Shao et al. 2024, DeepSeekMath, arXiv 2402.03300).
+
+For each prompt ``q`` of a micro-batch the policy samples ``G`` completions ``o_1 … o_G``
+(``train.num_generations``), each scored by the weighted sum of the reward functions
+(``lorakit.rewards``), ``r_i``. The advantage of every token of ``o_i`` is its group-normalised reward
+
+    Â_i = (r_i − mean(r)) / (std(r) + 10⁻⁴)      (std over the group, unbiased, as TRL computes it)
+
+and the loss of the micro-batch is
+
+    L = Σ_i (1/|o_i|) Σ_t −[ min(ρ_{i,t} Â_i, clip(ρ_{i,t}, 1 − ε, 1 + ε) Â_i) − β·KL_{i,t} ],
+    ρ_{i,t} = π_θ(o_{i,t} | q, o_{i,<t}) / π_old(o_{i,t} | …),
+    KL_{i,t} = π_ref/π_θ − log(π_ref/π_θ) − 1      (the unbiased estimator of the paper, Eq. 4)
+
+divided by the step's number of completions (its *units*). ``π_ref`` is the exact original model
+(``adapter.original()``, as for DPO: for every preset, with no second model in memory).
+
+Deviations and choices:
+
+- One optimizer step per sampled batch (the paper's μ = 1): ``π_old`` is the policy that sampled,
+  so ``ρ = 1`` in value (its gradient is the policy gradient) and the clip never acts; the clip
+  fraction is logged all the same.
+- The prompt of a record is everything before its first trained token (the Alpaca prompt, a
+  conversation before its assistant turn), and the reference answer the rewards see is the record's
+  trained text (the output, completion or assistant turn). Records need an answer; rewards may ignore it.
+- Sampling is seeded from ``(train.seed, step, micro-batch, process)``: a resumed run samples what
+  the uninterrupted one sampled, so it ends at the same adapter with no sampler state to save.
+- Completions end at the tokenizer's eos (included, so the policy learns to stop) or after
+  ``train.max_completion_length`` tokens. Sampling and every forward pass run without dropout
+  (the adapter's ``dropout`` does not act, as with TRL's default ``disable_dropout``), so that
+  ``π_θ`` is the policy that sampled and the KL of the first step is exactly 0.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..adapter import Adapter
+from ..data import IGNORE_INDEX
+from ..evaluate.generation import left_pad, model_device, pad_id_of
+from ..evaluate.loss import eval_mode
+from ..rewards import WeightedReward
+from .objectives import GRPO_METRICS, Objective
+
+ADVANTAGE_EPS = 1e-4
+
+
+class Grpo(Objective):
+    """GRPO against ``adapter.original()`` (see the module docstring); batches are ``Collator``'s."""
+
+    name = "grpo"
+    final_metrics = True
+    metrics = GRPO_METRICS
+
+    def __init__(self, adapter: Adapter, tokenizer: Any, rewards: list[WeightedReward], train: Any,
+                 process: int = 0) -> None:
+        """``train``: the run's ``TrainConfig`` (``num_generations``, ``grpo_beta``, ``clip_epsilon``,
+        ``max_completion_length``, ``temperature``, ``seed``)."""
+        self.adapter, self.tokenizer, self.rewards, self.process = adapter, tokenizer, rewards, process
+        self.G, self.beta, self.epsilon = train.num_generations, train.grpo_beta, train.clip_epsilon
+        self.max_new_tokens, self.temperature, self.seed = train.max_completion_length, train.temperature, train.seed
+        self.begin_step(0)
+
+    # -- a step ------------------------------------------------------------------------------
+    def begin_step(self, step: int) -> None:
+        """Start step ``step`` (0-based): its sampling seeds, and fresh statistics for its log record."""
+        self.step, self.micro = step, 0
+        self.stats: dict[str, list[float]] = {}
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return batch["input_ids"].shape[0] * self.G
+
+    def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        prompts, references = self.prompts(batch)
+        self.micro += 1
+        completions = self.sample(prompts)
+        texts = [self.decode(c) for c in completions]
+        rewards = self.score(texts, [r for r in references for _ in range(self.G)])
+        advantages = group_advantages(rewards, self.G).to(model_device(self.adapter.model))
+        sequences = [prompts[i // self.G] + completions[i] for i in range(len(completions))]
+        starts = [len(prompts[i // self.G]) for i in range(len(completions))]
+        ids, mask, completion_mask = _right_pad(sequences, starts, pad_id_of(self.tokenizer), model_device(model))
+        with eval_mode(model):  # no dropout: π_θ is the policy that sampled (ρ = 1 at the start of a step)
+            logps = token_logps(model, ids, mask)
+        with torch.no_grad(), self.adapter.original(), eval_mode(self.adapter.model):
+            reference = token_logps(self.adapter.model, ids, mask)
+        loss, kl, clipped = clipped_loss(logps, logps.detach(), reference, advantages, completion_mask,
+                                         self.epsilon, self.beta)
+        self._record(rewards, texts, completion_mask, kl, clipped)
+        return loss
+
+    def prompts(self, batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[str]]:
+        """Each row's prompt (its tokens before the first trained one) and reference answer (its trained tokens)."""
+        prompts, references = [], []
+        for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+            ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
+            first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+            prompts.append(ids[:first])
+            references.append(self.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX]))
+        return prompts, references
+
+    @torch.no_grad()
+    def sample(self, prompts: list[list[int]], greedy: bool = False) -> list[list[int]]:
+        """``G`` completions of each prompt (one, greedy, for evaluation), each cut after its first eos."""
+        model, pad_id, eos = self.adapter.model, pad_id_of(self.tokenizer), self.tokenizer.eos_token_id
+        repeats = 1 if greedy else self.G
+        ids, mask = left_pad([p for p in prompts for _ in range(repeats)], pad_id, model_device(model))
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature,
+                                                        "top_k": 0, "top_p": 1.0}
+        devices = [ids.device] if ids.is_cuda else []
+        with eval_mode(model), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self._sample_seed())
+            output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
+                                    pad_token_id=pad_id, eos_token_id=eos, **sampling)
+        return [_until_eos(row.tolist(), eos) for row in output[:, ids.shape[1]:]]
+
+    def _sample_seed(self) -> int:
+        """The seed of this micro-batch's sampling: the same for the same run, step and micro-batch."""
+        return (self.seed * 1_000_003 + self.step * 10_007 + self.micro * 101 + self.process) % 2**63
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
+
+    def score(self, texts: list[str], references: list[str]) -> torch.Tensor:
+        """Every completion's weighted reward (float64), each function's mean kept for the log."""
+        total = torch.zeros(len(texts), dtype=torch.float64)
+        for reward in self.rewards:
+            scores = torch.tensor(reward(texts, references), dtype=torch.float64)
+            self.stats.setdefault(f"reward_{reward.name}", []).append(float(scores.mean()))
+            total += reward.weight * scores
+        return total
+
+    def _record(self, rewards: torch.Tensor, texts: list[str], completion_mask: torch.Tensor,
+                kl: torch.Tensor, clipped: torch.Tensor) -> None:
+        lengths = completion_mask.sum(dim=1).double()
+        for name, value in (("reward", rewards.mean()), ("reward_std", grouped_std(rewards, self.G)),
+                            ("kl", kl), ("completion_length", lengths.mean()), ("clip_fraction", clipped)):
+            self.stats.setdefault(name, []).append(float(value))
+
+    def step_metrics(self) -> dict[str, float]:
+        """The step's means of what ``loss_sum`` recorded (rewards per function, KL, lengths, clipping)."""
+        return {name: sum(values) / len(values) for name, values in self.stats.items()}
+
+    # -- evaluation ------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, examples: Sequence[Any], collate: Callable, batch_size: int,
+                 device: torch.device | str) -> dict[str, float]:
+        """``eval_reward``: the mean weighted reward of greedy completions of the eval prompts (and
+        ``eval_reward_<function>`` each), the rewards' statistics of the training step untouched."""
+        kept, self.stats = self.stats, {}
+        try:
+            totals = []
+            for start in range(0, len(examples), batch_size):
+                batch = collate(examples[start:start + batch_size])
+                prompts, references = self.prompts(batch)
+                texts = [self.decode(c) for c in self.sample(prompts, greedy=True)]
+                totals.append(self.score(texts, references))
+            means = {f"eval_{name}": sum(v) / len(v) for name, v in self.stats.items()}
+        finally:
+            self.stats = kept
+        rewards = torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)
+        return {"eval_reward": float(rewards.mean()) if rewards.numel() else math.nan, **means}
+
+
+def group_advantages(rewards: torch.Tensor, group: int) -> torch.Tensor:
+    """``(r − mean) / (std + 10⁻⁴)`` within each consecutive group of ``group`` rewards (float32)."""
+    grouped = rewards.view(-1, group)
+    centred = grouped - grouped.mean(dim=1, keepdim=True)
+    return (centred / (grouped.std(dim=1, keepdim=True) + ADVANTAGE_EPS)).view(-1).float()
+
+
+def grouped_std(rewards: torch.Tensor, group: int) -> float:
+    """The mean over groups of the rewards' standard deviation within a group (0: nothing to learn from)."""
+    return float(rewards.view(-1, group).std(dim=1).mean())
+
+
+def token_logps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``log π(token_t | tokens_<t)`` of every position but the first (``(rows, length − 1)``)."""
+    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+
+
+def clipped_loss(logps: torch.Tensor, old: torch.Tensor, reference: torch.Tensor, advantages: torch.Tensor,
+                 completion_mask: torch.Tensor, epsilon: float, beta: float
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GRPO's loss summed over completions (each its tokens' mean), the mean KL and the clipped fraction.
+
+    Args:
+        logps, old, reference: per-token log-probabilities of the policy (differentiable), of the
+            policy that sampled, and of the original model, ``(rows, length − 1)``.
+        advantages: one per row; completion_mask: which positions of ``logps`` are completion tokens.
+    """
+    ratio = torch.exp(logps - old)
+    surrogate = torch.minimum(ratio * advantages[:, None],
+                              torch.clamp(ratio, 1 - epsilon, 1 + epsilon) * advantages[:, None])
+    delta = reference - logps
+    kl = torch.exp(delta) - delta - 1
+    per_token = -(surrogate - beta * kl)
+    tokens = completion_mask.sum(dim=1).clamp_min(1)
+    loss = ((per_token * completion_mask).sum(dim=1) / tokens).sum()
+    count = completion_mask.sum().clamp_min(1)
+    clipped = ((ratio - 1).abs() > epsilon).float()
+    return loss, (kl.detach() * completion_mask).sum() / count, (clipped * completion_mask).sum() / count
+
+
+def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
+    """``tokens`` up to and including the first eos (all of them without one)."""
+    if eos is not None and eos in tokens:
+        return tokens[:tokens.index(eos) + 1]
+    return tokens
+
+
+def _right_pad(sequences: list[list[int]], starts: list[int], pad_id: int, device: torch.device
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids``, ``attention_mask``, and the mask over ``token_logps``' positions
+    that predict a completion token (position ``t`` predicts token ``t + 1``)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    completion = torch.zeros((len(sequences), width - 1), dtype=torch.float32)
+    for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
+        ids[row, :len(sequence)] = torch.tensor(sequence)
+        mask[row, :len(sequence)] = 1
+        completion[row, start - 1:len(sequence) - 1] = 1.0
+    return ids.to(device), mask.to(device), completion.to(device)

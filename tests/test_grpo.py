@@ -1,0 +1,136 @@
+"""GRPO in lorakit's own loop (``train.objective: grpo``): rewards, advantages, the clipped loss with
+its KL to the exact original model, logging, bad input, and a resume that equals the uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lorakit.config import load_config
+from lorakit.errors import LorakitError
+from lorakit.rewards import exact_number, format, last_number, short
+from lorakit.train import train
+from lorakit.train.checkpoint import latest_checkpoint
+from lorakit.train.grpo import clipped_loss, group_advantages
+from test_train import ADAPTER, Crash, crash_at, same_run_outputs
+
+REWARDS = "train.rewards={lorakit.rewards:exact_number: 1.0, lorakit.rewards:short: 0.1}"
+
+
+def grpo(model_dir, data, out, *extra, resume=False, callbacks=()):
+    config = load_config(None, [
+        f"model.path={model_dir}", f"data.path={data}", "data.train_size=24", "data.eval_size=4",
+        "data.shuffle_seed=0", "data.max_length=48", "method.name=olora", "method.rank=4", "method.dropout=0.1",
+        "train.objective=grpo", REWARDS, "train.num_generations=3", "train.max_completion_length=6",
+        "train.lr=5e-3", "train.batch_size=2", "train.grad_accum=2", "train.max_steps=6", "train.log_every=1",
+        "train.eval_every=3", "train.save_every=2", "eval.metrics=[eval_loss]", "train.report_to=none",
+        f"train.output_dir={out}", *extra])
+    return train(config, resume=resume, callbacks=callbacks, progress=False)
+
+
+def records(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_built_in_rewards():
+    assert last_number("so 12 + 30 = 42.") == 42 and last_number("1,200 apples") == 1200 and last_number("none") is None
+    assert exact_number(["It is 42", "41", "no idea"], ["42", "42", "42"]) == [1.0, 0.0, 0.0]
+    assert format(["work\nAnswer: 7", "7", ""], [None] * 3) == [1.0, 0.0, 0.0]
+    assert short(["ab", ""], [None, None]) == [-0.02, 0.0]
+
+
+def test_group_advantages_are_normalised_within_each_group():
+    rewards = torch.tensor([1.0, 0.0, 0.0, 5.0, 5.0, 5.0], dtype=torch.float64)
+    advantages = group_advantages(rewards, 3)
+    assert advantages[:3].sum().abs() < 1e-6 and advantages[0] > 0 > advantages[1]
+    assert torch.equal(advantages[3:], torch.zeros(3))  # a group that agrees teaches nothing
+    std = torch.tensor([1.0, 0.0, 0.0]).std()
+    assert advantages[0] == pytest.approx(float((1 - 1 / 3) / (std + 1e-4)))
+
+
+def test_the_loss_at_the_sampling_policy_is_the_policy_gradient_and_its_kl_is_zero_at_the_reference():
+    """With π_old = π_θ (one step per sample) the ratio is 1, the clip does not act, and the loss's
+    gradient is −Σ_i mean_t Â_i ∇log π; with π_ref = π_θ the KL term is 0."""
+    logps = torch.tensor([[-1.0, -2.0, -0.5], [-0.3, -0.7, -1.1]], requires_grad=True)
+    mask = torch.tensor([[0.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
+    advantages = torch.tensor([2.0, -1.0])
+    loss, kl, clipped = clipped_loss(logps, logps.detach(), logps.detach(), advantages, mask, 0.2, 0.04)
+    loss.backward()
+    expected = -(advantages[:, None] * mask / mask.sum(1, keepdim=True))
+    assert torch.allclose(logps.grad, expected) and float(kl) == 0.0 and float(clipped) == 0.0
+    assert float(loss) == pytest.approx(float(-(advantages).sum()))
+    away = logps.detach() - 0.5  # a reference that gives these tokens less probability
+    _, kl, _ = clipped_loss(logps.detach(), logps.detach(), away, advantages, mask, 0.2, 0.04)
+    assert float(kl) == pytest.approx(math.exp(-0.5) + 0.5 - 1)
+
+
+def test_a_grpo_run_logs_its_rewards_and_starts_at_kl_zero(tiny_model_dir, addition_data, tmp_path):
+    summary = grpo(tiny_model_dir, addition_data, tmp_path / "run")
+    steps = [r for r in records(tmp_path / "run") if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4, 5, 6]
+    for key in ("reward", "reward_std", "reward_exact_number", "reward_short", "kl", "completion_length",
+                "clip_fraction"):
+        assert all(math.isfinite(r[key]) for r in steps), key
+    assert steps[0]["kl"] == 0.0 and any(r["kl"] > 0 for r in steps[1:])  # the reference is the exact start
+    assert all(0 < r["completion_length"] <= 6 for r in steps) and all(r["clip_fraction"] == 0.0 for r in steps)
+    assert {"eval_reward", "eval_reward_exact_number", "eval_reward_short", "eval_loss"} <= summary.keys()
+    evals = [r for r in records(tmp_path / "run") if "eval_reward" in r]
+    assert [r["step"] for r in evals] == [0, 3, 6]
+
+
+def test_resume_after_a_crash_equals_the_uninterrupted_run(tiny_model_dir, addition_data, tmp_path):
+    """Sampling is seeded from the step, so the resumed run samples, logs and ends as the full one did."""
+    grpo(tiny_model_dir, addition_data, tmp_path / "full")
+    with pytest.raises(Crash):
+        grpo(tiny_model_dir, addition_data, tmp_path / "cut", callbacks=[crash_at(3)])
+    assert latest_checkpoint(tmp_path / "cut").name == "step-0000002"
+    grpo(tiny_model_dir, addition_data, tmp_path / "cut", resume=True)
+    full, cut = load_file(tmp_path / "full" / ADAPTER), load_file(tmp_path / "cut" / ADAPTER)
+    assert full.keys() == cut.keys() and all(torch.equal(full[k], cut[k]) for k in full)
+    same_run_outputs(tmp_path / "full", tmp_path / "cut")
+
+
+def refused(match, *args, **kwargs):
+    with pytest.raises(LorakitError, match=match) as caught:
+        load_config(*args, **kwargs)
+    assert "\n" not in str(caught.value)
+
+
+def test_bad_grpo_configs_are_one_line_errors_before_any_model_loads(tmp_path, monkeypatch):
+    refused("needs train.rewards", None, ["train.objective=grpo"])
+    refused("module 'no_such_module' of no_such_module:f does not import", None,
+            ["train.objective=grpo", "train.rewards={no_such_module:f: 1}"])
+    refused("lorakit.rewards has no function 'nope'", None,
+            ["train.objective=grpo", "train.rewards={lorakit.rewards:nope: 1}"])
+    refused("not an import path", None, ["train.objective=grpo", "train.rewards={exact_number: 1}"])
+    refused("num_generations", None, ["train.objective=grpo", REWARDS, "train.num_generations=1"])
+    refused("train.rewards are for train.objective grpo", None, [REWARDS])
+    refused("data.packing and data.padding_free join sequences", None,
+            ["train.objective=grpo", REWARDS, "data.packing=true"])
+
+
+def test_a_reward_that_fails_mid_run_stops_it_with_its_message(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    module = tmp_path / "my_rewards.py"
+    module.write_text(textwrap.dedent("""
+        def nan(completions, references):
+            return [float("nan")] * len(completions)
+
+        def wrong_length(completions, references):
+            return [1.0]
+
+        def raises(completions, references):
+            raise ValueError("the grader is down")
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sys.modules.pop("my_rewards", None)
+    for name, message in (("nan", "returned nan; return finite numbers"),
+                          ("wrong_length", r"returned 1 scores for \d+ completions"),
+                          ("raises", "raised ValueError: the grader is down")):
+        with pytest.raises(LorakitError, match=message):
+            grpo(tiny_model_dir, addition_data, tmp_path / name, f"train.rewards={{my_rewards:{name}: 1}}")
