@@ -54,11 +54,13 @@ def test_every_preset_on_a_quantized_base(method, kind, tmp_path):
     adapter = attach(model, method, rank=4, **run_options(method, 4))
     spectral = adapter.spectral
     attached = logits(model, x)
-    # unchanged at attach; a requantized residual only to quantization rounding
-    tolerance = 0.25 if spectral else 1e-5  # measured: at most 0.095 (NF4, OLoRA) on logits of about 0.64
+    # unchanged at attach: a spectral init's residual is a frozen path by default (correction), exact to float rounding
+    tolerance = 1e-4 if spectral else 1e-5
     torch.testing.assert_close(attached, before, atol=tolerance, rtol=0)
     assert adapter.quantization()["type"] == kind
-    trained, reloaded = train_and_reload(model, adapter, x, quantized_llama(kind), tmp_path / "adapter")
+    # the tiny model at 1e-2 × the preset's lr_scale, capped at 0.1 (AdaLoRA's 25× overshoots it in 4 steps)
+    lr = 1e-2 * min(1.0, 10 / adapter.spec.lr_scale)
+    trained, reloaded = train_and_reload(model, adapter, x, quantized_llama(kind), tmp_path / "adapter", lr=lr)
     assert torch.equal(reloaded, trained)  # exact onto a freshly quantized base
     merged = adapter.merge_and_unload()
     assert not any(is_quantized(m) for name, m in merged.named_modules() if name in adapter.layers)

@@ -112,7 +112,9 @@ def _calibrate(model: nn.Module, targets: list[tuple[str, nn.Linear]], spec: Met
     init = parts_of(spec).init
     reads = init.reads_of(spec.options())
     if reads == WEIGHTS:
-        with phase("calibrate", f"reading the full-precision weights of {len(targets)} layers from the checkpoint"):
+        quantized = sum(is_quantized(module) for _, module in targets)
+        with phase("calibrate", f"reading the full-precision weights of {quantized} layers from the checkpoint"
+                   if quantized else None):
             return full_precision(model, targets)
     if not reads or loading:
         return {}

@@ -59,10 +59,10 @@ class Init(Component):
 
 
 SPECTRAL_RESIDUAL = Option(
-    "spectral_residual", str, "requantize", "on a quantized base: requantize the dequantized W − s·B₀A₀, keep W and "
-    "add a frozen −s·B₀A₀ path (correction: exact, disabled() is the quantized base), or decompose the "
-    "checkpoint's full-precision W and quantize its residual once (loftq: LoftQ's step, QPiSSA as published)",
-    choices=("requantize", "correction", "loftq"))
+    "spectral_residual", str, "correction", "on a quantized base: keep W and add a frozen −s·B₀A₀ path (correction: "
+    "exact, disabled() is the quantized base), requantize the dequantized W − s·B₀A₀, or decompose the checkpoint's "
+    "full-precision W and quantize its residual once (loftq: QPiSSA as published; best for PiSSA, docs/qlora.md)",
+    choices=("correction", "requantize", "loftq"))
 
 
 class SpectralInit(Init):
