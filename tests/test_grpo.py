@@ -134,3 +134,15 @@ def test_a_reward_that_fails_mid_run_stops_it_with_its_message(tiny_model_dir, a
                           ("raises", "raised ValueError: the grader is down")):
         with pytest.raises(LorakitError, match=message):
             grpo(tiny_model_dir, addition_data, tmp_path / name, f"train.rewards={{my_rewards:{name}: 1}}")
+
+
+def test_compare_reports_the_objectives_own_metrics():
+    """A GRPO comparison ranks runs by eval_reward (higher is better); a DPO one also by its loss (lower)."""
+    from lorakit.evaluate.metrics import lower_is_better
+    from lorakit.loading import reported_metrics
+
+    grpo_config = load_config(None, ["train.objective=grpo", REWARDS, "eval.metrics=[eval_loss]"])
+    assert reported_metrics(grpo_config) == ["eval_loss", "eval_reward"] and not lower_is_better("eval_reward")
+    dpo = reported_metrics(load_config(None, ["train.objective=dpo", "eval.metrics=[eval_loss]"]))
+    assert dpo == ["eval_loss", "eval_dpo_loss", "eval_reward_accuracy", "eval_reward_margin"]
+    assert lower_is_better("eval_dpo_loss")

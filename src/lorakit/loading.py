@@ -278,9 +278,13 @@ def final_evaluation(config: RunConfig, model: nn.Module, tokenizer: Any, split:
 
 
 def reported_metrics(config: RunConfig) -> list[str]:
-    """The final evaluation's metric names: ``eval.metrics``, then their held-out versions."""
+    """The final evaluation's metric names: ``eval.metrics``, their held-out versions, then the
+    objective's own (DPO's preference metrics, GRPO's eval reward)."""
+    from .train.objectives import objective_metrics
+
     names = list(config.eval.metrics)
-    return names + [f"{HELD_OUT}_{name}" for name in names] if config.data.held_out_path else names
+    held_out = [f"{HELD_OUT}_{name}" for name in names] if config.data.held_out_path else []
+    return names + held_out + list(objective_metrics(config.train.objective))
 
 
 def load_base_and_adapter(config: RunConfig, adapter: str | Path | None, split: Split = ([], [])

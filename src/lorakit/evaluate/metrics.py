@@ -19,7 +19,7 @@ LOSS_METRICS = ("eval_loss", "eval_ppl")
 CLASSIFICATION_METRICS = ("accuracy", "f1", "f1_macro", "mcc")  # see lorakit.evaluate.classification
 REGRESSION_METRICS = ("pearson", "spearman")
 METRICS = LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS + CLASSIFICATION_METRICS + REGRESSION_METRICS
-LOWER_IS_BETTER = {"eval_loss", "eval_ppl"}
+LOWER_IS_BETTER = {"eval_loss", "eval_ppl", "eval_dpo_loss"}
 HELD_OUT = "held_out"  # data.held_out_path's metrics are named held_out_<metric>; its outputs go to held_out/
 # the metrics each task.type can report, and those it reports unless eval.metrics says otherwise
 TASK_METRICS = {
