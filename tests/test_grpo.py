@@ -113,6 +113,7 @@ def test_bad_grpo_configs_are_one_line_errors_before_any_model_loads(tmp_path, m
     refused("train.rewards are for train.objective grpo", None, [REWARDS])
     refused("data.packing and data.padding_free join sequences", None,
             ["train.objective=grpo", REWARDS, "data.packing=true"])
+    refused("train.fsdp shards", None, ["train.objective=grpo", REWARDS, "train.fsdp=true"])
 
 
 def test_a_reward_that_fails_mid_run_stops_it_with_its_message(tiny_model_dir, addition_data, tmp_path, monkeypatch):

@@ -465,6 +465,8 @@ def _validate_grpo(config: RunConfig) -> None:
         return
     _require(not (d.packing or d.padding_free), "train.objective grpo samples answers to each prompt; "
              "data.packing and data.padding_free join sequences; set them to false")
+    _require(not t.fsdp, "train.objective grpo samples with the whole model, which train.fsdp shards (untested); "
+             "set train.fsdp: false, or use TRL's GRPOTrainer")
     from .rewards import load_rewards
 
     load_rewards(t.rewards)  # imported and checked before any model loads
