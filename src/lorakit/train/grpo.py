@@ -45,6 +45,7 @@ from ..data import IGNORE_INDEX
 from ..evaluate.generation import left_pad, model_device, pad_id_of
 from ..evaluate.loss import eval_mode
 from ..rewards import WeightedReward
+from ..status import bar
 from .objectives import GRPO_METRICS, Objective
 
 ADVANTAGE_EPS = 1e-4
@@ -153,6 +154,7 @@ class Grpo(Objective):
         """``eval_reward``: the mean weighted reward of greedy completions of the eval prompts (and
         ``eval_reward_<function>`` each), the rewards' statistics of the training step untouched."""
         kept, self.stats = self.stats, {}
+        answers = bar(total=len(examples), desc="eval reward", unit="answer", leave=False)
         try:
             totals = []
             for start in range(0, len(examples), batch_size):
@@ -160,9 +162,11 @@ class Grpo(Objective):
                 prompts, references = self.prompts(batch)
                 texts = [self.decode(c) for c in self.sample(prompts, greedy=True)]
                 totals.append(self.score(texts, references))
+                answers.update(len(prompts))
             means = {f"eval_{name}": sum(v) / len(v) for name, v in self.stats.items()}
         finally:
             self.stats = kept
+            answers.close()
         rewards = torch.cat(totals) if totals else torch.zeros(0, dtype=torch.float64)
         return {"eval_reward": float(rewards.mean()) if rewards.numel() else math.nan, **means}
 
