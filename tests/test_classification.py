@@ -65,8 +65,7 @@ def test_every_preset_trains_saves_and_merges_a_classifier(method, tmp_path):
     assert all(".attention." in name for name in adapter.layers)
     assert list(adapter.full_modules) == ["classifier"] and adapter.spec.train_modules == ("classifier",)
     head = model.classifier.weight.detach().clone()
-    lr = 5e-2 if adapter.spec.form == "vera" else 5e-3
-    losses = train_classifier(model, adapter, x, y, lr=lr)
+    losses = train_classifier(model, adapter, x, y, lr=5e-3)  # VeRA's higher rate is its preset's lr_scale
     assert losses[-1] < losses[0], losses
     assert not torch.equal(model.classifier.weight, head)
     trained = class_logits(model, x)
