@@ -38,6 +38,12 @@ def train_steps(model, adapter, x, steps=3, lr=1e-2, optimizer=None, loss_of=Non
     return losses
 
 
+def capped_lr(adapter, lr=1e-2, cap=0.1):
+    """``lr`` for a test's few steps on a tiny model, such that ``lr × the preset's lr_scale`` stays
+    within ``cap`` (AdaLoRA's and VeRA's 25× overshoot a tiny random model at 1e-2)."""
+    return lr * min(1.0, cap / (lr * adapter.spec.lr_scale))
+
+
 def train_and_reload(model, adapter, x, fresh, folder, steps=4, lr=1e-2):
     """Train ``steps`` steps (the loss must fall), save, and load onto the ``fresh`` base; the trained
     and the reloaded logits."""

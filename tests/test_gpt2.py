@@ -8,7 +8,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 
 import lorakit
 from lorakit.conv1d import Conv1D, Conv1DView
-from test_contracts import METHODS, logits, run_options, train_and_reload, train_steps
+from test_contracts import METHODS, capped_lr, logits, run_options, train_and_reload, train_steps
 from tiny import VOCAB, attach, batch
 
 TARGETS = ["c_attn", "c_proj", "c_fc"]
@@ -35,7 +35,7 @@ def test_every_preset_adapts_conv1d(method, tmp_path):
     assert all(isinstance(layer.base_layer, Conv1DView) for layer in adapter.layers.values())
     assert len(adapter.layers) == 8  # c_attn, attn.c_proj, c_fc, mlp.c_proj in each of 2 blocks
     torch.testing.assert_close(logits(model, x), before, atol=1e-5, rtol=0)  # unchanged at attach
-    trained, reloaded = train_and_reload(model, adapter, x, tiny_gpt2(), tmp_path / "adapter")
+    trained, reloaded = train_and_reload(model, adapter, x, tiny_gpt2(), tmp_path / "adapter", lr=capped_lr(adapter))
     torch.testing.assert_close(reloaded, trained, atol=1e-5, rtol=0)
     merged = adapter.merge_and_unload()
     assert isinstance(merged.transformer.h[0].attn.c_attn, Conv1D)  # the Conv1D is back, W merged into it

@@ -99,7 +99,7 @@ def test_prefix_and_metric_names():
     assert set(text_scores([CAT], [CAT])) == set(GENERATION_METRICS)
     assert METRICS == (LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS + CLASSIFICATION_METRICS
                        + REGRESSION_METRICS)
-    assert LOWER_IS_BETTER == {"eval_loss", "eval_ppl"}
+    assert LOWER_IS_BETTER == {"eval_loss", "eval_ppl", "eval_dpo_loss"}
     check_metrics(LOSS_METRICS + GENERATION_METRICS + TEACHER_FORCED_METRICS)
     check_metrics(("eval_loss", *CLASSIFICATION_METRICS), "classification")
     check_metrics(("eval_loss", *REGRESSION_METRICS), "regression")

@@ -9,7 +9,7 @@ import torch
 
 import lorakit
 from lorakit.errors import LorakitError
-from test_contracts import METHODS, logits, run_options, train_and_reload, train_steps
+from test_contracts import METHODS, capped_lr, logits, run_options, train_and_reload, train_steps
 from tiny import attach, batch, tiny_llama
 
 bnb = pytest.importorskip("bitsandbytes", reason="quantized bases need the optional extra lorakit[qlora]")
@@ -58,9 +58,8 @@ def test_every_preset_on_a_quantized_base(method, kind, tmp_path):
     tolerance = 1e-4 if spectral else 1e-5
     torch.testing.assert_close(attached, before, atol=tolerance, rtol=0)
     assert adapter.quantization()["type"] == kind
-    # the tiny model at 1e-2 × the preset's lr_scale, capped at 0.1 (AdaLoRA's 25× overshoots it in 4 steps)
-    lr = 1e-2 * min(1.0, 10 / adapter.spec.lr_scale)
-    trained, reloaded = train_and_reload(model, adapter, x, quantized_llama(kind), tmp_path / "adapter", lr=lr)
+    trained, reloaded = train_and_reload(model, adapter, x, quantized_llama(kind), tmp_path / "adapter",
+                                         lr=capped_lr(adapter))
     assert torch.equal(reloaded, trained)  # exact onto a freshly quantized base
     merged = adapter.merge_and_unload()
     assert not any(is_quantized(m) for name, m in merged.named_modules() if name in adapter.layers)

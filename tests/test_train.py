@@ -502,8 +502,9 @@ def test_resizing_schedules_in_two_processes_equal_one(method, options, tiny_mod
     """Schedules that replace adapter parameters mid-run: every process makes the same change (LoRA-drop's
     importance is summed over the processes) and the data-parallel wrapper is rebuilt over the new
     parameters, so two processes train the adapter one process does."""
-    common = (f"method.name={method}", "method.lr_ratio=null", "method.dropout=0.0", "train.max_steps=4",
-              "train.eval_every=null", "train.save_every=null", *options)
+    # lr_scale 1: the tolerance below was measured at train.lr itself (SimplexLoRA's preset trains at 5×)
+    common = (f"method.name={method}", "method.lr_ratio=null", "method.dropout=0.0", "method.lr_scale=1.0",
+              "train.max_steps=4", "train.eval_every=null", "train.save_every=null", *options)
     train_one_and_two(tiny_model_dir, addition_data, tmp_path, common)
     config = lambda out: json.loads((out / "adapter" / "lorakit_adapter.json").read_text())  # noqa: E731
     for key in ("ranks", "removed", "shared"):

@@ -77,6 +77,7 @@ class Grpo(Objective):
         return batch["input_ids"].shape[0] * self.G
 
     def loss_sum(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sample, score and take the clipped loss of one micro-batch (the module docstring's ``L``)."""
         prompts, references = self.prompts(batch)
         self.micro += 1
         completions = self.sample(prompts)
@@ -95,14 +96,16 @@ class Grpo(Objective):
         self._record(rewards, texts, completion_mask, kl, clipped)
         return loss
 
-    def prompts(self, batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[str]]:
-        """Each row's prompt (its tokens before the first trained one) and reference answer (its trained tokens)."""
+    def prompts(self, batch: dict[str, torch.Tensor]) -> tuple[list[list[int]], list[str | None]]:
+        """Each row's prompt (its tokens before the first trained one) and reference answer (its
+        trained tokens; ``None`` for an eval row whose answer ``data.max_length`` cut away)."""
         prompts, references = [], []
         for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
             ids, labels = ids[mask.bool()].tolist(), labels[mask.bool()].tolist()
-            first = next(i for i, label in enumerate(labels) if label != IGNORE_INDEX)
+            first = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(ids))
             prompts.append(ids[:first])
-            references.append(self.decode([t for t, label in zip(ids, labels) if label != IGNORE_INDEX]))
+            answer = [t for t, label in zip(ids, labels) if label != IGNORE_INDEX]
+            references.append(self.decode(answer) if answer else None)
         return prompts, references
 
     @torch.no_grad()
@@ -127,7 +130,7 @@ class Grpo(Objective):
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens), skip_special_tokens=True).strip()
 
-    def score(self, texts: list[str], references: list[str]) -> torch.Tensor:
+    def score(self, texts: list[str], references: list[str | None]) -> torch.Tensor:
         """Every completion's weighted reward (float64), each function's mean kept for the log."""
         total = torch.zeros(len(texts), dtype=torch.float64)
         for reward in self.rewards:
