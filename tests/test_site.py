@@ -35,3 +35,25 @@ def test_the_site_is_configured_to_use_it():
     config = yaml.load((ROOT / "mkdocs.yml").read_text(encoding="utf-8"), Loader=Loader)
     assert "scripts/mkdocs_mathml.py" in config["hooks"]
     assert {"pymdownx.arithmatex": {"generic": True}} in config["markdown_extensions"]
+
+
+def test_every_page_passes_the_browser_checks(tmp_path):
+    """The built site in Chromium (Qt WebEngine, the ``site`` extra) at 1280 px: no page wider than
+    the window, no broken image, no unconverted maths (scripts/site_screenshots.py)."""
+    pytest.importorskip("PyQt6.QtWebEngineWidgets", reason="the site extra (lorakit[site]) is the browser")
+    pytest.importorskip("mkdocs", reason="the docs extra builds the site")
+    spec = importlib.util.spec_from_file_location("site_screenshots", ROOT / "scripts" / "site_screenshots.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    site = tmp_path / "site"
+    module.build(site)
+    browser = module.Browser(800)
+    assert len(module.pages(site)) > 40
+    assert module.check_site(browser, site) == []
+    broken = site / "broken" / "index.html"  # the checks can fail: a page with each defect
+    broken.parent.mkdir()
+    broken.write_text('<html><body><article><img src="absent.png"><p>\\(x\\)</p>'
+                      '<div style="width:3000px">wide</div></article></body></html>')
+    (line,) = module.check_site(browser, site)
+    assert line.startswith("broken:") and "wider than the window" in line and "broken images" in line
+    assert "1 unconverted maths" in line

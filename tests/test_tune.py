@@ -61,6 +61,19 @@ def test_a_study_writes_its_outputs_and_never_reads_the_eval_split(tiny_model_di
     assert (out / "trials.csv").read_text().count("\n") == 4
 
 
+@pytest.mark.parametrize("metric", ["eval_loss", "bleu"])
+def test_trials_generate_only_when_scored_by_a_generation_metric(metric, tiny_model_dir, addition_data, tmp_path):
+    out = tmp_path / "study"
+    raw = raw_config(tiny_model_dir, addition_data, out, metric=metric)
+    raw["eval"] = {"metrics": ["eval_loss", "bleu"], "generate_size": 2, "max_new_tokens": 4}
+    tune(raw, trials=1, progress=False)
+    trial = out / "trials" / "trial-0000"
+    generated = metric == "bleu"
+    assert (trial / "generations.jsonl").exists() == generated
+    assert load_config(trial / "config.yaml").eval.metrics == (("eval_loss", "bleu") if generated else ("eval_loss",))
+    assert load_config(out / "best.yaml").eval.metrics == ("eval_loss", "bleu")  # the user's own list
+
+
 def test_trials_share_one_loaded_base_and_leave_it_unchanged(tiny_model_dir, addition_data, tmp_path, monkeypatch):
     import lorakit.tune.trials as trials
 

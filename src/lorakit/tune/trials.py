@@ -23,6 +23,7 @@ from optuna.trial import Trial
 from torch import nn
 
 from ..errors import LorakitError
+from ..evaluate.metrics import GENERATION_METRICS, METRICS
 from ..loading import labels_of, load_base, load_split
 from ..train import train
 from ..train.data_order import steps_per_epoch
@@ -123,12 +124,18 @@ class Trials:
 
     def _config(self, number: int, values: dict[str, Any]) -> Any:
         """The trial's config: the user's with the trial's values, trained into its own folder,
-        measured on the validation split, with only the final checkpoint, no trackers and no
-        evaluation before the first step (the same for every trial)."""
+        measured on the validation split, with only the final checkpoint, no trackers, no
+        evaluation before the first step and no generation unless the study is scored by a
+        generation metric (the same for every trial)."""
         folder = self.out / TRIALS_DIR / f"trial-{number:04d}"
-        return trial_config(self.raw, values, **{**ON_VALIDATION, "train.output_dir": str(folder),
-                                                 "train.save_every": None, "train.report_to": ["none"],
-                                                 "train.eval_at_start": False})
+        settings = {**ON_VALIDATION, "train.output_dir": str(folder), "train.save_every": None,
+                    "train.report_to": ["none"], "train.eval_at_start": False}
+        config = trial_config(self.raw, values, **settings)
+        if self.metric not in GENERATION_METRICS:  # generating would only cost time
+            kept = [m for m in config.eval.metrics if m not in GENERATION_METRICS]
+            config.eval.metrics = tuple(kept + [self.metric] if self.metric in METRICS and self.metric not in kept
+                                        else kept)
+        return config
 
     def _base_for(self, config: Any, split: Any) -> tuple[nn.Module, Any]:
         """The loaded base for ``config``'s model section and classes (loaded again only where they change)."""
