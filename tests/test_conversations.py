@@ -261,12 +261,13 @@ def test_lorakit_chat_answers_a_prompt_and_runs_a_session(chat_model_dir, capsys
     model, tok = AutoModelForCausalLM.from_pretrained(chat_model_dir), AutoTokenizer.from_pretrained(chat_model_dir)
     seen = []
     monkeypatch.setattr(chat, "reply", lambda m, t, messages, s: seen.append(list(messages)) or "hello")
-    lines = iter(["hi", "", "how are you", "/reset", "hi", "/exit", "never read"])
+    lines = iter(["hi", "", "how are you", "/reste", "/reset", "hi", "/quit", "never read"])
     written = []
     chat.run_chat(model, tok, chat.Sampling(temperature=0.0, max_new_tokens=2), "be kind", read=lambda _: next(lines),
                   write=written.append)
     assert [len(messages) for messages in seen] == [2, 4, 2]  # system + user; + reply + user; reset
     assert seen[1][2] == {"role": "assistant", "content": "hello"} and "(conversation reset)" in written
+    assert "(unknown command /reste: /reset starts over, /exit ends)" in written  # not sent as a message
     assert capsys.readouterr().out.count("model> ") == 3  # who speaks, before each of the 3 replies
     with pytest.raises(lorakit.LorakitError, match="--top-p must be in"):
         chat.Sampling(top_p=0).check()

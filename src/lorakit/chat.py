@@ -66,6 +66,7 @@ def reply(model: nn.Module, tokenizer: Any, messages: list[dict[str, str]], samp
     return tokenizer.decode(output[0, input_ids.shape[1]:], skip_special_tokens=True).strip()
 
 
+EXIT = ("/exit", "/quit")
 SPEAKER = "model> "  # before each streamed reply, as "you> " before each line read
 
 
@@ -80,11 +81,14 @@ def run_chat(model: nn.Module, tokenizer: Any, sampling: Sampling, system: str |
             line = read("you> ").strip()
         except EOFError:
             break
-        if line == "/exit":
+        if line in EXIT:
             break
         if line == "/reset":
             messages = list(start)
             write("(conversation reset)")
+            continue
+        if line.startswith("/") and " " not in line:  # a mistyped command is not a message
+            write(f"(unknown command {line}: /reset starts over, /exit ends)")
             continue
         if not line:
             continue
