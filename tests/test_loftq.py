@@ -153,6 +153,7 @@ def test_train_merge_and_reload_a_loftq_run(quantizable_model_dir, addition_data
     expected = logits(adapter.model, x)
     again, _ = load_adapter_on_base(out / "adapter")
     assert torch.equal(logits(again.model, x), expected)
+    assert main(["export", str(out / "adapter"), str(tmp_path / "onto"), "--onto", "quantized"]) == 2  # Q₂ ≠ q(W)
     assert main(["merge", str(out / "adapter"), str(tmp_path / "merged")]) == 0
     merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
     torch.testing.assert_close(logits(merged, x), expected, atol=1e-4, rtol=0)
@@ -169,3 +170,30 @@ def test_the_trainer_attaches_loftq_on_a_quantized_base_and_trains(checkpoint, t
     assert trainer.adapter.spec.init == "loftq" and trainer.adapter.initial
     trainer.train()
     assert trainer.state.global_step == 2
+
+
+def test_one_iteration_exports_onto_the_quantized_base_as_the_plain_pair(checkpoint, tmp_path):
+    """With ``T = 1`` the base is ``q(W)``, what loading the checkpoint quantized gives again, so
+    ``--onto quantized`` writes ``(s·B, A)`` at rank r, and PEFT on a freshly quantized base gives
+    the trained model; ``T > 1`` and a plain base are refused."""
+    from peft import PeftModel
+
+    from lorakit.io.as_lora import export_as_lora
+
+    x = batch(seed=3)
+    model = quantized(checkpoint, "nf4")
+    adapter = lorakit.attach(model, "loftq", rank=4, targets=ALL)
+    train_steps(model, adapter, x, steps=3)
+    trained = logits(model, x)
+    record = export_as_lora(adapter, tmp_path / "onto", onto="quantized")
+    assert record["onto"] == "quantized" and record["rank"] == 4 and record["max_abs_logit_difference"] < 1e-4
+    assert max(layer["relative_error"] for layer in record["layers"].values()) < 1e-5
+    assert export_as_lora(adapter, tmp_path / "original")["rank"] == 8  # s·B A − s·B₁A₁ against W
+    served = PeftModel.from_pretrained(quantized(checkpoint, "nf4"), tmp_path / "onto").eval()
+    torch.testing.assert_close(logits(served, x), trained, atol=1e-4, rtol=0)
+    deeper = lorakit.attach(quantized(checkpoint, "nf4"), "loftq", rank=4, loftq_iter=2, targets=ALL)
+    with pytest.raises(LorakitError, match="needs each layer's base to be the checkpoint's quantization"):
+        export_as_lora(deeper, tmp_path / "refused", onto="quantized")
+    plain = lorakit.attach(tiny_llama(), "lora", rank=4, targets=ALL)
+    with pytest.raises(LorakitError, match="needs each layer's base"):
+        export_as_lora(plain, tmp_path / "refused", onto="quantized")

@@ -46,7 +46,7 @@ from .io.json_text import json_text
 from .io.peft_format import export_peft
 from .layer import AdaptedLinear
 from .presets import complete_for_run, parts_of
-from .quantized import add_to_base, base_weight, first_quantization
+from .quantized import add_to_base, base_weight, first_quantization, is_quantized
 from .schedules.base import gated_forms
 from .targeting import set_submodule
 from .version import __version__
@@ -183,8 +183,9 @@ class Adapter:
         return groups
 
     @contextlib.contextmanager
-    def disabled(self) -> Iterator[None]:
-        """Run the model without the adapters (base layers only) inside the block.
+    def disabled(self, plus: Mapping[str, list[Term]] | None = None) -> Iterator[None]:
+        """Run the model without the adapters (base layers only) inside the block; ``plus``: terms
+        per layer name added to the base layers (a plain LoRA against them, to compare).
 
         For spectral inits the base layers hold the residual ``W − s·B₀A₀`` (on a quantized base with
         ``spectral_residual: correction``, ``W`` itself), and after Delta-LoRA training the moved base
@@ -193,8 +194,8 @@ class Adapter:
         """
         self._check_attached()
         previous = {name: (layer.enabled, layer.corrections) for name, layer in self.layers.items()}
-        for layer in self.layers.values():
-            layer.enabled, layer.corrections = False, []
+        for name, layer in self.layers.items():
+            layer.enabled, layer.corrections = False, list((plus or {}).get(name, []))
         try:
             yield
         finally:
@@ -226,6 +227,20 @@ class Adapter:
         finally:
             for name, layer in self.layers.items():
                 layer.enabled, layer.corrections = previous[name]
+
+    def quantized_base_terms(self, name: str) -> list[Term] | None:
+        """``Σ c·B A`` = layer ``name``'s adapted weight minus its base weight now, where that base is
+        ``q(W)``, the checkpoint's weight quantized as loading it quantized gives (a plain QLoRA base:
+        any init that leaves ``W``, a spectral residual kept as a path, LoftQ with one iteration, whose
+        ``B₀A₀`` is zero). ``None`` where it is not: a plain base, a base requantized around a spectral
+        ``s·B₀A₀`` or LoftQ's ``B_{T−1}A_{T−1}``, or one the recipe moved."""
+        layer = self.layers[name]
+        residual = self.residuals.get(name)
+        requantized = name in self.initial and not layer.paths and (residual is None or residual[0].shape[1] > 0)
+        if not is_quantized(layer.base_layer) or requantized or self.recipe.base_update_terms(self, name):
+            return None
+        B, A = layer.form.factors()
+        return [(B, A, 1.0), *layer.paths]
 
     def delta_terms(self, name: str) -> list[Term]:
         """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its original
@@ -390,12 +405,14 @@ class Adapter:
         return export_peft(self, path, base_model, dtype)
 
     def save_as_lora(self, path: str | Path, rank: int | None = None, target: str = "peft",
-                     base_model: str | None = None, dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                     base_model: str | None = None, dtype: torch.dtype = torch.float32,
+                     onto: str = "original") -> dict[str, Any]:
         """Write the adapter as a plain PEFT LoRA of its whole change, whatever its method (see
-        ``lorakit.io.as_lora``: ``rank`` caps each layer's rank, ``target="vllm"`` fits vLLM);
-        returns the conversion's record (per-layer errors, logit difference, changes)."""
+        ``lorakit.io.as_lora``: ``rank`` caps each layer's rank, ``target="vllm"`` fits vLLM,
+        ``onto="quantized"`` is the change against a QLoRA base); returns the conversion's record
+        (per-layer errors, logit difference, changes)."""
         self._check_attached()
-        return export_as_lora(self, path, rank, target, base_model, dtype)
+        return export_as_lora(self, path, rank, target, base_model, dtype, onto)
 
     def save_gguf(self, path: str | Path, outtype: str = "f16", rank: int | None = None) -> dict[str, Any]:
         """Write the adapter as a llama.cpp LoRA adapter: the folder ``path`` with ``adapter.gguf``,

@@ -152,9 +152,12 @@ def _cmd_export(args: argparse.Namespace) -> None:
 
     if args.base_model_name is not None and not args.base_model_name.strip():
         raise LorakitError("--base-model-name is empty; give the base model's hub id or path, or omit it")
-    plain = args.as_lora or args.target == "vllm"
+    plain = args.as_lora or args.target == "vllm" or args.onto == "quantized"
     if args.format == "gguf" and args.target == "vllm":
         raise LorakitError("--target vllm is for the PEFT format; drop --format gguf")
+    if args.format == "gguf" and args.onto == "quantized":
+        raise LorakitError("--onto quantized is for a bitsandbytes base (PEFT, vLLM); llama.cpp quantizes its own "
+                           "way, so drop --onto for --format gguf")
     if args.rank is not None and not (plain or args.format == "gguf"):
         raise LorakitError("--rank sets the rank of a plain-LoRA export; add --as-lora (or --format gguf)")
     owner = {"overwrite": args.overwrite, "inputs": _adapter_inputs(args)}
@@ -173,7 +176,7 @@ def _cmd_export(args: argparse.Namespace) -> None:
         with phase("export", "writing each layer's change as a plain LoRA pair (an SVD per layer), then "
                    "checking the logits"):
             record = export_as_lora(adapter, args.out, args.rank, args.target, args.base_model_name,
-                                    getattr(torch, args.dtype), **owner)
+                                    getattr(torch, args.dtype), args.onto, **owner)
         return _print_as_lora(record, Path(args.out))
     with phase("export", f"writing {args.out}"), replace_folder(args.out, "export", **owner) as tmp:
         write_peft(adapter, tmp, base_model=args.base_model_name, dtype=getattr(torch, args.dtype))
@@ -416,6 +419,10 @@ def _adapter_commands(sub: argparse._SubParsersAction) -> None:
                         "and the logit difference are printed and saved in as_lora.json")
     p.add_argument("--rank", type=int, help="with --as-lora: at most this rank per layer (truncated SVD above it; "
                                             "DoRA's default: its own rank)")
+    p.add_argument("--onto", choices=["original", "quantized"], default="original",
+                   help="quantized (implies --as-lora): the change against the quantized base the adapter trained "
+                        "on (a QLoRA base loaded again the same way; exact there, and rank r for LoftQ with "
+                        "loftq_iter 1), refused where that base is not the checkpoint's quantization")
     p.add_argument("--format", choices=["peft", "gguf"], default="peft",
                    help="gguf: OUT/adapter.gguf, a llama.cpp LoRA adapter (any method as plain pairs, each layer's "
                         "scale folded in), with an Ollama Modelfile where the base GGUF is known")

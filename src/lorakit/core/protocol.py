@@ -49,6 +49,15 @@ class AdapterView(Protocol):
         """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s base weight now minus its original."""
         ...
 
+    def quantized_base_terms(self, name: str) -> list[Term] | None:
+        """``[(B, A, c), ...]`` with ``Σ c·B A`` = layer ``name``'s adapted weight minus its quantized base,
+        where that base is the checkpoint's quantization; else ``None``."""
+        ...
+
+    def disabled(self, plus: Mapping[str, list[Term]] | None = None) -> AbstractContextManager[None]:
+        """Run the base layers as they are now inside the block (``plus``: more terms per layer)."""
+        ...
+
     def original(self, plus: Mapping[str, list[Term]] | None = None) -> AbstractContextManager[None]:
         """Run the original base model inside the block (``plus``: more terms per layer)."""
         ...

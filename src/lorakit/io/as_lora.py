@@ -15,6 +15,15 @@ weight now minus ``Adapter.base_changes``: a spectral init's ``−s·B₀A₀``,
   ``B' = U_r Σ_r^{1/2}``, ``A' = Σ_r^{1/2} V_rᵀ`` (Eckart–Young: the best approximation of that rank
   in the Frobenius norm).
 
+``onto``: ``original`` (the default) writes the change against the original weights, for any base
+that holds them. ``quantized`` writes the change against the quantized base the adapter trained on,
+``ΔW = W' − q(W)``, for an adapter trained on a QLoRA base and served on the same quantization of the
+checkpoint (bitsandbytes NF4/int8 in PEFT or vLLM): exact there, where the ``original`` export of an
+init that moves ``W`` would miss its starting correction. It needs every layer's base to be ``q(W)``
+itself (``Adapter.quantized_base_terms``): LoftQ with one iteration (the pair is then ``(B, A)`` at
+rank ``r``, not ``2r``), a spectral init with ``spectral_residual: correction``, or an init that
+leaves ``W``; a base requantized around a residual is refused with one line.
+
 Each layer's relative error ``‖ΔW − B'A'‖_F / ‖ΔW‖_F`` is reported (0 to float rounding for the
 exact cases), and so is the largest logit difference between the adapter and the original base
 plus the plain pairs on a few fixed token sequences (``logit_difference``).
@@ -46,6 +55,7 @@ from .ownership import replace_folder
 from .peft_format import lora_pair, write_peft
 
 VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's allowed --max-lora-rank values
+ONTO = ("original", "quantized")  # what the exported change is against
 CHECK_SEQUENCES, CHECK_LENGTH = 4, 32  # the fixed token sequences the logits are compared on
 
 
@@ -75,11 +85,30 @@ def adapted_weight(adapter: AdapterView, name: str) -> torch.Tensor:
 
 
 @torch.no_grad()
-def total_change(adapter: AdapterView, name: str) -> torch.Tensor:
-    """Layer ``name``'s dense ``ΔW`` against its original weight (float32)."""
-    original = base_weight(adapter.layers[name].base_layer).to(torch.float32).clone()
-    add_products(original, [(B, A, -c) for B, A, c in adapter.base_changes(name)])
-    return adapted_weight(adapter, name) - original
+def total_change(adapter: AdapterView, name: str, onto: str = "original") -> torch.Tensor:
+    """Layer ``name``'s dense ``ΔW`` against its original weight, or (``onto="quantized"``) against
+    its quantized base as it is now (float32)."""
+    reference = base_weight(adapter.layers[name].base_layer).to(torch.float32).clone()
+    if onto == "original":
+        add_products(reference, [(B, A, -c) for B, A, c in adapter.base_changes(name)])
+    return adapted_weight(adapter, name) - reference
+
+
+def change_terms(adapter: AdapterView, onto: str) -> dict[str, list | None]:
+    """Per layer, the low-rank terms of its change against what ``onto`` names (``None``: the
+    default ``delta_terms``); refuses ``quantized`` where a layer's base is not ``q(W)``."""
+    if onto not in ONTO:
+        raise LorakitError(f"--onto {onto!r}: use one of {', '.join(ONTO)}")
+    if onto == "original":
+        return dict.fromkeys(adapter.layers)
+    terms = {name: adapter.quantized_base_terms(name) for name in adapter.layers}
+    refused = [name for name, found in terms.items() if found is None]
+    if refused:
+        raise LorakitError(f"--onto quantized needs each layer's base to be the checkpoint's quantization, and "
+                           f"{refused[0]!r}'s is not (a plain base, or one requantized around a spectral or LoftQ "
+                           "residual: LoftQ with loftq_iter > 1, spectral_residual requantize or loftq); export "
+                           "without --onto (the change against the original weights)")
+    return terms
 
 
 def _truncated(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,16 +118,18 @@ def _truncated(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
     return U[:, :rank] * root, root.unsqueeze(1) * Vh[:rank]
 
 
-def plain_pair(adapter: AdapterView, name: str, rank: int | None) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
+def plain_pair(adapter: AdapterView, name: str, rank: int | None, onto: str = "original",
+               terms: list | None = None) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
     """``(B', A', relative error, truncated)`` of layer ``name`` at most ``rank`` (None: exact, DoRA
-    at its own rank); ``truncated``: the exact low-rank change needed more than ``rank``."""
-    delta = total_change(adapter, name)
+    at its own rank), against what ``onto`` names (``terms``: its low-rank terms, ``change_terms``);
+    ``truncated``: the exact low-rank change needed more than ``rank``."""
+    delta = total_change(adapter, name, onto)
     form = adapter.layers[name].form
     truncated = False
     if MAGNITUDE in form.capabilities:
         B, A = _truncated(delta, min(rank or form.rank, *delta.shape))
     else:
-        B, A = lora_pair(adapter, name)
+        B, A = lora_pair(adapter, name, terms)
         if rank is not None and B.shape[1] > rank:
             B, A, truncated = *shrink(B, A, rank), True
     if B.shape[1] == 0:  # every direction masked (AdaLoRA): a zero pair, since readers need r ≥ 1
@@ -108,8 +139,9 @@ def plain_pair(adapter: AdapterView, name: str, rank: int | None) -> tuple[torch
     return B, A, error, truncated
 
 
-def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft") -> PlainLora:
-    """Every layer of ``adapter`` as a plain pair (``rank``: at most that rank), fitted to ``target``."""
+def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft", onto: str = "original") -> PlainLora:
+    """Every layer of ``adapter`` as a plain pair (``rank``: at most that rank) against what ``onto``
+    names, fitted to ``target``."""
     if rank is not None and rank < 1:
         raise LorakitError(f"--rank {rank}: give a positive rank")
     if target == "vllm" and adapter.full_modules:
@@ -118,7 +150,9 @@ def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft")
     largest = VLLM_RANKS[-1] if target == "vllm" else None
     if largest is not None and (rank is None or rank > largest):
         rank = largest
-    found = {name: plain_pair(adapter, name, rank) for name in bar(adapter.layers, desc="ΔW as pairs", unit="layer")}
+    terms = change_terms(adapter, onto)
+    found = {name: plain_pair(adapter, name, rank, onto, terms[name])
+             for name in bar(adapter.layers, desc="ΔW as pairs", unit="layer")}
     widest = max(int(B.shape[1]) for B, *_ in found.values())
     written, changes = widest, []
     if any(truncated for *_, truncated in found.values()):
@@ -133,9 +167,10 @@ def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft")
 
 
 @torch.no_grad()
-def logit_difference(adapter: AdapterView, plain: PlainLora) -> dict[str, float]:
-    """The largest absolute logit difference between the adapted model and the original base plus
-    ``plain``'s pairs, on ``CHECK_SEQUENCES`` fixed random token sequences, and the largest logit."""
+def logit_difference(adapter: AdapterView, plain: PlainLora, onto: str = "original") -> dict[str, float]:
+    """The largest absolute logit difference between the adapted model and the base ``onto`` names
+    (the original, or the quantized base as it is) plus ``plain``'s pairs, on ``CHECK_SEQUENCES``
+    fixed random token sequences, and the largest logit."""
     model: nn.Module = adapter.model
     vocab = model.get_input_embeddings().num_embeddings
     generator = torch.Generator().manual_seed(0)
@@ -145,7 +180,8 @@ def logit_difference(adapter: AdapterView, plain: PlainLora) -> dict[str, float]
     model.eval()
     try:
         adapted = model(input_ids=tokens).logits.float()
-        with adapter.original(plus={name: [(B, A, 1.0)] for name, (B, A) in plain.pairs.items()}):
+        reference = adapter.original if onto == "original" else adapter.disabled
+        with reference(plus={name: [(B, A, 1.0)] for name, (B, A) in plain.pairs.items()}):
             exported = model(input_ids=tokens).logits.float()
     finally:
         model.train(was_training)
@@ -157,13 +193,14 @@ AS_LORA_FILE = "as_lora.json"  # the conversion's record, next to the PEFT files
 
 
 def export_as_lora(adapter: AdapterView, path: str | Path, rank: int | None = None, target: str = "peft",
-                   base_model: str | None = None, dtype: torch.dtype = torch.float32, **owner: Any
-                   ) -> dict[str, Any]:
+                   base_model: str | None = None, dtype: torch.dtype = torch.float32, onto: str = "original",
+                   **owner: Any) -> dict[str, Any]:
     """Write ``adapter`` as a plain PEFT LoRA into the folder ``path`` (atomically; see ``as_lora``)
-    with ``as_lora.json``: the rank, each layer's relative error, the logit difference and what
-    ``target`` changed. Returns that record. ``owner``: ``replace_folder``'s ``overwrite`` and ``inputs``."""
-    plain = as_lora(adapter, rank, target)
-    record = {"target": target, **plain.record(), **logit_difference(adapter, plain)}
+    with ``as_lora.json``: the rank, each layer's relative error, the logit difference, what the
+    change is against (``onto``) and what ``target`` changed. Returns that record. ``owner``:
+    ``replace_folder``'s ``overwrite`` and ``inputs``."""
+    plain = as_lora(adapter, rank, target, onto)
+    record = {"target": target, "onto": onto, **plain.record(), **logit_difference(adapter, plain, onto)}
     with replace_folder(path, "export", **owner) as tmp:
         write_peft(adapter, tmp, base_model, dtype, plain.pairs, plain.rank)
         (tmp / AS_LORA_FILE).write_text(json_text(record, indent=2) + "\n")

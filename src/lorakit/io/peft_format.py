@@ -41,6 +41,7 @@ from torch import nn
 from ..conv1d import Conv1D, Conv1DView
 from ..core.component import MAGNITUDE
 from ..core.protocol import AdapterView
+from ..core.terms import Term
 from ..errors import LorakitError
 from ..heads import is_sequence_classifier
 from ..layer import AdaptedLinear
@@ -57,9 +58,11 @@ Pairs = dict[str, tuple[torch.Tensor, torch.Tensor]]  # layer name → (B', A')
 
 
 @torch.no_grad()
-def lora_pair(adapter: AdapterView, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """One float32 CPU pair ``(B', A')`` with ``B' A' = Σ c·B A`` over the layer's ``delta_terms``."""
-    terms = [(c * B.detach().float().cpu(), A.detach().float().cpu()) for B, A, c in adapter.delta_terms(name)]
+def lora_pair(adapter: AdapterView, name: str, terms: list[Term] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One float32 CPU pair ``(B', A')`` with ``B' A' = Σ c·B A`` over ``terms`` (default: the layer's
+    ``delta_terms``, its change against the original weight)."""
+    terms = [(c * B.detach().float().cpu(), A.detach().float().cpu())
+             for B, A, c in (adapter.delta_terms(name) if terms is None else terms)]
     if len(terms) == 1:
         return terms[0]
     return compact(torch.cat([B for B, _ in terms], dim=1), torch.cat([A for _, A in terms], dim=0))
