@@ -17,8 +17,9 @@ from lorakit.errors import LorakitError
 from lorakit.rewards import exact_number, format, last_number, short
 from lorakit.train import train
 from lorakit.train.checkpoint import latest_checkpoint
-from lorakit.train.grpo import clipped_loss, group_advantages
+from lorakit.train.grpo import aligned, clipped_loss, group_advantages, token_logps
 from test_train import ADAPTER, Crash, crash_at, same_run_outputs
+from tiny import tiny_llama
 
 REWARDS = "train.rewards={lorakit.rewards:exact_number: 1.0, lorakit.rewards:short: 0.1}"
 
@@ -68,6 +69,38 @@ def test_the_loss_at_the_sampling_policy_is_the_policy_gradient_and_its_kl_is_ze
     away = logps.detach() - 0.5  # a reference that gives these tokens less probability
     _, kl, _ = clipped_loss(logps.detach(), logps.detach(), away, advantages, mask, 0.2, 0.04)
     assert float(kl) == pytest.approx(math.exp(-0.5) + 0.5 - 1)
+
+
+@pytest.mark.parametrize("keeps_logits", [True, False])
+def test_completion_logps_of_aligned_rows_equal_each_sequence_alone(keeps_logits, monkeypatch):
+    """Prompts left-padded, completions right-padded (as generation lays them out), logits only
+    for the completion columns: each completion token's log-probability is the one its sequence
+    gets alone, unpadded; a model without ``logits_to_keep`` gives the same through full logits."""
+    from lorakit.train import grpo as module
+
+    model = tiny_llama()
+    monkeypatch.setattr(module, "_keeps_logits", lambda m: keeps_logits)
+    prompts, completions = [[5, 6, 7, 8], [9, 10], [11, 12, 13]], [[20, 21], [22, 23, 24, 2], [25]]
+    rows = aligned(prompts, completions, pad_id=0, device=torch.device("cpu"))
+    with torch.no_grad():
+        found = token_logps(model, rows)
+        for row, (prompt, completion) in enumerate(zip(prompts, completions)):
+            ids = torch.tensor([prompt + completion])
+            alone = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+            expected = alone[len(prompt) - 1:, :].gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
+            torch.testing.assert_close(found[row, :len(completion)], expected, atol=1e-5, rtol=0)
+    assert rows.completion.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_beta_zero_never_runs_the_original_model(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    from lorakit.adapter import Adapter
+
+    def refused(self, plus=None):
+        raise AssertionError("the original model ran with grpo_beta 0")
+    monkeypatch.setattr(Adapter, "original", refused)
+    grpo(tiny_model_dir, addition_data, tmp_path / "run", "train.grpo_beta=0", "train.max_steps=2",
+         "train.eval_every=null", "train.save_every=null")
+    assert all(r["kl"] == 0.0 for r in records(tmp_path / "run") if "kl" in r)
 
 
 def test_a_grpo_run_logs_its_rewards_and_starts_at_kl_zero(tiny_model_dir, addition_data, tmp_path):

@@ -33,8 +33,10 @@ Deviations and choices:
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -84,13 +86,16 @@ class Grpo(Objective):
         texts = [self.decode(c) for c in completions]
         rewards = self.score(texts, [r for r in references for _ in range(self.G)])
         advantages = group_advantages(rewards, self.G).to(model_device(self.adapter.model))
-        sequences = [prompts[i // self.G] + completions[i] for i in range(len(completions))]
-        starts = [len(prompts[i // self.G]) for i in range(len(completions))]
-        ids, mask, completion_mask = _right_pad(sequences, starts, pad_id_of(self.tokenizer), model_device(model))
+        rows = aligned([prompts[i // self.G] for i in range(len(completions))], completions,
+                       pad_id_of(self.tokenizer), model_device(model))
         with eval_mode(model):  # no dropout: π_θ is the policy that sampled (ρ = 1 at the start of a step)
-            logps = token_logps(model, ids, mask)
-        with torch.no_grad(), self.adapter.original(), eval_mode(self.adapter.model):
-            reference = token_logps(self.adapter.model, ids, mask)
+            logps = token_logps(model, rows)
+        if self.beta:
+            with torch.no_grad(), self.adapter.original(), eval_mode(self.adapter.model):
+                reference = token_logps(self.adapter.model, rows)
+        else:  # β = 0: no KL term, so the original model is not run
+            reference = logps.detach()
+        completion_mask = rows.completion
         loss, kl, clipped = clipped_loss(logps, logps.detach(), reference, advantages, completion_mask,
                                          self.epsilon, self.beta)
         self._record(rewards, texts, completion_mask, kl, clipped)
@@ -186,10 +191,45 @@ def grouped_std(rewards: torch.Tensor, group: int) -> float:
     return float(rewards.view(-1, group).std(dim=1).mean())
 
 
-def token_logps(model: nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """``log π(token_t | tokens_<t)`` of every position but the first (``(rows, length − 1)``)."""
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-    return torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+@dataclass
+class Aligned:
+    """Prompts and completions laid out as generation saw them: each prompt left-padded to the
+    longest, each completion right-padded to the longest (``C`` tokens), so every completion starts
+    in the same column and fills the last ``C`` columns."""
+
+    ids: torch.Tensor  # (rows, P + C)
+    mask: torch.Tensor  # 1 on real tokens
+    positions: torch.Tensor  # position ids counted over real tokens, as generate() counts them
+    completion: torch.Tensor  # (rows, C): 1 on completion tokens, 0 on the padding after them
+
+
+def aligned(prompts: list[list[int]], completions: list[list[int]], pad_id: int, device: torch.device) -> Aligned:
+    """The rows ``prompts[i] + completions[i]`` as ``Aligned`` (one prompt per completion)."""
+    P, C = max(len(p) for p in prompts), max(1, max(len(c) for c in completions))
+    ids = torch.full((len(prompts), P + C), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+        ids[row, P - len(prompt):P + len(completion)] = torch.tensor(prompt + completion)
+        mask[row, P - len(prompt):P + len(completion)] = 1
+    positions = (mask.cumsum(dim=1) - 1).clamp_min(0)
+    return Aligned(ids.to(device), mask.to(device), positions.to(device), mask[:, P:].float().to(device))
+
+
+def token_logps(model: nn.Module, rows: Aligned) -> torch.Tensor:
+    """``log π(o_t | q, o_<t)`` of every completion column (``(rows, C)``). Where the model's forward
+    takes ``logits_to_keep`` (transformers' causal LMs), only the ``C`` columns that predict a
+    completion token go through the output layer and the softmax: the prompt's do not."""
+    C = rows.completion.shape[1]
+    keep = {"logits_to_keep": C + 1} if _keeps_logits(model) else {}
+    logits = model(input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, **keep).logits
+    logits = logits[:, -(C + 1):-1].float()
+    return torch.log_softmax(logits, dim=-1).gather(-1, rows.ids[:, -C:, None]).squeeze(-1)
+
+
+def _keeps_logits(model: nn.Module) -> bool:
+    """Whether the (unwrapped) model's forward takes ``logits_to_keep``."""
+    inner = getattr(model, "module", model)  # under DDP, the wrapped model
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
 
 
 def clipped_loss(logps: torch.Tensor, old: torch.Tensor, reference: torch.Tensor, advantages: torch.Tensor,
@@ -220,18 +260,3 @@ def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in tokens:
         return tokens[:tokens.index(eos) + 1]
     return tokens
-
-
-def _right_pad(sequences: list[list[int]], starts: list[int], pad_id: int, device: torch.device
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids``, ``attention_mask``, and the mask over ``token_logps``' positions
-    that predict a completion token (position ``t`` predicts token ``t + 1``)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    completion = torch.zeros((len(sequences), width - 1), dtype=torch.float32)
-    for row, (sequence, start) in enumerate(zip(sequences, starts, strict=True)):
-        ids[row, :len(sequence)] = torch.tensor(sequence)
-        mask[row, :len(sequence)] = 1
-        completion[row, start - 1:len(sequence) - 1] = 1.0
-    return ids.to(device), mask.to(device), completion.to(device)
