@@ -94,21 +94,16 @@ def total_change(adapter: AdapterView, name: str, onto: str = "original") -> tor
     return adapted_weight(adapter, name) - reference
 
 
-def change_terms(adapter: AdapterView, onto: str) -> dict[str, list | None]:
-    """Per layer, the low-rank terms of its change against what ``onto`` names (``None``: the
-    default ``delta_terms``); refuses ``quantized`` where a layer's base is not ``q(W)``."""
+def check_onto(adapter: AdapterView, onto: str) -> None:
+    """Refuse an unknown ``onto``, and ``quantized`` where a layer's base is not ``q(W)``, before any SVD."""
     if onto not in ONTO:
         raise LorakitError(f"--onto {onto!r}: use one of {', '.join(ONTO)}")
-    if onto == "original":
-        return dict.fromkeys(adapter.layers)
-    terms = {name: adapter.quantized_base_terms(name) for name in adapter.layers}
-    refused = [name for name, found in terms.items() if found is None]
+    refused = [name for name in adapter.layers if onto == "quantized" and adapter.quantized_base_terms(name) is None]
     if refused:
         raise LorakitError(f"--onto quantized needs each layer's base to be the checkpoint's quantization, and "
                            f"{refused[0]!r}'s is not (a plain base, or one requantized around a spectral or LoftQ "
                            "residual: LoftQ with loftq_iter > 1, spectral_residual requantize or loftq); export "
                            "without --onto (the change against the original weights)")
-    return terms
 
 
 def _truncated(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,18 +113,18 @@ def _truncated(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tens
     return U[:, :rank] * root, root.unsqueeze(1) * Vh[:rank]
 
 
-def plain_pair(adapter: AdapterView, name: str, rank: int | None, onto: str = "original",
-               terms: list | None = None) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
+def plain_pair(adapter: AdapterView, name: str, rank: int | None, onto: str = "original"
+               ) -> tuple[torch.Tensor, torch.Tensor, float, bool]:
     """``(B', A', relative error, truncated)`` of layer ``name`` at most ``rank`` (None: exact, DoRA
-    at its own rank), against what ``onto`` names (``terms``: its low-rank terms, ``change_terms``);
-    ``truncated``: the exact low-rank change needed more than ``rank``."""
+    at its own rank), against what ``onto`` names (checked by ``check_onto``); ``truncated``: the
+    exact low-rank change needed more than ``rank``."""
     delta = total_change(adapter, name, onto)
     form = adapter.layers[name].form
     truncated = False
     if MAGNITUDE in form.capabilities:
         B, A = _truncated(delta, min(rank or form.rank, *delta.shape))
     else:
-        B, A = lora_pair(adapter, name, terms)
+        B, A = lora_pair(adapter, name, adapter.quantized_base_terms(name) if onto == "quantized" else None)
         if rank is not None and B.shape[1] > rank:
             B, A, truncated = *shrink(B, A, rank), True
     if B.shape[1] == 0:  # every direction masked (AdaLoRA): a zero pair, since readers need r ≥ 1
@@ -150,8 +145,8 @@ def as_lora(adapter: AdapterView, rank: int | None = None, target: str = "peft",
     largest = VLLM_RANKS[-1] if target == "vllm" else None
     if largest is not None and (rank is None or rank > largest):
         rank = largest
-    terms = change_terms(adapter, onto)
-    found = {name: plain_pair(adapter, name, rank, onto, terms[name])
+    check_onto(adapter, onto)
+    found = {name: plain_pair(adapter, name, rank, onto)
              for name in bar(adapter.layers, desc="ΔW as pairs", unit="layer")}
     widest = max(int(B.shape[1]) for B, *_ in found.values())
     written, changes = widest, []

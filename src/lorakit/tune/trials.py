@@ -133,8 +133,9 @@ class Trials:
         config = trial_config(self.raw, values, **settings)
         if self.metric not in GENERATION_METRICS:  # generating would only cost time
             kept = [m for m in config.eval.metrics if m not in GENERATION_METRICS]
-            config.eval.metrics = tuple(kept + [self.metric] if self.metric in METRICS and self.metric not in kept
-                                        else kept)
+            if self.metric in METRICS and self.metric not in kept:  # the study's metric, listed or not
+                kept.append(self.metric)
+            config.eval.metrics = tuple(kept)
         return config
 
     def _base_for(self, config: Any, split: Any) -> tuple[nn.Module, Any]:
