@@ -173,6 +173,22 @@ def test_a_study_refuses_another_space_or_metric(tiny_model_dir, addition_data, 
     assert result["counted"] == 2 and [r["trial"] for r in rows(out)] == [0, 1]
 
 
+def test_a_study_made_before_a_key_existed_continues(tiny_model_dir, addition_data, tmp_path):
+    """A study records its config's keys; one added to lorakit since (at its default) is no change,
+    and the same key set otherwise still is."""
+    out = tmp_path / "s"
+    tune(raw_config(tiny_model_dir, addition_data, out), trials=1, progress=False)
+    study = _study(out)
+    recorded = study.user_attrs["lorakit"]
+    del recorded["config"]["train"]["clip_epsilon"]  # as a study made before GRPO recorded it
+    study.set_user_attr("lorakit", recorded)
+    assert tune(raw_config(tiny_model_dir, addition_data, out), trials=2, progress=False)["counted"] == 2
+    changed = raw_config(tiny_model_dir, addition_data, out)
+    changed["train"]["clip_epsilon"] = 0.3
+    with pytest.raises(LorakitError, match="another config.*clip_epsilon: 0.2 then, 0.3 now"):
+        tune(changed, progress=False)
+
+
 def test_the_cli_says_bad_input_in_one_line(tiny_model_dir, addition_data, tmp_path):
     from lorakit.cli import main
 

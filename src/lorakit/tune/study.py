@@ -26,6 +26,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..errors import LorakitError
 from ..io.atomic import alive
+from ..train.output_dir import comparable
 from .spec import Dimension, TuneConfig, startup_trials
 
 STUDY_NAME = "lorakit"
@@ -44,7 +45,7 @@ def open_study(tune: TuneConfig, out: Path, direction: str, identity: dict[str, 
                                     pruner=_pruner(tune.pruner), load_if_exists=True)
     except (OSError, ImportError, RuntimeError, ValueError) as exc:
         raise LorakitError(f"cannot open the study at {tune.storage or out / JOURNAL}: {_first_line(exc)}") from None
-    recorded = study.user_attrs.get(IDENTITY)
+    recorded = _as_now(study.user_attrs.get(IDENTITY))
     if recorded is None:
         study.set_user_attr(IDENTITY, identity)
     elif recorded != identity:
@@ -69,6 +70,14 @@ def _storage(tune: TuneConfig, out: Path) -> Any:
     with warnings.catch_warnings():  # the heartbeat is marked experimental; it is what fails a lost worker's trial
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RDBStorage(tune.storage, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S)
+
+
+def _as_now(recorded: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A recorded identity with the config keys added since it was made at their defaults, as a
+    resumed run's checkpoint counts them."""
+    if recorded is None or "config" not in recorded:
+        return recorded
+    return {**recorded, "config": comparable(recorded["config"])}
 
 
 def _difference(recorded: dict[str, Any], identity: dict[str, Any]) -> str:
