@@ -386,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_eval)
     _adapter_commands(sub)
     _combine_import_commands(sub)
+    _study_commands(sub)
     _session_commands(sub, FORMATS)
     _reference_commands(sub)
     return parser
@@ -463,8 +464,8 @@ def _combine_import_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_import)
 
 
-def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> None:
-    """compare, tune, demo, chat, generate."""
+def _study_commands(sub: argparse._SubParsersAction) -> None:
+    """compare, tune, demo."""
     p = sub.add_parser("compare", help="train several methods over several seeds and write a report")
     p.add_argument("config", help="compare YAML config (a training config plus a 'compare' section)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. compare.seeds=[0,1]")
@@ -497,6 +498,9 @@ def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...])
     _rerun_flag(p)
     p.set_defaults(func=_cmd_demo)
 
+
+def _session_commands(sub: argparse._SubParsersAction, formats: tuple[str, ...]) -> None:
+    """chat, generate."""
     p = sub.add_parser("chat", help="talk to a model (with --adapter, the adapted one) in the terminal")
     p.add_argument("--adapter", help="adapter folder (default: the base model alone)")
     p.add_argument("--model", help="base model (default: the one the adapter records, else the embedded model)")

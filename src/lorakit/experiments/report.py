@@ -216,6 +216,22 @@ def resource_lines(aggregates: Sequence[Row], columns: Sequence[str]) -> list[st
             "allocator's peak.", "", *lines, ""]
 
 
+def _paired_section(others: dict[str, dict[str, Row]], metrics: list[str], baseline: str) -> list[str]:
+    """The paired differences of every run against ``baseline``, with a verdict on the headline metric."""
+    headline = "eval_loss" if "eval_loss" in metrics else metrics[0]
+    lines = [f"## Paired difference vs {baseline}", "",
+             f"Per seed, run − {baseline}, on the seeds both finished: mean ± standard deviation "
+             f"of the differences and the two-sided paired t-test's p-value; **bold**: "
+             f"p < {SIGNIFICANCE}.", ""]
+    if not others:
+        return lines + ["No other run to compare.", ""]
+    lines += _paired_table(others, metrics) + [""]
+    lines += [f"- {verdict(name, baseline, headline, by_metric.get(headline) or {})}"
+              for name, by_metric in others.items()]
+    return lines + ["", "With few seeds the test has little power: no difference beyond seed noise "
+                    "is not evidence that two methods are equal.", ""]
+
+
 def write_report(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row],
                  paired: dict[str, dict[str, Row]] | None, metrics: Sequence[str],
                  baseline: str | None, plots: Sequence[str], meta: dict[str, Any],
@@ -244,20 +260,7 @@ def write_report(out_dir: Path, rows: Sequence[Row], aggregates: Sequence[Row],
     others = {k: v for k, v in (paired or {}).items()
               if not any(is_reference(a) and a["run"] == k for a in aggregates)}
     if baseline is not None and metrics:
-        headline = "eval_loss" if "eval_loss" in metrics else metrics[0]
-        lines += [f"## Paired difference vs {baseline}", "",
-                  f"Per seed, run − {baseline}, on the seeds both finished: mean ± standard deviation "
-                  f"of the differences and the two-sided paired t-test's p-value; **bold**: "
-                  f"p < {SIGNIFICANCE}.", ""]
-        if others:
-            lines += _paired_table(others, metrics) + [""]
-            lines += [f"- {verdict(name, baseline, headline, by_metric.get(headline) or {})}"
-                      for name, by_metric in others.items()]
-            lines += ["", "With few seeds the test has little power: no difference beyond seed noise "
-                      "is not evidence that two methods are equal.", ""]
-        else:
-            lines += ["No other run to compare.", ""]
-
+        lines += _paired_section(others, metrics, baseline)
     lines += list(sections)
     if plots:
         lines += ["## Plots", ""]

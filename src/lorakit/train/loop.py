@@ -61,7 +61,7 @@ from ..status import Timer, bar, phase, quiet
 from .checkpoint import copy_adapter, has_checksums, read_checkpoint, read_trainer_state, save_checkpoint, set_rng_state
 from .data_order import step_batches, steps_per_epoch
 from .grpo import Grpo
-from .objectives import objective_for
+from .objectives import Objective, objective_for
 from .output_dir import check_output_dir, comparable, make_output_dir
 from .run_log import JSONL_FILE, RunLog, log_ends_with
 from .sharding import load_optimizer_state, optimizer_state, shard
@@ -178,25 +178,34 @@ class Run:
         if len(run.examples.train) != len(split[0]):  # skipped or packed: the steps follow the examples
             run._count_steps(len(run.examples.train))
         run.adapter = run._adapter()
-        causal_lm = config.task.type == "causal_lm"
-        if tc.objective == "grpo":
-            run.objective = Grpo(run.adapter, run.tokenizer, load_rewards(tc.rewards), tc, accelerator.process_index)
-        else:
-            run.objective = objective_for(tc.objective, run.adapter, tc.dpo_beta, config.task.type,
-                                          run.model if tc.sparse_logits and causal_lm else None)
+        run.objective = run._objective(accelerator.process_index)
         _check_deepspeed(accelerator, spec, tc.fused_adapters)
         run.sharded = tc.fsdp and accelerator.num_processes > 1
         if run.sharded:  # before the optimizer is built: sharding replaces the parameters
-            if tc.objective == "dpo" and parts_of(spec).optimizer.changes_base:
-                raise LorakitError(f"DPO's reference undoes {spec.optimizer}'s moves of W with the whole factors, "
-                                   "which sharded parameters do not hold; train it without train.fsdp")
-            if not parts_of(spec).schedule.shardable:
-                raise LorakitError(f"schedule {spec.schedule!r} does not run on sharded parameters (it replaces them "
-                                   "or computes on whole factors); train it without train.fsdp (DDP works)")
-            shard(run.model)
+            run._shard()
         run._speed_up()
         run._build_optimizer()
         return run
+
+    def _objective(self, process: int) -> Objective:
+        """The run's training objective over its adapter (GRPO samples with this process's seeds)."""
+        tc = self.config.train
+        if tc.objective == "grpo":
+            return Grpo(self.adapter, self.tokenizer, load_rewards(tc.rewards), tc, process)
+        sparse = tc.sparse_logits and self.config.task.type == "causal_lm"
+        return objective_for(tc.objective, self.adapter, tc.dpo_beta, self.config.task.type,
+                             self.model if sparse else None)
+
+    def _shard(self) -> None:
+        """Shard the model's parameters (FSDP), refusing the parts that need whole factors."""
+        parts = parts_of(self.spec)
+        if self.config.train.objective == "dpo" and parts.optimizer.changes_base:
+            raise LorakitError(f"DPO's reference undoes {self.spec.optimizer}'s moves of W with the whole factors, "
+                               "which sharded parameters do not hold; train it without train.fsdp")
+        if not parts.schedule.shardable:
+            raise LorakitError(f"schedule {self.spec.schedule!r} does not run on sharded parameters (it replaces "
+                               "them or computes on whole factors); train it without train.fsdp (DDP works)")
+        shard(self.model)
 
     def _count_steps(self, examples: int) -> None:
         """Steps per epoch and in all for ``examples`` training examples, and what derives from them."""
