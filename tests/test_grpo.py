@@ -7,6 +7,7 @@ import json
 import math
 import sys
 import textwrap
+import warnings
 
 import pytest
 import torch
@@ -17,7 +18,16 @@ from lorakit.errors import LorakitError
 from lorakit.rewards import exact_number, format, last_number, short
 from lorakit.train import train
 from lorakit.train.checkpoint import latest_checkpoint
-from lorakit.train.grpo import aligned, clipped_loss, group_advantages, token_logps
+from lorakit.train.grpo import (
+    PLAIN_SAMPLING,
+    _until_eos,
+    aligned,
+    clipped_loss,
+    end_tokens,
+    group_advantages,
+    token_logps,
+    without_dropout,
+)
 from test_train import ADAPTER, Crash, crash_at, same_run_outputs
 from tiny import tiny_llama
 
@@ -90,6 +100,59 @@ def test_completion_logps_of_aligned_rows_equal_each_sequence_alone(keeps_logits
             expected = alone[len(prompt) - 1:, :].gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
             torch.testing.assert_close(found[row, :len(completion)], expected, atol=1e-5, rtol=0)
     assert rows.completion.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]]
+
+
+def test_the_policy_logps_are_those_of_the_distribution_that_sampled():
+    """At temperature T with the model's own generation config asking for top-k, top-p and a
+    repetition penalty, the sampler draws from softmax(logits / T) alone, and ``token_logps`` at
+    T gives each sampled token exactly the log-probability it was drawn with."""
+    model = tiny_llama().eval()
+    model.generation_config.update(top_k=3, top_p=0.5, repetition_penalty=1.5, do_sample=True)
+    prompts = torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]])
+    with torch.no_grad():
+        out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=5,
+                             do_sample=True, temperature=0.6, pad_token_id=0, eos_token_id=[],
+                             output_scores=True, return_dict_in_generate=True, **PLAIN_SAMPLING)
+        drawn = torch.stack([torch.log_softmax(score.float(), dim=-1) for score in out.scores], dim=1)
+        completions = out.sequences[:, 4:]
+        drawn = drawn.gather(-1, completions[..., None]).squeeze(-1)
+        rows = aligned(prompts.tolist(), completions.tolist(), pad_id=0, device=torch.device("cpu"))
+        torch.testing.assert_close(token_logps(model, rows, 0.6), drawn, atol=1e-5, rtol=0)
+        assert not torch.allclose(token_logps(model, rows), drawn, atol=1e-3)  # untempered: another π
+
+
+def test_a_completion_ends_at_the_models_end_of_turn_token():
+    """The tokenizer's eos and every eos of the model's generation config end a completion."""
+    model = tiny_llama()
+    tokenizer = type("Tokenizer", (), {"eos_token_id": 2})()
+    model.generation_config.eos_token_id = [7, 2]
+    assert end_tokens(model, tokenizer) == [2, 7]
+    model.generation_config.eos_token_id = None
+    assert end_tokens(model, tokenizer) == [2]
+    assert _until_eos([4, 7, 5, 2, 3], [2, 7]) == [4, 7] and _until_eos([4, 5], [2, 7]) == [4, 5]
+
+
+def test_the_loss_passes_drop_no_units_yet_keep_training_mode():
+    """``without_dropout`` gives the evaluation forward (adapter dropout 0.5 does not act) while
+    the model stays in training mode, so gradient checkpointing still acts; everything is
+    restored after."""
+    from lorakit import attach
+
+    model = tiny_llama(attention_dropout=0.3)
+    adapter = attach(model, "lora", rank=4, dropout=0.5, targets=["q_proj", "v_proj"])
+    for layer in adapter.layers.values():
+        torch.nn.init.normal_(layer.form.B, std=0.5)
+    attention = next(m for m in model.modules() if type(m).__name__.endswith("Attention"))
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    model.eval()
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+    model.train()
+    with without_dropout(model), torch.no_grad():
+        assert model.training and attention.attention_dropout == 0.0
+        torch.testing.assert_close(model(input_ids=ids).logits, expected)
+    assert attention.attention_dropout == 0.3
+    assert all(m.p == 0.5 for m in model.modules() if isinstance(m, torch.nn.Dropout))
 
 
 def test_beta_zero_never_runs_the_original_model(tiny_model_dir, addition_data, tmp_path, monkeypatch):
@@ -180,3 +243,23 @@ def test_compare_reports_the_objectives_own_metrics():
     dpo = reported_metrics(load_config(None, ["train.objective=dpo", "eval.metrics=[eval_loss]"]))
     assert dpo == ["eval_loss", "eval_dpo_loss", "eval_reward_accuracy", "eval_reward_margin"]
     assert lower_is_better("eval_dpo_loss")
+
+
+def test_records_whose_answers_the_cut_may_shorten_are_counted(tiny_model_dir, addition_data):
+    """A reward reads a record's answer: where ``data.max_length`` may have cut it, a warning says so."""
+    from lorakit.loading import encode, load_base, load_split
+
+    def config(max_length: int, objective: str = "grpo"):
+        extra = [REWARDS] if objective == "grpo" else []
+        return load_config(None, [f"model.path={tiny_model_dir}", f"data.path={addition_data}", "data.train_size=60",
+                                  "data.eval_size=4", f"data.max_length={max_length}", f"train.objective={objective}",
+                                  *extra])
+
+    tokenizer = load_base(config(48))[1]
+    whole = [len(e["input_ids"]) for e in encode(config(200, "sft"), tokenizer, load_split(config(200, "sft"))).train]
+    cut_at = sorted(whole)[len(whole) // 2]  # about half the records reach it
+    with pytest.warns(UserWarning, match=r"of 64 records reach data.max_length=\d+, so the cut may have shortened"):
+        encode(config(cut_at), tokenizer, load_split(config(cut_at)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        encode(config(max(whole) + 1), tokenizer, load_split(config(max(whole) + 1)))

@@ -179,13 +179,15 @@ def encode(config: RunConfig, tokenizer: Any, split: Split, labels: Labels | Non
         warn_if_never_stops(tokenizer)
     encoded = encode_all(split[0], tokenizer, d.template, d.max_length, d.loss_on)
     train = _kept(encoded, [any(label != IGNORE_INDEX for label in e["labels"]) for e in encoded], d.max_length)
+    evaluated = encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on)
+    if config.train.objective == "grpo":
+        _warn_cut_references(train + evaluated, d.max_length)
     collate = Collator(tokenizer)
     if d.packing or d.padding_free:
         check_packing(config)
     packed = pack(train, d.max_length) if d.packing else None
     train_collate = FlatCollator() if d.padding_free else PackedCollator(collate.pad_id) if d.packing else None
-    return Examples(packed or train, encode_all(split[1], tokenizer, d.template, d.max_length, d.loss_on),
-                    collate, skipped=len(encoded) - len(train), train_collate=train_collate,
+    return Examples(packed or train, evaluated, collate, skipped=len(encoded) - len(train), train_collate=train_collate,
                     lengths=[len(example["input_ids"]) for example in train] if d.group_by_length else None)
 
 
@@ -203,6 +205,15 @@ def _check_objective(config: RunConfig, split: Split) -> bool:
         raise LorakitError("train.objective dpo needs preference records (prompt, chosen, rejected); the data holds "
                            f"{sample_kind(first)} records")
     return pairs
+
+
+def _warn_cut_references(examples: list[Any], max_length: int) -> None:
+    """GRPO's rewards read a record's answer as its reference: say how many reach ``max_length``,
+    where the cut may have shortened the answer (``42`` read as ``4``)."""
+    cut = sum(len(example["input_ids"]) >= max_length for example in examples)
+    if cut:
+        warnings.warn(f"{cut} of {len(examples)} records reach data.max_length={max_length}, so the cut may have "
+                      "shortened the reference answers the rewards read; raise data.max_length", stacklevel=3)
 
 
 def _kept(encoded: list[Any], keep: list[bool], max_length: int) -> list[Any]:

@@ -25,17 +25,27 @@ Deviations and choices:
   trained text (the output, completion or assistant turn). Records need an answer; rewards may ignore it.
 - Sampling is seeded from ``(train.seed, step, micro-batch, process)``: a resumed run samples what
   the uninterrupted one sampled, so it ends at the same adapter with no sampler state to save.
-- Completions end at the tokenizer's eos (included, so the policy learns to stop) or after
+- ``π`` is the model's softmax at the sampling temperature ``T`` (``train.temperature``): the
+  log-probabilities of the policy and of the reference divide the logits by ``T``, as sampling
+  does (and as TRL does), so ``π_θ`` is the distribution the completions were drawn from. The
+  sampler is plain temperature sampling: the top-k, top-p, min-p, typical-p, ε/η cutoffs,
+  repetition penalty and n-gram blocking a model's generation config may set are switched off
+  (``PLAIN_SAMPLING``), since they would draw from another distribution than ``π_θ``.
+- Completions end at an end token (included, so the policy learns to stop): the tokenizer's eos
+  or any eos of the model's generation config (an end-of-turn token), or after
   ``train.max_completion_length`` tokens. Sampling and every forward pass run without dropout
   (the adapter's ``dropout`` does not act, as with TRL's default ``disable_dropout``), so that
-  ``π_θ`` is the policy that sampled and the KL of the first step is exactly 0.
+  ``π_θ`` is the policy that sampled and the KL of the first step is exactly 0. The loss's
+  forward passes keep the model's training mode (dropout set to 0 instead), so gradient
+  checkpointing, which acts in training mode only, still saves memory there.
 """
 
 from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +61,10 @@ from ..status import bar
 from .objectives import GRPO_METRICS, Objective
 
 ADVANTAGE_EPS = 1e-4
+# the sampler is temperature sampling alone: every other logits processor a model's generation
+# config may set is switched off here (given as arguments, they take precedence over it)
+PLAIN_SAMPLING = {"top_k": 0, "top_p": 1.0, "min_p": 0.0, "typical_p": 1.0, "epsilon_cutoff": 0.0,
+                  "eta_cutoff": 0.0, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0}
 
 
 class Grpo(Objective):
@@ -88,11 +102,11 @@ class Grpo(Objective):
         advantages = group_advantages(rewards, self.G).to(model_device(self.adapter.model))
         rows = aligned([prompts[i // self.G] for i in range(len(completions))], completions,
                        pad_id_of(self.tokenizer), model_device(model))
-        with eval_mode(model):  # no dropout: π_θ is the policy that sampled (ρ = 1 at the start of a step)
-            logps = token_logps(model, rows)
+        with without_dropout(model):  # π_θ is the policy that sampled (ρ = 1 at the start of a step)
+            logps = token_logps(model, rows, self.temperature)
         if self.beta:
             with torch.no_grad(), self.adapter.original(), eval_mode(self.adapter.model):
-                reference = token_logps(self.adapter.model, rows)
+                reference = token_logps(self.adapter.model, rows, self.temperature)
         else:  # β = 0: no KL term, so the original model is not run
             reference = logps.detach()
         completion_mask = rows.completion
@@ -116,16 +130,16 @@ class Grpo(Objective):
     @torch.no_grad()
     def sample(self, prompts: list[list[int]], greedy: bool = False) -> list[list[int]]:
         """``G`` completions of each prompt (one, greedy, for evaluation), each cut after its first eos."""
-        model, pad_id, eos = self.adapter.model, pad_id_of(self.tokenizer), self.tokenizer.eos_token_id
+        model, pad_id = self.adapter.model, pad_id_of(self.tokenizer)
+        eos = end_tokens(model, self.tokenizer)
         repeats = 1 if greedy else self.G
         ids, mask = left_pad([p for p in prompts for _ in range(repeats)], pad_id, model_device(model))
-        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature,
-                                                        "top_k": 0, "top_p": 1.0}
+        sampling = {"do_sample": False} if greedy else {"do_sample": True, "temperature": self.temperature}
         devices = [ids.device] if ids.is_cuda else []
         with eval_mode(model), torch.random.fork_rng(devices=devices):
             torch.manual_seed(self._sample_seed())
             output = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=self.max_new_tokens,
-                                    pad_token_id=pad_id, eos_token_id=eos, **sampling)
+                                    pad_token_id=pad_id, eos_token_id=eos, **sampling, **PLAIN_SAMPLING)
         return [_until_eos(row.tolist(), eos) for row in output[:, ids.shape[1]:]]
 
     def _sample_seed(self) -> int:
@@ -215,14 +229,15 @@ def aligned(prompts: list[list[int]], completions: list[list[int]], pad_id: int,
     return Aligned(ids.to(device), mask.to(device), positions.to(device), mask[:, P:].float().to(device))
 
 
-def token_logps(model: nn.Module, rows: Aligned) -> torch.Tensor:
-    """``log π(o_t | q, o_<t)`` of every completion column (``(rows, C)``). Where the model's forward
-    takes ``logits_to_keep`` (transformers' causal LMs), only the ``C`` columns that predict a
-    completion token go through the output layer and the softmax: the prompt's do not."""
+def token_logps(model: nn.Module, rows: Aligned, temperature: float = 1.0) -> torch.Tensor:
+    """``log π(o_t | q, o_<t)`` of every completion column (``(rows, C)``), ``π`` the softmax of the
+    logits divided by ``temperature`` (the sampler's). Where the model's forward takes
+    ``logits_to_keep`` (transformers' causal LMs), only the ``C`` columns that predict a completion
+    token go through the output layer and the softmax: the prompt's do not."""
     C = rows.completion.shape[1]
     keep = {"logits_to_keep": C + 1} if _keeps_logits(model) else {}
     logits = model(input_ids=rows.ids, attention_mask=rows.mask, position_ids=rows.positions, **keep).logits
-    logits = logits[:, -(C + 1):-1].float()
+    logits = logits[:, -(C + 1):-1].float() / temperature
     return torch.log_softmax(logits, dim=-1).gather(-1, rows.ids[:, -C:, None]).squeeze(-1)
 
 
@@ -255,8 +270,38 @@ def clipped_loss(logps: torch.Tensor, old: torch.Tensor, reference: torch.Tensor
     return loss, (kl.detach() * completion_mask).sum() / count, (clipped * completion_mask).sum() / count
 
 
-def _until_eos(tokens: list[int], eos: int | None) -> list[int]:
-    """``tokens`` up to and including the first eos (all of them without one)."""
-    if eos is not None and eos in tokens:
-        return tokens[:tokens.index(eos) + 1]
-    return tokens
+def end_tokens(model: nn.Module, tokenizer: Any) -> list[int]:
+    """The ids that end a completion: the tokenizer's eos and every eos of the model's generation
+    config (chat models often end a turn with a token of their own)."""
+    ids = [tokenizer.eos_token_id]
+    config = getattr(model, "generation_config", None)  # a transformers model has one; a bare module none
+    configured = config.eos_token_id if config is not None else None
+    ids += configured if isinstance(configured, list) else [configured]
+    return sorted({i for i in ids if i is not None})
+
+
+def _until_eos(tokens: list[int], eos: list[int]) -> list[int]:
+    """``tokens`` up to and including the first end token (all of them without one)."""
+    ends = [i for i, token in enumerate(tokens) if token in eos]
+    return tokens[:ends[0] + 1] if ends else tokens
+
+
+@contextmanager
+def without_dropout(model: nn.Module) -> Iterator[None]:
+    """``model`` in its own mode with every dropout at 0 inside the block: its forward is the
+    evaluation forward, while gradient checkpointing (which acts in training mode only) still acts.
+    Covers ``nn.Dropout`` modules (the adapter's among them) and the attention dropout that
+    transformers' attention modules read from a float attribute."""
+    saved: list[tuple[nn.Module, str, float]] = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            saved.append((module, "p", module.p))
+        elif isinstance(getattr(module, "attention_dropout", None), float):
+            saved.append((module, "attention_dropout", module.attention_dropout))
+    try:
+        for module, name, _ in saved:
+            setattr(module, name, 0.0)
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
