@@ -263,3 +263,20 @@ def test_records_whose_answers_the_cut_may_shorten_are_counted(tiny_model_dir, a
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         encode(config(max(whole) + 1), tokenizer, load_split(config(max(whole) + 1)))
+
+
+@pytest.mark.parametrize(("objective", "what"), [("grpo", "prompts whose answers it samples"),
+                                                 ("dpo", "preference pairs")])
+def test_a_data_reading_init_without_supervised_batches_is_refused_before_the_model_loads(
+        objective, what, tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    from lorakit.train import loop
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model loaded")
+    monkeypatch.setattr(loop, "load_base", never)
+    extra = [REWARDS] if objective == "grpo" else []
+    config = load_config(None, [f"model.path={tiny_model_dir}", f"data.path={addition_data}", "data.train_size=60",
+                                "data.eval_size=4", "method.name=eva", f"train.objective={objective}", *extra,
+                                f"train.output_dir={tmp_path / 'run'}"])
+    with pytest.raises(LorakitError, match=f"init 'eva' reads supervised training batches.*has {what}"):
+        train(config, progress=False)

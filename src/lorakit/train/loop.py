@@ -159,6 +159,7 @@ class Run:
         # before the model is loaded, and a config error costs no loading time
         run._count_steps(len(split[0]))
         spec = run.spec
+        _check_calibration(spec, tc.objective)
         labels = labels_of(config, split)  # a classifier's classes (None: a causal LM)
         run.held_out = load_held_out(config)
         if labels is not None and run.held_out is not None:
@@ -232,9 +233,6 @@ class Run:
         order, within the first epoch; every process reads the same ones (process 0's, as if it were
         alone), so every process draws the same factors."""
         tc = self.config.train
-        if tc.objective != "sft":
-            raise LorakitError(f"init {self.spec.init!r} reads training batches of token sequences; train.objective "
-                               f"{tc.objective!r} has preference pairs; use another init")
         n = len(self.examples.train)
         for step in range(steps_per_epoch(n, tc.batch_size, tc.grad_accum, 1)):
             for idx in step_batches(step, n, tc.batch_size, tc.grad_accum, tc.seed, 0, 1, self.examples.lengths):
@@ -581,6 +579,14 @@ def _ddp(accelerator: Accelerator, model: nn.Module) -> nn.Module:
     kwargs = accelerator.ddp_handler.to_kwargs() if accelerator.ddp_handler is not None else {}
     device_ids = [accelerator.local_process_index] if accelerator.device.type == "cuda" else None
     return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids, **kwargs)
+
+
+def _check_calibration(spec: MethodSpec, objective: str) -> None:
+    """A data-aware init reads supervised training batches before step 0, which only ``sft`` has."""
+    if objective != "sft" and parts_of(spec).init.reads_batches(spec.options()):
+        what = {"dpo": "preference pairs", "grpo": "prompts whose answers it samples"}.get(objective, "no such batches")
+        raise LorakitError(f"init {spec.init!r} reads supervised training batches before step 0, and train.objective "
+                           f"{objective} has {what}; use an init that reads no data (e.g. olora, pissa)")
 
 
 def _check_deepspeed(accelerator: Accelerator, spec: MethodSpec, fused: bool) -> None:
