@@ -84,3 +84,8 @@ def test_the_validation_split_is_carved_off_the_training_records(addition_data, 
     assert load_split(given) == (train, [{"instruction": "Add 1 and 1.", "input": "", "output": "2"}])
     with pytest.raises(LorakitError, match="data.validation_size 40 leaves no training record"):
         load_split(load_config(None, [*common, "data.evaluate_on=validation", "data.validation_size=40"]))
+    for name in ("path", "eval_path", "held_out_path"):  # the validation file is none of the scored or trained ones
+        same = {"data.path": addition_data, f"data.{name}": tmp_path / "v.json"}
+        with pytest.raises(LorakitError, match=f"data.validation_path is data.{name} "):
+            load_config(None, [*common, *(f"{k}={v}" for k, v in same.items()),
+                               f"data.validation_path={tmp_path / '.' / 'v.json'}"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -12,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 optuna = pytest.importorskip("optuna", reason="lorakit tune needs the optional extra lorakit[tune]")
@@ -58,7 +60,8 @@ def test_a_study_writes_its_outputs_and_never_reads_the_eval_split(tiny_model_di
     report = (out / "report.md").read_text()
     assert "validation split" in report and "the eval split is not used" in report and "importances" in report
     assert {p.name for p in (out / "plots").iterdir()} >= {"history.png", "slice.png"}
-    assert (out / "trials.csv").read_text().count("\n") == 4
+    table = list(csv.DictReader((out / "trials.csv").open()))
+    assert len(table) == 3 and {r["scored_on"] for r in table} == {f"eval_loss on the {result['split']}"}
 
 
 @pytest.mark.parametrize("metric", ["eval_loss", "bleu"])
@@ -189,6 +192,22 @@ def test_a_study_made_before_a_key_existed_continues(tiny_model_dir, addition_da
         tune(changed, progress=False)
 
 
+def test_a_trial_that_changes_the_shared_base_stops_the_study(tiny_model_dir, addition_data, tmp_path, monkeypatch):
+    """Trials train a copy of the loaded base; one that changed the base itself stops the study
+    after it (an error out of the study, not one failed trial and more on a changed base)."""
+    from lorakit.tune import trials
+
+    def tampering(config, base, **kwargs):
+        with torch.no_grad():
+            next(base[0].parameters()).add_(1.0)
+        return {"eval_loss": 1.0, "phase_seconds": {}}
+    monkeypatch.setattr(trials, "train", tampering)
+    out = tmp_path / "s"
+    with pytest.raises(RuntimeError, match="changed the shared base model's weights; the study stops"):
+        tune(raw_config(tiny_model_dir, addition_data, out), trials=3, progress=False)
+    assert [r["trial"] for r in rows(out)] == [0]
+
+
 def test_the_cli_says_bad_input_in_one_line(tiny_model_dir, addition_data, tmp_path):
     from lorakit.cli import main
 
@@ -226,6 +245,21 @@ def _wait_for(predicate, process: subprocess.Popen, seconds: float = 240) -> Non
         assert process.poll() is None, process.communicate()
         time.sleep(0.2)
     raise AssertionError("timed out")
+
+
+def test_a_trial_a_database_heartbeat_failed_is_replaced(tiny_model_dir, addition_data, tmp_path):
+    """A worker on another machine that stops is failed by the database's heartbeat check, with no
+    reason of lorakit's: the trial shows as interrupted and does not count, so another replaces it."""
+    out = tmp_path / "s"
+    tune(raw_config(tiny_model_dir, addition_data, out), trials=1, progress=False)
+    study = _study(out)
+    stale = study.ask()  # as a remote worker's trial, then failed by the heartbeat check
+    study.tell(stale, state=optuna.trial.TrialState.FAIL)
+    result = tune(raw_config(tiny_model_dir, addition_data, out), trials=2, progress=False)
+    assert result["counted"] == 2
+    states = {r["trial"]: (r["state"], r["reason"]) for r in rows(out)}
+    assert states[1] == ("interrupted", "its worker stopped (no heartbeat to the database)")
+    assert states[0][0] == states[2][0] == "complete"
 
 
 def test_a_killed_study_continues_where_it_stopped(tiny_model_dir, addition_data, tmp_path):
@@ -342,6 +376,11 @@ def test_compare_tune_refuses_keys_a_comparison_cannot_vary(tiny_model_dir, addi
                       "tune": {"space": {"data.max_length": {"low": 16, "high": 48}}}}
     with pytest.raises(LorakitError, match="differ in method and train keys only"):
         run_compare(*load_compare_config(raw), progress=False)
+    raw["compare"]["runs"] = ["lora", "lora_plus"]  # a grid over λ too is LoRA+'s alone: unequal budgets
+    raw["compare"]["tune"] = {"sampler": "grid", "trials": 8, "space": {
+        "train.lr": {"choices": [1e-3, 1e-2]}, "method.lr_ratio": {"choices": [0.5, 4.0]}}}
+    with pytest.raises(LorakitError, match=r"different trial budgets \(lora 2, lora_plus 4 trials\)"):
+        run_compare(*load_compare_config(raw), progress=False)
     assert not (tmp_path / "cmp").exists()
 
 
@@ -351,3 +390,5 @@ def test_a_study_in_a_database_file(tiny_model_dir, addition_data, tmp_path):
     assert result["counted"] == 2 and result["storage"] == url and not (tmp_path / "s" / "study.journal").exists()
     assert tune(raw_config(tiny_model_dir, addition_data, tmp_path / "s", storage=url), trials=2,
                 progress=False)["counted"] == 2  # joined, nothing more to run
+    other = raw_config(tiny_model_dir, addition_data, tmp_path / "t", storage=url, steps=5)  # another search
+    assert tune(other, trials=1, progress=False)["counted"] == 1  # its own study in the same database

@@ -7,6 +7,7 @@ A config has four sections: ``model``, ``method`` (a preset ``name`` plus any of
 from __future__ import annotations
 
 import dataclasses
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -452,9 +453,22 @@ def validate_run(config: RunConfig) -> None:
     for name in ("eval_path", "validation_path", "held_out_path"):
         value = getattr(d, name)
         _require(value is None or bool(value.strip()), f"data.{name} is empty; give a file or null")
+    _validate_validation_path(d)
     _validate_task(config)
     _validate_speed(config)
     check_metrics(config.eval.metrics, config.task.type)
+
+
+def _validate_validation_path(d: DataConfig) -> None:
+    """The validation file chooses settings, so it is none of the files that train or score."""
+    if d.validation_path is None:
+        return
+    same = os.path.realpath(d.validation_path)
+    for name in ("path", "eval_path", "held_out_path"):
+        other = getattr(d, name)
+        _require(other is None or os.path.realpath(other) != same, f"data.validation_path is data.{name} "
+                 f"({other}); a validation file that trains or scores the run would choose its settings on "
+                 "those records: give a file of its own, or null to carve validation from the training records")
 
 
 def _validate_grpo(config: RunConfig) -> None:

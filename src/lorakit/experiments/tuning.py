@@ -55,13 +55,18 @@ def tune_raw(spec: CompareSpec, run: Run, base: RunConfig, out: Path) -> dict[st
 
 def check_tuning(spec: CompareSpec, runs: list[Run], base: RunConfig) -> None:
     """Every run's search checked (space against its method, metric, validation split) before any
-    model loads."""
+    model loads, and their budgets equal."""
     from ..tune.run import Plan
     from ..tune.spec import split_tune
 
+    budgets = {}
     for run in runs:
         raw, section = split_tune(tune_raw(spec, run, base, Path(spec.output_dir)), [])
-        Plan.make(raw, section)
+        budgets[run.name] = Plan.make(raw, section).budget
+    if len(set(budgets.values())) > 1:  # a grid's size follows the options each method has
+        sizes = ", ".join(f"{name} {count}" for name, count in budgets.items())
+        raise LorakitError(f"compare.tune would give the runs different trial budgets ({sizes} trials): each run "
+                           "searches its own grid; use sampler tpe or random, or a space every run searches alike")
 
 
 def tune_runs(spec: CompareSpec, runs: list[Run], base: RunConfig, progress: bool) -> tuple[list[Run], list[dict]]:

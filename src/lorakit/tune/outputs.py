@@ -22,7 +22,7 @@ from ..experiments.report import csv_text
 from ..io.atomic import atomic_directory, write_text_atomic
 from ..io.json_text import json_text
 from .spec import Dimension
-from .study import INTERRUPTED, REASON, UNUSED, WORKER, counted
+from .study import INTERRUPTED, LOST, REASON, UNUSED, WORKER, counted, lost
 from .trials import PRUNED_AT, SECONDS
 
 TRIALS_CSV, TRIALS_JSON, BEST_YAML, REPORT, PLOTS = "trials.csv", "trials.json", "best.yaml", "report.md", "plots"
@@ -30,8 +30,9 @@ PLOT_FILES = ("history.png", "slice.png", "parallel.png", "importances.png")
 
 
 def state_of(trial: FrozenTrial) -> str:
-    """complete, pruned, failed, interrupted (failed because its process ended) or running."""
-    if INTERRUPTED in trial.system_attrs:
+    """complete, pruned, failed, interrupted (failed because its process ended, seen on its machine
+    or by a database's heartbeat check) or running."""
+    if INTERRUPTED in trial.system_attrs or lost(trial):
         return "interrupted"
     return {TrialState.FAIL: "failed"}.get(trial.state, trial.state.name.lower())
 
@@ -49,7 +50,7 @@ def trial_rows(study: optuna.Study, dims: list[Dimension]) -> list[dict[str, Any
                      "seconds": t.user_attrs.get(SECONDS), "run_seconds": t.user_attrs.get("run_seconds"),
                      "train_loss": t.user_attrs.get("run_train_loss"),
                      "worker": f"{worker.get('host')}:{worker.get('pid')}" if worker else None,
-                     "reason": t.user_attrs.get(REASON)})
+                     "reason": t.user_attrs.get(REASON) or (LOST if lost(t) else None)})
     return rows
 
 
@@ -71,8 +72,9 @@ def write_outputs(out: Path, study: optuna.Study, dims: list[Dimension], raw: di
     """Every output of the study as it stands (``about``: metric, direction, split, budget, storage);
     the importances and ``plots/`` only with ``plots`` (at the end of a worker's run: they take seconds)."""
     rows = trial_rows(study, dims)
-    columns = list(rows[0]) if rows else ["trial", "state", "value", *(d.key for d in dims)]
-    write_text_atomic(out / TRIALS_CSV, csv_text(rows, columns))
+    columns = [*(list(rows[0]) if rows else ["trial", "state", "value", *(d.key for d in dims)]), "scored_on"]
+    scored_on = f"{about['metric']} on the {about['split']}"  # the table says which split chose, as every output
+    write_text_atomic(out / TRIALS_CSV, csv_text([{**row, "scored_on": scored_on} for row in rows], columns))
     write_text_atomic(out / TRIALS_JSON, json_text({**about, "trials": rows}, indent=2) + "\n")
     best = best_trial(study)
     if best is not None:
@@ -80,7 +82,7 @@ def write_outputs(out: Path, study: optuna.Study, dims: list[Dimension], raw: di
                   f"{best.value:.6g} on the {about['split']}\n")
         write_text_atomic(out / BEST_YAML, header + yaml.safe_dump(best_config(raw, best), sort_keys=False))
     importances = _importances(study) if plots else {}
-    written = write_plots(out / PLOTS, study) if plots else []
+    written = write_plots(out / PLOTS, study, f"{about['metric']} on the {about['split']}") if plots else []
     write_text_atomic(out / REPORT, report_text(about, rows, best, importances, written))
 
 
@@ -95,8 +97,9 @@ def _importances(study: optuna.Study) -> dict[str, float]:
     return {}
 
 
-def write_plots(folder: Path, study: optuna.Study) -> list[str]:
-    """The study's plots as PNG files in ``folder``; the names written (none before a trial completes)."""
+def write_plots(folder: Path, study: optuna.Study, scored_on: str) -> list[str]:
+    """The study's plots as PNG files in ``folder``, each captioned with what scored the trials
+    (``scored_on``: the metric and split); the names written (none before a trial completes)."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     if not complete:
         return []
@@ -118,6 +121,8 @@ def write_plots(folder: Path, study: optuna.Study) -> list[str]:
                 axes = make(study)
                 figure = (axes.flat[0] if isinstance(axes, np.ndarray) else axes).get_figure()
                 figure.set_size_inches(8, 5)
+                figure.text(0.5, -0.02, f"trials scored by {scored_on}", ha="center", va="top", fontsize=8,
+                            wrap=True)
                 figure.savefig(tmp / name, dpi=110, bbox_inches="tight")
                 written.append(name)
             plt.close("all")

@@ -119,6 +119,7 @@ def _work(study: optuna.Study, spec: TuneConfig, plan: Plan, runner: Trials, pro
             study.sampler = sampler_for(spec, plan.dims, len(study.get_trials(deepcopy=False)))
             study.optimize(objective, n_trials=1, catch=(Exception,))
             write_outputs(Path(spec.output_dir), study, plan.dims, plan.raw, plan.about(study), plots=False)
+            runner.verify_base()
     finally:
         _show(bar, study, plan)
         bar.close()

@@ -33,6 +33,7 @@ STUDY_NAME = "lorakit"
 JOURNAL = "study.journal"
 HEARTBEAT_S, GRACE_S = 60, 180  # database storage: a running trial without a heartbeat for GRACE_S has failed
 WORKER, INTERRUPTED, UNUSED, REASON = "lorakit_worker", "lorakit_interrupted", "lorakit_unused", "reason"
+LOST = "its worker stopped (no heartbeat to the database)"
 IDENTITY = "lorakit"  # the study's user attribute: what it searches, to refuse a worker with another space
 
 
@@ -41,7 +42,7 @@ def open_study(tune: TuneConfig, out: Path, direction: str, identity: dict[str, 
     """The study of ``out`` (made on first use), refused where it searches something else."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        study = optuna.create_study(storage=_storage(tune, out), study_name=STUDY_NAME, direction=direction,
+        study = optuna.create_study(storage=_storage(tune, out), study_name=study_name(tune), direction=direction,
                                     pruner=_pruner(tune.pruner), load_if_exists=True)
     except (OSError, ImportError, RuntimeError, ValueError) as exc:
         raise LorakitError(f"cannot open the study at {tune.storage or out / JOURNAL}: {_first_line(exc)}") from None
@@ -56,6 +57,13 @@ def open_study(tune: TuneConfig, out: Path, direction: str, identity: dict[str, 
                            f"would {direction}: choose another tune.output_dir")
     study.sampler = sampler_for(tune, dims, 0)
     return study
+
+
+def study_name(tune: TuneConfig) -> str:
+    """The study's name in its storage: one study per journal file; in a database, one per
+    ``tune.output_dir``, so the searches of a tuned comparison (a folder per run) share a database
+    without meeting, while workers of one search (one config) meet."""
+    return STUDY_NAME if tune.storage is None else f"{STUDY_NAME}:{tune.output_dir}"
 
 
 def _storage(tune: TuneConfig, out: Path) -> Any:
@@ -139,8 +147,14 @@ def budget(tune: TuneConfig, dims: list[Dimension]) -> int:
 
 
 def counts(trial: FrozenTrial) -> bool:
-    """Whether ``trial`` counts towards the budget (not interrupted, not unused)."""
-    return INTERRUPTED not in trial.system_attrs and UNUSED not in trial.system_attrs
+    """Whether ``trial`` counts towards the budget (not interrupted, not unused, not lost)."""
+    return INTERRUPTED not in trial.system_attrs and UNUSED not in trial.system_attrs and not lost(trial)
+
+
+def lost(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` failed without a reason of lorakit's: a database's heartbeat check failed it
+    because its worker (on any machine) stopped, so it is replaced like an interrupted one."""
+    return trial.state == TrialState.FAIL and REASON not in trial.user_attrs
 
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:

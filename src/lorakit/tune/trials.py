@@ -99,7 +99,6 @@ class Trials:
             raise
         finally:
             trial.set_user_attr(SECONDS, round(time.perf_counter() - began, 3))
-            self._verify_base()
 
     def _train(self, trial: Trial) -> float:
         """Train the trial; its metric (after recording what the run reported)."""
@@ -148,7 +147,9 @@ class Trials:
             self.base_key, self.digest = wanted, base_digest(self.base[0])
         return self.base
 
-    def _verify_base(self) -> None:
+    def verify_base(self) -> None:
+        """Stop the study (outside Optuna's ``optimize``, which would record the error as one
+        failed trial and go on) if the last trial changed the shared base's weights."""
         if self.base is not None and base_digest(self.base[0]) != self.digest:
             raise RuntimeError("a trial changed the shared base model's weights; the study stops here (this is a "
                                "lorakit bug: trials train a copy)")
