@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -189,6 +190,10 @@ def test_compare_runs_the_other_forms_and_recipes(tiny_model_dir, addition_data,
     assert "](ranks.png)" in report
     summary = json.loads((tmp_path / "cmp" / "runs" / "simplex_lora" / "seed-0" / "summary.json").read_text())
     assert sum(summary["final_ranks"].values()) == sum(float(line.split("|")[2]) for line in table[:-1])
+    for adapter in (tmp_path / "cmp" / "runs").glob("*/seed-*/adapter"):  # as a study unpacked from its state
+        shutil.rmtree(adapter)
+    again = run_compare(base, spec, runs, progress=False).read_text()  # every run finished: nothing trains
+    assert again.split("## Final rank per layer")[1].split("##")[0] == section
 
 
 def test_cli_points_a_compare_config_to_compare_and_reads_demo_paths_verbatim(tiny_model_dir, addition_data,

@@ -332,7 +332,7 @@ def test_compare_tunes_every_run_with_the_same_budget_before_its_seeds(tiny_mode
         for seed in (0, 1):
             trained = load_config(out / "runs" / name / f"seed-{seed}" / "config.yaml")
             assert trained.train.lr == pytest.approx(best["train.lr"]) and trained.data.evaluate_on == "eval"
-    assert "## Tuning" in report and "the evaluation split above was not used to choose" in report
+    assert "## Tuning" in report and "validation split" in report and "the eval split is not used" in report
     # what each search found, as lorakit methods NAME and the method pages show it
     best = {name: min(found, key=lambda r: r["value"]) for name, found in searched.items()}
     (out / "README.md").write_text("# A tiny tuned study\n")

@@ -2,30 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..io.adapter_files import CONFIG_FILE, final_ranks
-
 Row = dict[str, Any]
 
 
-def _adapter_config(row: Row) -> dict[str, Any] | None:
-    path = Path(row.get("run_dir") or "") / "adapter" / CONFIG_FILE
-    return json.loads(path.read_text()) if row.get("status") == "ok" and path.is_file() else None
-
-
 def rank_table(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
-    """``{run: {layer: mean final rank over seeds}}`` for the runs whose schedule changes ranks."""
+    """``{run: {layer: mean final rank over seeds}}`` for the runs whose schedule changes ranks,
+    from each finished run's ``final_ranks`` (its summary's, which outlives its adapter folder)."""
     per_run: dict[str, list[dict[str, int]]] = {}
     for row in rows:
-        config = _adapter_config(row)
-        if config is not None and config["method"].get("schedule", "fixed") != "fixed":
-            per_run.setdefault(row["run"], []).append(final_ranks(config))
+        if row.get("status") == "ok" and row.get("final_ranks"):
+            per_run.setdefault(row["run"], []).append(row["final_ranks"])
     table = {}
     for run, seeds in per_run.items():
         layers = sorted({name for ranks in seeds for name in ranks}, key=_layer_order)

@@ -98,9 +98,8 @@ def tuning_lines(found: list[dict[str, Any]]) -> list[str]:
         return []
     first = found[0]
     lines = ["", "## Tuning", "",
-             f"Each run was tuned before its seeds trained: {first['trials']} trials on the {first['split']}, "
-             f"scored by {first['metric']} (the evaluation split above was not used to choose). The seeds then "
-             "trained at the best values.", "",
+             f"Each run was tuned before its seeds trained, scored by {first['metric']} in {first['trials']} "
+             f"trials on the {first['split']}. The seeds then trained at the best values.", "",
              "| run | tuned values | best (validation) | trials | tuning seconds | study |",
              "| --- | --- | --- | --- | --- | --- |"]
     for item in found:
