@@ -238,3 +238,23 @@ def test_an_interrupted_run_resumes_on_the_next_compare(tiny_model_dir, addition
     adapter = Path("runs") / "lora" / "seed-0" / "adapter" / "lorakit_adapter.safetensors"
     full, cut = load_file(tmp_path / "full" / adapter), load_file(tmp_path / "cut" / adapter)
     assert full.keys() == cut.keys() and all((full[k] == cut[k]).all() for k in full)
+
+
+def test_a_finished_run_whose_preset_default_changed_since_is_not_reused(tiny_model_dir, addition_data, tmp_path,
+                                                                          monkeypatch):
+    """A run records every option it ran with; when its method now resolves otherwise (a preset's
+    default changed), compare refuses to report it as this comparison's run, and the row keeps the
+    ``lr_scale`` the run had."""
+    from lorakit.presets import PRESETS
+
+    raw = compare_raw(tiny_model_dir, addition_data, tmp_path / "cmp")
+    raw["eval"] = {"metrics": ["eval_loss"]}
+    raw["train"].update(max_steps=2, eval_every=None, save_every=None)
+    raw["compare"].update(runs=["vera"], seeds=[0])
+    run_compare(*load_compare_config(raw), progress=False)
+    row = json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"][-1]
+    assert row["lr_scale"] == PRESETS["vera"]["lr_scale"]
+    monkeypatch.setitem(PRESETS["vera"], "lr_scale", 2 * PRESETS["vera"]["lr_scale"])
+    changed = r"was trained with method.lr_scale=25.0 \(as its method resolved then\), this comparison asks for 50.0"
+    with pytest.raises(lorakit.LorakitError, match=changed):
+        run_compare(*load_compare_config(raw), progress=False)

@@ -86,7 +86,7 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
     folder, lr = Path(config.train.output_dir), config.train.lr
     lr = {"lr": lr, "lr_scale": config.method_spec().lr_scale}  # the optimizer's rate is their product
     if (folder / "summary.json").is_file():
-        return _row(run, seed, folder, **lr, status="ok", **json.loads((folder / "summary.json").read_text())), True
+        return _finished_row(run, seed, folder, lr, json.loads((folder / "summary.json").read_text())), True
     resume = (folder / "checkpoints" / "latest").is_file()
     try:
         with lines_hidden():  # the sweep says one line per run instead
@@ -95,7 +95,17 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
         raise
     except Exception as exc:  # noqa: BLE001 - a failed run is reported as a row, the sweep goes on
         return _row(run, seed, folder, **lr, status="failed", error=_one_line(exc)), False
-    return _row(run, seed, folder, **lr, status="ok", **summary), False
+    return _finished_row(run, seed, folder, lr, summary), False
+
+
+def _finished_row(run: Run, seed: int, folder: Path, lr: dict[str, float], summary: dict[str, Any]) -> dict[str, Any]:
+    """A finished run's row: its summary, and the ``lr_scale`` it ran with where the summary
+    records it (else the method's current one: summaries written before they recorded their
+    options hold none)."""
+    summary = dict(summary)
+    options = summary.pop("method_options", None) or {}
+    return _row(run, seed, folder, **{**lr, "lr_scale": options.get("lr_scale", lr["lr_scale"])}, status="ok",
+                **summary)
 
 
 def _base_model_inputs(config: RunConfig) -> dict[str, Any]:
@@ -184,7 +194,23 @@ def _changed_run(config: RunConfig) -> str | None:
     if difference is UNKNOWN:
         return f"{folder} holds a run without a readable config (config.yaml or a checkpoint's), so it cannot be " \
                "checked against this comparison"
+    difference = difference or _option_difference(folder, config)
     return f"{folder} was trained with {difference}" if difference else None
+
+
+def _option_difference(folder: Path, config: RunConfig) -> str | None:
+    """The first method option a finished run ran with (its summary's record) that the method now
+    resolves to otherwise, e.g. a preset default changed since; ``None`` where they agree or the
+    summary records none. Options the run derives (``None`` before it starts) are not compared."""
+    summary = _read_json(folder / "summary.json")
+    ran = summary.get("method_options") if isinstance(summary, dict) else None
+    if not isinstance(ran, dict):
+        return None
+    for key, value in config.method_spec().to_dict().items():
+        if value is not None and ran.get(key, UNSET) != value:
+            return f"method.{key}={_shown(ran.get(key))} (as its method resolved then), this comparison asks for " \
+                   f"{_shown(value)}"
+    return None
 
 
 def _check_earlier_runs(configs: list[RunConfig], rerun_changed: bool) -> list[Path]:

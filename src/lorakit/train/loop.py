@@ -460,12 +460,13 @@ class Run:
         return final
 
     def _summary(self, metrics: dict[str, float]) -> dict[str, Any]:
-        """What ``summary.json`` holds: the method, the final metrics, the adapter's size and where
-        the run's time and memory went."""
+        """What ``summary.json`` holds: the method (and every option it ran with), the final metrics,
+        the adapter's size and where the run's time and memory went."""
         summary = {"method": self.spec.name, "components": self.spec.components(), "steps": self.total_steps,
                    "train_loss": self.last_loss, **metrics, "trainable_parameters": self.adapter.num_parameters(),
                    **self.timer.record(), **self._resources(),
-                   "adapter": str(self.output_dir / ADAPTER_DIR)}
+                   "adapter": str(self.output_dir / ADAPTER_DIR),
+                   "method_options": self.spec.to_dict()}  # as resolved: a preset's defaults may change later
         if self.examples.skipped:
             summary["skipped_samples"] = self.examples.skipped
         if self.adapter.spec.schedule != "fixed":  # where the rank budget went
