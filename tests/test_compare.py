@@ -258,3 +258,9 @@ def test_a_finished_run_whose_preset_default_changed_since_is_not_reused(tiny_mo
     changed = r"was trained with method.lr_scale=25.0 \(as its method resolved then\), this comparison asks for 50.0"
     with pytest.raises(lorakit.LorakitError, match=changed):
         run_compare(*load_compare_config(raw), progress=False)
+    summary_file = tmp_path / "cmp" / "runs" / "vera" / "seed-0" / "summary.json"
+    summary = json.loads(summary_file.read_text())
+    del summary["method_options"]  # a run from before summaries recorded their options: not refused,
+    summary_file.write_text(json.dumps(summary))  # and its row keeps the lr_scale its results row recorded
+    run_compare(*load_compare_config(raw), progress=False)
+    assert json.loads((tmp_path / "cmp" / "results.json").read_text())["rows"][-1]["lr_scale"] == 25.0

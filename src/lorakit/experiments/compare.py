@@ -81,11 +81,12 @@ def _row(run: Run, seed: int | None, folder: Path | None, **values: Any) -> dict
 
 
 def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
-               progress: bool) -> tuple[dict[str, Any], bool]:
+               progress: bool, recorded_scales: dict[str, float]) -> tuple[dict[str, Any], bool]:
     """The run's row, and whether it was finished already (then nothing is trained)."""
     folder, lr = Path(config.train.output_dir), config.train.lr
     lr = {"lr": lr, "lr_scale": config.method_spec().lr_scale}  # the optimizer's rate is their product
     if (folder / "summary.json").is_file():
+        lr["lr_scale"] = recorded_scales.get(str(folder), lr["lr_scale"])  # where its summary records none
         return _finished_row(run, seed, folder, lr, json.loads((folder / "summary.json").read_text())), True
     resume = (folder / "checkpoints" / "latest").is_file()
     try:
@@ -100,8 +101,7 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
 
 def _finished_row(run: Run, seed: int, folder: Path, lr: dict[str, float], summary: dict[str, Any]) -> dict[str, Any]:
     """A finished run's row: its summary, and the ``lr_scale`` it ran with where the summary
-    records it (else the method's current one: summaries written before they recorded their
-    options hold none)."""
+    records it (else ``lr``'s: summaries written before they recorded their options hold none)."""
     summary = dict(summary)
     options = summary.pop("method_options", None) or {}
     return _row(run, seed, folder, **{**lr, "lr_scale": options.get("lr_scale", lr["lr_scale"])}, status="ok",
@@ -242,14 +242,24 @@ def _curves(rows: list[dict[str, Any]]) -> dict[str, list[list[dict[str, Any]]]]
     return curves
 
 
-def _train_all(jobs: list[tuple[Run, int, RunConfig]], base: tuple[Any, Any], progress: bool
-               ) -> list[dict[str, Any]]:
-    """Every run × seed's row, trained (or finished earlier), with a progress bar over them."""
+def _recorded_scales(out: Path) -> dict[str, float]:
+    """The ``lr_scale`` of each run folder as the comparison's last ``results.json`` recorded it
+    (written when the run finished), for finished runs whose summary does not record it."""
+    previous = _read_json(out / "results.json")
+    rows = previous.get("rows") if isinstance(previous, dict) else None
+    return {str(r["run_dir"]): r["lr_scale"] for r in rows or []
+            if isinstance(r, dict) and r.get("run_dir") and isinstance(r.get("lr_scale"), (int, float))}
+
+
+def _train_all(jobs: list[tuple[Run, int, RunConfig]], base: tuple[Any, Any], progress: bool,
+               recorded_scales: dict[str, float]) -> list[dict[str, Any]]:
+    """Every run × seed's row, trained (or finished earlier), with a progress bar over them
+    (``recorded_scales``: see ``_recorded_scales``)."""
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(jobs), desc="sweep", position=0, disable=not progress, dynamic_ncols=True)
     for run, seed, config in jobs:
         bar.set_postfix_str(f"{run.name} seed {seed}")
-        row, skipped = _train_one(config, run, seed, base, progress)
+        row, skipped = _train_one(config, run, seed, base, progress, recorded_scales)
         rows.append(row)
         bar.update(1)
         if progress:
@@ -317,7 +327,7 @@ def run_compare(base_config: RunConfig, spec: CompareSpec, runs: list[Run], comm
     for _, _, config in jobs:  # every run folder claimed (with --overwrite where given) before the model loads
         make_output_dir(Path(config.train.output_dir), config, overwrite)
     base = load_base(base_config, labels=labels_of(base_config, split))
-    rows = _train_all(jobs, base, progress)
+    rows = _train_all(jobs, base, progress, _recorded_scales(out))
     reference = [_base_model_row(base_config, base, out)] if spec.base_model_row else []
     report = _write_outputs(out, spec, reported_metrics(base_config), rows, reference,
                             _meta(base_config, spec, command, started), found)
