@@ -86,8 +86,8 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
     folder, lr = Path(config.train.output_dir), config.train.lr
     lr = {"lr": lr, "lr_scale": config.method_spec().lr_scale}  # the optimizer's rate is their product
     if (folder / "summary.json").is_file():
-        lr["lr_scale"] = recorded_scales.get(str(folder), lr["lr_scale"])  # where its summary records none
-        return _finished_row(run, seed, folder, lr, json.loads((folder / "summary.json").read_text())), True
+        summary = json.loads((folder / "summary.json").read_text())
+        return _finished_row(run, seed, folder, lr, summary, recorded_scales.get(str(folder))), True
     resume = (folder / "checkpoints" / "latest").is_file()
     try:
         with lines_hidden():  # the sweep says one line per run instead
@@ -99,13 +99,15 @@ def _train_one(config: RunConfig, run: Run, seed: int, base: tuple[Any, Any],
     return _finished_row(run, seed, folder, lr, summary), False
 
 
-def _finished_row(run: Run, seed: int, folder: Path, lr: dict[str, float], summary: dict[str, Any]) -> dict[str, Any]:
-    """A finished run's row: its summary, and the ``lr_scale`` it ran with where the summary
-    records it (else ``lr``'s: summaries written before they recorded their options hold none)."""
+def _finished_row(run: Run, seed: int, folder: Path, lr: dict[str, float], summary: dict[str, Any],
+                  recorded_scale: float | None = None) -> dict[str, Any]:
+    """A finished run's row: its summary, and the ``lr_scale`` it ran with: the summary's record,
+    else ``recorded_scale`` (the comparison's last row for it: summaries written before they
+    recorded their options hold none), else ``lr``'s (the method's current one)."""
     summary = dict(summary)
     options = summary.pop("method_options", None) or {}
-    return _row(run, seed, folder, **{**lr, "lr_scale": options.get("lr_scale", lr["lr_scale"])}, status="ok",
-                **summary)
+    scale = options.get("lr_scale", recorded_scale if recorded_scale is not None else lr["lr_scale"])
+    return _row(run, seed, folder, **{**lr, "lr_scale": scale}, status="ok", **summary)
 
 
 def _base_model_inputs(config: RunConfig) -> dict[str, Any]:

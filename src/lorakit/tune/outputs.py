@@ -82,7 +82,7 @@ def write_outputs(out: Path, study: optuna.Study, dims: list[Dimension], raw: di
                   f"{best.value:.6g} on the {about['split']}\n")
         write_text_atomic(out / BEST_YAML, header + yaml.safe_dump(best_config(raw, best), sort_keys=False))
     importances = _importances(study) if plots else {}
-    written = write_plots(out / PLOTS, study, f"{about['metric']} on the {about['split']}") if plots else []
+    written = write_plots(out / PLOTS, study, scored_on) if plots else []
     write_text_atomic(out / REPORT, report_text(about, rows, best, importances, written))
 
 
